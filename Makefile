@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv if missing.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= ../shared
+STAMP := $(VENV)/.moegen-installed
+
+.PHONY: demo test install lint build check clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+build: $(STAMP)
+	$(VENV)/bin/moegen build
+
+check: $(STAMP)
+	$(VENV)/bin/moegen check
+	$(PY) $(SHARED)/tools/nki_conformance.py generated
+
+demo: $(STAMP)
+	$(VENV)/bin/moegen build
+	@set -e; for spec in specs/*.moe; do $(VENV)/bin/moegen verify $$spec; done
+
+lint: $(STAMP)
+	$(PY) -m ruff check moegen tests benchmarks
+	$(PY) -m ruff format --check moegen tests benchmarks
+
+test: $(STAMP)
+	$(PY) -m ruff check moegen tests benchmarks
+	$(PY) -m pytest -q -n 2
+	$(VENV)/bin/moegen check
+	$(PY) $(SHARED)/tools/nki_conformance.py generated
+
+clean:
+	rm -rf $(VENV) build *.egg-info

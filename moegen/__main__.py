@@ -1,0 +1,5 @@
+import sys
+
+from moegen.cli import main
+
+sys.exit(main())

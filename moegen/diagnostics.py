@@ -1,0 +1,58 @@
+"""Compiler-style diagnostics: `path:line:col: error: message`, the source line, a caret."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """A location in a spec file; line and column are 1-based, end_column is exclusive."""
+
+    path: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    span: Span
+    message: str
+    hint: str | None = None
+
+
+class SpecError(Exception):
+    """One or more diagnostics for a spec; `str()` renders all of them."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], text: str = ""):
+        self.diagnostics = sorted(diagnostics, key=lambda d: (d.span, d.message))
+        self.text = text
+        super().__init__(render(self.diagnostics, text))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """A hint naming the closest known name, or None when nothing is close."""
+    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def render(diagnostics: Iterable[Diagnostic], text: str) -> str:
+    """Render diagnostics with the offending source line and a caret under the token."""
+    lines = text.splitlines()
+    out = []
+    for diag in diagnostics:
+        span = diag.span
+        out.append(f"{span.path}:{span.line}:{span.column}: error: {diag.message}")
+        if 1 <= span.line <= len(lines):
+            source = lines[span.line - 1].expandtabs(1)
+            width = span.end_column - span.column if span.end_line == span.line else 1
+            width = max(1, min(width, len(source) - span.column + 1))
+            out.append(f"  {source}")
+            out.append("  " + " " * (span.column - 1) + "^" + "~" * (width - 1))
+        if diag.hint:
+            out.append(f"  hint: {diag.hint}")
+    return "\n".join(out)
