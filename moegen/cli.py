@@ -56,11 +56,11 @@ def cmd_check(args) -> int:
     paths = _spec_paths(args.specs)
     problems, names, status = [], set(), EXIT_OK
     for path in paths:
+        names.add(path.stem)  # a spec with errors still owns its folder: not 'extra'
         generated = _load(path)
         if generated is None:
             status = EXIT_SPEC_ERROR
             continue
-        names.add(generated.name)
         problems += check(generated, Path(args.out))
     if not args.specs:
         problems += extra_spec_dirs(Path(args.out), names)

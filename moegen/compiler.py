@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from moegen.codegen.render import render
 from moegen.diagnostics import Diagnostic, Span, SpecError
 from moegen.plan import families
 from moegen.plan.common import KernelPlan, PlanError, check_budget
-from moegen.spec.model import Spec
+from moegen.spec.model import Spec, Variant
 from moegen.spec.parser import parse
 from moegen.spec.validate import validate
 
@@ -39,10 +41,18 @@ def read_spec_text(path: Path) -> str:
         raise SpecError([Diagnostic(span, f"byte 0x{data[error.start]:02x} is not UTF-8")], text) from None
 
 
+SPEC_FILE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.moe")
+
+
 def spec_label(path: Path) -> str:
-    """`specs/name.moe`: the last two path parts, the same from any working directory."""
+    """`specs/name.moe`: the last two path parts, the same from any working directory.
+
+    The label goes into a comment of the generated header, so characters that are not
+    printable (a newline would end the comment) are shown as '?'.
+    """
     resolved = path.resolve()
-    return f"{resolved.parent.name}/{resolved.name}"
+    label = f"{resolved.parent.name}/{resolved.name}"
+    return "".join(c if c.isprintable() else "?" for c in label)
 
 
 def load_spec(path: Path) -> Spec:
@@ -70,11 +80,41 @@ def plan_spec(spec: Spec) -> tuple[KernelPlan, ...]:
     return tuple(plans)
 
 
+def _top_level_names(source: str) -> list[str]:
+    """Every name a module binds at top level (defs, classes, assignments, imports), with repeats."""
+    names = []
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names += [alias.asname or alias.name.split(".")[0] for alias in node.names]
+    return names
+
+
+def _name_clash(variant: Variant, family: str, source: str) -> Diagnostic | None:
+    """The kernel function's name must not rebind a name the template defines (a helper, a constant)."""
+    if _top_level_names(source).count(variant.name) <= 1:
+        return None
+    return Diagnostic(variant.span, f"kernel '{variant.name}': the {family} template already defines "
+                                    f"'{variant.name}' at module level; choose another kernel name")
+
+
 def generate(path: Path) -> GeneratedSpec:
     """Everything a build writes for `path`; raises SpecError on any problem in the spec."""
     path = Path(path)
+    if not SPEC_FILE_NAME.fullmatch(path.name):
+        span = Span(str(path), 1, 1, 1, 1)
+        raise SpecError([Diagnostic(span, f"spec file name {path.name!r}: it names the generated folder, "
+                                          "so it must be NAME.moe with NAME in [A-Za-z_][A-Za-z0-9_]*")])
     spec = load_spec(path)
     plans = plan_spec(spec)
     label = spec_label(path)
     files = {f"{plan.kernel_name}.py": render(plan, label, spec.text) for plan in plans}
+    clashes = [_name_clash(variant, plan.family, files[f"{plan.kernel_name}.py"])
+               for variant, plan in zip(spec.variants, plans)]
+    if any(clashes):
+        raise SpecError([clash for clash in clashes if clash], spec.text)
     return GeneratedSpec(path.stem, label, spec, plans, files)

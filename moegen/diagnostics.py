@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True, order=True)
@@ -40,15 +40,29 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of a spec as the parser numbers them: split at '\\n' only.
+
+    `str.splitlines` also splits at form feeds, U+2028 and other separators that the
+    grammar treats as ordinary characters, which would show the wrong source line.
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _printable(line: str) -> str:
+    """The source line with control characters shown as spaces (one character each, so the caret stays put)."""
+    return "".join(c if c.isprintable() else " " for c in line)
+
+
 def render(diagnostics: Iterable[Diagnostic], text: str) -> str:
     """Render diagnostics with the offending source line and a caret under the token."""
-    lines = text.splitlines()
+    lines = source_lines(text) if text else []
     out = []
     for diag in diagnostics:
         span = diag.span
         out.append(f"{span.path}:{span.line}:{span.column}: error: {diag.message}")
         if 1 <= span.line <= len(lines):
-            source = lines[span.line - 1].expandtabs(1)
+            source = _printable(lines[span.line - 1])
             width = span.end_column - span.column if span.end_line == span.line else 1
             width = max(1, min(width, len(source) - span.column + 1))
             out.append(f"  {source}")

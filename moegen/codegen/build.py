@@ -16,6 +16,32 @@ class HandEditedError(Exception):
     """A generated file was edited by hand; building would lose the edit."""
 
 
+# Folders Python or tools may create beside generated files; they are neither written nor checked.
+IGNORED_NAMES = frozenset({"__pycache__"})
+
+
+def _hand_edited_files(generated: GeneratedSpec, target: Path) -> list[str]:
+    """Files in target a build would overwrite or delete that are not pristine moegen output.
+
+    A file of an old variant is deleted by the rebuild: that is only safe when it still matches
+    its recorded hash, so a hand-edited or hand-written file blocks the build too.
+    """
+    edited = []
+    for path in sorted(target.iterdir()):
+        if path.name in IGNORED_NAMES or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if text != generated.files.get(path.name) and is_hand_edited(text):
+            edited.append(str(path))
+    return edited
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write(generated: GeneratedSpec, out_dir: Path, force: bool = False) -> Path:
     """Replace `out_dir/<spec>/` with exactly the generated files, or change nothing.
 
@@ -24,11 +50,7 @@ def write(generated: GeneratedSpec, out_dir: Path, force: bool = False) -> Path:
     """
     target = out_dir / generated.name
     if target.is_dir() and not force:
-        edited = [
-            str(path) for path in sorted(target.glob("*.py"))
-            if path.name in generated.files and path.read_text() != generated.files[path.name]
-            and is_hand_edited(path.read_text())
-        ]
+        edited = _hand_edited_files(generated, target)
         if edited:
             raise HandEditedError(
                 "refusing to overwrite hand-edited generated file(s): " + ", ".join(edited)
@@ -37,8 +59,9 @@ def write(generated: GeneratedSpec, out_dir: Path, force: bool = False) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{generated.name}.", dir=out_dir))
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a build makes a normal folder
         for name, text in sorted(generated.files.items()):
-            (staging / name).write_text(text)
+            (staging / name).write_text(text, encoding="utf-8", newline="\n")  # same bytes on every OS
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{generated.name}.old.", dir=out_dir))
@@ -68,12 +91,12 @@ def check(generated: GeneratedSpec, out_dir: Path) -> list[Staleness]:
         if not path.exists():
             problems.append(Staleness(str(path), "missing"))
             continue
-        actual = path.read_text()
+        actual = path.read_text(encoding="utf-8", errors="replace")
         if actual != text:
             problems.append(Staleness(str(path), "hand-edited" if is_hand_edited(actual) else "stale"))
     if target.is_dir():
         for path in sorted(target.iterdir()):
-            if path.name not in generated.files:
+            if path.name not in generated.files and path.name not in IGNORED_NAMES:
                 problems.append(Staleness(str(path), "extra"))
     return problems
 

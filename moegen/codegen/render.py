@@ -83,7 +83,8 @@ def templates_hash(template: str) -> str:
     digest = hashlib.sha256()
     env = environment()
     for name in sorted(names):
-        digest.update(name.encode() + b"\0" + env.loader.get_source(env, name)[0].encode() + b"\0")
+        source = env.loader.get_source(env, name)[0].replace("\r\n", "\n")  # same hash from a CRLF checkout
+        digest.update(name.encode() + b"\0" + source.encode() + b"\0")
     return digest.hexdigest()
 
 
@@ -95,10 +96,11 @@ def render(plan: KernelPlan, spec_label: str, spec_text: str) -> str:
     """The full generated file: header (spec, templates and content hashes) and the rendered body."""
     body = environment().get_template(plan.template).render(plan=plan)
     body = "\n".join(line.rstrip() for line in body.splitlines()) + "\n"
+    spec_hash = sha256(spec_text.replace("\r\n", "\n"))  # a CRLF checkout of the spec hashes alike
     header = (
         f"{HEADER_PREFIX} from {spec_label} (kernel '{plan.kernel_name}', family {plan.family}): do not edit.\n"
         f"# Regenerate with: moegen build {spec_label}\n"
-        f"# spec-sha256: {sha256(spec_text)}\n"
+        f"# spec-sha256: {spec_hash}\n"
         f"# templates-sha256: {templates_hash(plan.template)}\n"
         f"{CONTENT_HASH_KEY}{sha256(body)}\n"
     )

@@ -1,19 +1,414 @@
-"""The cte kernel family: options and plan. (Being written: see the cte issue.)"""
+"""The cte family: blockwise context-encoding (prefill) MoE kernels (SEMANTICS sections 1, 2, 5).
+
+Tokens arrive grouped per expert into blocks of B slots (`moegen.blocking`). For every block the
+kernel gathers the B token rows, runs the expert MLP on them and adds each token's result into the
+output. Variants (the seed's four Trn2 kernels) are options:
+
+    shard=block          blocks split across the two cores of an LNC=2 logical core, each core
+                         accumulating into its own partial output, added at the end;
+    shard=intermediate   the intermediate dimension split across the cores, partial down
+                         projections exchanged with sendrecv and added;
+    loop=hybrid          static loop over the blocks that surely hold tokens, then `nl.fori_loop`
+                         up to sum(conditions) (a register), so fully padded blocks cost nothing;
+    dropping             N = E blocks, block i is expert i (token-dropping layer).
+
+The plan resolves every tile, chunk and buffer to numbers; the template only spells them.
+"""
 
 from __future__ import annotations
 
-from moegen.plan.common import KernelPlan, PlanError
+from dataclasses import dataclass
+
+from moegen.plan.common import (
+    DTYPE_BYTES,
+    MATMUL_MOVING_FREE_MAX,
+    PARTITIONS,
+    SBUF_BYTES,
+    Buffer,
+    KernelPlan,
+    PlanError,
+    ceil_div,
+)
+from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
 from moegen.spec.model import Layer, Variant
+from moegen.spec.options import OptionSpec
+
+# SBUF the compiler and runtime keep for themselves (nki-library reserves about 16 KiB per partition).
+SBUF_RESERVED = 16 * 1024
+
+OPTIONS = (
+    OptionSpec("shard", "choice", "how an LNC=2 kernel splits the work between its two cores",
+               default="block", choices=("block", "intermediate")),
+    OptionSpec("loop", "choice", "static: every block in a trace-time loop; hybrid: a static loop over the "
+               "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions)",
+               default="static", choices=("static", "hybrid")),
+    OptionSpec("dropping", "flag", "token-dropping layout: N = E blocks, block i is expert i"),
+    OptionSpec("block", "int", "tokens per block B", default=512, minimum=128, maximum=1024, multiple_of=128,
+               reason="a block is whole 128-token tiles (tokens sit on the 128 partitions for the gather and "
+                      "the down projection) and at most 1024 tokens, the block layer of the seed"),
+    OptionSpec("update", "choice", "accumulate each block into the output (top-K) or overwrite (top-1); "
+               "auto picks overwrite for top_k 1", default="auto", choices=("auto", "accumulate", "overwrite")),
+    OptionSpec("padding", "choice", "empty block slots hold T (the zero row of hidden_states) or -1 "
+               "(skipped by out-of-bounds DMA)", default="row", choices=("row", "skip")),
+    OptionSpec("checkpoint", "flag", "also return gate/up pre-activations [N, 2, I, B] and down outputs "
+               "[N, B, H] (activation checkpointing)"),
+    OptionSpec("weights", "choice", "resident: an expert's whole weights stay in SBUF and are not loaded "
+               "again when the next block has the same expert; stream: weights are loaded in chunks for "
+               "every block; auto: resident when it fits", default="auto", choices=("auto", "resident", "stream")),
+)
+
+ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
+TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
+CONTRACTION_TILE = PARTITIONS  # rows of a matmul operand (H for gate/up, I for down)
 
 
-def plan(layer: Layer, variant: Variant) -> KernelPlan:
-    raise PlanError((None, "the cte family is not generated yet"))
+@dataclass(frozen=True, kw_only=True)
+class CtePlan(KernelPlan):
+    """Everything a cte kernel needs, as plain numbers.
+
+    Tiles are (offset, size) pairs. `i_*` ranges are relative to this core's share of I
+    (shard=intermediate at LNC=2 gives each core I_TP / 2 starting at core * I_TP / 2).
+    """
+
+    # layer
+    hidden: int
+    intermediate: int  # I_TP
+    experts: int  # E (local experts)
+    top_k: int
+    dtype: str
+    out_dtype: str
+    weight_dtype: str  # dtype of the weights in HBM (fp8 when quantized)
+    # variant
+    shard: str
+    hybrid: bool
+    dropping: bool
+    block: int
+    accumulate: bool
+    pad_skip: bool
+    checkpoint: bool
+    resident_weights: bool
+    reuse_weights: bool
+    verify_tokens: int
+    # tiling
+    token_tiles: int  # B / 128
+    token_chunks: tuple[tuple[int, int], ...]  # moving free chunks (<= 512 tokens) of a block
+    h_tiles: tuple[tuple[int, int], ...]  # contraction tiles over H
+    h_full_tiles: int  # number of full 128-row H tiles (a tail tile, if any, is h_tiles[-1])
+    i_core: int  # I per core
+    i_tiles: tuple[tuple[int, int], ...]  # intermediate tiles of this core's I share
+    i_full_tiles: int
+    gate_up_chunks: tuple[tuple[int, int, int, int], ...]  # (I offset, columns, first tile, tiles) per weight load
+    gate_up_chunk_cols: int  # widest chunk in I columns (buffer width)
+    h_out: int  # output columns this core finishes (H, or H / 2 for shard=intermediate at LNC=2)
+    down_chunks: tuple[tuple[int, int], ...]  # output column chunks (<= 512) within this core's H share
+    down_cols: int  # widest output column chunk
+    zero_columns: int  # width of the zero tile that clears output rows
+    exchange: bool  # shard=intermediate at LNC=2: partial down projections go through sendrecv
+    # epilogue: the shared expert-MLP plan (activation steps, clamps, +1, dequant, affinity scale)
+    mlp: ExpertMLPPlan
+    zero_output: bool  # zero-fill out before the blocks (accumulation, dropped tokens, skipped padding)
+    partial_output: bool  # shard=block at LNC=2 with accumulation: core 1 accumulates into a scratch copy
+
+    @property
+    def quantized(self) -> bool:
+        return self.mlp.weight_quant != "none"
+
+    @property
+    def gate_scale(self) -> str:
+        """'none' | 'row' | 'static': the dequant scale layout the kernel loads."""
+        return {"none": "none", "fp8_row": "row", "fp8_static": "static"}[self.mlp.weight_quant]
+
+    @property
+    def affinity(self) -> str:
+        return self.mlp.affinity_scale
+
+    @property
+    def clamped(self) -> bool:
+        return self.mlp.has_gate_clamp or self.mlp.has_up_clamp
+
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """The kernel's parameters: the seed's tensor arguments in its order, those this variant reads."""
+        names = ["hidden_states", "expert_affinities_masked", "gate_up_proj_weight", "down_proj_weight",
+                 "token_position_to_id", "block_to_expert"]
+        if self.hybrid:
+            names.append("conditions")
+        if self.mlp.gate_up_bias:
+            names.append("gate_and_up_proj_bias")
+        if self.mlp.down_bias:
+            names.append("down_proj_bias")
+        if self.quantized:
+            names += ["gate_up_proj_scale", "down_proj_scale"]
+        return tuple(names)
+
+    @property
+    def variant_label(self) -> str:
+        """The seed's name of this variant."""
+        name = {"block": "shard_on_block", "intermediate": "shard_on_i"}[self.shard]
+        return name + ("_hybrid" if self.hybrid else "") + ("_dropping" if self.dropping else "")
+
+    @property
+    def summary(self) -> str:
+        scale = {"pre": "PRE_SCALE", "post": "POST_SCALE", "none": "NO_SCALE"}[self.affinity]
+        quant = {"none": self.weight_dtype, "row": "fp8 row-dequantized", "static": "fp8 static-dequantized"}
+        return (f"MoE CTE {self.variant_label} (LNC={self.lnc}), {quant[self.gate_scale]} weights, "
+                f"{self.mlp.activation}, {scale}, {'top-K accumulate' if self.accumulate else 'top-1 overwrite'}.")
+
+    @property
+    def description(self) -> str:
+        return self.summary
+
+    @property
+    def pseudocode(self) -> tuple[str, ...]:
+        blocks = {("block", 2): "for b in blocks of this core (core c: b = c, c+2, ...):",
+                  ("intermediate", 2): "for b in range(N):  # each core computes its half of I"}.get(
+            (self.shard, self.lnc), "for b in range(N):")
+        if self.hybrid:
+            blocks = "for b in range(ceil(T*K/B)), then nl.fori_loop(.., sum(conditions)):"
+        lines = [blocks,
+                 "    ids = token_position_to_id[b*B:(b+1)*B]; e = " + ("b" if self.dropping else "block_to_expert[b]"),
+                 "    x = hidden_states[ids]" + ("  (-1 slots skipped: zero rows)" if self.pad_skip else "")]
+        if self.affinity == "pre":
+            lines.append("    x = x * affinity[ids, e]")
+        dq = " * scale[e]" if self.quantized else ""
+        mlp = self.mlp
+        lines += [f"    g, u = x @ Wg[e]{dq}" + (" + bg[e]" if mlp.gate_up_bias else "")
+                  + f", x @ Wu[e]{dq}" + (" + bu[e]" if mlp.gate_up_bias else "")
+                  + (f" + {mlp.up_constant:g}" if mlp.up_constant else "")]
+        if self.clamped:
+            lines.append(f"    g = clamp(g, {mlp.gate_lower}, {mlp.gate_upper}); u = clamp(u, {mlp.up_lower}, {mlp.up_upper})")
+        lines.append(f"    h = {mlp.activation}(g) * u")
+        if self.exchange:
+            lines.append("    y = h[:, my I half] @ Wd[e][my I half] + the other core's partial (sendrecv)")
+        else:
+            lines.append("    y = h @ Wd[e]" + dq + (" + bd[e]" if mlp.down_bias else ""))
+        if self.checkpoint:
+            lines.append("    gate_up_activations_T[b] = [g, u]^T (before clamp); down_activations[b] = y")
+        scaled = "y * affinity[ids, e]" if self.affinity == "post" else "y"
+        lines.append(f"    out[ids] {'+=' if self.accumulate else '='} round_{self.out_dtype}({scaled})")
+        if self.partial_output:
+            lines.append("out = partial(core 0) + partial(core 1)")
+        lines.append("out[T] = 0")
+        return tuple(lines)
+
+
+def _tiles(total: int, size: int) -> tuple[tuple[int, int], ...]:
+    return tuple((start, min(size, total - start)) for start in range(0, total, size))
+
+
+def _layer_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    dims = layer.dims
+    if layer.dtype not in ("bf16", "fp16"):
+        problems.append((None, f"dtype {layer.dtype}: cte kernels run their matmuls in bf16 or fp16 "
+                               "(fp32 operands are 4x slower on TensorE and the seed accepts bf16/fp16 only)"))
+    if layer.quant.activations != "none":
+        problems.append((None, f"quant activations={layer.quant.activations}: cte kernels keep the matmul inputs "
+                               f"in {layer.dtype} (static fp8 input quantization is not generated for cte)"))
+    if dims.hidden % 16 or not 128 <= dims.hidden <= 8192:
+        problems.append((None, f"hidden {dims.hidden}: cte kernels take H from 128 to 8192 in multiples of 16 "
+                               "(a gathered token row and its transpose must fit a 128-partition SBUF tile)"))
+    if dims.intermediate_tp % 16:
+        problems.append((None, f"I_TP {dims.intermediate_tp}: must be a multiple of 16 (DMA rows of the "
+                               "weights and the checkpoint layout [N, 2, I, B])"))
+    if not 2 <= dims.local_experts <= 512:
+        problems.append((None, f"{dims.local_experts} local experts: cte kernels take 2 to 512"))
+    return problems
+
+
+def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    lnc, shard = variant["lnc"], variant["shard"]
+    if variant["loop"] == "hybrid":
+        if shard != "intermediate":
+            problems.append(("loop", "loop=hybrid needs shard=intermediate: with shard=block the two cores would "
+                                     "run different runtime trip counts, and both cores of a logical core must "
+                                     "run the same control flow"))
+        if variant.options.get("dropping"):
+            problems.append(("loop", "loop=hybrid cannot drop tokens: the dropping layout has one block per expert "
+                                     "in expert order, so its empty blocks are not at the end where a runtime trip "
+                                     "count could skip them"))
+    if variant["update"] == "overwrite" and layer.dims.top_k > 1:
+        problems.append(("update", f"update=overwrite needs top_k 1 (top_k is {layer.dims.top_k}): a token's "
+                                   "results from its several experts must be added"))
+    if shard == "intermediate" and lnc == 2 and layer.dims.intermediate_tp % 32:
+        problems.append(("shard", f"shard=intermediate at lnc=2 needs I_TP a multiple of 32 so each core gets a "
+                                  f"multiple of 16 (I_TP is {layer.dims.intermediate_tp})"))
+    if shard == "intermediate" and lnc == 2 and layer.dims.hidden % 32:
+        problems.append(("shard", f"shard=intermediate at lnc=2 needs H a multiple of 32: each core finishes half "
+                                  f"of the output columns (H is {layer.dims.hidden})"))
+    return problems
+
+
+def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chunk_cols: int, weight_count: int,
+             down_chunk: int,
+             resident: bool, h_out: int, exchange: bool, mlp: ExpertMLPPlan, checkpoint: bool, accumulate: bool,
+             hybrid: bool) -> tuple[Buffer, ...]:
+    """Every on-chip allocation of one core, per partition."""
+    n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
+    chunk = min(b, MATMUL_MOVING_FREE_MAX)
+    col = min(h_out, down_chunk)
+    # resident: all H columns (shard=intermediate needs the other core's columns too); streamed: one
+    # chunk, and a second for the other core's columns when partial projections are exchanged
+    down_cols = h if resident else col * (2 if exchange else 1)
+    sb = [
+        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t),
+        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2),  # and the padding shift
+        Buffer("expert_id", "sbuf", 1, 4, 3),
+        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
+        Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
+        Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * 2 * chunk_cols, weight_count),
+        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 3),
+        Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
+        Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
+        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col),
+        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col),
+        Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
+    ]
+    if mlp.affinity_scale != "none":
+        sb += [Buffer("expert_bcast", "sbuf", PARTITIONS, 4), Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t),
+               Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t)]
+    if accumulate:
+        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col))
+    if mlp.weight_quant == "fp8_row":
+        sb += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * 2),
+               Buffer("down_scale", "sbuf", PARTITIONS, 4 * h_out)]
+    elif mlp.weight_quant == "fp8_static":
+        sb += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * 2), Buffer("down_scale", "sbuf", PARTITIONS, 4)]
+    if mlp.gate_up_bias:
+        sb.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 4 * n_i * 2))
+    if mlp.down_bias:
+        sb.append(Buffer("down_bias", "sbuf", PARTITIONS, 4 * h_out))
+    if exchange:
+        sb += [Buffer("partial_send", "sbuf", PARTITIONS, 4 * col), Buffer("partial_recv", "sbuf", PARTITIONS, 4 * col)]
+    if checkpoint:
+        sb += [Buffer("gate_up_checkpoint", "sbuf", PARTITIONS, out_dt * chunk),
+               Buffer("down_checkpoint", "sbuf", PARTITIONS, out_dt * col)]
+    if hybrid:
+        sb.append(Buffer("conditions", "sbuf", 1, 4 * 2))
+    ps = [
+        Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 4),
+        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE),
+        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 2),
+    ]
+    return tuple(sb + ps)
+
+
+def plan(layer: Layer, variant: Variant) -> CtePlan:
+    problems = _layer_problems(layer, variant) + _variant_problems(layer, variant)
+    try:
+        mlp = expert_mlp_plan(layer)
+    except PlanError as error:
+        problems = error.problems + problems
+    if problems:
+        raise PlanError(*problems)
+    dims = layer.dims
+    lnc, shard, b = variant["lnc"], variant["shard"], variant["block"]
+    h, i_tp, k = dims.hidden, dims.intermediate_tp, dims.top_k
+    exchange = shard == "intermediate" and lnc == 2
+    i_core = i_tp // 2 if exchange else i_tp
+    h_out = h // 2 if exchange else h
+    accumulate = variant["update"] == "accumulate" or (variant["update"] == "auto" and k > 1)
+    dropping = bool(variant.options.get("dropping"))
+    pad_skip = variant["padding"] == "skip"
+    checkpoint = bool(variant.options.get("checkpoint"))
+    hybrid = variant["loop"] == "hybrid"
+    dt, out_dt = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype]
+    weight_dtype = mlp.weight_dtype
+    wdt = DTYPE_BYTES[weight_dtype]
+    i_tiles = _tiles(i_core, CONTRACTION_TILE)
+    capacity = SBUF_BYTES["trn2"] - SBUF_RESERVED
+    common = dict(h=h, i_core=i_core, b=b, dt=dt, wdt=wdt, out_dt=out_dt, h_out=h_out, exchange=exchange,
+                  mlp=mlp, checkpoint=checkpoint, accumulate=accumulate, hybrid=hybrid)
+
+    # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
+    # chunks of I tiles, the widest chunk that fits SBUF (two buffers, so loads overlap compute).
+    decisions = list(mlp.decisions)
+    full_chunk = MATMUL_MOVING_FREE_MAX
+    resident_buffers = _buffers(chunk_cols=i_core, weight_count=1, resident=True, down_chunk=full_chunk, **common)
+    fits_resident = sum(x.total_per_partition for x in resident_buffers if x.memory == "sbuf") <= capacity
+    want = variant["weights"]
+    if want == "resident" and not fits_resident:
+        need = sum(x.total_per_partition for x in resident_buffers if x.memory == "sbuf")
+        raise PlanError(("weights", f"weights=resident: one expert's weights with the block's buffers need {need} "
+                                    f"bytes per partition, more than the {capacity} usable on trn2 (use "
+                                    "weights=stream or a smaller block)"))
+    resident = want == "resident" or (want == "auto" and fits_resident)
+    if resident:
+        buffers, chunk_tiles = resident_buffers, len(i_tiles)
+        decisions.append(("weights", "resident: the expert's gate/up and down weights fit SBUF with the block "
+                                     "buffers"))
+    else:
+        buffers = None
+        # the widest gate/up chunk (I tiles) and down chunk (output columns) that fit, in this order
+        for chunk_tiles, down_chunk in ((8, 512), (4, 512), (2, 512), (2, 256), (1, 256), (1, 128)):
+            chunk_tiles = min(chunk_tiles, len(i_tiles))
+            candidate = _buffers(chunk_cols=min(i_core, chunk_tiles * CONTRACTION_TILE), weight_count=2,
+                                 resident=False, down_chunk=down_chunk, **common)
+            if sum(x.total_per_partition for x in candidate if x.memory == "sbuf") <= capacity:
+                buffers, full_chunk = candidate, down_chunk
+                break
+        if buffers is None:
+            raise PlanError(("block", f"block {b}: even streaming one 128-column weight chunk at a time, the "
+                                      f"block's buffers (x^T and h^T hold B columns per H and I tile) exceed the "
+                                      f"{capacity} bytes per partition of trn2 SBUF; use a smaller block"))
+        decisions.append(("weights", f"streamed in chunks of {chunk_tiles} I tiles and {full_chunk} output "
+                                     "columns (double-buffered): "
+                          + ("asked for by weights=stream" if want == "stream"
+                             else "one expert's weights do not fit SBUF with the block buffers")))
+    reuse = resident and not dropping
+    if reuse:
+        decisions.append(("weight reuse", "a block whose expert equals the previous block's skips the weight "
+                                          "DMA (its expert index is made out of bounds, oob_mode=skip)"))
+    gate_up_chunks = []
+    for first in range(0, len(i_tiles), chunk_tiles):
+        tiles = i_tiles[first:first + chunk_tiles]
+        gate_up_chunks.append((tiles[0][0], sum(size for _, size in tiles), first, len(tiles)))
+    chunk_cols = max(cols for _, cols, _, _ in gate_up_chunks)
+
+    zero_output = accumulate or dropping
+    partial_output = shard == "block" and lnc == 2 and accumulate
+    decisions += [
+        ("sharding", {("block", 1): "one core runs every block",
+                      ("block", 2): "core c runs blocks c, c+2, ...; "
+                                    + ("core 1 accumulates into a scratch copy, added to out at the end"
+                                       if partial_output else "top-1: each token row is written by one core"),
+                      ("intermediate", 1): "one core runs the whole intermediate dimension",
+                      ("intermediate", 2): f"core c computes I columns [c*{i_core}, (c+1)*{i_core}) and finishes "
+                                           f"output columns [c*{h_out}, (c+1)*{h_out}); partial down projections "
+                                           "of the other half go through sendrecv"}[(shard, lnc)]),
+        ("output update", "read-modify-write: each block's contribution is rounded to the output dtype and added"
+         if accumulate else "overwrite: top-1, each token row is written once"),
+        ("padding", "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip)" if pad_skip
+         else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
+              "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end"),
+    ]
+    if hybrid:
+        decisions.append(("loop", "static loop over ceil(T*K/B) blocks (they surely hold tokens), then nl.fori_loop "
+                                  "up to sum(conditions) held in a register"))
+    return CtePlan(
+        family="cte", kernel_name=variant.name, spec_name=layer.name, lnc=lnc, buffers=buffers,
+        decisions=tuple(decisions),
+        hidden=h, intermediate=i_tp, experts=dims.local_experts, top_k=k, dtype=layer.dtype,
+        out_dtype=layer.out_dtype, weight_dtype=weight_dtype,
+        shard=shard, hybrid=hybrid, dropping=dropping, block=b, accumulate=accumulate, pad_skip=pad_skip,
+        checkpoint=checkpoint, resident_weights=resident, reuse_weights=reuse,
+        verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
+        token_tiles=b // TOKEN_TILE, token_chunks=_tiles(b, MATMUL_MOVING_FREE_MAX),
+        h_tiles=_tiles(h, CONTRACTION_TILE), h_full_tiles=h // CONTRACTION_TILE,
+        i_core=i_core, i_tiles=i_tiles, i_full_tiles=i_core // CONTRACTION_TILE,
+        gate_up_chunks=tuple(gate_up_chunks), gate_up_chunk_cols=chunk_cols,
+        h_out=h_out, down_chunks=_tiles(h_out, full_chunk), exchange=exchange,
+        down_cols=min(h_out, full_chunk), zero_columns=min(h_out, ZERO_COLUMNS_MAX),
+        zero_output=zero_output, partial_output=partial_output, mlp=mlp,
+    )
 
 
 def _family():
     from moegen.plan import Family
 
-    return Family(name="cte", options=(), plan=plan, doc="cte kernels")
+    return Family(name="cte", options=OPTIONS, plan=plan,
+                  doc="blockwise context-encoding (prefill) MoE: shard_on_block, shard_on_i, hybrid, dropping")
 
 
 FAMILY = _family()

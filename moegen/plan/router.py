@@ -1,19 +1,231 @@
-"""The router kernel family: options and plan. (Being written: see the router issue.)"""
+"""The router top-K family (SEMANTICS section 3): options, plan, and the reasons behind each choice.
+
+One kernel computes logits = x @ w (+ bias) in fp32 PSUM, the activation (softmax or sigmoid, before
+or after the top-K), the top-K with moegen's tie rule, the optional L1 renormalisation, selection bias,
+group limit and routed scaling, and writes router_logits, expert_index, expert_affinities (and the
+eager [T, K] values). The math comes from the spec's router pipeline; a variant may override the
+activation, the norm position and the renormalisation (`act=`, `norm=`, `renormalize=`) so that one
+spec can hold the seed kernel's option matrix.
+"""
 
 from __future__ import annotations
 
-from moegen.plan.common import KernelPlan, PlanError
+from dataclasses import dataclass
+
+from moegen.plan.common import (
+    DTYPE_BYTES,
+    MATMUL_CONTRACTION_MAX,
+    MATMUL_MOVING_FREE_MAX,
+    PARTITIONS,
+    Buffer,
+    KernelPlan,
+    PlanError,
+    ceil_div,
+)
 from moegen.spec.model import Layer, Variant
+from moegen.spec.options import OptionSpec
+
+MAX_TOP_K = 16  # two max8 rounds
+MAX8_WIDTH = 8  # max8 / nc_find_index8 read at least 8 values per partition and return 8
+TOKEN_TILE = PARTITIONS  # tokens per tile: the logits tile has tokens on partitions
+# Masks a chosen (or excluded) entry so max8 / nc_find_index8 never see it again: finite, so that
+# 0 * NEG_BIG = 0 leaves every other entry bit-exact, and below any real logit or score.
+NEG_BIG = -3.0e38
+
+OPTIONS = (
+    OptionSpec("layout", "choice", "x in HBM as [T, H] (th) or [H, T] (ht)", default="th", choices=("th", "ht")),
+    OptionSpec("scatter", "choice", "how the K weights reach expert_affinities [T, E]: a one-hot mask per "
+               "selected expert on chip (onehot), or an indirect DMA write per weight (dma)",
+               default="onehot", choices=("onehot", "dma")),
+    OptionSpec("eager", "flag", "also return the K selected affinities [T, K] (expert_affinities_eager)"),
+    OptionSpec("skip_logits", "flag", "do not write router_logits (the kernel returns no logits)"),
+    OptionSpec("act", "choice", "override the router pipeline's activation", choices=("softmax", "sigmoid")),
+    OptionSpec("norm", "choice", "override where the activation runs: before the top-K (pre) or on the K "
+               "selected logits (post)", choices=("pre", "post")),
+    OptionSpec("renormalize", "choice", "override the pipeline's L1 renormalisation of the K weights",
+               choices=("yes", "no")),
+)
 
 
-def plan(layer: Layer, variant: Variant) -> KernelPlan:
-    raise PlanError((None, "the router family is not generated yet"))
+@dataclass(frozen=True, kw_only=True)
+class RouterPlan(KernelPlan):
+    """Every number and choice of one router kernel."""
+
+    hidden: int
+    experts: int
+    top_k: int
+    in_dtype: str
+    out_dtype: str
+    x_layout: str  # 'th' | 'ht'
+    scatter: str  # 'onehot' | 'dma'
+    eager: bool
+    store_logits: bool
+    act: str  # 'softmax' | 'sigmoid'
+    pre_norm: bool
+    renormalize: bool
+    scaling_factor: float | None
+    w_bias: bool
+    selection_bias: bool
+    n_group: int | None
+    topk_group: int | None
+    group_size: int | None
+    # Contraction: H = h_tiles * 128 + h_rest; full tiles map h = p * h_tiles + j (p the partition).
+    h_tiles: int
+    h_rest: int
+    token_tile: int
+    select_on: str  # 'logits' | 'scores': what max8 ranks
+    full_scores: bool  # the activation over all E is materialised
+    weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by one-hot)
+    topk_rounds: int  # max8 rounds: ceil(K / 8)
+    work_width: int  # selection row width: max(E, 8), padded with NEG_BIG
+    group_width: int  # group score row width: max(n_group, 8)
+    group_pad: int  # per-group width read by max8: max(group_size, 8)
+    neg_big: float
+    verify_tokens: int | None = None
+
+
+def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tuple[str | None, str]]]:
+    """(activation, pre_norm, renormalize) after the variant's overrides, and the problems they raise."""
+    router = layer.router
+    act = variant.options.get("act", router.activation)
+    norm = variant.options.get("norm")
+    pre_norm = router.pre_norm if norm is None else norm == "pre"
+    renorm_option = variant.options.get("renormalize")
+    renormalize = router.renormalize if renorm_option is None else renorm_option == "yes"
+    problems: list[tuple[str | None, str]] = []
+    if not pre_norm:
+        where = "norm" if norm is not None else None
+        if router.selection_bias:
+            problems.append((where, "a selection bias applies to activated scores: the router needs pre-norm "
+                                    "(activate before topk)"))
+        if router.n_group is not None:
+            problems.append((where, "group-limited top-K ranks activated scores: the router needs pre-norm"))
+        if renormalize and act == "softmax":
+            where = "renormalize" if renorm_option is not None else where
+            problems.append((where, "renormalising after a post-topk softmax does nothing: the K weights "
+                                    "already sum to 1"))
+    return act, pre_norm, renormalize, problems
+
+
+def plan(layer: Layer, variant: Variant) -> RouterPlan:
+    """Resolve one router variant to numbers; PlanError names the option and the reason."""
+    if layer.router is None:
+        raise PlanError((None, "the layer has no router pipeline: add 'router = linear -> ... -> topk'"))
+    dims, router = layer.dims, layer.router
+    hidden, experts, top_k = dims.hidden, dims.experts, dims.top_k
+    act, pre_norm, renormalize, problems = _pipeline(layer, variant)
+    if experts > MATMUL_MOVING_FREE_MAX:
+        problems.append((None, f"experts {experts}: at most {MATMUL_MOVING_FREE_MAX} (one matmul's moving free "
+                               "size and one PSUM bank of fp32 logits per token)"))
+    if top_k > MAX_TOP_K:
+        problems.append((None, f"top_k {top_k}: at most {MAX_TOP_K} (two max8 rounds of 8)"))
+    if top_k > experts:
+        problems.append((None, f"top_k {top_k}: more than the {experts} experts"))
+    group_size = None
+    if router.n_group is not None:
+        group_size = experts // router.n_group
+        if group_size < 2:
+            problems.append((None, f"group_limit(groups={router.n_group}): {group_size} expert per group, but a "
+                                   "group's score is the sum of its top-2 experts"))
+    if problems:
+        raise PlanError(*problems)
+
+    h_tiles, h_rest = divmod(hidden, MATMUL_CONTRACTION_MAX)
+    select_on = "scores" if (router.selection_bias or router.n_group is not None) else "logits"
+    full_scores = select_on == "scores"
+    weights_from = "scores" if router.selection_bias else "selected"
+    store_logits = not variant.options.get("skip_logits", False)
+    scatter = variant.options["scatter"]
+    eager = bool(variant.options.get("eager", False))
+    work_width = max(experts, MAX8_WIDTH)
+    group_width = max(router.n_group or 0, MAX8_WIDTH)
+    group_pad = max(group_size or 0, MAX8_WIDTH)
+    rounds = ceil_div(top_k, MAX8_WIDTH)
+
+    in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
+    buffers = [
+        Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
+        Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes),
+        Buffer("logits", "psum", TOKEN_TILE, experts * f32),
+        Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
+        Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
+        Buffer("one-hot masks", "sbuf", TOKEN_TILE, (top_k if scatter == "onehot" else 1) * work_width * f32),
+        Buffer("top-K values, weights, index", "sbuf", TOKEN_TILE, rounds * MAX8_WIDTH * f32 * 4 + top_k * 4 * 3),
+    ]
+    if h_rest:
+        buffers += [Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
+                    Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes)]
+    if router.bias:
+        buffers.append(Buffer("bias row and ones", "sbuf", 1, experts * in_bytes + TOKEN_TILE * in_bytes))
+    if store_logits:
+        buffers.append(Buffer("logits out", "sbuf", TOKEN_TILE, experts * out_bytes))
+    if full_scores or (pre_norm and act == "softmax"):
+        buffers.append(Buffer("scores (or exp scratch)", "sbuf", TOKEN_TILE, experts * f32))
+    if router.selection_bias:
+        buffers += [Buffer("selection bias rows", "sbuf", TOKEN_TILE, experts * f32),
+                    Buffer("selection bias broadcast", "psum", TOKEN_TILE, experts * f32),
+                    Buffer("gather product", "sbuf", TOKEN_TILE, experts * f32)]
+    if router.n_group is not None:
+        buffers += [Buffer("group top-8", "sbuf", TOKEN_TILE, router.n_group * MAX8_WIDTH * f32),
+                    Buffer("group rows", "sbuf", TOKEN_TILE,
+                           (router.n_group * group_pad + 3 * group_width + router.topk_group * group_width) * f32)]
+    if scatter == "onehot":
+        buffers.append(Buffer("affinities tile", "sbuf", TOKEN_TILE, experts * out_bytes))
+    else:
+        buffers.append(Buffer("zero rows, DMA targets", "sbuf", TOKEN_TILE, experts * out_bytes + top_k * 8 + 4))
+
+    decisions = [
+        ("contraction", f"H={hidden} = {h_tiles} x 128" + (f" + {h_rest}" if h_rest else "")
+         + f": each full tile puts h = p * {h_tiles} + j on partition p (x and w read in runs of {h_tiles} "
+           "contiguous elements, no transpose)"
+         + (f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
+            "multiple of 128" if h_rest else "")),
+        ("logits", f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
+                   "axis: one fp32 PSUM bank per tile" + ("; the bias is one extra K=1 matmul of a ones row "
+                                                          "into the same PSUM accumulation" if router.bias else "")),
+        ("selection", f"max8 ranks the {select_on}" + (
+            " (softmax and sigmoid are increasing, so ranking the exact fp32 logits picks the same experts "
+            "without depending on the activation's rounding)" if select_on == "logits" and pre_norm else "")
+         + (" plus the selection bias" if router.selection_bias else "")),
+        ("ties", "each of the K steps takes the next max8 value v, finds its first column with nc_find_index8 "
+                 "(all 8 vals equal to v, only column 0 used: the first occurrence in any duplicate "
+                 "convention), records it and masks that column with NEG_BIG: the lower expert wins a tie "
+                 "and no expert is chosen twice"),
+        ("top-k rounds", f"K={top_k}: {rounds} max8 round(s) over a {work_width}-wide row"
+         + (f" (E={experts} padded with NEG_BIG to max8's minimum of 8)" if work_width > experts else "")),
+        ("scatter", "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile" if scatter == "onehot"
+         else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
+              "(vector_offset on the flattened [T*E, 1] view)"),
+        ("sharding", "LNC=2: core 0 takes tokens [0, ceil(T/2)), core 1 the rest (odd T: one fewer); the "
+                     "cores write disjoint rows of every output, so no barrier is needed"
+         if variant.options["lnc"] == 2 else "LNC=1"),
+        ("outputs", f"allocated in shared HBM and returned; logits, affinities and eager in {layer.out_dtype} "
+                    "(rounded once from fp32), expert_index int32"),
+    ]
+    if router.n_group is not None:
+        decisions.append(("group limit", f"{router.n_group} groups of {group_size}: group score = sum of the "
+                                         f"group's max8 top-2; the {router.topk_group} best groups (same tie rule) "
+                                         "stay, the others get NEG_BIG added before the expert top-K"))
+
+    return RouterPlan(
+        family="router", kernel_name=variant.name, spec_name=layer.name, lnc=variant.options["lnc"],
+        buffers=tuple(buffers), decisions=tuple(decisions),
+        hidden=hidden, experts=experts, top_k=top_k, in_dtype=layer.dtype, out_dtype=layer.out_dtype,
+        x_layout=variant.options["layout"], scatter=scatter, eager=eager, store_logits=store_logits,
+        act=act, pre_norm=pre_norm, renormalize=renormalize, scaling_factor=router.scaling_factor,
+        w_bias=router.bias, selection_bias=router.selection_bias, n_group=router.n_group,
+        topk_group=router.topk_group, group_size=group_size, h_tiles=h_tiles, h_rest=h_rest,
+        token_tile=TOKEN_TILE, select_on=select_on, full_scores=full_scores, weights_from=weights_from,
+        topk_rounds=rounds, work_width=work_width, group_width=group_width, group_pad=group_pad,
+        neg_big=NEG_BIG, verify_tokens=variant.options.get("verify_tokens"),
+    )
 
 
 def _family():
     from moegen.plan import Family
 
-    return Family(name="router", options=(), plan=plan, doc="router kernels")
+    return Family(name="router", options=OPTIONS, plan=plan,
+                  doc="router top-K: logits, activation, top-K with ties to the lower expert, affinities")
 
 
 FAMILY = _family()

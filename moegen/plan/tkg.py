@@ -1,19 +1,329 @@
-"""The tkg kernel family: options and plan. (Being written: see the tkg issue.)"""
+"""The tkg family: token-generation MoE (SEMANTICS sections 1, 2, 4), options and plan.
+
+One kernel runs the expert MLPs of a decode step. The work is a list of *work items*, each one
+expert applied to the token tile:
+- selective: one item per (token t, k): the expert id is read at run time from expert_index[t, k]
+  and the expert's weights are fetched by a DMA whose start address is that id (scalar_offset);
+  the item is computed for the whole token tile and only row t is kept: its per-token scale
+  column is zero except at t (the affinity, or 1 for NO_SCALE). The TensorE cost of N tokens equals
+  that of one token for N <= 64, and no partition shuffle is needed.
+- all_experts: one item per local expert (static weights offset), scale column = the token's
+  affinity for that expert (this rank's window of [T, E], optionally masked to its top-K).
+Per item: gate/up matmuls per I tile (weights stationary [H tile, I tile], x.T moving [H tile, N])
+into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down matmuls
+(h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;
+acc[N, H] += scale column * (y (* down scale) (+ down bias)). The output is acc rounded to the
+output dtype, written to HBM [T, H] or returned in SBUF.
+
+EP and TP: E_L = E / ep local experts, I_TP = I / tp. Both are layer dimensions (`dims`); a tkg
+kernel may set its own `ep=` / `tp=` option, so the EP (or TP) variant of a model lives next to its
+other variants in the same spec file, on the same layer.
+"""
 
 from __future__ import annotations
 
-from moegen.plan.common import KernelPlan, PlanError
+from dataclasses import dataclass
+
+from moegen.plan.common import (
+    DTYPE_BYTES,
+    MATMUL_MOVING_FREE_MAX,
+    PARTITIONS,
+    PSUM_BANKS,
+    Buffer,
+    KernelPlan,
+    PlanError,
+    ceil_div,
+)
+from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
 from moegen.spec.model import Layer, Variant
+from moegen.spec.options import OptionSpec
+
+TOKEN_TILE = PARTITIONS  # tokens of one tile: the down results have tokens on partitions
+SELECTIVE_MAX_TOKENS = 128  # the seed's decode bound; selective mode keeps one token tile
+DOWN_SLAB_BYTES = 32 * 1024  # per partition: one I tile of down weights, the columns of a group
+DOWN_GROUP_BANKS = 4  # PSUM banks holding one group of down columns (gate and up take 2 more)
+CHUNK = MATMUL_MOVING_FREE_MAX  # down columns per matmul (one fp32 PSUM bank)
+
+OPTIONS = (
+    OptionSpec("mode", "choice", "selective: each token runs its K experts (ids read at run time); "
+               "all_experts: every local expert runs on every token", default="selective",
+               choices=("selective", "all_experts")),
+    OptionSpec("tokens", "bound", "the most tokens T a call may pass (buffers are sized for it)", default=128,
+               minimum=1, maximum=4096, reason="all-expert mode tiles tokens by 128; 4096 bounds the tiles"),
+    OptionSpec("ep", "int", "expert-parallel ranks for this kernel: it holds E_L = E / ep experts "
+               "(default: the layer's dims ep)", minimum=1, maximum=1024),
+    OptionSpec("tp", "int", "tensor-parallel ranks for this kernel: it holds I_TP = I / tp of each expert "
+               "(default: the layer's dims tp)", minimum=1, maximum=64),
+    OptionSpec("mask_unselected", "flag", "all-expert mode: zero the affinity of experts not in the token's "
+               "top-K (mask_unselected_experts)"),
+    OptionSpec("eager", "flag", "selective mode: affinities are the K selected values [T, K] "
+               "(expert_affinities_eager) instead of the [T, E] table"),
+    OptionSpec("out", "choice", "output dtype override (default: the layer's output dtype)",
+               choices=("bf16", "fp16", "fp32")),
+    OptionSpec("output", "choice", "where the result goes: HBM [T, H], or left in SBUF [T, H] for a caller "
+               "that fuses (the kernel is then a sub-kernel, not @nki.jit)", default="hbm",
+               choices=("hbm", "sbuf")),
+    OptionSpec("shard", "choice", "LNC=2 split: auto (the plan chooses per shape), hidden (each core half "
+               "of the down projection's columns), tokens (each core half of the token tiles)",
+               default="auto", choices=("auto", "hidden", "tokens", "intermediate")),
+)
 
 
-def plan(layer: Layer, variant: Variant) -> KernelPlan:
-    raise PlanError((None, "the tkg family is not generated yet"))
+@dataclass(frozen=True, kw_only=True)
+class TkgPlan(KernelPlan):
+    """Every number and choice of one tkg kernel."""
+
+    mlp: ExpertMLPPlan
+    mode: str  # 'selective' | 'all_experts'
+    hidden: int
+    intermediate: int  # I_TP
+    experts: int  # E
+    local_experts: int  # E_L
+    ep: int
+    tp: int
+    top_k: int
+    in_dtype: str
+    out_dtype: str
+    weight_dtype: str
+    matmul_dtype: str  # dtype of h (and of x): the down (and gate/up) moving/stationary operand
+    affinity_scale: str  # 'none' | 'pre' | 'post'
+    eager: bool
+    mask_unselected: bool
+    uses_affinities: bool  # expert_affinities is read
+    uses_rank: bool  # rank_id is read (all-expert with affinity scaling)
+    output: str  # 'hbm' | 'sbuf'
+    token_bound: int
+    token_tile: int  # tokens per tile (<= 128)
+    token_tiles: int  # tiles of the token bound
+    h_tiles: int
+    h_last: int  # rows of the last H tile (128 when H is a multiple of 128)
+    i_tiles: int
+    i_last: int
+    down_groups: tuple[tuple[tuple[int, int], ...], ...]  # per core: (start, columns) of each group
+    down_chunks: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]  # per core, per group: chunks
+    group_columns: int  # widest group (down slab columns)
+    chunks_per_group: int  # PSUM banks for down
+    shard: str  # 'none' | 'hidden' | 'tokens'
+    core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
+    verify_tokens: int | None = None
+
+    @property
+    def work_items_per_tile(self) -> str:
+        return "T*K" if self.mode == "selective" else str(self.local_experts)
+
+
+def _tiles(n: int) -> tuple[int, int]:
+    tiles = ceil_div(n, PARTITIONS)
+    return tiles, n - (tiles - 1) * PARTITIONS
+
+
+def _groups(start: int, columns: int, group_columns: int) -> tuple[tuple[int, int], ...]:
+    groups, c = [], start
+    while c < start + columns:
+        width = min(group_columns, start + columns - c)
+        groups.append((c, width))
+        c += width
+    return tuple(groups)
+
+
+def _chunks(group: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    start, columns = group
+    return tuple((c, min(CHUNK, start + columns - c)) for c in range(start, start + columns, CHUNK))
+
+
+def plan(layer: Layer, variant: Variant) -> TkgPlan:
+    options = variant.options
+    problems: list[tuple[str | None, str]] = []
+    mlp = expert_mlp_plan(layer, weight_layout="[E_L, H, 2, I]")
+    dims = layer.dims
+    mode = options["mode"]
+    lnc = options["lnc"]
+    ep = options.get("ep") or dims.ep
+    decisions: list[tuple[str, str]] = list(mlp.decisions)
+
+    tp = options.get("tp") or dims.tp
+    if dims.intermediate % tp:
+        problems.append(("tp", f"tp {tp}: intermediate {dims.intermediate} is not divisible by it"))
+    if dims.experts % ep:
+        problems.append(("ep", f"ep {ep}: experts {dims.experts} is not divisible by it"))
+    local_experts = dims.experts // ep if not dims.experts % ep else dims.experts
+    if layer.dtype not in ("bf16", "fp16"):
+        problems.append((None, f"dtype {layer.dtype}: tkg reads bf16 or fp16 hidden states (the seed's input "
+                               "types); fp32 matmuls run at a quarter of the bf16 rate"))
+    out_dtype = options.get("out") or layer.out_dtype
+    tokens = options["tokens"]
+    scale = mlp.affinity_scale
+    eager = bool(options.get("eager"))
+    mask = bool(options.get("mask_unselected"))
+    if mode == "selective":
+        if tokens > SELECTIVE_MAX_TOKENS:
+            problems.append(("tokens", f"tokens<={tokens}: selective mode runs one token tile of at most "
+                                       f"{SELECTIVE_MAX_TOKENS} (the decode bound); use mode=all_experts for "
+                                       "larger T"))
+        if ep > 1:
+            problems.append(("ep", f"ep {ep}: selective mode reads each token's experts by their global id; "
+                                   "with expert parallelism a rank would have to skip the tokens of other "
+                                   "ranks' experts: use mode=all_experts for EP (as the seed does)"))
+        if mask:
+            problems.append(("mask_unselected", "mask_unselected applies to all-expert mode: selective mode "
+                                                "only runs the selected experts"))
+        if eager and scale == "none":
+            problems.append(("eager", "eager affinities with no affinity scaling in the expert pipeline would "
+                                      "be read and ignored: add 'scale' to the expert pipeline or drop eager"))
+    else:
+        if eager:
+            problems.append(("eager", "eager affinities [T, K] are per selected expert: all-expert mode needs "
+                                      "the [T, E] table (the seed rejects eager in all-expert mode too)"))
+        if mask and scale == "none":
+            problems.append(("mask_unselected", "mask_unselected masks the affinities, and with no affinity "
+                                                "scaling in the expert pipeline none are read"))
+    output = options["output"]
+    if output == "sbuf":
+        if tokens > TOKEN_TILE:
+            problems.append(("output", f"output=sbuf keeps [T, H] with tokens on partitions: tokens<={tokens} "
+                                       f"exceeds the {TOKEN_TILE} partitions"))
+        if lnc == 2:
+            problems.append(("output", "output=sbuf with lnc=2: each physical core has its own SBUF, so the "
+                                       "result would be split across two memories; use output=hbm"))
+    shard = options["shard"]
+    if lnc == 1 and shard != "auto":
+        problems.append(("shard", f"shard={shard} splits work across the two cores of lnc=2; this kernel has "
+                                  "lnc=1"))
+    if shard == "intermediate":
+        problems.append(("shard", "shard=intermediate needs the two cores' partial down projections added "
+                                  "(a cross-core reduction through HBM or sendrecv), which is not generated; "
+                                  "use shard=hidden (same halving of the down weight reads) or tokens"))
+    if problems:
+        raise PlanError(*problems)
+
+    hidden, inter = dims.hidden, dims.intermediate // tp
+    h_tiles, h_last = _tiles(hidden)
+    i_tiles, i_last = _tiles(inter)
+    token_tile = min(tokens, TOKEN_TILE)
+    token_tiles = ceil_div(tokens, TOKEN_TILE)
+    if h_last != PARTITIONS or i_last != PARTITIONS:
+        decisions.append(("partial tiles", f"H {hidden} = {h_tiles - 1} x 128 + {h_last}, I {inter} = "
+                                           f"{i_tiles - 1} x 128 + {i_last}: the last contraction tile of "
+                                           "each is a partial matmul (fewer partitions)"))
+    weight_bytes = DTYPE_BYTES[mlp.weight_dtype]
+    # Down columns per group: one I tile of the down weights for a group fits DOWN_SLAB_BYTES, and
+    # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
+    group_columns = min(DOWN_GROUP_BANKS * CHUNK, max(CHUNK, DOWN_SLAB_BYTES // weight_bytes // CHUNK * CHUNK))
+
+    # LNC=2 sharding.
+    if lnc == 1:
+        shard_kind = "none"
+    elif shard != "auto":
+        shard_kind = shard
+        decisions.append(("shard", f"shard={shard} as the spec asks"))
+    elif token_tiles > 1:
+        shard_kind = "tokens"
+        decisions.append(("shard", f"tokens: {token_tiles} token tiles of {TOKEN_TILE} make the work "
+                                   "compute-bound, so each core takes every other token tile (no duplicated "
+                                   "compute, no cross-core sum)"))
+    else:
+        shard_kind = "hidden"
+        decisions.append(("shard", f"hidden: one token tile of <= {token_tile} tokens is weight-bandwidth bound; "
+                                   "splitting the down projection's H columns halves each core's down "
+                                   "weight reads and needs no cross-core sum (splitting I would halve the "
+                                   "gate/up reads too but needs a reduction of partial outputs; splitting "
+                                   "tokens would make both cores read every weight)"))
+    if shard_kind == "hidden":
+        if hidden < 2 * PARTITIONS:
+            raise PlanError(("shard", f"shard=hidden: H {hidden} is too small to split in two column ranges of "
+                                      "at least 128"))
+        half = ceil_div(ceil_div(hidden, 2), PARTITIONS) * PARTITIONS
+        core_columns = ((0, half), (half, hidden - half))
+    else:
+        core_columns = tuple((0, hidden) for _ in range(lnc))
+    if shard_kind == "tokens" and token_tiles < 2 and mode == "all_experts":
+        decisions.append(("token split", "one token tile: each core takes half of its tokens"))
+    down_groups = tuple(_groups(start, cols, group_columns) for start, cols in core_columns)
+    down_chunks = tuple(tuple(_chunks(g) for g in groups) for groups in down_groups)
+    chunks_per_group = max(len(c) for core in down_chunks for c in core)
+    decisions.append(("down groups", f"{group_columns} columns per group ({ceil_div(group_columns, CHUNK)} "
+                                     f"PSUM banks of {CHUNK} fp32), one [128, {group_columns}] down-weight "
+                                     "slab per I tile"))
+    if mode == "selective":
+        decisions.append(("selective items", "one work item per (token, k): the expert's weights are fetched by "
+                                             "a DMA at a run-time offset (expert id * expert stride); the item "
+                                             "runs on the whole token tile and its scale column keeps row t"))
+    else:
+        decisions.append(("all-expert items", f"one work item per local expert ({local_experts}), static "
+                                              "weight offsets"))
+        if token_tiles > 1:
+            decisions.append(("token tiles", f"tokens<={tokens}: {token_tiles} tiles of {TOKEN_TILE}, each runs "
+                                             "every local expert"))
+
+    matmul_dtype = "fp8" if mlp.input_quant == "fp8_static" else layer.dtype
+    in_bytes = DTYPE_BYTES[layer.dtype]
+    mm_bytes = DTYPE_BYTES[matmul_dtype]
+    tt = token_tile
+    core_h = max(cols for _, cols in core_columns)
+    items = tt * dims.top_k if mode == "selective" else local_experts
+    buffers = [
+        Buffer("x_t", "sbuf", PARTITIONS, h_tiles * tt * in_bytes),
+        Buffer("gate_up_weights", "sbuf", PARTITIONS, h_tiles * 2 * PARTITIONS * weight_bytes),
+        Buffer("down_weights", "sbuf", PARTITIONS, group_columns * weight_bytes),
+        Buffer("h", "sbuf", PARTITIONS, i_tiles * tt * mm_bytes),
+        Buffer("gate_up_scratch", "sbuf", PARTITIONS, tt * 4, count=3),
+        Buffer("acc", "sbuf", tt, core_h * 4),
+        Buffer("result", "sbuf", tt, core_h * DTYPE_BYTES[out_dtype]),
+        Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
+        Buffer("up_psum", "psum", PARTITIONS, tt * 4),
+        Buffer("down_psum", "psum", tt, CHUNK * 4, count=chunks_per_group),
+    ]
+    if mode == "selective" or scale != "none":
+        buffers.append(Buffer("item_scales", "sbuf", tt, items * 4))
+    if mode == "selective":
+        buffers += [Buffer("expert_ids", "sbuf", 1, tt * dims.top_k * 4),
+                    Buffer("token_rows", "sbuf", tt, tt * 4)]
+    if (mode == "selective" and scale != "none" and not eager) or mask:
+        buffers += [Buffer("index", "sbuf", tt, dims.top_k * 8), Buffer("expert_iota", "sbuf", tt, dims.experts * 4),
+                    Buffer("onehot", "sbuf", tt, dims.experts * 4, count=2)]
+    if scale != "none":
+        width = dims.top_k if eager else (local_experts if mode == "all_experts" else dims.experts)
+        buffers.append(Buffer("affinities", "sbuf", tt, width * 4))
+    if mode == "all_experts" and scale != "none":
+        buffers.append(Buffer("rank", "sbuf", tt, 8))
+    if scale == "pre" or mlp.input_quant == "fp8_static":
+        buffers.append(Buffer("x_item", "sbuf", PARTITIONS, h_tiles * tt * mm_bytes))
+    if scale == "pre":
+        buffers += [Buffer("broadcast_rows", "sbuf", tt, PARTITIONS * 4 + tt * 4),
+                    Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4)]
+    if mlp.dequant or mlp.gate_up_bias or mlp.input_quant == "fp8_static":
+        buffers.append(Buffer("gate_up_vectors", "sbuf", PARTITIONS, 8, count=2))
+    if mlp.dequant or mlp.down_bias:
+        buffers += [Buffer("down_vectors", "sbuf", tt, group_columns * 4, count=int(mlp.dequant) + int(mlp.down_bias)),
+                    Buffer("y", "sbuf", tt, CHUNK * 4)]
+    if mlp.input_quant == "fp8_static":
+        buffers += [Buffer("input_scales", "sbuf", PARTITIONS, 16), Buffer("h_quant", "sbuf", PARTITIONS, tt)]
+
+    if scale == "pre":
+        decisions.append(("pre-scale", "x * affinity per item: the [N, 1] scale column is broadcast to a "
+                                       "[128, N] row tile by one matmul (ones-scaled column x identity) and "
+                                       "multiplied into x.T, rounded to the input dtype as the reference does"))
+    return TkgPlan(
+        family="tkg", kernel_name=variant.name, spec_name=layer.name, lnc=lnc, buffers=tuple(buffers),
+        decisions=tuple(decisions), mlp=mlp, mode=mode, hidden=hidden, intermediate=inter,
+        experts=dims.experts, local_experts=local_experts, ep=ep, tp=tp, top_k=dims.top_k,
+        in_dtype=layer.dtype, out_dtype=out_dtype, weight_dtype=mlp.weight_dtype, matmul_dtype=matmul_dtype,
+        affinity_scale=scale, eager=eager, mask_unselected=mask,
+        uses_affinities=scale != "none" and not eager, uses_rank=mode == "all_experts" and scale != "none",
+        output=output, token_bound=tokens, token_tile=token_tile, token_tiles=token_tiles,
+        h_tiles=h_tiles, h_last=h_last, i_tiles=i_tiles, i_last=i_last,
+        down_groups=down_groups, down_chunks=down_chunks, group_columns=group_columns,
+        chunks_per_group=chunks_per_group, shard=shard_kind, core_columns=core_columns,
+        verify_tokens=options.get("verify_tokens"),
+    )
 
 
 def _family():
     from moegen.plan import Family
 
-    return Family(name="tkg", options=(), plan=plan, doc="tkg kernels")
+    return Family(name="tkg", options=OPTIONS, plan=plan,
+                  doc="token-generation MoE: selective or all-expert expert MLPs for T <= 128 decode tokens")
 
 
 FAMILY = _family()
+assert PSUM_BANKS >= DOWN_GROUP_BANKS + 2

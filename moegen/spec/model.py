@@ -7,8 +7,8 @@ the checked meaning.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from moegen.diagnostics import Span
 

@@ -71,6 +71,11 @@ def convert(option: Option, spec: OptionSpec) -> tuple[object, Diagnostic | None
         return None, Diagnostic(where, f"{spec.name}={raw}: expected a number")
     if spec.kind in ("int", "bound") and not isinstance(raw, int):
         return None, Diagnostic(where, f"{spec.name}={raw}: expected a whole number")
+    if spec.kind == "float":  # plans get a float, even from `eps=1`
+        try:
+            raw = float(raw)
+        except OverflowError:  # an integer beyond the float range
+            raw = math.inf
     if isinstance(raw, float) and not math.isfinite(raw):
         return None, Diagnostic(where, f"{spec.name}={raw}: expected a finite number")
     return _check_range(raw, spec, where)

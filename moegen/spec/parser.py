@@ -8,7 +8,7 @@ from importlib import resources
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from moegen.diagnostics import Diagnostic, Span, SpecError
+from moegen.diagnostics import Diagnostic, Span, SpecError, source_lines
 from moegen.spec.model import (
     Defaults,
     KernelDecl,
@@ -44,6 +44,10 @@ TOKEN_WORDS = {
 }
 
 
+# Longest number literal accepted (digits, point and exponent).
+MAX_NUMBER_CHARS = 100
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     grammar = resources.files("moegen.spec").joinpath("grammar.lark").read_text()
@@ -72,14 +76,16 @@ class _ToSyntax(Transformer):
     def number(self, children):
         (token,) = children
         text = str(token)
+        if len(text) > MAX_NUMBER_CHARS:  # int() refuses over 4300 digits; no limit is near this
+            raise SpecError([Diagnostic(self._tok(token), f"a number of {len(text)} characters is too long")])
         value = float(text) if any(c in text for c in ".eE") else int(text)
         return Value(value, self._tok(token))
 
-    def negative_number(self, children):
+    @v_args(meta=True)
+    def negative_number(self, meta, children):
         (token,) = children
         value = self.number([token])
-        span = value.span
-        return Value(-value.value, Span(span.path, span.line, span.column - 1, span.end_line, span.end_column))
+        return Value(-value.value, _span_of_meta(self.path, meta))
 
     def word(self, children):
         (token,) = children
@@ -176,6 +182,13 @@ def _expected_words(expected) -> str:
     return ", ".join(words)
 
 
+def _end_of_text(path: str, text: str) -> Span:
+    """Just after the last character that is not white space (lines counted at '\\n' like lark)."""
+    lines = source_lines(text.rstrip())
+    line, column = len(lines), len(lines[-1]) + 1
+    return Span(path, line, column, line, column + 1)
+
+
 def _syntax_diagnostic(path: str, text: str, error: UnexpectedInput) -> Diagnostic:
     line = getattr(error, "line", 1) or 1
     column = getattr(error, "column", 1) or 1
@@ -184,17 +197,10 @@ def _syntax_diagnostic(path: str, text: str, error: UnexpectedInput) -> Diagnost
         shown = repr(char) if char.isprintable() and char.strip() else f"U+{ord(char):04X}" if char else "?"
         span = Span(path, line, column, line, column + 1)
         return Diagnostic(span, f"unexpected character {shown}", "names are [A-Za-z_][A-Za-z0-9_]*")
-    if isinstance(error, UnexpectedEOF):
-        lines = text.splitlines() or [""]
-        last = len(lines)
-        span = Span(path, last, len(lines[-1]) + 1, last, len(lines[-1]) + 2)
-        return Diagnostic(span, f"unexpected end of file, expected {_expected_words(error.expected)}")
+    if isinstance(error, UnexpectedEOF) or (isinstance(error, UnexpectedToken) and error.token.type == "$END"):
+        return Diagnostic(_end_of_text(path, text), f"unexpected end of file, expected {_expected_words(error.expected)}")
     if isinstance(error, UnexpectedToken):
         token = error.token
-        if token.type == "$END":
-            lines = text.splitlines() or [""]
-            span = Span(path, len(lines), len(lines[-1]) + 1, len(lines), len(lines[-1]) + 2)
-            return Diagnostic(span, f"unexpected end of file, expected {_expected_words(error.expected)}")
         shown = "end of line" if token.type == "_NEWLINE" else f"'{token}'"
         span = Span(path, token.line, token.column, token.line, token.column + max(1, len(str(token).strip())))
         return Diagnostic(span, f"unexpected {shown}, expected {_expected_words(error.expected)}")

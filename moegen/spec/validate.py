@@ -5,9 +5,10 @@ All problems of a file are collected and raised together as one SpecError.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from moegen.diagnostics import Diagnostic, Span, SpecError, did_you_mean
 from moegen.spec.model import (
@@ -43,8 +44,17 @@ SETTINGS = ("dims", "dtype", "quant")
 PIPELINES = ("router", "expert")
 ROUTER_STAGES = ("linear", "softmax", "sigmoid", "select_bias", "group_limit", "topk", "renormalize", "scale")
 EXPERT_STAGES = ("scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACTIVATIONS
-# Names a kernel may not take: Python keywords and the module aliases of generated code.
-RESERVED_NAMES = frozenset(keyword.kwlist) | {"nki", "nl", "nisa", "np", "numpy"}
+# Names a kernel may not take: Python keywords, builtins (a module-level `def range` would
+# shadow the builtin the kernel body calls) and the module aliases of generated code.
+RESERVED_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"nki", "nl", "nisa", "np", "numpy"}
+
+
+def _to_float(value: int | float) -> float:
+    """float(value), with integers too large for a float becoming infinity (then refused as not finite)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 class _Collector:
@@ -69,13 +79,15 @@ def _dims(syntax: SpecSyntax, report: _Collector) -> Dims | None:
         return None
     values: dict[str, int] = {}
     spans: dict[str, Span] = {}
+    given: set[str] = set()
     for option in settings[0].options:
         if option.name not in DIMS:
             _unknown(report, option.name_span, "dimension", option.name, list(DIMS))
             continue
-        if option.name in values:
+        if option.name in given:
             report.error(option.name_span, f"dimension '{option.name}' is given twice")
             continue
+        given.add(option.name)
         raw = option.value.value if option.value is not None else None
         if option.op != "=" or not isinstance(raw, int):
             report.error(option.span, f"{option.name} needs a whole number: write '{option.name}=N'")
@@ -86,9 +98,10 @@ def _dims(syntax: SpecSyntax, report: _Collector) -> Dims | None:
             continue
         values[option.name] = raw
         spans[option.name] = option.value.span
-    missing = [name for name, (required, _, _) in DIMS.items() if required and name not in values]
+    missing = [name for name, (required, _, _) in DIMS.items() if required and name not in given]
     if missing:
         report.error(settings[0].name_span, f"dims is missing {', '.join(missing)}")
+    if given != set(values) or missing:  # an invalid dimension is already reported
         return None
     dims = Dims(**values)
     if dims.intermediate % dims.tp:
@@ -127,6 +140,8 @@ def _dtypes(syntax: SpecSyntax, report: _Collector) -> tuple[str, str] | None:
             continue
         found[key] = value
     if "in" not in found:
+        if "out" in found:
+            report.error(settings[0].span, "dtype gives 'out' without 'in': write 'dtype in=bf16 out=fp32'")
         return None
     return found["in"], found.get("out", found["in"])
 
@@ -162,7 +177,7 @@ def _number_arg(stage: Stage, report: _Collector, name: str | None = None) -> fl
     if arg.name is not None and arg.name != name:
         report.error(arg.span, f"'{stage.name}' has no argument '{arg.name}'")
         return None
-    value = float(arg.value.value)
+    value = _to_float(arg.value.value)
     if not math.isfinite(value):
         report.error(arg.span, f"'{stage.name}' needs a finite number")
         return None
@@ -183,8 +198,12 @@ def _flag_args(stage: Stage, report: _Collector, allowed: Sequence[str]) -> set[
     return flags
 
 
-def _check_order(pipeline: Pipeline, report: _Collector, known: Sequence[str]) -> dict[str, int]:
-    """Positions of known stages; reports unknown and repeated stages."""
+def _check_order(pipeline: Pipeline, report: _Collector, known: Sequence[str]) -> dict[str, int] | None:
+    """Positions of known stages; reports unknown and repeated stages.
+
+    None when a stage is unknown: the unknown name is the error to show, not the
+    missing-stage errors it would cause.
+    """
     positions: dict[str, int] = {}
     for index, stage in enumerate(pipeline.stages):
         if stage.name not in known:
@@ -193,11 +212,15 @@ def _check_order(pipeline: Pipeline, report: _Collector, known: Sequence[str]) -
             report.error(stage.name_span, f"stage '{stage.name}' appears twice")
         else:
             positions[stage.name] = index
+    if any(stage.name not in known for stage in pipeline.stages):
+        return None
     return positions
 
 
 def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router | None:
     at = _check_order(pipeline, report, ROUTER_STAGES)
+    if at is None:
+        return None
     stages = {s.name: s for s in pipeline.stages}
     before = len(report.diagnostics)
     if pipeline.stages and pipeline.stages[0].name != "linear":
@@ -267,6 +290,8 @@ def _group_limit(stage: Stage, dims: Dims | None, report: _Collector) -> tuple[i
 
 def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
     at = _check_order(pipeline, report, EXPERT_STAGES)
+    if at is None:
+        return None
     stages = {s.name: s for s in pipeline.stages}
     before = len(report.diagnostics)
     projections = [name for name in ("gate_up", "up") if name in at]
@@ -331,7 +356,7 @@ def _clamps(stage: Stage | None, gated: bool, report: _Collector) -> dict[str, f
         for side, bound in (("min", arg.lower), ("max", arg.upper)):
             if bound is None:
                 continue
-            if not bound.is_number or not math.isfinite(float(bound.value)):
+            if not bound.is_number or not math.isfinite(_to_float(bound.value)):
                 report.error(bound.span, "a clamp bound is a finite number")
                 continue
             key = f"{arg.name}_{side}"
@@ -385,7 +410,7 @@ def _variants(
     declared: dict[str, tuple[str, dict, dict]] = {}
     variants = []
     for decl in syntax.kernels:
-        resolved = _kernel(decl, families, schemas, defaults, declared, report)
+        resolved = _kernel(decl, families, schemas, defaults, declared, report, {k.name for k in syntax.kernels})
         if resolved is None:
             continue
         family, values, spans = resolved
@@ -396,12 +421,17 @@ def _variants(
     return tuple(variants)
 
 
-def _kernel(decl: KernelDecl, families, schemas, defaults, declared, report: _Collector):
-    if decl.name in RESERVED_NAMES or decl.name in families:
+def _kernel(decl: KernelDecl, families, schemas, defaults, declared, report: _Collector, all_names: set[str]):
+    if decl.name in RESERVED_NAMES or decl.name in families or decl.name.startswith("__"):
         report.error(decl.name_span, f"'{decl.name}' cannot name a kernel: it is a reserved word")
         return None
     if decl.name in declared:
         report.error(decl.name_span, f"kernel '{decl.name}' is declared twice")
+        return None
+    same_file = [name for name in declared if name.lower() == decl.name.lower()]
+    if same_file:
+        report.error(decl.name_span, f"kernel '{decl.name}' differs from kernel '{same_file[0]}' only in case: "
+                                     "their files would collide on case-insensitive file systems")
         return None
     if decl.base in families:
         family = decl.base
@@ -413,6 +443,12 @@ def _kernel(decl: KernelDecl, families, schemas, defaults, declared, report: _Co
     elif decl.base in declared:
         family, base_values, base_spans = declared[decl.base]
         start, start_spans = dict(base_values), dict(base_spans)
+    elif decl.base == decl.name:
+        report.error(decl.base_span, f"kernel '{decl.name}' cannot extend itself")
+        return None
+    elif decl.base in all_names:
+        report.error(decl.base_span, f"kernel '{decl.base}' is declared further down: a kernel extends an earlier one")
+        return None
     else:
         _unknown(report, decl.base_span, "kernel family or kernel", decl.base, [*families, *declared])
         return None
@@ -430,11 +466,14 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
     report = _Collector()
     seen: set[str] = set()
     for setting in syntax.settings:
-        if setting.name not in SETTINGS:
+        if setting.name in PIPELINES:
+            report.error(setting.name_span, f"'{setting.name}' is a pipeline: write '{setting.name} = STAGE -> ...'")
+        elif setting.name not in SETTINGS:
             _unknown(report, setting.name_span, "setting", setting.name, [*SETTINGS, *PIPELINES])
         elif setting.name in seen:
             report.error(setting.name_span, f"'{setting.name}' is given twice")
-        seen.add(setting.name)
+        else:
+            seen.add(setting.name)
     dims = _dims(syntax, report)
     dtypes = _dtypes(syntax, report)
     quant = _quant(syntax, report)
@@ -448,7 +487,8 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
             router = _router(pipeline, dims, report)
         else:
             expert = _expert(pipeline, report)
-        seen.add(pipeline.name)
+        if pipeline.name in PIPELINES:
+            seen.add(pipeline.name)
     variants = _variants(syntax, families, report)
     if report.diagnostics:
         raise SpecError(report.diagnostics, syntax.text)

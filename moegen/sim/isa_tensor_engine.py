@@ -1,0 +1,248 @@
+"""TensorE instructions: nc_matmul, nc_transpose (Tensor or Vector engine); trn3 MX refusals.
+
+nc_matmul (NKI 0.6 page): dst[M, N] = stationary[K, M].T @ moving[K, N], K on the partition dim of
+both inputs, fp32 accumulation. stationary/moving in SBUF, dst in PSUM.
+* limits: K <= 128 (256 as [128, 2, .] with perf_mode=double_row, FP8 only), M <= 128,
+  N <= 512 on trn2; on trn3 N <= 4096 (fp32 dst) / 8192 (bf16 dst);
+* dtypes: float8_e4m3, float8_e5m2, bfloat16, float16, tfloat32, float32 (+ float8_e4m3fn on trn3;
+  e4m3 and e4m3fn not mixed); fp32/tf32 only with fp32/tf32; dst float32 (trn2) or float32 /
+  bfloat16 (trn3);
+* accumulate: False overwrites; True adds onto PSUM a matmul initialised (error otherwise: undefined
+  on hardware); None (default) overwrites elements no matmul has written since allocation (or since a
+  non-matmul instruction wrote them) and accumulates onto the others;
+* is_transpose=True: bit-exact transpose of stationary through the moving identity; dst dtype equals
+  the input dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moegen.sim import dtypes as dt
+from moegen.sim import runtime
+from moegen.sim.checks import check_buffer, check_partition, check_target, check_tensor
+from moegen.sim.enums import NkiInstruction, check_enum, engine, matmul_perf_mode
+from moegen.sim.errors import NkiSimError
+from moegen.sim.tensor import MemoryRegion, NkiTensor
+
+_ENGINE = engine
+_PERF = matmul_perf_mode
+
+MM_INPUT_DTYPES = {"trn2": ("float8_e4m3", "float8_e5m2", "bfloat16", "float16", "tfloat32", "float32"),
+                   "trn3": ("float8_e4m3", "float8_e4m3fn", "float8_e5m2", "bfloat16", "float16", "tfloat32",
+                            "float32")}
+MM_DST_DTYPES = {"trn2": ("float32",), "trn3": ("float32", "bfloat16")}
+FP8_DOUBLE_ROW = {"trn2": ("float8_e4m3", "float8_e5m2"), "trn3": ("float8_e4m3", "float8_e4m3fn", "float8_e5m2")}
+MAX_K = 128
+MAX_M = 128
+
+
+def max_moving_free(target: str, dst_dtype: str) -> int:
+    """Largest moving free size N of one nc_matmul."""
+    if target == "trn2":
+        return 512
+    return 8192 if dst_dtype == "bfloat16" else 4096
+
+
+def _f32(t: NkiTensor, instr: str, operand: str) -> np.ndarray:
+    return t.f32(instr, operand)
+
+
+def _check_mm_dtypes(instr: str, target: str, stationary: NkiTensor, moving: NkiTensor) -> None:
+    allowed = MM_INPUT_DTYPES[target]
+    for nm, t in (("stationary", stationary), ("moving", moving)):
+        if t.dtype.name not in allowed:
+            raise NkiSimError(f"{instr}: {nm} '{t.name}' dtype {t.dtype.name} not supported on {target} "
+                              f"(limit: {', '.join(allowed)})")
+    a, b = stationary.dtype.name, moving.dtype.name
+    wide = ("float32", "tfloat32")
+    if (a in wide) != (b in wide):
+        raise NkiSimError(f"{instr}: stationary dtype {a} with moving dtype {b} (limit: float32/tfloat32 only "
+                          "pair with float32/tfloat32)")
+    if {a, b} == {"float8_e4m3", "float8_e4m3fn"}:
+        raise NkiSimError(f"{instr}: stationary {a} and moving {b} (limit: legacy float8_e4m3 and float8_e4m3fn "
+                          "cannot be mixed)")
+
+
+def nc_matmul(dst, stationary, moving, is_stationary_onezero=False, is_moving_onezero=False, is_transpose=False,
+              accumulate=None, tile_position=(), tile_size=(), perf_mode=matmul_perf_mode.none, name=None):
+    """dst[M, N] (PSUM) (+)= stationary[K, M].T @ moving[K, N] (SBUF), fp32 accumulate."""
+    instr = "nc_matmul"
+    core = runtime.current()
+    target = core.target
+    for nm, t in (("dst", dst), ("stationary", stationary), ("moving", moving)):
+        check_tensor(instr, nm, t)
+    check_buffer(instr, "stationary", stationary, ("sbuf",))
+    check_buffer(instr, "moving", moving, ("sbuf",))
+    check_buffer(instr, "dst", dst, ("psum",))
+    for nm, t in (("dst", dst), ("stationary", stationary), ("moving", moving)):
+        check_partition(instr, nm, t)
+    mode = check_enum(instr, "perf_mode", perf_mode, _PERF)
+    if accumulate not in (None, True, False):
+        raise NkiSimError(f"{instr}: accumulate must be None, True or False, got {accumulate!r}")
+    _check_mm_dtypes(instr, target, stationary, moving)
+    k = stationary.shape[0]
+    if moving.shape[0] != k:
+        raise NkiSimError(f"{instr}: contraction (partition) sizes differ: stationary {k}, moving {moving.shape[0]}")
+    _check_tiling(instr, tile_position, tile_size, mode, k)
+    if mode is _PERF.double_row:
+        fp8 = FP8_DOUBLE_ROW[target]
+        for nm, t in (("stationary", stationary), ("moving", moving)):
+            if t.dtype.name not in fp8:
+                raise NkiSimError(f"{instr}: perf_mode=double_row needs FP8 {nm}, got {t.dtype.name} "
+                                  f"(limit: {', '.join(fp8)})")
+            if t.ndim != 3 or t.shape[1] != 2:
+                raise NkiSimError(f"{instr}: perf_mode=double_row {nm} must be [K, 2, F], got {t.shape}")
+        if is_transpose:
+            raise NkiSimError(f"{instr}: perf_mode=double_row cannot be combined with is_transpose")
+        m, n = stationary.shape[2], moving.shape[2]
+        kmax = 2 * MAX_K
+        keff = 2 * k
+    else:
+        m, n = stationary.free_size, moving.free_size
+        kmax = MAX_K
+        keff = k
+    if k > MAX_K:
+        raise NkiSimError(f"{instr}: contraction (partition) size {keff} exceeds maximum {kmax}")
+    if m > MAX_M:
+        raise NkiSimError(f"{instr}: stationary free size {m} exceeds maximum {MAX_M}")
+    if is_transpose:
+        if dst.dtype != stationary.dtype:
+            raise NkiSimError(f"{instr}: is_transpose dst dtype {dst.dtype.name} must equal input dtype "
+                              f"{stationary.dtype.name}")
+        nmax = 128
+    else:
+        if dst.dtype.name not in MM_DST_DTYPES[target]:
+            raise NkiSimError(f"{instr}: dst dtype {dst.dtype.name} not supported on {target} "
+                              f"(limit: {', '.join(MM_DST_DTYPES[target])})")
+        nmax = max_moving_free(target, dst.dtype.name)
+    if n > nmax:
+        raise NkiSimError(f"{instr}: moving free size {n} exceeds maximum {nmax} on {target}")
+    if dst.shape[0] != m or dst.free_size != n:
+        raise NkiSimError(f"{instr}: dst shape {dst.shape} must be [M={m}, N={n}] for stationary {stationary.shape} "
+                          f"and moving {moving.shape}")
+    core.record("tensor", instr, {"dst": dst, "stationary": stationary, "moving": moving})
+
+    st = _f32(stationary, instr, "stationary")
+    mv = _f32(moving, instr, "moving")
+    if mode is _PERF.double_row:
+        res = np.einsum("kjm,kjn->mn", st, mv, dtype=np.float32, optimize=True)
+    else:
+        res = st.reshape(k, m).T @ mv.reshape(k, n)
+    _accumulate_into(instr, dst, res.reshape(dst.shape), accumulate, target, exact=is_transpose)
+    return NkiInstruction(instr)
+
+
+def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, target: str, exact: bool) -> None:
+    """Write / accumulate `res` (float32) into PSUM dst following the accumulate flag, tracking matmul state."""
+    arr = dst._array(instr, "dst")
+    state = dst._mm_state_view()
+    alloc = dst._alloc
+    alloc.written = True
+    alloc.version += 1
+    precise = alloc.core.precise if alloc.core else True
+    native = arr.dtype == np.float32
+    if accumulate is False or exact:
+        mode = "overwrite"
+    elif accumulate is True:
+        if not state.all():
+            bad = np.argwhere(state == 0)[0]
+            raise NkiSimError(f"{instr}: accumulate=True onto dst '{dst.name}' element {tuple(int(x) for x in bad)} "
+                              "that no nc_matmul initialised (limit: accumulate only onto matmul output; "
+                              "undefined on hardware)")
+        mode = "add"
+    else:
+        if state.all():
+            mode = "add"
+        elif not state.any():
+            mode = "overwrite"
+        else:
+            mode = "mixed"
+    if mode == "overwrite":
+        if native:
+            arr[...] = res
+        else:
+            arr[...] = dt.convert(res, dst.dtype, precise)
+    elif mode == "add":
+        if native:
+            arr += res
+        else:
+            arr[...] = dt.convert(dt.to_f32(arr) + res, dst.dtype, precise)
+    else:
+        old = np.where(state.astype(bool), dt.to_f32(arr).astype(np.float32), np.float32(0))
+        arr[...] = dt.convert(old + res, dst.dtype, precise) if not native else old + res
+    if not state.all():
+        state[...] = 1
+
+
+def _check_tiling(instr: str, tile_position, tile_size, mode, k: int) -> None:
+    pos, size = tuple(tile_position or ()), tuple(tile_size or ())
+    if not pos and not size:
+        return
+    if not pos or not size or len(pos) != 2 or len(size) != 2:
+        raise NkiSimError(f"{instr}: tile_position {pos} and tile_size {size} must both be set as (row, column)")
+    if mode is _PERF.double_row:
+        raise NkiSimError(f"{instr}: perf_mode=double_row cannot be combined with tiling (tile_position/tile_size)")
+    row_size, col_size = size
+    if row_size not in (32, 64, 128) or col_size not in (32, 64, 128):
+        raise NkiSimError(f"{instr}: tile_size {size} (limit: sizes in 32, 64, 128)")
+    if pos[0] % row_size or pos[1] % col_size or pos[0] + row_size > 128 or pos[1] + col_size > 128:
+        raise NkiSimError(f"{instr}: tile_position {pos} must be multiples of tile_size {size} inside 128x128")
+    if k > row_size:
+        raise NkiSimError(f"{instr}: contraction size {k} exceeds the row tile size {row_size}")
+
+
+def nc_transpose(dst, data, engine=engine.unknown, name=None):
+    """dst[F, P] = data[P, F]: TensorE (data SBUF <= [128,128] -> dst PSUM) or VectorE (<= [32,32], SBUF/PSUM)."""
+    instr = "nc_transpose"
+    check_tensor(instr, "dst", dst)
+    check_tensor(instr, "data", data)
+    eng = check_enum(instr, "engine", engine, _ENGINE)
+    for nm, t in (("dst", dst), ("data", data)):
+        if t.buffer not in (MemoryRegion.sbuf, MemoryRegion.psum):
+            raise NkiSimError(f"{instr}: {nm} '{t.name}' is in {t.buffer.name}: only DMA instructions access HBM "
+                              "(limit: sbuf or psum)")
+        check_partition(instr, nm, t)
+    p, f = data.shape[0], data.free_size
+    if eng is _ENGINE.unknown:
+        small = p <= 32 and f <= 32
+        eng = (_ENGINE.tensor if dst.buffer is MemoryRegion.psum and data.buffer is MemoryRegion.sbuf and not small
+               else _ENGINE.vector if small else _ENGINE.tensor)
+    if eng is _ENGINE.tensor:
+        check_buffer(instr, "data", data, ("sbuf",))
+        check_buffer(instr, "dst", dst, ("psum",))
+        lim = 128
+    elif eng is _ENGINE.vector:
+        lim = 32
+    else:
+        raise NkiSimError(f"{instr}: engine {eng.name} (limit: tensor, vector or unknown)")
+    if p > lim or f > lim:
+        raise NkiSimError(f"{instr}: data {data.shape} exceeds the {eng.name} engine maximum [{lim}, {lim}]")
+    if dst.dtype != data.dtype:
+        raise NkiSimError(f"{instr}: dst dtype {dst.dtype.name} must equal data dtype {data.dtype.name}")
+    if dst.shape[0] != f or dst.free_size != p:
+        raise NkiSimError(f"{instr}: dst shape {dst.shape} must be [{f}, {p}] for data {data.shape}")
+    runtime.current().record(eng.name, instr, {"dst": dst, "data": data})
+    vals = data.read(instr, "data").reshape(p, f).T
+    if eng is _ENGINE.tensor:
+        arr = dst._array(instr, "dst")
+        arr[...] = vals.reshape(dst.shape)
+        dst._alloc.written = True
+        dst._alloc.version += 1
+        dst._mm_state_view()[...] = 1
+    else:
+        dst.write(vals.reshape(dst.shape), instr, "dst")
+    return NkiInstruction(instr)
+
+
+def nc_matmul_mx(dst, stationary, moving, stationary_scale, moving_scale, tile_position=None, tile_size=None,
+                 accumulate=None, name=None):
+    """MX matmul (trn3 only). Not implemented yet beyond the target check."""
+    check_target("nc_matmul_mx", ("trn3",))
+    raise NotImplementedError("nki.isa.nc_matmul_mx is not implemented in moegen.sim yet (MX issue)")
+
+
+def quantize_mx(dst, src, dst_scale, name=None):
+    """MX quantization (trn3 only). Not implemented yet beyond the target check."""
+    check_target("quantize_mx", ("trn3",))
+    raise NotImplementedError("nki.isa.quantize_mx is not implemented in moegen.sim yet (MX issue)")

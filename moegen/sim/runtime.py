@@ -1,0 +1,182 @@
+"""Run context of a simulated kernel: target, precision, program id, memory accounting, trace.
+
+One `Core` per simulated NeuronCore (program). A kernel run under LNC=2 has two cores sharing
+one `Run` (shared HBM, barrier, sendrecv pipes, race log, trace). `current()` returns the core
+of the calling thread; outside any run it returns a per-thread default core (target from
+``NEURON_PLATFORM_TARGET_OVERRIDE``, default trn3; precision from ``NKI_PRECISE_FP``), so
+instructions can be unit-tested directly. `context(...)` opens a fresh one explicitly.
+
+Trace entries (plain dicts, appended in program order per core)::
+
+    {"core": 0, "engine": "tensor", "opcode": "nc_matmul",
+     "operands": {"dst": {"shape": (128, 512), "dtype": "float32", "buffer": "psum"}, ...},
+     "bytes": 0, "line": "kernel.py:42"}
+
+``bytes`` is the number of bytes a DMA moved (0 for compute instructions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from moegen.sim.errors import NkiSimError
+
+TARGETS = ("trn2", "trn3")
+_TARGET_ALIASES = {"trn2": "trn2", "gen3": "trn2", "trn3": "trn3", "gen4": "trn3"}
+
+SBUF_BYTES_PER_PARTITION = {"trn2": 224 * 1024, "trn3": 256 * 1024}
+PSUM_BANK_BYTES = 2048
+PSUM_NUM_BANKS = 8
+NUM_PARTITIONS = 128
+
+_SIM_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def resolve_target(target: str | None) -> str:
+    """Target from the argument, else NEURON_PLATFORM_TARGET_OVERRIDE, else trn3 (as the official simulator)."""
+    value = target if target is not None else os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE") or "trn3"
+    key = str(value).strip().lower()
+    if key in ("trn1", "gen2", "inf2"):
+        raise NkiSimError(f"target: {value!r} (trn1) is not simulated (limit: trn2 or trn3)")
+    if key not in _TARGET_ALIASES:
+        raise NkiSimError(f"target: unknown target {value!r} (limit: trn2|gen3 or trn3|gen4)")
+    return _TARGET_ALIASES[key]
+
+
+def resolve_precise(precise: bool | None) -> bool:
+    """Precise mode from the argument, else NKI_PRECISE_FP (default 1)."""
+    if precise is not None:
+        return bool(precise)
+    return os.environ.get("NKI_PRECISE_FP", "1").strip() not in ("0", "false", "False", "")
+
+
+def source_line() -> str:
+    """'file:line' of the innermost frame outside moegen/sim (the kernel line issuing the instruction)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_code.co_filename.startswith(_SIM_DIR):
+        f = f.f_back
+    if f is None:
+        return "?"
+    return f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
+
+
+@dataclass
+class Run:
+    """State shared by the cores of one kernel launch."""
+
+    target: str
+    precise: bool
+    num_programs: int = 1
+    trace: list = field(default_factory=list)
+    trace_enabled: bool = True
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    barrier: threading.Barrier | None = None
+    shared_allocs: list = field(default_factory=list)   # k-th shared_hbm allocation, same for all cores
+    pipes: dict = field(default_factory=dict)           # (src_rank, dst_rank, pipe_id) -> queue
+    access_log: list = field(default_factory=list)      # LNC=2 shared-HBM accesses (for race detection)
+    arg_allocs: list = field(default_factory=list)      # Allocation of each kernel array argument
+    failed: bool = False
+
+
+class Core:
+    """One simulated NeuronCore executing one program of the kernel."""
+
+    def __init__(self, run: Run, program_id: int = 0):
+        self.run = run
+        self.program_id = program_id
+        self.epoch = 0                      # barrier / sendrecv epoch (race detection)
+        self.sbuf_used = 0                  # live SBUF bytes per partition
+        self.sbuf_live: dict[int, tuple] = {}  # alloc id -> (name, bytes)
+        self.psum_banks = [0] * PSUM_NUM_BANKS  # bytes used per bank (per partition)
+        self.psum_live: dict[int, tuple] = {}   # alloc id -> (name, bank, bytes)
+        self.shared_count = 0               # shared_hbm allocations made so far
+        self.next_id = 0
+        self.instr_count = 0
+        self.cur_instr = "?"
+
+    # -- facts --------------------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        return self.run.target
+
+    @property
+    def precise(self) -> bool:
+        return self.run.precise
+
+    @property
+    def num_programs(self) -> int:
+        return self.run.num_programs
+
+    @property
+    def sbuf_capacity(self) -> int:
+        return SBUF_BYTES_PER_PARTITION[self.run.target]
+
+    # -- trace --------------------------------------------------------------------------
+    def record(self, engine: str, opcode: str, operands: dict, source_line: str | None = None,
+               bytes_moved: int = 0) -> dict:
+        """Append one executed instruction to the trace and return the entry.
+
+        operands: name -> NkiTensor (summarised as shape/dtype/buffer) or plain value.
+        """
+        self.instr_count += 1
+        line = source_line if source_line is not None else _caller_line()
+        self.cur_instr = f"{opcode} at {line} (core {self.program_id})"
+        if not self.run.trace_enabled:
+            return {}
+        ops = {}
+        for name, value in operands.items():
+            summary = getattr(value, "_summary", None)
+            ops[name] = summary() if summary is not None else value
+        entry = {"core": self.program_id, "engine": engine, "opcode": opcode, "operands": ops,
+                 "bytes": int(bytes_moved), "line": line}
+        self.run.trace.append(entry)
+        return entry
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+
+def _caller_line() -> str:
+    f = sys._getframe(2)
+    while f is not None and f.f_code.co_filename.startswith(_SIM_DIR):
+        f = f.f_back
+    if f is None:
+        return "?"
+    return f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
+
+
+_local = threading.local()
+
+
+def current() -> Core:
+    """The core of the calling thread (a default trn3/env-configured one outside any run)."""
+    core = getattr(_local, "core", None)
+    if core is None:
+        core = Core(Run(target=resolve_target(None), precise=resolve_precise(None)))
+        _local.core = core
+        _local.default = core
+    return core
+
+
+def set_current(core: Core | None) -> Core | None:
+    """Install `core` as this thread's current core; returns the previous one."""
+    prev = getattr(_local, "core", None)
+    _local.core = core
+    return prev
+
+
+@contextlib.contextmanager
+def context(target: str | None = None, precise: bool | None = None, trace: bool = True):
+    """A fresh single-core run context for direct use of instructions (tests). Yields the Core."""
+    run = Run(target=resolve_target(target), precise=resolve_precise(precise), trace_enabled=trace)
+    core = Core(run, 0)
+    prev = set_current(core)
+    try:
+        yield core
+    finally:
+        set_current(prev)

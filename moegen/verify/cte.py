@@ -1,0 +1,138 @@
+"""Verify harness of the cte family (see moegen/verify/__init__.py for the interface).
+
+Inputs come from a random top-K routing turned into block metadata by `moegen.blocking` (dropless,
+or the dropping layout), padded with T or -1 as the plan reads them. Values are snapped to the
+kernel's dtypes (fp8 weights through `moegen.reference.quant`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moegen import blocking
+from moegen.plan.cte import CtePlan
+from moegen.reference import cte as cte_reference
+from moegen.reference import quant
+from moegen.reference.mlp import Precision
+
+OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
+
+
+def routing(tokens: int, experts: int, top_k: int, rng: np.random.Generator,
+            experts_used: int | None = None) -> np.ndarray:
+    """expert_index [T, K] int32: K distinct experts per token, drawn from the first `experts_used`."""
+    pool = experts if experts_used is None else experts_used
+    if pool < top_k:
+        raise ValueError(f"cannot pick {top_k} distinct experts out of {pool}")
+    keys = rng.random((tokens, pool))
+    return np.argsort(keys, axis=1)[:, :top_k].astype(np.int32)
+
+
+def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_index: np.ndarray | None = None,
+                num_blocks: int | None = None) -> dict[str, np.ndarray]:
+    """Kernel arguments by name (plan.arguments), plus `expert_index` and `expert_affinities` [T, K]
+    for the per-token reference. `num_blocks` overrides the dropless block budget (hybrid tests)."""
+    h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
+    dt = quant.np_dtype(plan.dtype)
+    if expert_index is None:
+        expert_index = routing(tokens, e, k, rng)
+    tokens = expert_index.shape[0]
+    raw = rng.random((tokens, k)) + 0.25
+    affinities = quant.cast(raw / raw.sum(axis=1, keepdims=True), plan.dtype)
+    blocks = blocking.build_blocks(expert_index, affinities, e, plan.block, pad_with=-1 if plan.pad_skip else "T",
+                                   dropless=not plan.dropping, num_blocks=None if plan.dropping else num_blocks)
+    hidden = np.zeros((tokens + 1, h), dtype=dt)
+    hidden[:tokens] = quant.cast(rng.standard_normal((tokens, h)), plan.dtype)
+    gate_up = rng.standard_normal((e, h, 2, i)).astype(np.float32) / np.sqrt(h)
+    down = rng.standard_normal((e, i, h)).astype(np.float32) / np.sqrt(i)
+    inputs: dict[str, np.ndarray] = {
+        "hidden_states": hidden,
+        "expert_affinities_masked": blocks.expert_affinities_masked,
+        "token_position_to_id": blocks.token_position_to_id,
+        "block_to_expert": blocks.block_to_expert,
+        "conditions": blocks.conditions,
+        "expert_index": expert_index,
+        "expert_affinities": affinities,
+    }
+    if plan.quantized:
+        inputs["gate_up_proj_weight"], inputs["gate_up_proj_scale"] = quant.quantize_gate_up_fp8(gate_up, plan.gate_scale)
+        inputs["down_proj_weight"], inputs["down_proj_scale"] = quant.quantize_down_fp8(down, plan.gate_scale)
+    else:
+        inputs["gate_up_proj_weight"] = quant.cast(gate_up, plan.dtype)
+        inputs["down_proj_weight"] = quant.cast(down, plan.dtype)
+    if plan.mlp.gate_up_bias:
+        inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, 2, i)), plan.dtype)
+    if plan.mlp.down_bias:
+        inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
+    return inputs
+
+
+def kernel_arguments(plan: CtePlan, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [inputs[name] for name in plan.arguments]
+
+
+def reference_precision(plan: CtePlan) -> Precision:
+    """Where the kernel rounds: the pre-scaled x and h are stored in the input dtype; gate, up and
+    a(g) stay fp32 in SBUF; y stays fp32 until each block's contribution is rounded to out_dtype."""
+    return Precision(matmul_in=plan.dtype, h=plan.dtype)
+
+
+def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The blockwise reference on the same metadata; row T of out is 0 (the kernel zeroes it)."""
+    mlp = plan.mlp
+    shift = mlp.up_constant
+    result = cte_reference.moe_cte(
+        *(inputs[name] for name in ("hidden_states", "expert_affinities_masked", "gate_up_proj_weight",
+                                    "down_proj_weight", "token_position_to_id", "block_to_expert")),
+        plan.block,
+        conditions=inputs["conditions"] if plan.hybrid else None,
+        gate_and_up_proj_bias=inputs.get("gate_and_up_proj_bias"), down_proj_bias=inputs.get("down_proj_bias"),
+        gate_up_proj_scale=inputs.get("gate_up_proj_scale"), down_proj_scale=inputs.get("down_proj_scale"),
+        activation_function=mlp.activation, alpha=mlp.alpha, is_tensor_update_accumulating=plan.accumulate,
+        affinity_scale=mlp.affinity_scale,
+        gate_clamp_lower_limit=mlp.gate_lower, gate_clamp_upper_limit=mlp.gate_upper,
+        up_clamp_lower_limit=None if mlp.up_lower is None else mlp.up_lower - shift,
+        up_clamp_upper_limit=None if mlp.up_upper is None else mlp.up_upper - shift,
+        up_plus_one=mlp.up_plus_one, output_dtype=plan.out_dtype, checkpoint=plan.checkpoint,
+        precision=reference_precision(plan),
+    )
+    outputs = dict(zip(OUTPUTS, result if plan.checkpoint else (result,)))
+    outputs["out"] = np.array(outputs["out"], dtype=np.float32)
+    outputs["out"][-1] = 0.0
+    return outputs
+
+
+PRECISION_ORDER = ("fp32", "fp16", "bf16")  # finer to coarser
+
+
+def tolerance(plan: CtePlan, name: str) -> str:
+    """The coarser of the input dtype (x and h are stored in it) and the output dtype."""
+    return max(plan.dtype, plan.out_dtype, key=PRECISION_ORDER.index)
+
+
+def run(kernel, plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from moegen import sim
+
+    launch = kernel[2] if plan.lnc == 2 else kernel
+    result = sim.simulate(launch)(*kernel_arguments(plan, inputs))
+    outputs = dict(zip(OUTPUTS, result if isinstance(result, tuple) else (result,)))
+    return {name: mask_unspecified(plan, inputs, name, np.asarray(value, dtype=np.float32))
+            for name, value in outputs.items()}
+
+
+def mask_unspecified(plan: CtePlan, inputs: dict[str, np.ndarray], name: str, value: np.ndarray) -> np.ndarray:
+    """Zero the checkpoint entries the kernel leaves unspecified (the reference holds 0 there):
+    slots skipped by -1 padding, and blocks a hybrid kernel's runtime loop does not run."""
+    if name == "out":
+        return value
+    value = value.copy()
+    slots = np.asarray(inputs["token_position_to_id"]).reshape(-1, plan.block)
+    skipped = slots < 0
+    if plan.hybrid:
+        ran = np.asarray(inputs["conditions"]).reshape(-1)[:slots.shape[0]] != 0
+        skipped |= ~ran[:, None]
+    if name == "gate_up_activations_T":
+        value[np.broadcast_to(skipped[:, None, None, :], value.shape)] = 0.0
+    else:
+        value[skipped] = 0.0
+    return value

@@ -1,0 +1,202 @@
+"""cte kernels generated from inline specs, run in the simulator, compared per element with the
+blockwise reference (moegen.reference.cte) on routing metadata from moegen.blocking.
+
+Reduced shapes (H 256-320, I 192-256, a few hundred tokens); real model shapes are `slow` and in
+`moegen verify`. Every variant runs on the same routing and must agree with the reference and so
+with each other; the sweeps cover B, T (T*K not a multiple of B, experts without tokens), E, K,
+dtypes, fp8 dequant, activations, scaling modes, bias, clamps, LNC 1 and 2, padding by T and -1,
+hybrid loops over many padded blocks, and the checkpoint outputs.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moegen.codegen.build import write
+from moegen.compare import compare
+from moegen.compiler import generate
+from moegen.reference import cte as cte_reference
+from moegen.verify import cte as harness
+
+SEED = 20261123
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cte_spec(kernels: str, *, hidden: int = 256, intermediate: int = 256, experts: int = 4, top_k: int = 2,
+             dtype: str = "bf16", expert: str = "gate_up -> silu -> down -> scale", quant: str = "") -> str:
+    quant_line = f"  quant {quant}\n" if quant else ""
+    return (f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
+            f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n")
+
+
+_BUILD_DIR: list[Path] = []
+
+
+@cache
+def build(text: str):
+    """({kernel name: plan}, {kernel name: loaded module}) for a spec text, built once per module."""
+    from moegen import sim
+
+    root = _BUILD_DIR[0] / f"spec{len(list(_BUILD_DIR[0].iterdir()))}"
+    root.mkdir()
+    (root / "t.moe").write_text(text)
+    generated = generate(root / "t.moe")
+    folder = write(generated, root / "generated")
+    plans = {plan.kernel_name: plan for plan in generated.plans}
+    modules = {name: sim.load_module(folder / f"{name}.py") for name in plans}
+    return plans, modules
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_dir(tmp_path_factory):
+    _BUILD_DIR[:] = [tmp_path_factory.mktemp("cte_builds")]
+    build.cache_clear()
+    yield
+    build.cache_clear()
+
+
+def run(text: str, kernel: str, tokens: int, *, seed: int = SEED, expert_index=None, num_blocks=None):
+    """(plan, inputs, kernel outputs, reference outputs) for one kernel of a spec."""
+    plans, modules = build(text)
+    plan = plans[kernel]
+    rng = np.random.default_rng(seed)
+    inputs = harness.make_inputs(plan, tokens, rng, expert_index=expert_index, num_blocks=num_blocks)
+    got = harness.run(getattr(modules[kernel], kernel), plan, inputs)
+    want = harness.expected(plan, inputs)
+    return plan, inputs, got, want
+
+
+def assert_matches(plan, got, want):
+    assert set(got) == set(want)
+    for name in want:
+        result = compare(name, got[name], want[name], kind=harness.tolerance(plan, name))
+        assert result.ok, f"{plan.kernel_name}: {result}"
+
+
+# ------------------------------------------------------------------ variants on the same inputs
+
+VARIANTS = """\
+kernel block1  : cte { block=128 shard=block }
+  kernel block2  : cte { block=128 shard=block lnc=2 }
+  kernel i1      : cte { block=128 shard=intermediate }
+  kernel i2      : cte { block=128 shard=intermediate lnc=2 }
+  kernel hybrid2 : cte { block=128 shard=intermediate lnc=2 loop=hybrid }
+  kernel stream2 : cte { block=128 shard=block lnc=2 weights=stream }"""
+
+
+def test_all_variants_agree_with_each_other_and_the_reference():
+    text = cte_spec(VARIANTS, hidden=320, intermediate=192)
+    rng = np.random.default_rng(SEED)
+    expert_index = harness.routing(150, 4, 2, rng)  # T*K = 300: not a multiple of B = 128
+    outputs = {}
+    for kernel in ("block1", "block2", "i1", "i2", "hybrid2", "stream2"):
+        plan, _, got, want = run(text, kernel, 150, expert_index=expert_index)
+        assert_matches(plan, got, want)
+        outputs[kernel] = got["out"]
+    for kernel, out in outputs.items():
+        result = compare(kernel, out, outputs["block1"], kind="bf16")
+        assert result.ok, str(result)
+
+
+def test_blockwise_kernel_equals_plain_per_token_moe():
+    text = cte_spec("kernel p : cte { block=128 }")
+    plan, inputs, got, _ = run(text, "p", 200)
+    per_token = cte_reference.moe_per_token(
+        inputs["hidden_states"][:-1], inputs["expert_index"], inputs["expert_affinities"],
+        inputs["gate_up_proj_weight"], inputs["down_proj_weight"], output_dtype="bf16",
+        precision=harness.reference_precision(plan))
+    # the per-token sum rounds once; the kernel rounds each of the K contributions: 2 bf16 steps apart at most
+    result = compare("out", got["out"][:-1], per_token, rtol=2 ** -5, atol=2 ** -5)
+    assert result.ok, str(result)
+
+
+def test_dropping_matches_reference_and_drops_beyond_capacity():
+    text = cte_spec("kernel d : cte { block=128 dropping checkpoint shard=intermediate lnc=2 }")
+    rng = np.random.default_rng(SEED)
+    expert_index = harness.routing(200, 4, 2, rng, experts_used=3)  # expert 3 empty, the others over 128
+    plan, inputs, got, want = run(text, "d", 200, expert_index=expert_index)
+    assert_matches(plan, got, want)
+    assert got["gate_up_activations_T"].shape == (4, 2, 256, 128)
+
+
+# ------------------------------------------------------------------ sweeps (one kernel each)
+
+SWEEP = [
+    # id, spec keywords, kernel options, tokens
+    ("B256_T300_K2", {}, "block=256", 300),
+    ("E2_K1_overwrite", dict(experts=2, top_k=1), "block=128", 170),
+    ("E8_K4_lnc2_block", dict(experts=8, top_k=4), "block=128 lnc=2", 90),
+    ("fp16", dict(dtype="fp16"), "block=128 shard=intermediate lnc=2", 120),
+    ("fp8_row", dict(quant="weights=fp8_row"), "block=128", 120),
+    ("fp8_static_lnc2_i", dict(quant="weights=fp8_static"), "block=128 shard=intermediate lnc=2", 120),
+    ("gelu", dict(expert="gate_up -> gelu -> down -> scale"), "block=128", 100),
+    ("gelu_tanh", dict(expert="gate_up -> gelu_tanh -> down -> scale"), "block=128 lnc=2", 100),
+    ("swish_1702", dict(expert="gate_up -> swish(1.702) -> down -> scale"), "block=128", 100),
+    ("swish_1", dict(expert="gate_up -> swish(1.0) -> down -> scale"), "block=128", 100),
+    ("relu", dict(expert="gate_up -> relu -> down -> scale"), "block=128 shard=intermediate", 100),
+    ("squared_relu", dict(expert="gate_up -> squared_relu -> down -> scale"), "block=128", 100),
+    ("pre_scale_top1", dict(top_k=1, expert="scale -> gate_up -> silu -> down"), "block=128 lnc=2", 150),
+    ("no_scale", dict(expert="gate_up -> silu -> down"), "block=128", 100),
+    ("bias_clamp_plus_one", dict(expert="gate_up(bias) -> clamp(gate <= 1, -1 <= up <= 1) -> swish(1.702) "
+                                        "-> up_plus_one -> down(bias) -> scale"),
+     "block=128 shard=intermediate lnc=2", 120),
+    ("gate_clamps_only", dict(expert="gate_up -> clamp(-0.5 <= gate <= 0.5) -> silu -> down -> scale"),
+     "block=128", 100),
+    ("pad_skip", {}, "block=128 padding=skip", 130),
+    ("pad_skip_lnc2_top1", dict(top_k=1), "block=128 padding=skip lnc=2", 130),
+    ("checkpoint_clamp", dict(expert="gate_up(bias) -> clamp(gate <= 1) -> silu -> down(bias) -> scale"),
+     "block=128 checkpoint", 100),
+    ("checkpoint_hybrid_skip", {}, "block=128 checkpoint shard=intermediate loop=hybrid padding=skip", 100),
+    ("fp8_bias_pre_lnc2_i", dict(quant="weights=fp8_row", expert="scale -> gate_up(bias) -> relu -> down(bias)",
+                                 top_k=1), "block=128 shard=intermediate lnc=2", 100),
+    ("out_fp32", dict(dtype="in=bf16 out=fp32"), "block=128", 100),
+]
+
+
+@pytest.mark.parametrize("spec_kw, options, tokens", [s[1:] for s in SWEEP], ids=[s[0] for s in SWEEP])
+def test_sweep_cell_matches_reference(spec_kw, options, tokens):
+    text = cte_spec(f"kernel k : cte {{ {options} }}", **spec_kw)
+    plan, _, got, want = run(text, "k", tokens)
+    assert_matches(plan, got, want)
+
+
+def test_experts_without_tokens_are_skipped_cleanly():
+    text = cte_spec("kernel k : cte { block=128 }", experts=8)
+    rng = np.random.default_rng(SEED)
+    expert_index = harness.routing(100, 8, 2, rng, experts_used=3)
+    plan, _, got, want = run(text, "k", 100, expert_index=expert_index)
+    assert_matches(plan, got, want)
+
+
+def test_hybrid_skips_many_fully_padded_blocks():
+    text = cte_spec("kernel h : cte { block=128 shard=intermediate lnc=2 loop=hybrid checkpoint }")
+    plan, inputs, got, want = run(text, "h", 60, num_blocks=12)  # 60*2 slots: at most 4 real blocks of 12
+    assert int(inputs["conditions"].sum()) <= 4
+    assert_matches(plan, got, want)
+
+
+def test_kernel_rejects_a_wrong_shape_by_name():
+    plans, modules = build(cte_spec("kernel p : cte { block=128 }"))
+    plan = plans["p"]
+    inputs = harness.make_inputs(plan, 64, np.random.default_rng(SEED))
+    inputs["down_proj_weight"] = inputs["down_proj_weight"][:, :128]
+    with pytest.raises(Exception, match="down_proj_weight must have shape"):
+        harness.run(modules["p"].p, plan, inputs)
+
+
+# ------------------------------------------------------------------ real model shapes
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b", "llama4_scout",
+                                  "cte_seed_variants"])
+def test_real_model_specs_verify(spec, tmp_path):
+    from moegen.verify import verify_plans
+
+    generated = generate(REPO / "specs" / f"{spec}.moe")
+    folder = write(generated, tmp_path)
+    plans = [plan for plan in generated.plans if plan.family == "cte"]
+    assert verify_plans(plans, folder, out=lambda line: None)

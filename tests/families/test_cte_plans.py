@@ -1,0 +1,117 @@
+"""cte plans: what each variant resolves to, and every refused cell with its reason (no simulator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moegen.compiler import load_spec, plan_spec
+from moegen.diagnostics import SpecError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def layer_spec(kernels: str, *, dims: str = "hidden=512 intermediate=512 experts=8 top_k=2", dtype: str = "bf16",
+               expert: str = "gate_up -> silu -> down -> scale", quant: str = "") -> str:
+    quant_line = f"  quant {quant}\n" if quant else ""
+    return f"moe t {{\n  dims {dims}\n  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+
+
+def plans(tmp_path: Path, text: str):
+    path = tmp_path / "t.moe"
+    path.write_text(text)
+    return plan_spec(load_spec(path))
+
+
+def refusal(tmp_path: Path, text: str) -> str:
+    with pytest.raises(SpecError) as error:
+        plans(tmp_path, text)
+    return str(error.value)
+
+
+def test_shard_on_block_lnc1_defaults(tmp_path):
+    (plan,) = plans(tmp_path, layer_spec("kernel p : cte { block=256 }"))
+    assert (plan.shard, plan.lnc, plan.block, plan.accumulate, plan.hybrid) == ("block", 1, 256, True, False)
+    assert plan.token_tiles == 2 and plan.token_chunks == ((0, 256),)
+    assert plan.h_tiles == ((0, 128), (128, 128), (256, 128), (384, 128))
+    assert plan.resident_weights and plan.reuse_weights
+    assert plan.arguments == ("hidden_states", "expert_affinities_masked", "gate_up_proj_weight",
+                              "down_proj_weight", "token_position_to_id", "block_to_expert")
+
+
+def test_shard_on_i_lnc2_splits_intermediate_and_output_columns(tmp_path):
+    (plan,) = plans(tmp_path, layer_spec("kernel p : cte { shard=intermediate lnc=2 }",
+                                         dims="hidden=2880 intermediate=2880 experts=32 top_k=4"))
+    assert plan.exchange and plan.i_core == 1440 and plan.h_out == 1440
+    assert plan.i_tiles[-1] == (1408, 32)  # tail tile of I
+    assert plan.h_tiles[-1] == (2816, 64)  # tail tile of H
+
+
+def test_top1_overwrites_and_hybrid_reads_conditions(tmp_path):
+    text = layer_spec("kernel p : cte { shard=intermediate loop=hybrid }",
+                      dims="hidden=512 intermediate=512 experts=8 top_k=1")
+    (plan,) = plans(tmp_path, text)
+    assert not plan.accumulate and plan.hybrid and "conditions" in plan.arguments
+
+
+def test_large_expert_streams_weights_in_chunks_that_fit(tmp_path):
+    (plan,) = plans(tmp_path, layer_spec("kernel p : cte { }", dims="hidden=4096 intermediate=14336 experts=8 "
+                                                                   "top_k=2 tp=8"))
+    assert not plan.resident_weights and not plan.reuse_weights
+    assert plan.sbuf_bytes() <= 224 * 1024 - 16 * 1024
+    assert plan.psum_banks() <= 8
+
+
+def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):
+    expert = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
+    (plan,) = plans(tmp_path, layer_spec("kernel p : cte { }", expert=expert, quant="weights=fp8_row"))
+    assert plan.arguments[-4:] == ("gate_and_up_proj_bias", "down_proj_bias", "gate_up_proj_scale", "down_proj_scale")
+    assert (plan.mlp.up_lower, plan.mlp.up_upper, plan.mlp.up_constant) == (-6.0, 8.0, 1.0)
+    assert plan.weight_dtype == "fp8"
+
+
+@pytest.mark.parametrize("kernel, needle", [
+    ("kernel p : cte { loop=hybrid }", "loop=hybrid needs shard=intermediate"),
+    ("kernel p : cte { shard=intermediate loop=hybrid dropping }", "loop=hybrid cannot drop tokens"),
+    ("kernel p : cte { update=overwrite }", "update=overwrite needs top_k 1"),
+    ("kernel p : cte { block=384 block=128 }", "given twice"),
+    ("kernel p : cte { block=320 }", "multiple of 128"),
+    ("kernel p : cte { block=2048 }", "at most 1024"),
+])
+def test_refused_variants_say_why(tmp_path, kernel, needle):
+    assert needle in refusal(tmp_path, layer_spec(kernel))
+
+
+@pytest.mark.parametrize("setting, needle", [
+    (dict(dtype="fp32"), "bf16 or fp16"),
+    (dict(quant="weights=mxfp4"), "nc_matmul_mx"),
+    (dict(quant="weights=fp8_row activations=fp8_static"), "static fp8 input quantization is not generated"),
+    (dict(expert="up -> relu -> down"), "non-gated"),
+    (dict(dims="hidden=520 intermediate=512 experts=8 top_k=2"), "multiples of 16"),
+    (dict(dims="hidden=512 intermediate=520 experts=8 top_k=2"), "multiple of 16"),
+])
+def test_refused_layers_say_why(tmp_path, setting, needle):
+    assert needle in refusal(tmp_path, layer_spec("kernel p : cte { }", **setting))
+
+
+def test_shard_on_i_lnc2_needs_i_multiple_of_32(tmp_path):
+    text = layer_spec("kernel p : cte { shard=intermediate lnc=2 }", dims="hidden=512 intermediate=528 experts=8 top_k=2")
+    assert "multiple of 32" in refusal(tmp_path, text)
+
+
+def test_resident_weights_refused_when_they_do_not_fit(tmp_path):
+    text = layer_spec("kernel p : cte { weights=resident }", dims="hidden=4096 intermediate=14336 experts=8 top_k=2")
+    assert "weights=resident" in refusal(tmp_path, text)
+
+
+def test_refusal_points_at_the_option(tmp_path):
+    message = refusal(tmp_path, layer_spec("kernel p : cte { loop=hybrid }"))
+    assert "t.moe:5:" in message and "^" in message
+
+
+@pytest.mark.parametrize("spec", sorted((REPO / "specs").glob("*.moe")), ids=lambda p: p.stem)
+def test_every_cte_kernel_in_specs_plans(spec):
+    for plan in plan_spec(load_spec(spec)):
+        if plan.family == "cte":
+            assert plan.sbuf_bytes() <= 224 * 1024 and plan.psum_banks() <= 8

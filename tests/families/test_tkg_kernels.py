@@ -1,0 +1,203 @@
+"""tkg kernels generated from inline specs, run in the simulator, compared per element with
+moegen.reference.tkg (rounded where the kernel rounds: see moegen/verify/tkg.py).
+
+Reduced shapes: H 256 (two full tiles) or 320 (a 64-row remainder), I 192 (128 + 64). Each test
+is one behaviour; the sweep over T {1, 4, 31, 128} runs on the default path, the feature tests at
+a few tokens. Real-model shapes are `slow` (and `moegen verify`).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moegen.codegen.build import write
+from moegen.compare import compare
+from moegen.compiler import generate
+from moegen.reference.tkg import moe_tkg
+from moegen.verify import tkg as harness
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 20261123
+SILU_POST = "gate_up -> silu -> down -> scale"
+GPT_OSS = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
+
+
+def spec_text(kernels: str, *, expert: str = SILU_POST, hidden: int = 256, intermediate: int = 192,
+              experts: int = 8, top_k: int = 2, dtype: str = "bf16", quant: str = "") -> str:
+    quant_line = f"  quant {quant}\n" if quant else ""
+    return (f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
+            f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n")
+
+
+_BUILD_DIR: list[Path] = []
+
+
+@cache
+def build(text: str):
+    """({kernel name: plan}, {kernel name: kernel function}) for a spec text, built once per session."""
+    from moegen import sim
+
+    root = _BUILD_DIR[0] / f"spec{len(list(_BUILD_DIR[0].iterdir()))}"
+    root.mkdir()
+    path = root / "t.moe"
+    path.write_text(text)
+    generated = generate(path)
+    folder = write(generated, root / "generated")
+    plans = {plan.kernel_name: plan for plan in generated.plans}
+    kernels = {name: getattr(sim.load_module(folder / f"{name}.py"), name) for name in plans}
+    return plans, kernels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_dir(tmp_path_factory):
+    _BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_builds")]
+    build.cache_clear()
+    yield
+    build.cache_clear()
+
+
+def check(text: str, kernel: str = "k", tokens: int = 4, *, seed: int = SEED, inputs=None):
+    """Run one kernel on seeded inputs; assert every output element within tolerance. Returns
+    (plan, inputs, kernel output)."""
+    plans, kernels = build(text)
+    plan = plans[kernel]
+    if inputs is None:
+        inputs = harness.make_inputs(plan, tokens, np.random.default_rng(seed))
+    want = harness.expected(plan, inputs)["output"]
+    got = harness.run(kernels[kernel], plan, inputs)["output"]
+    result = compare("output", got, want, kind=harness.tolerance(plan, "output"))
+    assert result.ok, f"{kernel} T={tokens} seed={seed}: {result}\n{text}"
+    return plan, inputs, got
+
+
+@pytest.mark.parametrize("tokens", [1, 4, 31, 128])
+def test_selective_silu_post_scale(tokens):
+    check(spec_text("kernel k : tkg { }"), tokens=tokens)
+
+
+@pytest.mark.parametrize("tokens", [1, 31])
+def test_all_experts_silu_post_scale(tokens):
+    check(spec_text("kernel k : tkg { mode=all_experts }"), tokens=tokens)
+
+
+def test_selective_equals_all_experts_masked_on_the_same_inputs():
+    text = spec_text("kernel k : tkg { }\n  kernel a : tkg { mode=all_experts mask_unselected }", hidden=320)
+    _, inputs, selective = check(text, "k", tokens=5)
+    _, _, all_experts = check(text, "a", tokens=5, inputs=dict(inputs, rank_id=np.zeros((1, 1), np.int32)))
+    assert compare("agree", all_experts, selective, kind="bf16").ok
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh", "swish(1.702)", "swish(1.0)", "relu",
+                                        "squared_relu"])
+def test_each_activation(activation):
+    check(spec_text("kernel k : tkg { }", expert=f"gate_up -> {activation} -> down -> scale"))
+
+
+@pytest.mark.parametrize("clamp", ["gate <= 0.5", "gate >= -0.5", "up <= 0.5", "up >= -0.5",
+                                   "-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4"])
+def test_each_clamp_alone_and_all_four(clamp):
+    check(spec_text("kernel k : tkg { }", expert=f"gate_up -> clamp({clamp}) -> silu -> down -> scale"))
+
+
+@pytest.mark.parametrize("expert", [
+    "gate_up(bias) -> silu -> down -> scale",
+    "gate_up -> silu -> down(bias) -> scale",
+    GPT_OSS,
+    "gate_up -> clamp(-1 <= up <= 1) -> silu -> up_plus_one -> down -> scale",
+], ids=["gate_up_bias", "down_bias", "gpt_oss", "plus_one_without_bias"])
+def test_biases_and_the_folded_plus_one(expert):
+    check(spec_text("kernel k : tkg { }", expert=expert, hidden=320))
+
+
+@pytest.mark.parametrize("mode", ["selective", "all_experts"])
+@pytest.mark.parametrize("scale", ["none", "pre", "post"])
+def test_each_scaling_mode(mode, scale):
+    expert = {"none": "gate_up -> silu -> down", "pre": "scale -> gate_up -> silu -> down",
+              "post": SILU_POST}[scale]
+    check(spec_text(f"kernel k : tkg {{ mode={mode} }}", expert=expert, hidden=320), tokens=5)
+
+
+def test_eager_affinities():
+    check(spec_text("kernel k : tkg { eager }"), tokens=6)
+
+
+@pytest.mark.parametrize("dtype, out", [("fp16", None), ("bf16", "fp32"), ("fp16", "bf16")])
+def test_dtype_paths(dtype, out):
+    option = f"out={out}" if out else ""
+    check(spec_text(f"kernel k : tkg {{ {option} }}", dtype=dtype), tokens=3)
+
+
+@pytest.mark.parametrize("quant", ["weights=fp8_row", "weights=fp8_static",
+                                   "weights=fp8_row activations=fp8_static",
+                                   "weights=fp8_static activations=fp8_static"])
+def test_fp8_weights(quant):
+    check(spec_text("kernel k : tkg { }", quant=quant, hidden=320, expert=GPT_OSS), tokens=3)
+
+
+def test_fp8_static_input_with_pre_scale_all_experts():
+    check(spec_text("kernel k : tkg { mode=all_experts mask_unselected }", quant="weights=fp8_static "
+                    "activations=fp8_static", expert="scale -> gate_up -> silu -> down"), tokens=4)
+
+
+@pytest.mark.parametrize("kernel", ["kernel k : tkg { lnc=2 }", "kernel k : tkg { lnc=2 shard=tokens }",
+                                    "kernel k : tkg { lnc=2 mode=all_experts }",
+                                    "kernel k : tkg { lnc=2 mode=all_experts shard=tokens tokens<=256 }"])
+def test_lnc2(kernel):
+    check(spec_text(kernel, hidden=320, expert=GPT_OSS), tokens=5)
+
+
+def test_all_experts_more_than_128_tokens_by_tiles():
+    check(spec_text("kernel k : tkg { mode=all_experts tokens<=300 }", experts=4), tokens=200)
+
+
+def test_sbuf_output_read_back_through_a_wrapper():
+    check(spec_text("kernel k : tkg { output=sbuf tokens<=16 out=fp32 }"), tokens=9)
+
+
+def test_expert_parallel_ranks_sum_to_the_full_layer():
+    """All-expert mode once per rank (each with its E_L experts and rank_id), summed over ranks,
+    equals the full-E layer."""
+    ranks, experts, tokens = 4, 8, 6
+    text = spec_text(f"kernel k : tkg {{ mode=all_experts ep={ranks} mask_unselected out=fp32 }}", experts=experts)
+    plans, kernels = build(text)
+    plan = plans["k"]
+    rng = np.random.default_rng(SEED)
+    full = harness.make_inputs(plan, tokens, rng)  # one rank's shapes; the full weights are drawn below
+    gate_up = np.concatenate([harness.make_inputs(plan, tokens, np.random.default_rng(SEED + r))
+                              ["expert_gate_up_weights"] for r in range(ranks)])
+    down = np.concatenate([harness.make_inputs(plan, tokens, np.random.default_rng(SEED + r))
+                           ["expert_down_weights"] for r in range(ranks)])
+    total = np.zeros((tokens, plan.hidden), dtype=np.float32)
+    for rank in range(ranks):
+        inputs = dict(full, rank_id=np.array([[rank]], dtype=np.int32),
+                      expert_gate_up_weights=gate_up[rank * 2:(rank + 1) * 2],
+                      expert_down_weights=down[rank * 2:(rank + 1) * 2])
+        total += harness.run(kernels["k"], plan, inputs)["output"]
+    want = moe_tkg(full["hidden_input"], gate_up, down, full["expert_affinities"], full["expert_index"],
+                   mode="selective", affinity_scale="post", output_dtype="fp32", precision="bf16")
+    result = compare("sum over ranks", total, want, kind="bf16")
+    assert result.ok, str(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b", "llama4_scout",
+                                  "tkg_seed_matrix", "tkg_seed_matrix_fp8_row", "tkg_seed_matrix_fp8_static"])
+def test_real_model_variants(spec, tmp_path):
+    from moegen.verify import verify_plans
+
+    generated = generate(REPO / "specs" / f"{spec}.moe")
+    folder = write(generated, tmp_path)
+    plans = [plan for plan in generated.plans if plan.family == "tkg"]
+    assert verify_plans(plans, folder, out=lambda line: None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tokens", [1, 4, 31, 128])
+@pytest.mark.parametrize("kernel", ["kernel k : tkg { }", "kernel k : tkg { mode=all_experts mask_unselected }",
+                                    "kernel k : tkg { lnc=2 }"])
+def test_sweep_gpt_oss_style(tokens, kernel):
+    check(spec_text(kernel, hidden=704, intermediate=320, experts=16, top_k=4, expert=GPT_OSS), tokens=tokens)
