@@ -149,8 +149,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         Buffer("logits", "psum", TOKEN_TILE, experts * f32),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
-        Buffer("one-hot masks", "sbuf", TOKEN_TILE, (top_k if scatter == "onehot" else 1) * work_width * f32),
-        Buffer("top-K values, weights, index", "sbuf", TOKEN_TILE, rounds * MAX8_WIDTH * f32 * 4 + top_k * 4 * 3),
+        Buffer("one-hot masks", "sbuf", TOKEN_TILE, top_k * work_width * f32),
+        # top values, same8, found8, column, index, weights, weights in the output dtype, row sums
+        Buffer("top-K rows", "sbuf", TOKEN_TILE,
+               rounds * MAX8_WIDTH * f32 + 2 * MAX8_WIDTH * 4 + 4 + top_k * (4 + f32 + out_bytes) + 4 * f32),
     ]
     if h_rest:
         buffers += [Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
@@ -167,12 +169,15 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                     Buffer("gather product", "sbuf", TOKEN_TILE, experts * f32)]
     if router.n_group is not None:
         buffers += [Buffer("group top-8", "sbuf", TOKEN_TILE, router.n_group * MAX8_WIDTH * f32),
+                    # padded group rows, group scores, kept-group values/index/one-hots, keep mask, penalty
                     Buffer("group rows", "sbuf", TOKEN_TILE,
-                           (router.n_group * group_pad + 3 * group_width + router.topk_group * group_width) * f32)]
+                           (router.n_group * group_pad + 3 * group_width + ceil_div(router.topk_group, 8) * 8
+                            + router.topk_group * (1 + group_width)) * f32)]
     if scatter == "onehot":
         buffers.append(Buffer("affinities tile", "sbuf", TOKEN_TILE, experts * out_bytes))
     else:
-        buffers.append(Buffer("zero rows, DMA targets", "sbuf", TOKEN_TILE, experts * out_bytes + top_k * 8 + 4))
+        buffers.append(Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE,
+                              experts * out_bytes + 4 + top_k * 8))
 
     decisions = [
         ("contraction", f"H={hidden} = {h_tiles} x 128" + (f" + {h_rest}" if h_rest else "")

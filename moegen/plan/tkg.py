@@ -239,6 +239,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     if shard_kind == "tokens" and token_tiles < 2 and mode == "all_experts":
         decisions.append(("token split", "one token tile: each core takes half of its tokens"))
     down_groups = tuple(_groups(start, cols, group_columns) for start, cols in core_columns)
+    group_columns = max(cols for groups in down_groups for _, cols in groups)  # the widest actual group
     down_chunks = tuple(tuple(_chunks(g) for g in groups) for groups in down_groups)
     chunks_per_group = max(len(c) for core in down_chunks for c in core)
     decisions.append(("down groups", f"{group_columns} columns per group ({ceil_div(group_columns, CHUNK)} "

@@ -18,8 +18,9 @@ __all__ = ["NkiSimError", "Kernel", "RunResult", "jit", "last_run", "load_module
            "context", "static_check"]
 
 
-def static_check(source_or_path, filename: str | None = None):
-    """Check kernel source (text or a path) against the NKI Python subset; returns a list of findings."""
-    from moegen.sim.static_check import static_check as _check
+def static_check(source_or_path, filename: str | None = None, strict: bool = False):
+    """Check kernel source (text or a path) against the NKI Python subset; returns a list of findings
+    (strict=True raises NkiSimError on errors). See moegen/sim/subset_check.py for the rules."""
+    from moegen.sim.subset_check import static_check as _check
 
-    return _check(source_or_path, filename)
+    return _check(source_or_path, filename, strict)

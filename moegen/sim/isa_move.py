@@ -310,6 +310,9 @@ def core_barrier(data, cores, engine=engine.gpsimd, name=None):
     """Block until both cores of the LNC=2 pair arrive; orders their accesses to shared HBM `data`."""
     instr = "core_barrier"
     check_tensor(instr, "data", data)
+    if runtime.current().run.num_programs == 1:
+        raise NkiSimError(f"{instr}: kernel launched with LNC=1 (limit: core_barrier needs kernel[2]); "
+                          "it would deadlock on hardware")
     if data.buffer is not MemoryRegion.shared_hbm:
         raise NkiSimError(f"{instr}: data '{data.name}' is in {data.buffer.name} (limit: shared_hbm)")
     if tuple(cores) != (0, 1):
@@ -317,10 +320,6 @@ def core_barrier(data, cores, engine=engine.gpsimd, name=None):
     check_enum(instr, "engine", engine, _ENGINE)
     core = runtime.current()
     core.record(engine.name, instr, {"data": data})
-    run = core.run
-    if run.num_programs == 1:
-        raise NkiSimError(f"{instr}: kernel launched with LNC=1 (limit: core_barrier needs kernel[2]); "
-                          "it would deadlock on hardware")
     _barrier_wait(core, instr)
     return NkiInstruction(instr)
 

@@ -118,7 +118,7 @@ def _fake_modules() -> dict:
     pkg.__path__ = []  # a package, so `import nki.language` works
     pkg.__doc__ = "moegen.sim stand-in for the nki package (active only while loading / running kernels)"
     pkg.jit = jit
-    pkg.simulate = simulate
+    pkg.simulate = nki_simulate
     pkg.language = language
     pkg.isa = isa
     pkg.collectives = collectives
@@ -199,6 +199,11 @@ def _real_nki():
     if not hasattr(real, "simulate"):
         raise NkiSimError("backend='real': the importable nki package has no nki.simulate (need NKI >= 0.3)")
     return real
+
+
+def nki_simulate(kernel):
+    """`nki.simulate(kernel)` exactly as the real API: options come from the environment variables."""
+    return simulate(kernel)
 
 
 def simulate(kernel, target: str | None = None, precise: bool | None = None, trace: bool = True,

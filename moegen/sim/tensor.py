@@ -59,21 +59,21 @@ def _region_of(x) -> MemoryRegion:
     raise NkiSimError(f"buffer: expected an nl memory region (nl.sbuf, nl.psum, nl.hbm, ...), got {x!r}")
 
 
-def is_on_chip(x) -> bool:
+def is_on_chip(buffer) -> bool:
     """True for an SBUF/PSUM tensor or region."""
-    return _region_of(x) in ON_CHIP
+    return _region_of(buffer) in ON_CHIP
 
 
-def is_hbm(x) -> bool:
-    return _region_of(x) in HBM
+def is_hbm(buffer) -> bool:
+    return _region_of(buffer) in HBM
 
 
-def is_psum(x) -> bool:
-    return _region_of(x) is MemoryRegion.psum
+def is_psum(buffer) -> bool:
+    return _region_of(buffer) is MemoryRegion.psum
 
 
-def is_sbuf(x) -> bool:
-    return _region_of(x) is MemoryRegion.sbuf
+def is_sbuf(buffer) -> bool:
+    return _region_of(buffer) is MemoryRegion.sbuf
 
 
 class DynSlice:

@@ -69,9 +69,15 @@ def make_inputs(plan: TkgPlan, tokens: int, rng: np.random.Generator, rank: int 
     inputs["expert_down_weights"] = down
     inputs["expert_affinities"] = cast(rng.uniform(0.05, 1.0, (t, e)).astype(np.float32), dtype)
     index = np.stack([rng.permutation(e)[:k] for _ in range(t)]).astype(np.int32)  # distinct global ids
+    r = (plan.ep - 1) if rank is None else rank
+    if plan.uses_rank and el < e:
+        # Each token's first expert is local to the tested rank, so that every row exercises the window.
+        for row in index:
+            local = r * el + int(rng.integers(el))
+            row[row == local] = row[0]
+            row[0] = local
     inputs["expert_index"] = index
     if plan.uses_rank:
-        r = (plan.ep - 1) if rank is None else rank
         inputs["rank_id"] = np.array([[r]], dtype=np.int32)
     if m.gate_up_bias:
         inputs["expert_gate_up_bias"] = cast((0.1 * rng.standard_normal((el, 2, i))).astype(np.float32), dtype)
