@@ -9,18 +9,25 @@ reference on the same inputs, and their ratio, measured in one run:
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
+import os
 
-import numpy as np
+# One BLAS thread for both sides: on a loaded 2-core machine threaded OpenBLAS is many times slower
+# for the simulator's 128-row matmuls (see SIM_REQUESTS.md). Must be set before NumPy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from moegen import sim
-from moegen.codegen.build import write
-from moegen.compare import compare
-from moegen.compiler import generate
-from moegen.verify import cte as harness
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from moegen import sim  # noqa: E402
+from moegen.codegen.build import write  # noqa: E402
+from moegen.compare import compare  # noqa: E402
+from moegen.compiler import generate  # noqa: E402
+from moegen.verify import cte as harness  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

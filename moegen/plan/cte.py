@@ -57,6 +57,7 @@ OPTIONS = (
                "every block; auto: resident when it fits", default="auto", choices=("auto", "resident", "stream")),
 )
 
+T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
 ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
 TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
 CONTRACTION_TILE = PARTITIONS  # rows of a matmul operand (H for gate/up, I for down)
@@ -106,8 +107,8 @@ class CtePlan(KernelPlan):
     exchange: bool  # shard=intermediate at LNC=2: partial down projections go through sendrecv
     # epilogue: the shared expert-MLP plan (activation steps, clamps, +1, dequant, affinity scale)
     mlp: ExpertMLPPlan
-    zero_output: bool  # zero-fill out before the blocks (accumulation, dropped tokens, skipped padding)
-    partial_output: bool  # shard=block at LNC=2 with accumulation: core 1 accumulates into a scratch copy
+    zero_output: bool  # zero-fill out before the blocks (accumulation, or dropped tokens never written)
+    partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
 
     @property
     def quantized(self) -> bool:
@@ -243,7 +244,7 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
 def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chunk_cols: int, weight_count: int,
              down_chunk: int,
              resident: bool, h_out: int, exchange: bool, mlp: ExpertMLPPlan, checkpoint: bool, accumulate: bool,
-             hybrid: bool) -> tuple[Buffer, ...]:
+             hybrid: bool, hybrid_blocks: int) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
     chunk = min(b, MATMUL_MOVING_FREE_MAX)
@@ -254,7 +255,7 @@ def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chu
     sb = [
         Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t),
         Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2),  # and the padding shift
-        Buffer("expert_id", "sbuf", 1, 4, 3),
+        Buffer("expert_id", "sbuf", 1, 4, 4),  # expert, previous expert, same-expert flag, weight expert
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * 2 * chunk_cols, weight_count),
@@ -285,11 +286,12 @@ def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chu
         sb += [Buffer("gate_up_checkpoint", "sbuf", PARTITIONS, out_dt * chunk),
                Buffer("down_checkpoint", "sbuf", PARTITIONS, out_dt * col)]
     if hybrid:
-        sb.append(Buffer("conditions", "sbuf", 1, 4 * 2))
+        # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
+        sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
     ps = [
-        Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 4),
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE),
-        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 2),
+        Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 4),  # gate and up, double-buffered
+        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 2),  # four 128x128 transposes; H tail
+        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 2),  # own columns (and the other core's, exchanged)
     ]
     return tuple(sb + ps)
 
@@ -318,7 +320,9 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     wdt = DTYPE_BYTES[weight_dtype]
     i_tiles = _tiles(i_core, CONTRACTION_TILE)
     capacity = SBUF_BYTES["trn2"] - SBUF_RESERVED
+    hybrid_blocks = ceil_div(T_MAX * k - (dims.local_experts - 1), b) + dims.local_experts - 1
     common = dict(h=h, i_core=i_core, b=b, dt=dt, wdt=wdt, out_dt=out_dt, h_out=h_out, exchange=exchange,
+                  hybrid_blocks=hybrid_blocks,
                   mlp=mlp, checkpoint=checkpoint, accumulate=accumulate, hybrid=hybrid)
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -371,7 +375,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     decisions += [
         ("sharding", {("block", 1): "one core runs every block",
                       ("block", 2): "core c runs blocks c, c+2, ...; "
-                                    + ("core 1 accumulates into a scratch copy, added to out at the end"
+                                    + ("each core accumulates into its own copy of the output, the two are "
+                                       "added after a core barrier"
                                        if partial_output else "top-1: each token row is written by one core"),
                       ("intermediate", 1): "one core runs the whole intermediate dimension",
                       ("intermediate", 2): f"core c computes I columns [c*{i_core}, (c+1)*{i_core}) and finishes "
@@ -383,6 +388,11 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
          else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
               "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end"),
     ]
+    decisions.append(("tiling", f"block {b} = {b // TOKEN_TILE} token tiles of 128 (tokens on partitions for the "
+                                f"row gather, the transposes and the down projection) and {ceil_div(b, 512)} "
+                                f"moving chunk(s) of at most 512 tokens for the gate/up matmuls (one PSUM bank); "
+                                f"H in {len(_tiles(h, CONTRACTION_TILE))} contraction tiles, this core's I in "
+                                f"{len(i_tiles)}"))
     if hybrid:
         decisions.append(("loop", "static loop over ceil(T*K/B) blocks (they surely hold tokens), then nl.fori_loop "
                                   "up to sum(conditions) held in a register"))

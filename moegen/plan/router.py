@@ -179,7 +179,11 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         buffers.append(Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE,
                               experts * out_bytes + 4 + top_k * 8))
 
+    overrides = [f"{name}={variant.options[name]}" for name in ("act", "norm", "renormalize") if name in variant.options]
     decisions = [
+        ("pipeline", f"{'pre' if pre_norm else 'post'}-norm {act}" + (", L1 renormalised" if renormalize else "")
+         + (f", scaled by {router.scaling_factor:g}" if router.scaling_factor is not None else "")
+         + (f" (the variant overrides the spec's router with {' '.join(overrides)})" if overrides else "")),
         ("contraction", f"H={hidden} = {h_tiles} x 128" + (f" + {h_rest}" if h_rest else "")
          + f": each full tile puts h = p * {h_tiles} + j on partition p (x and w read in runs of {h_tiles} "
            "contiguous elements, no transpose)"

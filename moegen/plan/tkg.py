@@ -63,8 +63,9 @@ OPTIONS = (
     OptionSpec("output", "choice", "where the result goes: HBM [T, H], or left in SBUF [T, H] for a caller "
                "that fuses (the kernel is then a sub-kernel, not @nki.jit)", default="hbm",
                choices=("hbm", "sbuf")),
-    OptionSpec("shard", "choice", "LNC=2 split: auto (the plan chooses per shape), hidden (each core half "
-               "of the down projection's columns), tokens (each core half of the token tiles)",
+    OptionSpec("shard", "choice", "LNC=2 split: auto (the plan chooses per shape), intermediate (each core "
+               "half of the I tiles; partial outputs exchanged), hidden (each core half of the down projection's "
+               "columns), tokens (each core half of the token tiles)",
                default="auto", choices=("auto", "hidden", "tokens", "intermediate")),
 )
 
@@ -103,8 +104,10 @@ class TkgPlan(KernelPlan):
     down_chunks: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]  # per core, per group: chunks
     group_columns: int  # widest group (down slab columns)
     chunks_per_group: int  # PSUM banks for down
-    shard: str  # 'none' | 'hidden' | 'tokens'
+    shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens'
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
+    acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
+    core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes
     verify_tokens: int | None = None
 
     @property
@@ -189,10 +192,6 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     if lnc == 1 and shard != "auto":
         problems.append(("shard", f"shard={shard} splits work across the two cores of lnc=2; this kernel has "
                                   "lnc=1"))
-    if shard == "intermediate":
-        problems.append(("shard", "shard=intermediate needs the two cores' partial down projections added "
-                                  "(a cross-core reduction through HBM or sendrecv), which is not generated; "
-                                  "use shard=hidden (same halving of the down weight reads) or tokens"))
     if problems:
         raise PlanError(*problems)
 
@@ -221,24 +220,41 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         decisions.append(("shard", f"tokens: {token_tiles} token tiles of {TOKEN_TILE} make the work "
                                    "compute-bound, so each core takes every other token tile (no duplicated "
                                    "compute, no cross-core sum)"))
+    elif i_tiles >= 2 and hidden % 2 == 0:
+        shard_kind = "intermediate"
+        decisions.append(("shard", f"intermediate: one token tile of <= {token_tile} tokens is weight-bandwidth "
+                                   "bound; each core reads half of every expert's gate/up and down weights (its "
+                                   f"I tiles), and the two partial [T, {hidden}] sums are exchanged once per "
+                                   "token tile (sendrecv of half the columns each way)"))
     else:
         shard_kind = "hidden"
-        decisions.append(("shard", f"hidden: one token tile of <= {token_tile} tokens is weight-bandwidth bound; "
-                                   "splitting the down projection's H columns halves each core's down "
-                                   "weight reads and needs no cross-core sum (splitting I would halve the "
-                                   "gate/up reads too but needs a reduction of partial outputs; splitting "
-                                   "tokens would make both cores read every weight)"))
+        decisions.append(("shard", f"hidden: I {inter} is one tile, so each core takes half of the down "
+                                   "projection's columns (halving the down weight reads, no cross-core sum)"))
+    half_i = ceil_div(i_tiles, 2)
+    core_i_tiles = ((0, i_tiles),) * lnc
     if shard_kind == "hidden":
         if hidden < 2 * PARTITIONS:
             raise PlanError(("shard", f"shard=hidden: H {hidden} is too small to split in two column ranges of "
                                       "at least 128"))
         half = ceil_div(ceil_div(hidden, 2), PARTITIONS) * PARTITIONS
         core_columns = ((0, half), (half, hidden - half))
+        acc_columns = core_columns
+    elif shard_kind == "intermediate":
+        if i_tiles < 2:
+            raise PlanError(("shard", f"shard=intermediate: I {inter} is a single 128-row tile, nothing to split; "
+                                      "use shard=hidden"))
+        if hidden % 2:
+            raise PlanError(("shard", f"shard=intermediate: H {hidden} is odd; the cores exchange equal halves of "
+                                      "the output columns (sendrecv needs equal shapes)"))
+        core_columns = ((0, hidden // 2), (hidden // 2, hidden // 2))
+        acc_columns = ((0, hidden),) * 2
+        core_i_tiles = ((0, half_i), (half_i, i_tiles - half_i))
     else:
         core_columns = tuple((0, hidden) for _ in range(lnc))
+        acc_columns = core_columns
     if shard_kind == "tokens" and token_tiles < 2 and mode == "all_experts":
         decisions.append(("token split", "one token tile: each core takes half of its tokens"))
-    down_groups = tuple(_groups(start, cols, group_columns) for start, cols in core_columns)
+    down_groups = tuple(_groups(start, cols, group_columns) for start, cols in acc_columns)
     group_columns = max(cols for groups in down_groups for _, cols in groups)  # the widest actual group
     down_chunks = tuple(tuple(_chunks(g) for g in groups) for groups in down_groups)
     chunks_per_group = max(len(c) for core in down_chunks for c in core)
@@ -260,46 +276,60 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     in_bytes = DTYPE_BYTES[layer.dtype]
     mm_bytes = DTYPE_BYTES[matmul_dtype]
     tt = token_tile
-    core_h = max(cols for _, cols in core_columns)
-    items = tt * dims.top_k if mode == "selective" else local_experts
-    buffers = [
-        Buffer("x_t", "sbuf", PARTITIONS, h_tiles * tt * in_bytes),
-        Buffer("gate_up_weights", "sbuf", PARTITIONS, h_tiles * 2 * PARTITIONS * weight_bytes),
-        Buffer("down_weights", "sbuf", PARTITIONS, group_columns * weight_bytes),
+    core_h = max(cols for _, cols in acc_columns)
+    # Every on-chip allocation of the template, in its order (names match the generated code).
+    k = dims.top_k
+    selective = mode == "selective"
+    buffers = [Buffer("x_t", "sbuf", PARTITIONS, h_tiles * tt * in_bytes)]
+    if scale == "pre":
+        buffers += [Buffer("x_item", "sbuf", PARTITIONS, h_tiles * tt * in_bytes),
+                    Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
+                    Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4)]
+    if mlp.input_quant == "fp8_static":
+        buffers += [Buffer("x_quant", "sbuf", PARTITIONS, h_tiles * tt * mm_bytes),
+                    Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
+                    Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes)]
+    buffers += [Buffer("w_gate_up", "sbuf", PARTITIONS, h_tiles * 2 * PARTITIONS * weight_bytes),
+                Buffer("w_down", "sbuf", PARTITIONS, group_columns * weight_bytes)]
+    if mlp.dequant:
+        buffers += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
+                    Buffer("down_scale", "sbuf", tt, group_columns * 4)]
+    if mlp.gate_up_bias:
+        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 2 * 4))
+    if mlp.down_bias:
+        buffers.append(Buffer("down_bias", "sbuf", tt, group_columns * 4))
+    if mlp.dequant or mlp.down_bias:
+        buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
+    buffers += [
+        Buffer("gate + up + act", "sbuf", PARTITIONS, tt * 4, count=3),
         Buffer("h", "sbuf", PARTITIONS, i_tiles * tt * mm_bytes),
-        Buffer("gate_up_scratch", "sbuf", PARTITIONS, tt * 4, count=3),
-        Buffer("acc", "sbuf", tt, core_h * 4),
-        Buffer("result", "sbuf", tt, core_h * DTYPE_BYTES[out_dtype]),
         Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
         Buffer("up_psum", "psum", PARTITIONS, tt * 4),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=chunks_per_group),
+        Buffer("acc", "sbuf", tt, core_h * 4),
     ]
-    if mode == "selective" or scale != "none":
-        buffers.append(Buffer("item_scales", "sbuf", tt, items * 4))
-    if mode == "selective":
-        buffers += [Buffer("expert_ids", "sbuf", 1, tt * dims.top_k * 4),
-                    Buffer("token_rows", "sbuf", tt, tt * 4)]
-    if (mode == "selective" and scale != "none" and not eager) or mask:
-        buffers += [Buffer("index", "sbuf", tt, dims.top_k * 8), Buffer("expert_iota", "sbuf", tt, dims.experts * 4),
-                    Buffer("onehot", "sbuf", tt, dims.experts * 4, count=2)]
-    if scale != "none":
-        width = dims.top_k if eager else (local_experts if mode == "all_experts" else dims.experts)
-        buffers.append(Buffer("affinities", "sbuf", tt, width * 4))
+    if selective or scale == "pre":
+        buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
+    if selective:
+        buffers.append(Buffer("expert_ids", "sbuf", 1, tt * k * 4))
+        if scale != "none":
+            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * k * 4)]
+    if (selective and scale != "none" and not eager) or mask:
+        buffers.append(Buffer("index + index_f", "sbuf", tt, k * 4, count=2))
+    if selective and scale != "none" and not eager:
+        buffers.append(Buffer("affinities + expert_iota + onehot", "sbuf", tt, dims.experts * 4, count=3))
     if mode == "all_experts" and scale != "none":
-        buffers.append(Buffer("rank", "sbuf", tt, 8))
-    if scale == "pre" or mlp.input_quant == "fp8_static":
-        buffers.append(Buffer("x_item", "sbuf", PARTITIONS, h_tiles * tt * mm_bytes))
-    if scale == "pre":
-        buffers += [Buffer("broadcast_rows", "sbuf", tt, PARTITIONS * 4 + tt * 4),
-                    Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4)]
-    if mlp.dequant or mlp.gate_up_bias or mlp.input_quant == "fp8_static":
-        buffers.append(Buffer("gate_up_vectors", "sbuf", PARTITIONS, 8, count=2))
-    if mlp.dequant or mlp.down_bias:
-        buffers += [Buffer("down_vectors", "sbuf", tt, group_columns * 4, count=int(mlp.dequant) + int(mlp.down_bias)),
-                    Buffer("y", "sbuf", tt, CHUNK * 4)]
-    if mlp.input_quant == "fp8_static":
-        buffers += [Buffer("input_scales", "sbuf", PARTITIONS, 16), Buffer("h_quant", "sbuf", PARTITIONS, tt)]
-
+        buffers += [Buffer("rank + rank_offset", "sbuf", tt, 4, count=2),
+                    Buffer("affinities", "sbuf", tt, local_experts * 4)]
+    if mask:
+        buffers += [Buffer("rank_offset_f", "sbuf", tt, 4),
+                    Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, local_experts * 4, count=3)]
+    if shard_kind == "intermediate":
+        buffers.append(Buffer("partner", "sbuf", tt, hidden // 2 * 4))
+    if output == "hbm" and out_dtype != "fp32":
+        buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in core_columns) * DTYPE_BYTES[out_dtype]))
+    if output == "sbuf":
+        buffers.append(Buffer("output (returned)", "sbuf", tt, hidden * DTYPE_BYTES[out_dtype]))
     if scale == "pre":
         decisions.append(("pre-scale", "x * affinity per item: the [N, 1] scale column is broadcast to a "
                                        "[128, N] row tile by one matmul (ones-scaled column x identity) and "
@@ -315,6 +345,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         h_tiles=h_tiles, h_last=h_last, i_tiles=i_tiles, i_last=i_last,
         down_groups=down_groups, down_chunks=down_chunks, group_columns=group_columns,
         chunks_per_group=chunks_per_group, shard=shard_kind, core_columns=core_columns,
+        acc_columns=acc_columns, core_i_tiles=core_i_tiles,
         verify_tokens=options.get("verify_tokens"),
     )
 

@@ -14,8 +14,18 @@ from moegen.sim.errors import NkiSimError
 from moegen.sim.kernel import Kernel, RunResult, jit, last_run, load_module, nki_modules, simulate
 from moegen.sim.runtime import context
 
-__all__ = ["NkiSimError", "Kernel", "RunResult", "jit", "last_run", "load_module", "nki_modules", "simulate",
-           "context", "static_check"]
+__all__ = [
+    "NkiSimError",
+    "Kernel",
+    "RunResult",
+    "jit",
+    "last_run",
+    "load_module",
+    "nki_modules",
+    "simulate",
+    "context",
+    "static_check",
+]
 
 
 def static_check(source_or_path, filename: str | None = None, strict: bool = False):

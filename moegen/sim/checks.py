@@ -1,4 +1,4 @@
-"""Operand checks shared by all instructions. Each raises NkiSimError naming instruction, operand, limit, value.
+"""Operand checks shared by instructions; each raises NkiSimError naming instruction, operand, limit, value.
 
 Partition rules (Trainium architecture guide): an on-chip operand spans at most 128 contiguous
 partitions (no partition striding), and its start partition depends on how many it spans:
@@ -50,41 +50,49 @@ def check_partition(instr: str, operand: str, t: NkiTensor, start_rule: bool = T
         return
     step = t.partition_step()
     if step != 1:
-        raise NkiSimError(f"{_label(instr, operand, t)} must access contiguous partitions (limit: partition step 1), "
-                          f"got partition stride {t.strides[0]} elements")
+        raise NkiSimError(
+            f"{_label(instr, operand, t)} must access contiguous partitions (limit: partition step 1), "
+            f"got partition stride {t.strides[0]} elements"
+        )
     if start_rule:
         start = t.partition_start()
         ok = allowed_starts(n)
         if start not in ok:
-            raise NkiSimError(f"{_label(instr, operand, t)} spans {n} partitions starting at partition {start} "
-                              f"(limit: start in {ok} for {n} partitions)")
+            raise NkiSimError(
+                f"{_label(instr, operand, t)} spans {n} partitions starting at partition {start} "
+                f"(limit: start in {ok} for {n} partitions)"
+            )
 
 
-def check_buffer(instr: str, operand: str, t: NkiTensor,
-                 allowed: Iterable[str] = ("sbuf", "psum")) -> None:
-    """`t` must live in one of the `allowed` memory regions (names: sbuf, psum, private_hbm, shared_hbm, hbm)."""
+def check_buffer(instr: str, operand: str, t: NkiTensor, allowed: Iterable[str] = ("sbuf", "psum")) -> None:
+    """`t` must live in one of the `allowed` memory regions (sbuf, psum, private_hbm, shared_hbm, hbm)."""
     check_tensor(instr, operand, t)
     names = set(allowed)
     if "hbm" in names:
         names |= {"private_hbm", "shared_hbm"}
     if t.buffer.name not in names:
-        raise NkiSimError(f"{_label(instr, operand, t)} is in {t.buffer.name} "
-                          f"(limit: {' or '.join(sorted(set(allowed)))})")
+        raise NkiSimError(
+            f"{_label(instr, operand, t)} is in {t.buffer.name} (limit: {' or '.join(sorted(set(allowed)))})"
+        )
 
 
 def check_on_chip(instr: str, operand: str, t: NkiTensor) -> None:
     """Only DMA touches HBM: compute operands must be SBUF or PSUM."""
     check_tensor(instr, operand, t)
     if t.buffer not in (MemoryRegion.sbuf, MemoryRegion.psum):
-        raise NkiSimError(f"{_label(instr, operand, t)} is in {t.buffer.name}: only DMA instructions access HBM "
-                          "(limit: sbuf or psum)")
+        raise NkiSimError(
+            f"{_label(instr, operand, t)} is in {t.buffer.name}: only DMA instructions access HBM "
+            "(limit: sbuf or psum)"
+        )
 
 
 def check_dtype(instr: str, operand: str, t: NkiTensor, allowed: Iterable[str]) -> None:
     """`t.dtype` must be one of `allowed` (dtype names)."""
     names = tuple(str(a) for a in allowed)
     if t.dtype.name not in names:
-        raise NkiSimError(f"{_label(instr, operand, t)} dtype {t.dtype.name} not supported (limit: {', '.join(names)})")
+        raise NkiSimError(
+            f"{_label(instr, operand, t)} dtype {t.dtype.name} not supported (limit: {', '.join(names)})"
+        )
 
 
 def check_same_shape(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
@@ -95,8 +103,10 @@ def check_same_shape(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiT
 def check_same_partitions_and_free(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
     """Same partition count and same number of elements per partition (shapes may differ)."""
     if a.shape[0] != b.shape[0] or a.free_size != b.free_size:
-        raise NkiSimError(f"{instr}: {a_name} {a.shape} and {b_name} {b.shape} must have the same partition count "
-                          f"and elements per partition")
+        raise NkiSimError(
+            f"{instr}: {a_name} {a.shape} and {b_name} {b.shape} must have the same partition count "
+            f"and elements per partition"
+        )
 
 
 def check_target(instr: str, targets: Iterable[str]) -> None:
@@ -109,7 +119,9 @@ def check_target(instr: str, targets: Iterable[str]) -> None:
 
 def check_not_both_psum(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
     if a.buffer is MemoryRegion.psum and b.buffer is MemoryRegion.psum:
-        raise NkiSimError(f"{instr}: {a_name} and {b_name} cannot both be in PSUM (limit: at most one PSUM input)")
+        raise NkiSimError(
+            f"{instr}: {a_name} and {b_name} cannot both be in PSUM (limit: at most one PSUM input)"
+        )
 
 
 def check_compute_operand(instr: str, operand: str, t: NkiTensor, allowed=("sbuf", "psum")) -> None:

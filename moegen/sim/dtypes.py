@@ -121,11 +121,27 @@ TABLE: dict[str, DTypeInfo] = {
         _info("float8_e5m2", ml_dtypes.float8_e5m2, True),
         _info("float8_e8m0fnu", ml_dtypes.float8_e8m0fnu, True),
         # Packed MX types: raw bits; four fp8 in a uint32, four fp4 in a uint16.
-        _info("float8_e5m2_x4", np.uint32, True, packed=4, maxval=float(ml_dtypes.finfo(ml_dtypes.float8_e5m2).max)),
-        _info("float8_e4m3fn_x4", np.uint32, True, packed=4,
-              maxval=float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)),
-        _info("float4_e2m1fn_x4", np.uint16, True, packed=4,
-              maxval=float(ml_dtypes.finfo(ml_dtypes.float4_e2m1fn).max)),
+        _info(
+            "float8_e5m2_x4",
+            np.uint32,
+            True,
+            packed=4,
+            maxval=float(ml_dtypes.finfo(ml_dtypes.float8_e5m2).max),
+        ),
+        _info(
+            "float8_e4m3fn_x4",
+            np.uint32,
+            True,
+            packed=4,
+            maxval=float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max),
+        ),
+        _info(
+            "float4_e2m1fn_x4",
+            np.uint16,
+            True,
+            packed=4,
+            maxval=float(ml_dtypes.finfo(ml_dtypes.float4_e2m1fn).max),
+        ),
     )
 }
 
@@ -153,11 +169,20 @@ float4_e2m1fn_x4 = DTYPES["float4_e2m1fn_x4"]
 FP8 = frozenset({"float8_e4m3", "float8_e4m3fn", "float8_e5m2"})
 
 _FROM_NUMPY = {
-    np.dtype(np.bool_): bool_, np.dtype(np.int8): int8, np.dtype(np.int16): int16, np.dtype(np.int32): int32,
-    np.dtype(np.uint8): uint8, np.dtype(np.uint16): uint16, np.dtype(np.uint32): uint32,
-    np.dtype(np.float16): float16, np.dtype(ml_dtypes.bfloat16): bfloat16, np.dtype(np.float32): float32,
-    np.dtype(ml_dtypes.float8_e4m3): float8_e4m3, np.dtype(ml_dtypes.float8_e4m3fn): float8_e4m3fn,
-    np.dtype(ml_dtypes.float8_e5m2): float8_e5m2, np.dtype(ml_dtypes.float8_e8m0fnu): float8_e8m0fnu,
+    np.dtype(np.bool_): bool_,
+    np.dtype(np.int8): int8,
+    np.dtype(np.int16): int16,
+    np.dtype(np.int32): int32,
+    np.dtype(np.uint8): uint8,
+    np.dtype(np.uint16): uint16,
+    np.dtype(np.uint32): uint32,
+    np.dtype(np.float16): float16,
+    np.dtype(ml_dtypes.bfloat16): bfloat16,
+    np.dtype(np.float32): float32,
+    np.dtype(ml_dtypes.float8_e4m3): float8_e4m3,
+    np.dtype(ml_dtypes.float8_e4m3fn): float8_e4m3fn,
+    np.dtype(ml_dtypes.float8_e5m2): float8_e5m2,
+    np.dtype(ml_dtypes.float8_e8m0fnu): float8_e8m0fnu,
 }
 
 
@@ -232,7 +257,11 @@ def convert(values, dtype: DType, precise: bool = True) -> np.ndarray:
         src = arr if arr.dtype == np.float32 else arr.astype(np.float32)
         if dtype.name in FP8:
             m = dtype.max
-            src = np.clip(src, -m, m) if not np.isnan(src).any() else np.where(np.isnan(src), src, np.clip(src, -m, m))
+            src = (
+                np.clip(src, -m, m)
+                if not np.isnan(src).any()
+                else np.where(np.isnan(src), src, np.clip(src, -m, m))
+            )
         if dtype.name == "bfloat16":
             return _f32_to_bf16(src)
         return src.astype(st)
@@ -251,8 +280,10 @@ def convert(values, dtype: DType, precise: bool = True) -> np.ndarray:
     return np.clip(arr, info.min, info.max).astype(st)
 
 
-_NATIVE_NUMERIC = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
-                                          np.uint32, np.uint64)}
+_NATIVE_NUMERIC = {
+    np.dtype(t)
+    for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+}
 
 
 def _f32_to_bf16(x: np.ndarray) -> np.ndarray:

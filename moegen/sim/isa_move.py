@@ -36,8 +36,9 @@ _SENTINEL_TIMEOUT = 60.0  # seconds a core waits for its partner at a barrier / 
 
 def _elements_match(instr: str, dst: NkiTensor, src: NkiTensor) -> None:
     if dst.size != src.size:
-        raise NkiSimError(f"{instr}: total elements of src {src.shape} ({src.size}) must match dst {dst.shape} "
-                          f"({dst.size})")
+        raise NkiSimError(
+            f"{instr}: total elements of src {src.shape} ({src.size}) must match dst {dst.shape} ({dst.size})"
+        )
 
 
 def _convert_values(src_vals: np.ndarray, src: NkiTensor, dst: NkiTensor, instr: str) -> np.ndarray:
@@ -45,8 +46,10 @@ def _convert_values(src_vals: np.ndarray, src: NkiTensor, dst: NkiTensor, instr:
     if src.dtype == dst.dtype:
         return src_vals
     if src.dtype.packed or dst.dtype.packed:
-        raise NkiSimError(f"{instr}: no dtype conversion for packed MX types ({src.dtype.name} -> {dst.dtype.name}); "
-                          "use .view() for a bitcast")
+        raise NkiSimError(
+            f"{instr}: no dtype conversion for packed MX types ({src.dtype.name} -> {dst.dtype.name}); "
+            "use .view() for a bitcast"
+        )
     return dt.to_f32(src_vals).astype(np.float32)
 
 
@@ -65,14 +68,17 @@ def _gather(src: NkiTensor, mode, instr: str):
         idx, valid = src._flat_index(instr, "src")
         if mode is _OOB.error and not valid.all():
             bad = int(np.flatnonzero(~valid)[0])
-            raise NkiSimError(f"{instr}: src '{src.name}' indirect row index out of bounds at partition {bad} "
-                              f"(limit: 0..{src._vec[2] - 1}, oob_mode=error)")
+            raise NkiSimError(
+                f"{instr}: src '{src.name}' indirect row index out of bounds at partition {bad} "
+                f"(limit: 0..{src._vec[2] - 1}, oob_mode=error)"
+            )
         src._note_access("r", instr)
         storage = src._storage_flat()
         safe = np.where(valid.reshape((-1,) + (1,) * (idx.ndim - 1)), idx, 0)
         vals = storage[safe]
-        mask = None if valid.all() else np.broadcast_to(
-            valid.reshape((-1,) + (1,) * (idx.ndim - 1)), idx.shape)
+        mask = (
+            None if valid.all() else np.broadcast_to(valid.reshape((-1,) + (1,) * (idx.ndim - 1)), idx.shape)
+        )
         return vals, mask
     if src._dyn and mode is _OOB.skip and not _dyn_in_bounds(src):
         return None, False
@@ -96,16 +102,25 @@ def _scatter(dst: NkiTensor, values: np.ndarray, mask, mode, instr: str) -> None
     if valid is not None:
         if mode is _OOB.error and not valid.all():
             bad = int(np.flatnonzero(~valid)[0])
-            raise NkiSimError(f"{instr}: dst '{dst.name}' indirect row index out of bounds at partition {bad} "
-                              f"(limit: 0..{dst._vec[2] - 1}, oob_mode=error)")
+            raise NkiSimError(
+                f"{instr}: dst '{dst.name}' indirect row index out of bounds at partition {bad} "
+                f"(limit: 0..{dst._vec[2] - 1}, oob_mode=error)"
+            )
         ok &= valid.reshape((-1,) + (1,) * (dst.ndim - 1))
     conv = dt.convert(np.broadcast_to(values, dst.shape), dst.dtype, precise)
     dst._note_access("w", instr)
     dst._storage_flat()[idx[ok]] = conv[ok]
 
 
-def dma_copy(dst, src, priority=None, oob_mode=oob_mode.error, dge_mode=dge_mode.unknown, engine=engine.unknown,
-             name=None):
+def dma_copy(
+    dst,
+    src,
+    priority=None,
+    oob_mode=oob_mode.error,
+    dge_mode=dge_mode.unknown,
+    engine=engine.unknown,
+    name=None,
+):
     """dst = src by DMA (HBM <-> SBUF, HBM -> HBM, SBUF -> SBUF). Element counts must match."""
     instr = "dma_copy"
     check_tensor(instr, "dst", dst)
@@ -114,8 +129,10 @@ def dma_copy(dst, src, priority=None, oob_mode=oob_mode.error, dge_mode=dge_mode
     dge = check_enum(instr, "dge_mode", dge_mode, _DGE)
     eng = check_enum(instr, "engine", engine, _ENGINE)
     if src.buffer is MemoryRegion.psum:
-        raise NkiSimError(f"{instr}: src '{src.name}' is in psum (limit: DMA cannot read PSUM since NKI 0.3; "
-                          "copy to SBUF with tensor_copy first)")
+        raise NkiSimError(
+            f"{instr}: src '{src.name}' is in psum (limit: DMA cannot read PSUM since NKI 0.3; "
+            "copy to SBUF with tensor_copy first)"
+        )
     if dst.buffer is MemoryRegion.psum:
         raise NkiSimError(f"{instr}: dst '{dst.name}' is in psum (limit: DMA writes HBM or SBUF)")
     _elements_match(instr, dst, src)
@@ -124,15 +141,21 @@ def dma_copy(dst, src, priority=None, oob_mode=oob_mode.error, dge_mode=dge_mode
     indirect = src._vec is not None or dst._vec is not None
     if dge is _DGE.hwdge:
         if indirect:
-            raise NkiSimError(f"{instr}: dge_mode=hwdge does not support gather/scatter (vector_offset); "
-                              "use swdge or unknown")
+            raise NkiSimError(
+                f"{instr}: dge_mode=hwdge does not support gather/scatter (vector_offset); "
+                "use swdge or unknown"
+            )
         if src.dtype != dst.dtype:
-            raise NkiSimError(f"{instr}: with dge_mode=hwdge src dtype {src.dtype.name} must equal dst dtype "
-                              f"{dst.dtype.name}")
+            raise NkiSimError(
+                f"{instr}: with dge_mode=hwdge src dtype {src.dtype.name} must equal dst dtype "
+                f"{dst.dtype.name}"
+            )
     if dge is _DGE.none and (indirect or src._dyn or dst._dyn):
         raise NkiSimError(f"{instr}: dge_mode=none needs static addresses (limit: no dynamic offsets)")
     if eng not in (_ENGINE.unknown, _ENGINE.dma, _ENGINE.gpsimd, _ENGINE.sync, _ENGINE.scalar):
-        raise NkiSimError(f"{instr}: engine {eng} cannot issue a DMA (limit: sync/scalar with hwdge, gpsimd, unknown)")
+        raise NkiSimError(
+            f"{instr}: engine {eng} cannot issue a DMA (limit: sync/scalar with hwdge, gpsimd, unknown)"
+        )
     if eng in (_ENGINE.sync, _ENGINE.scalar) and dge is not _DGE.hwdge:
         raise NkiSimError(f"{instr}: engine={eng.name} is only valid with dge_mode=hwdge, got {dge.name}")
     core = runtime.current()
@@ -152,7 +175,9 @@ def dma_copy(dst, src, priority=None, oob_mode=oob_mode.error, dge_mode=dge_mode
 _TRANSPOSE_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (3, 1, 2, 0)}
 
 
-def dma_transpose(dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown, oob_mode=oob_mode.error, name=None):
+def dma_transpose(
+    dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown, oob_mode=oob_mode.error, name=None
+):
     """dst = src transposed by DMA: 2-D (1,0), 3-D (2,1,0), 4-D (3,1,2,0). dst in SBUF, same dtype,
     dst.shape == permuted src.shape."""
     instr = "dma_transpose"
@@ -180,11 +205,15 @@ def dma_transpose(dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown,
         if nd == 2 and src.shape[0] != 16:
             raise NkiSimError(f"{instr}: hwdge 2-D src.shape[0] must be 16, got {src.shape[0]}")
         if nd > 2 and (src.shape[0] not in (1, 2, 4, 8, 16) or (src.shape[0] * src.shape[-2]) % 16):
-            raise NkiSimError(f"{instr}: hwdge src.shape[0] {src.shape[0]} must be in (1,2,4,8,16) and "
-                              f"src.shape[0]*src.shape[-2] a multiple of 16")
+            raise NkiSimError(
+                f"{instr}: hwdge src.shape[0] {src.shape[0]} must be in (1,2,4,8,16) and "
+                f"src.shape[0]*src.shape[-2] a multiple of 16"
+            )
         if src.shape[-1] > 128:
             raise NkiSimError(f"{instr}: hwdge src.shape[-1] {src.shape[-1]} exceeds maximum 128")
-    runtime.current().record("dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize)
+    runtime.current().record(
+        "dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize
+    )
     vals, mask = _gather(src, mode, instr)
     if vals is None:
         return NkiInstruction(instr)
@@ -202,7 +231,9 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
     check_tensor(instr, "dst", dst)
     mode = check_enum(instr, "oob_mode", oob_mode, _OOB)
     if reduce_op is not language_ops.add:
-        raise NkiSimError(f"{instr}: reduce_op {getattr(reduce_op, '__name__', reduce_op)} (limit: nl.add only)")
+        raise NkiSimError(
+            f"{instr}: reduce_op {getattr(reduce_op, '__name__', reduce_op)} (limit: nl.add only)"
+        )
     srcs = list(srcs)
     if not 1 <= len(srcs) <= 16:
         raise NkiSimError(f"{instr}: {len(srcs)} sources (limit: 1..16)")
@@ -216,8 +247,12 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
         if s.buffer is MemoryRegion.psum:
             raise NkiSimError(f"{instr}: srcs[{i}] '{s.name}' is in psum (limit: DMA cannot read PSUM)")
         _elements_match(instr, dst, s)
-    runtime.current().record("dma", instr, {"dst": dst, **{f"srcs[{i}]": s for i, s in enumerate(srcs)}},
-                             bytes_moved=dst.size * dst.dtype.itemsize)
+    runtime.current().record(
+        "dma",
+        instr,
+        {"dst": dst, **{f"srcs[{i}]": s for i, s in enumerate(srcs)}},
+        bytes_moved=dst.size * dst.dtype.itemsize,
+    )
     total = np.zeros(dst.shape, np.float32)
     mask_all = None
     for s in srcs:
@@ -239,8 +274,12 @@ def assign(dst: NkiTensor, value) -> None:
     if isinstance(value, NkiTensor):
         _elements_match("setitem", dst, value)
         hbm = not dst.on_chip or not value.on_chip
-        core.record("dma" if hbm else "vector", "setitem", {"dst": dst, "src": value},
-                    bytes_moved=dst.nbytes if hbm else 0)
+        core.record(
+            "dma" if hbm else "vector",
+            "setitem",
+            {"dst": dst, "src": value},
+            bytes_moved=dst.nbytes if hbm else 0,
+        )
         vals = _convert_values(value.read("setitem", "value"), value, dst, "setitem")
         dst.write(vals.reshape(dst.shape), "setitem", "dst")
     else:
@@ -259,8 +298,9 @@ def register_alloc(x=None) -> VirtualRegister:
 
 def _check_reg(instr: str, operand: str, r) -> VirtualRegister:
     if not isinstance(r, VirtualRegister):
-        raise NkiSimError(f"{instr}: {operand} must be a VirtualRegister (from register_alloc), "
-                          f"got {type(r).__name__}")
+        raise NkiSimError(
+            f"{instr}: {operand} must be a VirtualRegister (from register_alloc), got {type(r).__name__}"
+        )
     return r
 
 
@@ -277,8 +317,9 @@ def register_move(dst, src):
 def _check_scalar_tensor(instr: str, operand: str, t) -> None:
     check_tensor(instr, operand, t)
     if t.size != 1 or t.shape not in ((1,), (1, 1)):
-        raise NkiSimError(f"{instr}: {operand} '{t.name}' must be a 1-element tensor of shape [1] or [1,1], "
-                          f"got {t.shape}")
+        raise NkiSimError(
+            f"{instr}: {operand} '{t.name}' must be a 1-element tensor of shape [1] or [1,1], got {t.shape}"
+        )
     if t.buffer is MemoryRegion.psum:
         raise NkiSimError(f"{instr}: {operand} '{t.name}' is in psum (limit: sbuf or hbm)")
     if t.dtype.packed:
@@ -311,8 +352,10 @@ def core_barrier(data, cores, engine=engine.gpsimd, name=None):
     instr = "core_barrier"
     check_tensor(instr, "data", data)
     if runtime.current().run.num_programs == 1:
-        raise NkiSimError(f"{instr}: kernel launched with LNC=1 (limit: core_barrier needs kernel[2]); "
-                          "it would deadlock on hardware")
+        raise NkiSimError(
+            f"{instr}: kernel launched with LNC=1 (limit: core_barrier needs kernel[2]); "
+            "it would deadlock on hardware"
+        )
     if data.buffer is not MemoryRegion.shared_hbm:
         raise NkiSimError(f"{instr}: data '{data.name}' is in {data.buffer.name} (limit: shared_hbm)")
     if tuple(cores) != (0, 1):
@@ -331,8 +374,10 @@ def _barrier_wait(core, instr: str) -> None:
     try:
         idx = run.barrier.wait(timeout=_SENTINEL_TIMEOUT)
     except Exception:
-        raise NkiSimError(f"{instr}: core {core.program_id} waited for its partner, which never arrived or failed "
-                          "(limit: both cores run identical control flow)") from None
+        raise NkiSimError(
+            f"{instr}: core {core.program_id} waited for its partner, which never arrived or failed "
+            "(limit: both cores run identical control flow)"
+        ) from None
     if idx == 0:
         races.check_epoch(run, core.epoch)
     try:
@@ -358,8 +403,10 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
         if r not in range(run.num_programs) or r == core.program_id:
             raise NkiSimError(f"{instr}: {nm} {r} (limit: the other core's rank, 0..{run.num_programs - 1})")
     if src.shape != dst.shape or src.dtype != dst.dtype:
-        raise NkiSimError(f"{instr}: src {src.shape} {src.dtype.name} and dst {dst.shape} {dst.dtype.name} must "
-                          "have equal shape and dtype")
+        raise NkiSimError(
+            f"{instr}: src {src.shape} {src.dtype.name} and dst {dst.shape} {dst.dtype.name} must "
+            "have equal shape and dtype"
+        )
     core.record("dma", instr, {"src": src, "dst": dst, "pipe_id": pipe_id}, bytes_moved=src.nbytes)
     payload = src.read(instr, "src")
     with run.lock:
@@ -369,8 +416,10 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
     try:
         got = in_q.get(timeout=_SENTINEL_TIMEOUT)
     except queue.Empty:
-        raise NkiSimError(f"{instr}: core {core.program_id} received nothing from rank {recv_from_rank} on pipe "
-                          f"{pipe_id} (limit: both cores call sendrecv)") from None
+        raise NkiSimError(
+            f"{instr}: core {core.program_id} received nothing from rank {recv_from_rank} on pipe "
+            f"{pipe_id} (limit: both cores call sendrecv)"
+        ) from None
     if got.shape != dst.shape:
         raise NkiSimError(f"{instr}: received shape {got.shape} does not match dst {dst.shape}")
     dst.write(got, instr, "dst")

@@ -28,11 +28,15 @@ from moegen.sim.tensor import MemoryRegion, NkiTensor
 _ENGINE = engine
 _PERF = matmul_perf_mode
 
-MM_INPUT_DTYPES = {"trn2": ("float8_e4m3", "float8_e5m2", "bfloat16", "float16", "tfloat32", "float32"),
-                   "trn3": ("float8_e4m3", "float8_e4m3fn", "float8_e5m2", "bfloat16", "float16", "tfloat32",
-                            "float32")}
+MM_INPUT_DTYPES = {
+    "trn2": ("float8_e4m3", "float8_e5m2", "bfloat16", "float16", "tfloat32", "float32"),
+    "trn3": ("float8_e4m3", "float8_e4m3fn", "float8_e5m2", "bfloat16", "float16", "tfloat32", "float32"),
+}
 MM_DST_DTYPES = {"trn2": ("float32",), "trn3": ("float32", "bfloat16")}
-FP8_DOUBLE_ROW = {"trn2": ("float8_e4m3", "float8_e5m2"), "trn3": ("float8_e4m3", "float8_e4m3fn", "float8_e5m2")}
+FP8_DOUBLE_ROW = {
+    "trn2": ("float8_e4m3", "float8_e5m2"),
+    "trn3": ("float8_e4m3", "float8_e4m3fn", "float8_e5m2"),
+}
 MAX_K = 128
 MAX_M = 128
 
@@ -52,20 +56,37 @@ def _check_mm_dtypes(instr: str, target: str, stationary: NkiTensor, moving: Nki
     allowed = MM_INPUT_DTYPES[target]
     for nm, t in (("stationary", stationary), ("moving", moving)):
         if t.dtype.name not in allowed:
-            raise NkiSimError(f"{instr}: {nm} '{t.name}' dtype {t.dtype.name} not supported on {target} "
-                              f"(limit: {', '.join(allowed)})")
+            raise NkiSimError(
+                f"{instr}: {nm} '{t.name}' dtype {t.dtype.name} not supported on {target} "
+                f"(limit: {', '.join(allowed)})"
+            )
     a, b = stationary.dtype.name, moving.dtype.name
     wide = ("float32", "tfloat32")
     if (a in wide) != (b in wide):
-        raise NkiSimError(f"{instr}: stationary dtype {a} with moving dtype {b} (limit: float32/tfloat32 only "
-                          "pair with float32/tfloat32)")
+        raise NkiSimError(
+            f"{instr}: stationary dtype {a} with moving dtype {b} (limit: float32/tfloat32 only "
+            "pair with float32/tfloat32)"
+        )
     if {a, b} == {"float8_e4m3", "float8_e4m3fn"}:
-        raise NkiSimError(f"{instr}: stationary {a} and moving {b} (limit: legacy float8_e4m3 and float8_e4m3fn "
-                          "cannot be mixed)")
+        raise NkiSimError(
+            f"{instr}: stationary {a} and moving {b} (limit: legacy float8_e4m3 and float8_e4m3fn "
+            "cannot be mixed)"
+        )
 
 
-def nc_matmul(dst, stationary, moving, is_stationary_onezero=False, is_moving_onezero=False, is_transpose=False,
-              accumulate=None, tile_position=(), tile_size=(), perf_mode=matmul_perf_mode.none, name=None):
+def nc_matmul(
+    dst,
+    stationary,
+    moving,
+    is_stationary_onezero=False,
+    is_moving_onezero=False,
+    is_transpose=False,
+    accumulate=None,
+    tile_position=(),
+    tile_size=(),
+    perf_mode=matmul_perf_mode.none,
+    name=None,
+):
     """dst[M, N] (PSUM) (+)= stationary[K, M].T @ moving[K, N] (SBUF), fp32 accumulate."""
     instr = "nc_matmul"
     core = runtime.current()
@@ -83,14 +104,18 @@ def nc_matmul(dst, stationary, moving, is_stationary_onezero=False, is_moving_on
     _check_mm_dtypes(instr, target, stationary, moving)
     k = stationary.shape[0]
     if moving.shape[0] != k:
-        raise NkiSimError(f"{instr}: contraction (partition) sizes differ: stationary {k}, moving {moving.shape[0]}")
-    _check_tiling(instr, tile_position, tile_size, mode, k)
+        raise NkiSimError(
+            f"{instr}: contraction (partition) sizes differ: stationary {k}, moving {moving.shape[0]}"
+        )
+    _check_tiling(instr, tile_position, tile_size, mode, k, stationary.free_size)
     if mode is _PERF.double_row:
         fp8 = FP8_DOUBLE_ROW[target]
         for nm, t in (("stationary", stationary), ("moving", moving)):
             if t.dtype.name not in fp8:
-                raise NkiSimError(f"{instr}: perf_mode=double_row needs FP8 {nm}, got {t.dtype.name} "
-                                  f"(limit: {', '.join(fp8)})")
+                raise NkiSimError(
+                    f"{instr}: perf_mode=double_row needs FP8 {nm}, got {t.dtype.name} "
+                    f"(limit: {', '.join(fp8)})"
+                )
             if t.ndim != 3 or t.shape[1] != 2:
                 raise NkiSimError(f"{instr}: perf_mode=double_row {nm} must be [K, 2, F], got {t.shape}")
         if is_transpose:
@@ -108,21 +133,39 @@ def nc_matmul(dst, stationary, moving, is_stationary_onezero=False, is_moving_on
         raise NkiSimError(f"{instr}: stationary free size {m} exceeds maximum {MAX_M}")
     if is_transpose:
         if dst.dtype != stationary.dtype:
-            raise NkiSimError(f"{instr}: is_transpose dst dtype {dst.dtype.name} must equal input dtype "
-                              f"{stationary.dtype.name}")
+            raise NkiSimError(
+                f"{instr}: is_transpose dst dtype {dst.dtype.name} must equal input dtype "
+                f"{stationary.dtype.name}"
+            )
         nmax = 128
     else:
         if dst.dtype.name not in MM_DST_DTYPES[target]:
-            raise NkiSimError(f"{instr}: dst dtype {dst.dtype.name} not supported on {target} "
-                              f"(limit: {', '.join(MM_DST_DTYPES[target])})")
+            raise NkiSimError(
+                f"{instr}: dst dtype {dst.dtype.name} not supported on {target} "
+                f"(limit: {', '.join(MM_DST_DTYPES[target])})"
+            )
         nmax = max_moving_free(target, dst.dtype.name)
     if n > nmax:
         raise NkiSimError(f"{instr}: moving free size {n} exceeds maximum {nmax} on {target}")
     if dst.shape[0] != m or dst.free_size != n:
-        raise NkiSimError(f"{instr}: dst shape {dst.shape} must be [M={m}, N={n}] for stationary {stationary.shape} "
-                          f"and moving {moving.shape}")
+        raise NkiSimError(
+            f"{instr}: dst shape {dst.shape} must be [M={m}, N={n}] for stationary {stationary.shape} "
+            f"and moving {moving.shape}"
+        )
     core.record("tensor", instr, {"dst": dst, "stationary": stationary, "moving": moving})
 
+    if is_transpose:
+        # bit-accurate data transpose (NeuronCore-v3+): dst = stationary.T, NaN/Inf carried as-is
+        if n != k:
+            raise NkiSimError(
+                f"{instr}: is_transpose needs a [K, K] identity moving tile, got {moving.shape}"
+            )
+        vals = stationary.read(instr, "stationary").reshape(k, m).T
+        dst._array(instr, "dst")[...] = vals.reshape(dst.shape)
+        dst._alloc.written = True
+        dst._alloc.version += 1
+        dst._mm_state_view()[...] = 1
+        return NkiInstruction(instr)
     st = _f32(stationary, instr, "stationary")
     mv = _f32(moving, instr, "moving")
     if mode is _PERF.double_row:
@@ -133,8 +176,10 @@ def nc_matmul(dst, stationary, moving, is_stationary_onezero=False, is_moving_on
     return NkiInstruction(instr)
 
 
-def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, target: str, exact: bool) -> None:
-    """Write / accumulate `res` (float32) into PSUM dst following the accumulate flag, tracking matmul state."""
+def _accumulate_into(
+    instr: str, dst: NkiTensor, res: np.ndarray, accumulate, target: str, exact: bool
+) -> None:
+    """Write / accumulate `res` (fp32) into PSUM dst per the accumulate flag; track matmul state."""
     arr = dst._array(instr, "dst")
     state = dst._mm_state_view()
     alloc = dst._alloc
@@ -147,9 +192,11 @@ def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, ta
     elif accumulate is True:
         if not state.all():
             bad = np.argwhere(state == 0)[0]
-            raise NkiSimError(f"{instr}: accumulate=True onto dst '{dst.name}' element {tuple(int(x) for x in bad)} "
-                              "that no nc_matmul initialised (limit: accumulate only onto matmul output; "
-                              "undefined on hardware)")
+            raise NkiSimError(
+                f"{instr}: accumulate=True onto dst '{dst.name}' element {tuple(int(x) for x in bad)} "
+                "that no nc_matmul initialised (limit: accumulate only onto matmul output; "
+                "undefined on hardware)"
+            )
         mode = "add"
     else:
         if state.all():
@@ -175,39 +222,56 @@ def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, ta
         state[...] = 1
 
 
-def _check_tiling(instr: str, tile_position, tile_size, mode, k: int) -> None:
+def _check_tiling(instr: str, tile_position, tile_size, mode, k: int, m: int) -> None:
     pos, size = tuple(tile_position or ()), tuple(tile_size or ())
     if not pos and not size:
         return
     if not pos or not size or len(pos) != 2 or len(size) != 2:
-        raise NkiSimError(f"{instr}: tile_position {pos} and tile_size {size} must both be set as (row, column)")
+        raise NkiSimError(
+            f"{instr}: tile_position {pos} and tile_size {size} must both be set as (row, column)"
+        )
     if mode is _PERF.double_row:
-        raise NkiSimError(f"{instr}: perf_mode=double_row cannot be combined with tiling (tile_position/tile_size)")
+        raise NkiSimError(
+            f"{instr}: perf_mode=double_row cannot be combined with tiling (tile_position/tile_size)"
+        )
     row_size, col_size = size
-    if row_size not in (32, 64, 128) or col_size not in (32, 64, 128):
-        raise NkiSimError(f"{instr}: tile_size {size} (limit: sizes in 32, 64, 128)")
+    if row_size not in (32, 64, 128) or col_size != 128:
+        raise NkiSimError(f"{instr}: tile_size {size} (limit: row_size in 32, 64, 128; column_size 128)")
+    if pos[1] != 0:
+        raise NkiSimError(f"{instr}: tile_position {pos} (limit: start column 0)")
     if pos[0] % row_size or pos[1] % col_size or pos[0] + row_size > 128 or pos[1] + col_size > 128:
-        raise NkiSimError(f"{instr}: tile_position {pos} must be multiples of tile_size {size} inside 128x128")
+        raise NkiSimError(
+            f"{instr}: tile_position {pos} must be multiples of tile_size {size} inside 128x128"
+        )
     if k > row_size:
         raise NkiSimError(f"{instr}: contraction size {k} exceeds the row tile size {row_size}")
+    if m > col_size:
+        raise NkiSimError(f"{instr}: stationary free size {m} exceeds the column tile size {col_size}")
 
 
 def nc_transpose(dst, data, engine=engine.unknown, name=None):
-    """dst[F, P] = data[P, F]: TensorE (data SBUF <= [128,128] -> dst PSUM) or VectorE (<= [32,32], SBUF/PSUM)."""
+    """dst[F, P] = data[P, F]: TensorE (SBUF <= [128,128] -> PSUM) or VectorE (<= [32,32], SBUF/PSUM)."""
     instr = "nc_transpose"
     check_tensor(instr, "dst", dst)
     check_tensor(instr, "data", data)
     eng = check_enum(instr, "engine", engine, _ENGINE)
     for nm, t in (("dst", dst), ("data", data)):
         if t.buffer not in (MemoryRegion.sbuf, MemoryRegion.psum):
-            raise NkiSimError(f"{instr}: {nm} '{t.name}' is in {t.buffer.name}: only DMA instructions access HBM "
-                              "(limit: sbuf or psum)")
+            raise NkiSimError(
+                f"{instr}: {nm} '{t.name}' is in {t.buffer.name}: only DMA instructions access HBM "
+                "(limit: sbuf or psum)"
+            )
         check_partition(instr, nm, t)
     p, f = data.shape[0], data.free_size
     if eng is _ENGINE.unknown:
         small = p <= 32 and f <= 32
-        eng = (_ENGINE.tensor if dst.buffer is MemoryRegion.psum and data.buffer is MemoryRegion.sbuf and not small
-               else _ENGINE.vector if small else _ENGINE.tensor)
+        eng = (
+            _ENGINE.tensor
+            if dst.buffer is MemoryRegion.psum and data.buffer is MemoryRegion.sbuf and not small
+            else _ENGINE.vector
+            if small
+            else _ENGINE.tensor
+        )
     if eng is _ENGINE.tensor:
         check_buffer(instr, "data", data, ("sbuf",))
         check_buffer(instr, "dst", dst, ("psum",))
@@ -235,8 +299,17 @@ def nc_transpose(dst, data, engine=engine.unknown, name=None):
     return NkiInstruction(instr)
 
 
-def nc_matmul_mx(dst, stationary, moving, stationary_scale, moving_scale, tile_position=None, tile_size=None,
-                 accumulate=None, name=None):
+def nc_matmul_mx(
+    dst,
+    stationary,
+    moving,
+    stationary_scale,
+    moving_scale,
+    tile_position=None,
+    tile_size=None,
+    accumulate=None,
+    name=None,
+):
     """MX matmul (trn3 only). Not implemented yet beyond the target check."""
     check_target("nc_matmul_mx", ("trn3",))
     raise NotImplementedError("nki.isa.nc_matmul_mx is not implemented in moegen.sim yet (MX issue)")

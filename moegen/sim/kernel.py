@@ -49,8 +49,9 @@ class Kernel:
     def __getitem__(self, grid) -> Kernel:
         if isinstance(grid, tuple):
             if len(grid) != 1:
-                raise NkiSimError(f"kernel[{grid}]: only one launch dimension is allowed (limit: kernel[1] or "
-                                  "kernel[2])")
+                raise NkiSimError(
+                    f"kernel[{grid}]: only one launch dimension is allowed (limit: kernel[1] or kernel[2])"
+                )
             grid = grid[0]
         if not isinstance(grid, int) or grid not in (1, 2):
             raise NkiSimError(f"kernel[{grid!r}]: LNC must be 1 or 2")
@@ -58,8 +59,10 @@ class Kernel:
 
     def __call__(self, *args, **kwargs):
         if any(isinstance(a, NkiTensor) for a in itertools.chain(args, kwargs.values())):
-            raise NkiSimError(f"{self.__name__}: a jit kernel cannot be called from inside a kernel; "
-                              "sub-kernels are plain (undecorated) functions")
+            raise NkiSimError(
+                f"{self.__name__}: a jit kernel cannot be called from inside a kernel; "
+                "sub-kernels are plain (undecorated) functions"
+            )
         return simulate(self)(*args, **kwargs)
 
     def __repr__(self) -> str:
@@ -127,7 +130,7 @@ def _fake_modules() -> dict:
 
 @contextlib.contextmanager
 def nki_modules():
-    """Make `import nki`, `nki.language`, `nki.isa`, `nki.collectives` resolve to the simulator (re-entrant)."""
+    """Make `import nki` (and nki.language / isa / collectives) resolve to the simulator; re-entrant."""
     with _hook_lock:
         if _hook_depth[0] == 0:
             fakes = _fake_modules()
@@ -194,8 +197,10 @@ def _real_nki():
     try:
         import nki as real  # noqa: PLC0415
     except ImportError as e:
-        raise NkiSimError("backend='real' requested (MOEGEN_SIM_BACKEND=real) but the real nki package is not "
-                          f"importable here ({e}); install the Neuron SDK or use the default backend 'sim'") from None
+        raise NkiSimError(
+            "backend='real' requested (MOEGEN_SIM_BACKEND=real) but the real nki package is not "
+            f"importable here ({e}); install the Neuron SDK or use the default backend 'sim'"
+        ) from None
     if not hasattr(real, "simulate"):
         raise NkiSimError("backend='real': the importable nki package has no nki.simulate (need NKI >= 0.3)")
     return real
@@ -206,8 +211,13 @@ def nki_simulate(kernel):
     return simulate(kernel)
 
 
-def simulate(kernel, target: str | None = None, precise: bool | None = None, trace: bool = True,
-             backend: str | None = None):
+def simulate(
+    kernel,
+    target: str | None = None,
+    precise: bool | None = None,
+    trace: bool = True,
+    backend: str | None = None,
+):
     """Return a callable running `kernel` on NumPy arrays and returning NumPy outputs (see module doc)."""
     if not isinstance(kernel, Kernel):
         if not callable(kernel):
@@ -227,8 +237,12 @@ def simulate(kernel, target: str | None = None, precise: bool | None = None, tra
 
 
 def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
-    run = runtime.Run(target=runtime.resolve_target(target), precise=runtime.resolve_precise(precise),
-                      num_programs=kernel.lnc, trace_enabled=trace)
+    run = runtime.Run(
+        target=runtime.resolve_target(target),
+        precise=runtime.resolve_precise(precise),
+        num_programs=kernel.lnc,
+        trace_enabled=trace,
+    )
     lnc = kernel.lnc
     buffer = MemoryRegion.shared_hbm if lnc > 1 else MemoryRegion.hbm
     if lnc > 1:
@@ -273,8 +287,9 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
         races.check_epoch(run, None)
     out = _unwrap(results[0], "return value")
     written = _write_back(args, kwargs, wrapped.get("allocs", {}))
-    res = RunResult(outputs=out, trace=run.trace, written_args=written, target=run.target, precise=run.precise,
-                    lnc=lnc)
+    res = RunResult(
+        outputs=out, trace=run.trace, written_args=written, target=run.target, precise=run.precise, lnc=lnc
+    )
     _last_global[0] = res
     return res
 
@@ -299,7 +314,8 @@ def _wrap_args(args, kwargs, buffer):
 
 def _wrap_one(a, buffer, name, key, allocs):
     if isinstance(a, np.ndarray) or _is_array_scalar(a):
-        t = from_numpy(np.asarray(a), buffer, name=name)
+        shared = any(np.shares_memory(a, al.data) for al in allocs.values())
+        t = from_numpy(np.asarray(a), buffer, name=name, share=not shared)
         t._alloc.arg_index = key
         allocs[key] = t._alloc
         return t
@@ -317,8 +333,13 @@ def _unwrap(value, what: str):
         return None
     if isinstance(value, NkiTensor):
         if value.buffer is not MemoryRegion.shared_hbm:
-            raise NkiSimError(f"kernel {what}: returned tensor '{value.name}' is in {value.buffer.name} "
-                              "(limit: outputs must be allocated in nl.shared_hbm)")
+            raise NkiSimError(
+                f"kernel {what}: returned tensor '{value.name}' is in {value.buffer.name} "
+                "(limit: outputs must be allocated in nl.shared_hbm)"
+            )
+        if value._covers_allocation():  # the run is over: hand out the storage itself, no copy
+            value._note_access("r", "return")
+            return value._alloc.typed(value._alloc.data.dtype).reshape(value.shape)
         return value.read("return")
     if isinstance(value, tuple):
         return tuple(_unwrap(v, what) for v in value)
@@ -342,6 +363,8 @@ def _write_back(args, kwargs, allocs: dict) -> list:
         if not isinstance(target, np.ndarray) or not target.flags.writeable:
             continue
         data = alloc.data.reshape(alloc.shape)
+        if np.shares_memory(data, target):
+            continue  # wrapped without a copy: the caller's array already holds the result
         if data.dtype == target.dtype:
             np.copyto(target, data.reshape(target.shape))
         else:

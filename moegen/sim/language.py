@@ -99,19 +99,24 @@ class _TileSize(NKIObject):
     def sbuf_min_align(self):
         raise NotImplementedError("nki.language.tile_size.sbuf_min_align: value not documented")
 
+    @property
     def psum_num_banks(self) -> int:
         return _runtime.PSUM_NUM_BANKS
 
+    @property
     def sbuf_size_bytes(self) -> int:
         """SBUF bytes per partition of the target (224 KiB trn2, 256 KiB trn3)."""
         return _runtime.SBUF_BYTES_PER_PARTITION[_runtime.current().target]
 
+    @property
     def sbuf_fmax(self):
         raise NotImplementedError("nki.language.tile_size.sbuf_fmax: value not documented")
 
+    @property
     def sbuf_fmax_bytes(self):
         raise NotImplementedError("nki.language.tile_size.sbuf_fmax_bytes: value not documented")
 
+    @property
     def total_available_sbuf_size(self):
         raise NotImplementedError("nki.language.tile_size.total_available_sbuf_size: value not documented")
 
@@ -148,11 +153,15 @@ def _filled(shape, dtype, buffer, name, value, what):
 
 
 def zeros_like(x, dtype=None, buffer=None, name=""):
-    return zeros(x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name)
+    return zeros(
+        x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name
+    )
 
 
 def empty_like(x, dtype=None, buffer=None, name=""):
-    return ndarray(x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name)
+    return ndarray(
+        x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name
+    )
 
 
 def rand(shape, dtype, buffer=sbuf, name=""):
@@ -254,8 +263,10 @@ def fori_loop(lower, upper, body_fun, step=1):
     for i in range(lo, hi, step):
         ret = body_fun(_Reg(i, frozen=True))
         if ret is not None:
-            raise NkiSimError(f"fori_loop: body_fun must return None, returned {type(ret).__name__} "
-                              "(carry state through SBUF/HBM tensors)")
+            raise NkiSimError(
+                f"fori_loop: body_fun must return None, returned {type(ret).__name__} "
+                "(carry state through SBUF/HBM tensors)"
+            )
 
 
 def while_loop(init, body_fun):
@@ -268,11 +279,14 @@ def while_loop(init, body_fun):
     while r._get() != 0:
         r = body_fun(r)
         if not isinstance(r, _Reg):
-            raise NkiSimError(f"while_loop: body_fun must return the condition VirtualRegister, got "
-                              f"{type(r).__name__}")
+            raise NkiSimError(
+                f"while_loop: body_fun must return the condition VirtualRegister, got {type(r).__name__}"
+            )
         n += 1
         if n > _MAX_WHILE_ITERATIONS:
-            raise NkiSimError(f"while_loop: more than {_MAX_WHILE_ITERATIONS} iterations (limit), likely endless")
+            raise NkiSimError(
+                f"while_loop: more than {_MAX_WHILE_ITERATIONS} iterations (limit), likely endless"
+            )
 
 
 @contextlib.contextmanager
@@ -315,8 +329,11 @@ def load(src, dtype=None):
 
     if not isinstance(src, NkiTensor) or not is_hbm(src):
         raise NkiSimError("nl.load: src must be an HBM tensor")
-    out = allocate(src.shape if len(src.shape) >= 2 else (1,) + tuple(src.shape),
-                   dtype if dtype is not None else src.dtype, sbuf)
+    out = allocate(
+        src.shape if len(src.shape) >= 2 else (1,) + tuple(src.shape),
+        dtype if dtype is not None else src.dtype,
+        sbuf,
+    )
     dma_copy(out, src)
     return out
 
@@ -353,7 +370,9 @@ def matmul(x, y, transpose_x=False):
     from moegen.sim.isa_tensor_engine import nc_matmul
 
     if not transpose_x:
-        raise NkiSimError("nl.matmul: transpose_x=False is not supported (limit: transpose_x=True, x is [K, M])")
+        raise NkiSimError(
+            "nl.matmul: transpose_x=False is not supported (limit: transpose_x=True, x is [K, M])"
+        )
     out = allocate((x.free_size, y.free_size), float32, psum)
     nc_matmul(out, x, y)
     return out

@@ -73,7 +73,10 @@ def check_epoch(run, epoch: int | None = None) -> None:
                     ka = "writes" if a[2] == "w" else "reads"
                     kb = "writes" if b[2] == "w" else "reads"
                     raise NkiSimError(
-                        f"LNC race on shared HBM tensor '{a[3]._alloc.name}' in barrier epoch {ep}: core {a[1]} "
+                        f"LNC race on shared HBM tensor '{a[3]._alloc.name}' in barrier epoch {ep}: "
+                        f"core {a[1]} "
                         f"{ka} it in {a[5]} and core {b[1]} {kb} overlapping bytes in {b[5]}, with no "
-                        "core_barrier or sendrecv between them (limit: one core writes bytes the other accesses "
-                        "only across a barrier)")
+                        "core_barrier or sendrecv between them (limit: one core writes bytes the other "
+                        "accesses "
+                        "only across a barrier)"
+                    )

@@ -30,14 +30,20 @@ class VirtualRegister:
 
     def _set(self, value: int, instr: str) -> None:
         if self.frozen:
-            raise NkiSimError(f"{instr}: dst is a read-only loop induction register (limit: writable register)")
+            raise NkiSimError(
+                f"{instr}: dst is a read-only loop induction register (limit: writable register)"
+            )
         self._value = wrap_int32(value)
 
     def __bool__(self):
-        raise TypeError("a VirtualRegister has no compile-time value: use nl.while_loop / nl.fori_loop, not `if`")
+        raise TypeError(
+            "a VirtualRegister has no compile-time value: use nl.while_loop / nl.fori_loop, not `if`"
+        )
 
     def __index__(self):
-        raise TypeError("a VirtualRegister has no compile-time value: use it as a dynamic offset or loop bound")
+        raise TypeError(
+            "a VirtualRegister has no compile-time value: use it as a dynamic offset or loop bound"
+        )
 
     __int__ = __index__
 
@@ -67,7 +73,9 @@ def value_of(x, instr: str = "dynamic offset", operand: str = "offset") -> int:
     read = getattr(x, "read", None)
     if read is not None:
         if x.size != 1:
-            raise NkiSimError(f"{instr}: {operand} must hold 1 element (limit: shape [1] or [1,1]), got shape {x.shape}")
+            raise NkiSimError(
+                f"{instr}: {operand} must hold 1 element (limit: shape [1] or [1,1]), got shape {x.shape}"
+            )
         v = read().reshape(-1)[0]
         if x.dtype.is_float:
             v = float(v)

@@ -37,7 +37,7 @@ _SIM_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def resolve_target(target: str | None) -> str:
-    """Target from the argument, else NEURON_PLATFORM_TARGET_OVERRIDE, else trn3 (as the official simulator)."""
+    """Target from the argument, else NEURON_PLATFORM_TARGET_OVERRIDE, else trn3 (official default)."""
     value = target if target is not None else os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE") or "trn3"
     key = str(value).strip().lower()
     if key in ("trn1", "gen2", "inf2"):
@@ -75,10 +75,10 @@ class Run:
     trace_enabled: bool = True
     lock: threading.RLock = field(default_factory=threading.RLock)
     barrier: threading.Barrier | None = None
-    shared_allocs: list = field(default_factory=list)   # k-th shared_hbm allocation, same for all cores
-    pipes: dict = field(default_factory=dict)           # (src_rank, dst_rank, pipe_id) -> queue
-    access_log: list = field(default_factory=list)      # LNC=2 shared-HBM accesses (for race detection)
-    arg_allocs: list = field(default_factory=list)      # Allocation of each kernel array argument
+    shared_allocs: list = field(default_factory=list)  # k-th shared_hbm allocation, same for all cores
+    pipes: dict = field(default_factory=dict)  # (src_rank, dst_rank, pipe_id) -> queue
+    access_log: list = field(default_factory=list)  # LNC=2 shared-HBM accesses (for race detection)
+    arg_allocs: list = field(default_factory=list)  # Allocation of each kernel array argument
     failed: bool = False
 
 
@@ -88,12 +88,12 @@ class Core:
     def __init__(self, run: Run, program_id: int = 0):
         self.run = run
         self.program_id = program_id
-        self.epoch = 0                      # barrier / sendrecv epoch (race detection)
-        self.sbuf_used = 0                  # live SBUF bytes per partition
+        self.epoch = 0  # barrier / sendrecv epoch (race detection)
+        self.sbuf_used = 0  # live SBUF bytes per partition
         self.sbuf_live: dict[int, tuple] = {}  # alloc id -> (name, bytes)
         self.psum_banks = [0] * PSUM_NUM_BANKS  # bytes used per bank (per partition)
-        self.psum_live: dict[int, tuple] = {}   # alloc id -> (name, bank, bytes)
-        self.shared_count = 0               # shared_hbm allocations made so far
+        self.psum_live: dict[int, tuple] = {}  # alloc id -> (name, bank, bytes)
+        self.shared_count = 0  # shared_hbm allocations made so far
         self.next_id = 0
         self.instr_count = 0
         self.cur_instr = "?"
@@ -116,8 +116,9 @@ class Core:
         return SBUF_BYTES_PER_PARTITION[self.run.target]
 
     # -- trace --------------------------------------------------------------------------
-    def record(self, engine: str, opcode: str, operands: dict, source_line: str | None = None,
-               bytes_moved: int = 0) -> dict:
+    def record(
+        self, engine: str, opcode: str, operands: dict, source_line: str | None = None, bytes_moved: int = 0
+    ) -> dict:
         """Append one executed instruction to the trace and return the entry.
 
         operands: name -> NkiTensor (summarised as shape/dtype/buffer) or plain value.
@@ -131,8 +132,14 @@ class Core:
         for name, value in operands.items():
             summary = getattr(value, "_summary", None)
             ops[name] = summary() if summary is not None else value
-        entry = {"core": self.program_id, "engine": engine, "opcode": opcode, "operands": ops,
-                 "bytes": int(bytes_moved), "line": line}
+        entry = {
+            "core": self.program_id,
+            "engine": engine,
+            "opcode": opcode,
+            "operands": ops,
+            "bytes": int(bytes_moved),
+            "line": line,
+        }
         self.run.trace.append(entry)
         return entry
 

@@ -1,4 +1,4 @@
-"""Static check of a kernel file against the Python subset the NKI compiler accepts (beyond the official simulator).
+"""Static check of a kernel file against the Python subset the NKI compiler accepts.
 
 The simulator runs kernels as ordinary Python, so it would accept code the NKI compiler rejects. This
 AST pass flags, in functions decorated with `nki.jit` and in every function they call (helpers are
@@ -29,22 +29,84 @@ from dataclasses import dataclass
 from moegen.sim.api_signatures import SIGNATURES
 from moegen.sim.errors import NkiSimError
 
-NKI_MODULES = {"nki": "nki", "nki.language": "nki.language", "nki.isa": "nki.isa", "nki.collectives": "nki.collectives"}
+NKI_MODULES = {
+    "nki": "nki",
+    "nki.language": "nki.language",
+    "nki.isa": "nki.isa",
+    "nki.collectives": "nki.collectives",
+}
 DEPRECATED = {"dynamic_range", "affine_range", "sequential_range", "static_range"}
 COMPILE_TIME_ATTRS = {"shape", "dtype", "ndim", "size", "buffer", "name", "offset", "strides"}
-TENSOR_MAKERS = {"ndarray", "zeros", "ones", "full", "zeros_like", "empty_like", "rand", "shared_constant",
-                 "shared_identity_matrix", "load", "load_transpose2d", "matmul", "transpose", "copy",
-                 "register_alloc"}
+TENSOR_MAKERS = {
+    "ndarray",
+    "zeros",
+    "ones",
+    "full",
+    "zeros_like",
+    "empty_like",
+    "rand",
+    "shared_constant",
+    "shared_identity_matrix",
+    "load",
+    "load_transpose2d",
+    "matmul",
+    "transpose",
+    "copy",
+    "register_alloc",
+}
 LOOP_BODY_TAKERS = {"fori_loop", "while_loop"}
 
 _EXTRA_NAMES = {
-    "nki.language": {"bfloat16", "bool_", "float16", "float32", "float4_e2m1fn_x4", "float8_e4m3", "float8_e4m3fn",
-                     "float8_e4m3fn_x4", "float8_e5m2", "float8_e5m2_x4", "float8_e8m0fnu", "int16", "int32", "int8",
-                     "tfloat32", "uint16", "uint32", "uint8", "hbm", "private_hbm", "psum", "sbuf", "shared_hbm",
-                     "tile_size", "average", "bypass", "prelu", "MemoryRegion", "NKIObject", "NkiTensor", "DType"},
-    "nki.isa": {"NkiInstruction", "NkiValidationError", "VirtualRegister", "dge_mode", "dma_engine", "engine",
-                "matmul_perf_mode", "nc_version", "oob_mode", "reduce_cmd", "gpsimd_engine", "scalar_engine",
-                "tensor_engine", "unknown_engine", "vector_engine"},
+    "nki.language": {
+        "bfloat16",
+        "bool_",
+        "float16",
+        "float32",
+        "float4_e2m1fn_x4",
+        "float8_e4m3",
+        "float8_e4m3fn",
+        "float8_e4m3fn_x4",
+        "float8_e5m2",
+        "float8_e5m2_x4",
+        "float8_e8m0fnu",
+        "int16",
+        "int32",
+        "int8",
+        "tfloat32",
+        "uint16",
+        "uint32",
+        "uint8",
+        "hbm",
+        "private_hbm",
+        "psum",
+        "sbuf",
+        "shared_hbm",
+        "tile_size",
+        "average",
+        "bypass",
+        "prelu",
+        "MemoryRegion",
+        "NKIObject",
+        "NkiTensor",
+        "DType",
+    },
+    "nki.isa": {
+        "NkiInstruction",
+        "NkiValidationError",
+        "VirtualRegister",
+        "dge_mode",
+        "dma_engine",
+        "engine",
+        "matmul_perf_mode",
+        "nc_version",
+        "oob_mode",
+        "reduce_cmd",
+        "gpsimd_engine",
+        "scalar_engine",
+        "tensor_engine",
+        "unknown_engine",
+        "vector_engine",
+    },
     "nki.collectives": {"ReplicaGroup"},
     "nki": {"language", "isa", "collectives"},
 }
@@ -87,8 +149,9 @@ class _Checker(ast.NodeVisitor):
         self.tree = tree
 
     def add(self, node, rule: str, message: str, severity: str = "error") -> None:
-        self.findings.append(Finding(getattr(node, "lineno", 0), getattr(node, "col_offset", 0), rule, message,
-                                     severity))
+        self.findings.append(
+            Finding(getattr(node, "lineno", 0), getattr(node, "col_offset", 0), rule, message, severity)
+        )
 
     # -- module level -------------------------------------------------------------------------------
     def run(self) -> list[Finding]:
@@ -119,8 +182,12 @@ class _Checker(ast.NodeVisitor):
                 if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
                     callee = call.func.id
                     if callee in self.jit_names and callee != fn.name:
-                        self.add(call, "jit-call", f"kernel '{fn.name}' calls jit kernel '{callee}': only the "
-                                 "top-level kernel carries @nki.jit; helpers are plain functions")
+                        self.add(
+                            call,
+                            "jit-call",
+                            f"kernel '{fn.name}' calls jit kernel '{callee}': only the "
+                            "top-level kernel carries @nki.jit; helpers are plain functions",
+                        )
                     elif callee in self.functions:
                         todo.append(self.functions[callee])
         self.check_api_names()
@@ -150,8 +217,12 @@ class _Checker(ast.NodeVisitor):
 
     def is_jit(self, dec) -> bool:
         target = dec.func if isinstance(dec, ast.Call) else dec
-        return (isinstance(target, ast.Attribute) and target.attr == "jit"
-                and isinstance(target.value, ast.Name) and self.aliases.get(target.value.id) == "nki")
+        return (
+            isinstance(target, ast.Attribute)
+            and target.attr == "jit"
+            and isinstance(target.value, ast.Name)
+            and self.aliases.get(target.value.id) == "nki"
+        )
 
     def check_class(self, node: ast.ClassDef) -> None:
         ok = all(isinstance(b, ast.Attribute) and b.attr == "NKIObject" for b in node.bases) and node.bases
@@ -174,7 +245,7 @@ class _Checker(ast.NodeVisitor):
             self.check_node(node, fn, tensors)
 
     def tensor_names(self, fn: ast.FunctionDef, is_kernel: bool) -> set[str]:
-        """Names that hold tensors / registers at run time (heuristic): results of allocation / register calls."""
+        """Names holding tensors / registers at run time (heuristic): results of allocation calls."""
         names: set[str] = set()  # kernel parameters may be compile-time values: not included
         for node in ast.walk(fn):
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
@@ -197,8 +268,11 @@ class _Checker(ast.NodeVisitor):
                 par = parents.get(n)
                 if isinstance(par, ast.Attribute) and par.attr in COMPILE_TIME_ATTRS:
                     continue
-                if isinstance(par, ast.Call) and isinstance(par.func, ast.Name) and par.func.id in (
-                        "len", "isinstance", "type"):
+                if (
+                    isinstance(par, ast.Call)
+                    and isinstance(par.func, ast.Name)
+                    and par.func.id in ("len", "isinstance", "type")
+                ):
                     continue
                 if isinstance(par, ast.Subscript) and par.value is n:
                     return n.id
@@ -211,16 +285,30 @@ class _Checker(ast.NodeVisitor):
         if isinstance(node, (ast.If, ast.While, ast.IfExp, ast.Assert)):
             name = self.data_dependent(node.test, tensors)
             if name:
-                kind = {ast.If: "if", ast.While: "while", ast.IfExp: "conditional expression",
-                        ast.Assert: "assert"}[type(node)]
-                self.add(node, "control-flow", f"{kind} on the runtime value of '{name}': NKI has no data-dependent "
-                         "Python control flow (use nl.while_loop / nl.fori_loop or predicated instructions)")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("bool", "int",
-                                                                                                 "float"):
+                kind = {
+                    ast.If: "if",
+                    ast.While: "while",
+                    ast.IfExp: "conditional expression",
+                    ast.Assert: "assert",
+                }[type(node)]
+                self.add(
+                    node,
+                    "control-flow",
+                    f"{kind} on the runtime value of '{name}': NKI has no data-dependent "
+                    "Python control flow (use nl.while_loop / nl.fori_loop or predicated instructions)",
+                )
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("bool", "int", "float")
+        ):
             for a in node.args:
                 if isinstance(a, ast.Name) and a.id in tensors:
-                    self.add(node, "control-flow", f"{node.func.id}() of tensor/register '{a.id}': its value exists "
-                             "only at run time")
+                    self.add(
+                        node,
+                        "control-flow",
+                        f"{node.func.id}() of tensor/register '{a.id}': its value exists only at run time",
+                    )
         elif isinstance(node, ast.Compare) and any(isinstance(o, (ast.Is, ast.IsNot)) for o in node.ops):
             self.add(node, "is", "'is' / 'is not' are not supported in NKI kernels (use == / !=)")
         elif isinstance(node, ast.Try):
@@ -228,12 +316,20 @@ class _Checker(ast.NodeVisitor):
         elif isinstance(node, ast.With):
             for item in node.items:
                 e = item.context_expr
-                if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "no_reorder"):
+                if not (
+                    isinstance(e, ast.Call)
+                    and isinstance(e.func, ast.Attribute)
+                    and e.func.attr == "no_reorder"
+                ):
                     self.add(node, "with", "'with' is only allowed for nl.no_reorder()")
         elif isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)):
             self.add(node, "yield", "generators / await are not NKI")
         elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            self.add(node, "closure", f"'{type(node).__name__.lower()}' statements are not supported in NKI kernels")
+            self.add(
+                node,
+                "closure",
+                f"'{type(node).__name__.lower()}' statements are not supported in NKI kernels",
+            )
         elif isinstance(node, ast.Dict):
             for k in node.keys:
                 if k is not None and not (isinstance(k, ast.Constant) and isinstance(k.value, str)):
@@ -255,16 +351,27 @@ class _Checker(ast.NodeVisitor):
         for n in ast.walk(body):
             if isinstance(n, ast.Name) and n.id in tensors and n.id not in local:
                 what = "lambda" if isinstance(inner, ast.Lambda) else f"nested function '{inner.name}'"
-                self.add(inner, "closure", f"{what} captures tensor/register '{n.id}' of the enclosing kernel "
-                         "(closures over tensors are only documented for nl.fori_loop / nl.while_loop bodies; "
-                         "pass tensors as arguments)", "warning")
+                self.add(
+                    inner,
+                    "closure",
+                    f"{what} captures tensor/register '{n.id}' of the enclosing kernel "
+                    "(closures over tensors are only documented for nl.fori_loop / nl.while_loop bodies; "
+                    "pass tensors as arguments)",
+                    "warning",
+                )
                 return
 
     def is_loop_body(self, name: str, fn) -> bool:
         for n in ast.walk(fn):
-            if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in LOOP_BODY_TAKERS
-                    and any(isinstance(a, ast.Name) and a.id == name for a in list(n.args) + [k.value for k in
-                                                                                                n.keywords])):
+            if (
+                isinstance(n, ast.Call)
+                and isinstance(n.func, ast.Attribute)
+                and n.func.attr in LOOP_BODY_TAKERS
+                and any(
+                    isinstance(a, ast.Name) and a.id == name
+                    for a in list(n.args) + [k.value for k in n.keywords]
+                )
+            ):
                 return True
         return False
 
@@ -276,8 +383,12 @@ class _Checker(ast.NodeVisitor):
         v = node.value
         if isinstance(v, ast.Name) and v.id in self.aliases:
             return self.aliases[v.id], node.attr
-        if (isinstance(v, ast.Attribute) and isinstance(v.value, ast.Name) and self.aliases.get(v.value.id) == "nki"
-                and v.attr in ("language", "isa", "collectives")):
+        if (
+            isinstance(v, ast.Attribute)
+            and isinstance(v.value, ast.Name)
+            and self.aliases.get(v.value.id) == "nki"
+            and v.attr in ("language", "isa", "collectives")
+        ):
             return f"nki.{v.attr}", node.attr
         return None
 
@@ -288,13 +399,17 @@ class _Checker(ast.NodeVisitor):
                 if r is None:
                     continue
                 mod, name = r
-                if (mod == "nki" and name in ("language", "isa", "collectives")):
+                if mod == "nki" and name in ("language", "isa", "collectives"):
                     continue
                 if name not in SIGNATURES.get(mod, {}) and name not in _EXTRA_NAMES.get(mod, set()):
                     self.add(node, "api", f"{mod}.{name} is not in the NKI API (api.json)")
                 elif name in DEPRECATED:
-                    self.add(node, "deprecated", f"{mod}.{name} is deprecated (use Python range() or "
-                             "nl.fori_loop)", "warning")
+                    self.add(
+                        node,
+                        "deprecated",
+                        f"{mod}.{name} is deprecated (use Python range() or nl.fori_loop)",
+                        "warning",
+                    )
             if isinstance(node, ast.Call):
                 r = self.resolve(node.func)
                 if r is None:
@@ -311,8 +426,9 @@ def static_check(source_or_path, filename: str | None = None, strict: bool = Fal
     """Check kernel source text (or a path to a .py file). Returns findings; strict=True raises NkiSimError
     listing the errors (warnings do not raise)."""
     src = source_or_path
-    if isinstance(src, os.PathLike) or (isinstance(src, str) and "\n" not in src and src.endswith(".py")
-                                        and os.path.isfile(src)):
+    if isinstance(src, os.PathLike) or (
+        isinstance(src, str) and "\n" not in src and src.endswith(".py") and os.path.isfile(src)
+    ):
         filename = filename or os.fspath(src)
         with open(src, encoding="utf-8") as f:
             src = f.read()
@@ -324,6 +440,8 @@ def static_check(source_or_path, filename: str | None = None, strict: bool = Fal
     if strict:
         errors = [f for f in findings if f.severity == "error"]
         if errors:
-            raise NkiSimError(f"static_check: {filename or '<kernel>'} uses Python the NKI compiler rejects:\n"
-                              + "\n".join(str(f) for f in errors))
+            raise NkiSimError(
+                f"static_check: {filename or '<kernel>'} uses Python the NKI compiler rejects:\n"
+                + "\n".join(str(f) for f in errors)
+            )
     return findings

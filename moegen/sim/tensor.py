@@ -107,11 +107,35 @@ class Allocation:
     the kernel argument it wraps, or None; written: set on any write.
     """
 
-    __slots__ = ("id", "buffer", "dtype", "shape", "data", "name", "core", "pstride", "mm_state",
-                 "arg_index", "written", "_typed", "fresh", "version", "_f32", "__weakref__")
+    __slots__ = (
+        "id",
+        "buffer",
+        "dtype",
+        "shape",
+        "data",
+        "name",
+        "core",
+        "pstride",
+        "mm_state",
+        "arg_index",
+        "written",
+        "_typed",
+        "fresh",
+        "version",
+        "_f32",
+        "__weakref__",
+    )
 
-    def __init__(self, buffer: MemoryRegion, dtype: dt.DType, shape: tuple, data: np.ndarray, name: str,
-                 core, pstride: int | None):
+    def __init__(
+        self,
+        buffer: MemoryRegion,
+        dtype: dt.DType,
+        shape: tuple,
+        data: np.ndarray,
+        name: str,
+        core,
+        pstride: int | None,
+    ):
         self.id = core.new_id() if core is not None else 0
         self.buffer = buffer
         self.dtype = dtype
@@ -124,9 +148,9 @@ class Allocation:
         self.arg_index = None
         self.written = False
         self._typed = {data.dtype: data}
-        self.fresh = False      # True: sentinel fill still pending (done lazily on first access)
-        self.version = 0        # bumped on every write (invalidates the float32 cache)
-        self._f32 = None        # (version, flat float32 copy) for narrow-float SBUF matmul operands
+        self.fresh = False  # True: sentinel fill still pending (done lazily on first access)
+        self.version = 0  # bumped on every write (invalidates the float32 cache)
+        self._f32 = None  # (version, flat float32 copy) for narrow-float SBUF matmul operands
 
     def materialize(self) -> None:
         """Perform the pending sentinel fill of a new allocation."""
@@ -151,8 +175,10 @@ class Allocation:
         a = self._typed.get(npdtype)
         if a is None:
             if self.data.nbytes % npdtype.itemsize:
-                raise NkiSimError(f"view: allocation '{self.name}' of {self.data.nbytes} bytes cannot be viewed as "
-                                  f"{npdtype} (limit: size a multiple of {npdtype.itemsize} bytes)")
+                raise NkiSimError(
+                    f"view: allocation '{self.name}' of {self.data.nbytes} bytes cannot be viewed as "
+                    f"{npdtype} (limit: size a multiple of {npdtype.itemsize} bytes)"
+                )
             a = self.data.view(npdtype)
             self._typed[npdtype] = a
         return a
@@ -177,8 +203,15 @@ def _check_shape(shape, what: str) -> tuple:
     return shape
 
 
-def allocate(shape, dtype, buffer=MemoryRegion.sbuf, name: str = "", address=None, fill=None,
-             data: np.ndarray | None = None) -> NkiTensor:
+def allocate(
+    shape,
+    dtype,
+    buffer=MemoryRegion.sbuf,
+    name: str = "",
+    address=None,
+    fill=None,
+    data: np.ndarray | None = None,
+) -> NkiTensor:
     """Allocate a tensor (`nl.ndarray`). New memory holds sentinels (NaN floats, 4 ints) unless `fill`/`data`.
 
     SBUF: live bytes per partition checked against the target's capacity. PSUM: the tile must fit
@@ -188,17 +221,23 @@ def allocate(shape, dtype, buffer=MemoryRegion.sbuf, name: str = "", address=Non
     shape = _check_shape(shape, "nl.ndarray")
     dtype = dt.as_dtype(dtype)
     if isinstance(buffer, str):
-        raise NkiSimError(f"nl.ndarray: buffer must be an nl memory region (nl.sbuf, ...), not the string {buffer!r}")
+        raise NkiSimError(
+            f"nl.ndarray: buffer must be an nl memory region (nl.sbuf, ...), not the string {buffer!r}"
+        )
     buffer = _region_of(buffer)
     name = name or f"t{core.next_id + 1}"
     on_chip = buffer in ON_CHIP
     if on_chip:
         if len(shape) < 2:
-            raise NkiSimError(f"nl.ndarray: on-chip tensor '{name}' must be at least 2-D (partition, free...), "
-                              f"got shape {shape}")
+            raise NkiSimError(
+                f"nl.ndarray: on-chip tensor '{name}' must be at least 2-D (partition, free...), "
+                f"got shape {shape}"
+            )
         if shape[0] > runtime.NUM_PARTITIONS:
-            raise NkiSimError(f"nl.ndarray: '{name}' partition dimension {shape[0]} exceeds maximum "
-                              f"{runtime.NUM_PARTITIONS}")
+            raise NkiSimError(
+                f"nl.ndarray: '{name}' partition dimension {shape[0]} exceeds maximum "
+                f"{runtime.NUM_PARTITIONS}"
+            )
     if buffer is MemoryRegion.shared_hbm and core.num_programs > 1 and data is None:
         return _shared_alloc(core, shape, dtype, name, fill)
     storage = dtype.storage(core.precise)
@@ -230,8 +269,10 @@ def _shared_alloc(core, shape, dtype, name, fill) -> NkiTensor:
         if k < len(run.shared_allocs):
             alloc = run.shared_allocs[k]
             if alloc.shape != shape or alloc.dtype != dtype:
-                raise NkiSimError(f"nl.ndarray: shared_hbm allocation #{k} '{name}' differs between cores: "
-                                  f"{alloc.shape} {alloc.dtype} vs {shape} {dtype} (limit: identical control flow)")
+                raise NkiSimError(
+                    f"nl.ndarray: shared_hbm allocation #{k} '{name}' differs between cores: "
+                    f"{alloc.shape} {alloc.dtype} vs {shape} {dtype} (limit: identical control flow)"
+                )
         else:
             storage = dtype.storage(core.precise)
             flat = np.empty(_prod(shape), storage)
@@ -251,9 +292,11 @@ def _reserve_sbuf(core, alloc: Allocation, address) -> None:
     cap = core.sbuf_capacity
     if core.sbuf_used + nbytes > cap:
         raise NkiSimError(
-            f"nl.ndarray: SBUF capacity exceeded allocating '{alloc.name}' ({nbytes} bytes per partition): live "
-            f"{core.sbuf_used} + {nbytes} = {core.sbuf_used + nbytes} bytes per partition exceeds limit {cap} "
-            f"({core.target}); largest live: {_describe_live(core.sbuf_live)}")
+            f"nl.ndarray: SBUF capacity exceeded allocating '{alloc.name}' ({nbytes} bytes per partition): "
+            f"live {core.sbuf_used} + {nbytes} = {core.sbuf_used + nbytes} bytes per partition exceeds "
+            f"limit {cap} "
+            f"({core.target}); largest live: {_describe_live(core.sbuf_live)}"
+        )
     core.sbuf_used += nbytes
     core.sbuf_live[alloc.id] = (alloc.name, nbytes)
     weakref.finalize(alloc, _release_sbuf, core, alloc.id, nbytes)
@@ -265,36 +308,56 @@ def _release_sbuf(core, alloc_id: int, nbytes: int) -> None:
 
 
 def _reserve_psum(core, alloc: Allocation, address) -> None:
+    """Place a PSUM tile: within one 2 KiB bank per partition (first fit). On trn3 a tile may span
+    whole consecutive banks (nc_matmul writes up to 4096 fp32 / 8192 bf16 per partition there)."""
     nbytes = alloc.pstride * alloc.dtype.itemsize
     bank_bytes = runtime.PSUM_BANK_BYTES
-    if nbytes > bank_bytes:
-        raise NkiSimError(f"nl.ndarray: PSUM tile '{alloc.name}' needs {nbytes} bytes per partition, exceeds one "
-                          f"bank limit {bank_bytes} bytes (2 KiB = 512 fp32)")
     banks = core.psum_banks
+    nbanks = -(-nbytes // bank_bytes)
+    if nbytes > bank_bytes and (core.target == "trn2" or nbanks > len(banks)):
+        limit = bank_bytes if core.target == "trn2" else bank_bytes * len(banks)
+        raise NkiSimError(
+            f"nl.ndarray: PSUM tile '{alloc.name}' needs {nbytes} bytes per partition, exceeds "
+            f"{'one bank' if core.target == 'trn2' else 'all banks'} limit {limit} bytes on {core.target}"
+        )
     if address is not None:
         try:
             free_off = int(address[1])
         except (TypeError, IndexError):
-            raise NkiSimError(f"nl.ndarray: address must be (partition_offset, free_offset), got {address!r}") from None
+            raise NkiSimError(
+                f"nl.ndarray: address must be (partition_offset, free_offset), got {address!r}"
+            ) from None
         if free_off % bank_bytes:
-            raise NkiSimError(f"nl.ndarray: PSUM address {address!r} of '{alloc.name}' must start at a bank boundary "
-                              f"(limit: free offset multiple of {bank_bytes})")
+            raise NkiSimError(
+                f"nl.ndarray: PSUM address {address!r} of '{alloc.name}' must start at a bank boundary "
+                f"(limit: free offset multiple of {bank_bytes})"
+            )
         candidates = [free_off // bank_bytes]
     else:
         candidates = range(len(banks))
     for b in candidates:
-        if 0 <= b < len(banks) and banks[b] + nbytes <= bank_bytes:
-            banks[b] += nbytes
+        if nbanks == 1:
+            fits = 0 <= b < len(banks) and banks[b] + nbytes <= bank_bytes
+            use = [(b, nbytes)]
+        else:
+            fits = 0 <= b and b + nbanks <= len(banks) and not any(banks[b : b + nbanks])
+            use = [(b + i, bank_bytes) for i in range(nbanks)]
+        if fits:
+            for bank, n in use:
+                banks[bank] += n
             core.psum_live[alloc.id] = (alloc.name, b, nbytes)
-            weakref.finalize(alloc, _release_psum, core, alloc.id, b, nbytes)
+            weakref.finalize(alloc, _release_psum, core, alloc.id, use)
             return
     live = sum(1 for u in banks if u)
-    raise NkiSimError(f"nl.ndarray: PSUM full allocating '{alloc.name}' ({nbytes} bytes per partition): "
-                      f"{live} of limit {len(banks)} banks (2 KiB each) in use; live: {_describe_live(core.psum_live)}")
+    raise NkiSimError(
+        f"nl.ndarray: PSUM full allocating '{alloc.name}' ({nbytes} bytes per partition): "
+        f"{live} of limit {len(banks)} banks (2 KiB each) in use; live: {_describe_live(core.psum_live)}"
+    )
 
 
-def _release_psum(core, alloc_id: int, bank: int, nbytes: int) -> None:
-    core.psum_banks[bank] -= nbytes
+def _release_psum(core, alloc_id: int, use: list) -> None:
+    for bank, n in use:
+        core.psum_banks[bank] -= n
     core.psum_live.pop(alloc_id, None)
 
 
@@ -313,11 +376,24 @@ def _contig(shape) -> tuple:
 class NkiTensor:
     """A tensor view (NKI `NkiTensor`). Create with `nl.ndarray`; views via indexing and the view methods."""
 
-    __slots__ = ("_alloc", "dtype", "shape", "strides", "offset", "name", "_dyn", "_vec", "_np", "__weakref__")
+    __slots__ = (
+        "_alloc",
+        "dtype",
+        "shape",
+        "strides",
+        "offset",
+        "name",
+        "_dyn",
+        "_vec",
+        "_np",
+        "__weakref__",
+    )
 
     def __init__(self, shape, dtype, storage, buffer=MemoryRegion.sbuf, name=""):
         if not isinstance(storage, Allocation):
-            raise NkiSimError("NkiTensor: create tensors with nl.ndarray (storage must be a simulator allocation)")
+            raise NkiSimError(
+                "NkiTensor: create tensors with nl.ndarray (storage must be a simulator allocation)"
+            )
         self._alloc = storage
         self.dtype = dt.as_dtype(dtype)
         self.shape = _check_shape(shape, "NkiTensor")
@@ -345,8 +421,16 @@ class NkiTensor:
         return t
 
     def _derive(self, shape, strides, offset, dyn=None, vec=None, dtype=None) -> NkiTensor:
-        return NkiTensor._make(self._alloc, dtype or self.dtype, shape, strides, offset,
-                               self._dyn if dyn is None else dyn, self._vec if vec is None else vec, self.name)
+        return NkiTensor._make(
+            self._alloc,
+            dtype or self.dtype,
+            shape,
+            strides,
+            offset,
+            self._dyn if dyn is None else dyn,
+            self._vec if vec is None else vec,
+            self.name,
+        )
 
     # -- attributes -----------------------------------------------------------------------
     @property
@@ -402,7 +486,8 @@ class NkiTensor:
     def __repr__(self) -> str:
         dyn = " dynamic" if self._dyn else ""
         ind = " indirect" if self._vec is not None else ""
-        return f"NkiTensor({self.name!r}, shape={self.shape}, dtype={self.dtype.name}, {self.buffer.name}{dyn}{ind})"
+        buf = self.buffer.name
+        return f"NkiTensor({self.name!r}, shape={self.shape}, dtype={self.dtype.name}, {buf}{dyn}{ind})"
 
     def _summary(self) -> dict:
         return {"shape": self.shape, "dtype": self.dtype.name, "buffer": self.buffer.name, "name": self.name}
@@ -411,8 +496,10 @@ class NkiTensor:
         return self.shape[0]
 
     def __bool__(self):
-        raise TypeError(f"tensor {self.name!r} has no compile-time value: Python control flow on tensor data "
-                        "is not allowed in NKI (use nl.while_loop / predicated instructions)")
+        raise TypeError(
+            f"tensor {self.name!r} has no compile-time value: Python control flow on tensor data "
+            "is not allowed in NKI (use nl.while_loop / predicated instructions)"
+        )
 
     def __iter__(self):
         raise TypeError(f"tensor {self.name!r} is not iterable; index it with slices")
@@ -450,16 +537,22 @@ class NkiTensor:
                     d = (n - 1) * s
                     flo, fhi = (flo, fhi + d) if d > 0 else (flo + d, fhi)
             if plo < 0 or phi >= nparts:
-                raise NkiSimError(f"{what} out of bounds: partitions {plo}..{phi} outside allocation partitions "
-                                  f"0..{nparts - 1} (shape {a.shape})")
+                raise NkiSimError(
+                    f"{what} out of bounds: partitions {plo}..{phi} outside allocation partitions "
+                    f"0..{nparts - 1} (shape {a.shape})"
+                )
             if flo < 0 or fhi >= ps:
-                raise NkiSimError(f"{what} out of bounds: free elements {flo}..{fhi} outside 0..{ps - 1} per "
-                                  f"partition (allocation shape {a.shape})")
+                raise NkiSimError(
+                    f"{what} out of bounds: free elements {flo}..{fhi} outside 0..{ps - 1} per "
+                    f"partition (allocation shape {a.shape})"
+                )
             return
         lo, hi = self._extent(offset)
         if lo < 0 or hi >= total:
-            raise NkiSimError(f"{what} out of bounds: elements {lo}..{hi} outside 0..{total - 1} "
-                              f"(allocation shape {a.shape})")
+            raise NkiSimError(
+                f"{what} out of bounds: elements {lo}..{hi} outside 0..{total - 1} "
+                f"(allocation shape {a.shape})"
+            )
 
     def _resolved_offset(self, instr: str = "access", operand: str = "") -> int:
         off = self.offset
@@ -473,16 +566,23 @@ class NkiTensor:
     def _array(self, instr: str = "access", operand: str = "") -> np.ndarray:
         """A writable NumPy view (no copy) of the tensor in its storage dtype. Not for indirect views."""
         if self._vec is not None:
-            raise NkiSimError(f"{instr}: {operand} '{self.name}' is an indirect (vector_offset) view; "
-                              "only DMA instructions accept it")
+            raise NkiSimError(
+                f"{instr}: {operand} '{self.name}' is an indirect (vector_offset) view; "
+                "only DMA instructions accept it"
+            )
         a = self._np
         if a is not None:
             return a
         off = self._resolved_offset(instr, operand)
         base = self._alloc.typed(self.dtype.storage(self._alloc.core.precise if self._alloc.core else True))
         isz = base.itemsize
-        a = np.ndarray(self.shape, base.dtype, buffer=base, offset=off * isz,
-                       strides=tuple(s * isz for s in self.strides))
+        a = np.ndarray(
+            self.shape,
+            base.dtype,
+            buffer=base,
+            offset=off * isz,
+            strides=tuple(s * isz for s in self.strides),
+        )
         if not self._dyn:
             self._np = a
         return a
@@ -499,8 +599,10 @@ class NkiTensor:
         vec_t, row_stride, nrows = self._vec
         rows = vec_t.read().reshape(-1).astype(np.int64)
         if rows.size != self.shape[0]:
-            raise NkiSimError(f"{instr}: {operand} vector_offset has {rows.size} entries, view has {self.shape[0]} "
-                              f"rows (limit: one index per partition)")
+            raise NkiSimError(
+                f"{instr}: {operand} vector_offset has {rows.size} entries, view has {self.shape[0]} "
+                f"rows (limit: one index per partition)"
+            )
         off = self._resolved_offset(instr, operand)
         rest = np.full((), 0, np.int64)
         for n, s in zip(self.shape[1:], self.strides[1:]):
@@ -523,8 +625,16 @@ class NkiTensor:
         if a.buffer is MemoryRegion.shared_hbm:
             core = runtime.current()
             if core.run.num_programs > 1:
-                core.run.access_log.append((core.epoch, core.program_id, kind, self, self._resolved_snapshot(),
-                                            getattr(core, "cur_instr", instr)))
+                core.run.access_log.append(
+                    (
+                        core.epoch,
+                        core.program_id,
+                        kind,
+                        self,
+                        self._resolved_snapshot(),
+                        getattr(core, "cur_instr", instr),
+                    )
+                )
 
     def _resolved_snapshot(self):
         if self._vec is None and not self._dyn:
@@ -539,8 +649,14 @@ class NkiTensor:
     def _covers_allocation(self) -> bool:
         """True if this view is exactly the whole allocation, in order (a write replaces every element)."""
         a = self._alloc
-        return (self._vec is None and not self._dyn and self.offset == 0 and self.dtype.itemsize == a.dtype.itemsize
-                and self.size == a.data.size and self.strides == _contig(self.shape))
+        return (
+            self._vec is None
+            and not self._dyn
+            and self.offset == 0
+            and self.dtype.itemsize == a.dtype.itemsize
+            and self.size == a.data.size
+            and self.strides == _contig(self.shape)
+        )
 
     def f32(self, instr: str = "read", operand: str = "") -> np.ndarray:
         """Values as float32 for reading (no copy when possible; narrow floats via a per-allocation cache).
@@ -554,8 +670,13 @@ class NkiTensor:
         if self.dtype.itemsize != a.dtype.itemsize or a.buffer is not MemoryRegion.sbuf:
             return dt.to_f32(arr)
         flat = a.f32_flat()
-        return np.ndarray(self.shape, np.float32, buffer=flat, offset=self.offset * 4,
-                          strides=tuple(x * 4 for x in self.strides))
+        return np.ndarray(
+            self.shape,
+            np.float32,
+            buffer=flat,
+            offset=self.offset * 4,
+            strides=tuple(x * 4 for x in self.strides),
+        )
 
     # -- public read / write -----------------------------------------------------------------------
     def read(self, instr: str = "read", operand: str = "") -> np.ndarray:
@@ -566,8 +687,10 @@ class NkiTensor:
         idx, valid = self._flat_index(instr, operand)
         if not valid.all():
             bad = np.flatnonzero(~valid)[0]
-            raise NkiSimError(f"{instr}: {operand} '{self.name}' indirect index out of bounds at row {bad} "
-                              f"(limit: 0..{self._vec[2] - 1})")
+            raise NkiSimError(
+                f"{instr}: {operand} '{self.name}' indirect index out of bounds at row {bad} "
+                f"(limit: 0..{self._vec[2] - 1})"
+            )
         return self._storage_flat()[idx]
 
     def write(self, values, instr: str = "write", operand: str = "dst") -> None:
@@ -577,8 +700,10 @@ class NkiTensor:
             try:
                 vals = np.broadcast_to(vals, self.shape)
             except ValueError:
-                raise NkiSimError(f"{instr}: {operand} '{self.name}' has shape {self.shape}, value shape "
-                                  f"{vals.shape} does not match") from None
+                raise NkiSimError(
+                    f"{instr}: {operand} '{self.name}' has shape {self.shape}, value shape "
+                    f"{vals.shape} does not match"
+                ) from None
         core = self._alloc.core
         conv = dt.convert(vals, self.dtype, core.precise if core else True)
         if self._alloc.fresh and self._covers_allocation():
@@ -590,14 +715,18 @@ class NkiTensor:
         idx, valid = self._flat_index(instr, operand)
         if not valid.all():
             bad = np.flatnonzero(~valid)[0]
-            raise NkiSimError(f"{instr}: {operand} '{self.name}' indirect index out of bounds at row {bad} "
-                              f"(limit: 0..{self._vec[2] - 1})")
+            raise NkiSimError(
+                f"{instr}: {operand} '{self.name}' indirect index out of bounds at row {bad} "
+                f"(limit: 0..{self._vec[2] - 1})"
+            )
         self._storage_flat()[idx] = conv
 
     # -- indexing -------------------------------------------------------------------------------
     def __getitem__(self, key) -> NkiTensor:
         if self._vec is not None:
-            raise NkiSimError(f"indexing: '{self.name}' is an indirect view; index the base tensor before .ap()")
+            raise NkiSimError(
+                f"indexing: '{self.name}' is an indirect view; index the base tensor before .ap()"
+            )
         if not isinstance(key, tuple):
             key = (key,)
         n_ell = sum(1 for k in key if k is Ellipsis)
@@ -606,9 +735,11 @@ class NkiTensor:
         if n_ell:
             i = next(j for j, k in enumerate(key) if k is Ellipsis)
             fill = len(self.shape) - (len(key) - 1)
-            key = key[:i] + (slice(None),) * fill + key[i + 1:]
+            key = key[:i] + (slice(None),) * fill + key[i + 1 :]
         if len(key) > len(self.shape):
-            raise NkiSimError(f"indexing: too many indices ({len(key)}) for '{self.name}' of shape {self.shape}")
+            raise NkiSimError(
+                f"indexing: too many indices ({len(key)}) for '{self.name}' of shape {self.shape}"
+            )
         key = key + (slice(None),) * (len(self.shape) - len(key))
         offset = self.offset
         dyn = list(self._dyn)
@@ -628,8 +759,10 @@ class NkiTensor:
                 if isinstance(k.start, (int, np.integer)):
                     st = int(k.start)
                     if st < 0 or st + k.size > n:
-                        raise NkiSimError(f"indexing: nl.ds({st}, {k.size}) out of bounds for dim {dim} of size {n} "
-                                          f"of '{self.name}'")
+                        raise NkiSimError(
+                            f"indexing: nl.ds({st}, {k.size}) out of bounds for dim {dim} of size {n} "
+                            f"of '{self.name}'"
+                        )
                     offset += st * s
                 else:
                     dyn.append((k.start, s))
@@ -640,8 +773,9 @@ class NkiTensor:
                 if i < 0:
                     i += n
                 if not 0 <= i < n:
-                    raise NkiSimError(f"indexing: index {int(k)} out of bounds for dim {dim} of size {n} of "
-                                      f"'{self.name}'")
+                    raise NkiSimError(
+                        f"indexing: index {int(k)} out of bounds for dim {dim} of size {n} of '{self.name}'"
+                    )
                 offset += i * s
                 shape.append(1)
                 strides.append(s)
@@ -692,10 +826,12 @@ class NkiTensor:
             off, dyn = self.offset + i * self.strides[d], self._dyn
         else:
             if self.on_chip and d == 0:
-                raise NkiSimError("select: a dynamic index cannot select the partition dim of an on-chip tensor")
+                raise NkiSimError(
+                    "select: a dynamic index cannot select the partition dim of an on-chip tensor"
+                )
             off, dyn = self.offset, self._dyn + ((index, self.strides[d]),)
-        shape = self.shape[:d] + self.shape[d + 1:]
-        strides = self.strides[:d] + self.strides[d + 1:]
+        shape = self.shape[:d] + self.shape[d + 1 :]
+        strides = self.strides[:d] + self.strides[d + 1 :]
         if not shape:
             shape, strides = (1,), (1,)
         if self.on_chip and len(shape) < 2:
@@ -708,17 +844,25 @@ class NkiTensor:
         if d != 0:
             raise NkiSimError(f"vector_select: only dim 0 is supported, got {dim}")
         if self.on_chip:
-            raise NkiSimError(f"vector_select: '{self.name}' must be in HBM (indirect DMA), is {self.buffer.name}")
+            raise NkiSimError(
+                f"vector_select: '{self.name}' must be in HBM (indirect DMA), is {self.buffer.name}"
+            )
         p = vector_offset.shape[0]
-        return self._derive((p,) + self.shape[1:], self.strides, self.offset,
-                            vec=(vector_offset, self.strides[0], self.shape[0]))
+        return self._derive(
+            (p,) + self.shape[1:],
+            self.strides,
+            self.offset,
+            vec=(vector_offset, self.strides[0], self.shape[0]),
+        )
 
     def permute(self, dims) -> NkiTensor:
         dims = tuple(self._norm_dim(x, "permute") for x in dims)
         if sorted(dims) != list(range(len(self.shape))):
             raise NkiSimError(f"permute: {dims} is not a permutation of {len(self.shape)} dims")
         if self.on_chip and dims[0] != 0:
-            raise NkiSimError(f"permute: on-chip tensor '{self.name}' must keep the partition dim first, got {dims}")
+            raise NkiSimError(
+                f"permute: on-chip tensor '{self.name}' must keep the partition dim first, got {dims}"
+            )
         return self._derive([self.shape[d] for d in dims], [self.strides[d] for d in dims], self.offset)
 
     def broadcast(self, dim, size) -> NkiTensor:
@@ -737,14 +881,19 @@ class NkiTensor:
         d = int(dim) + (nd + 1 if dim < 0 else 0)
         if not 0 <= d <= nd or (self.on_chip and d == 0):
             raise NkiSimError(f"expand_dim: invalid dim {dim} for '{self.name}' of rank {nd}")
-        return self._derive(self.shape[:d] + (1,) + self.shape[d:], self.strides[:d] + (0,) + self.strides[d:],
-                            self.offset)
+        return self._derive(
+            self.shape[:d] + (1,) + self.shape[d:], self.strides[:d] + (0,) + self.strides[d:], self.offset
+        )
 
     def squeeze_dim(self, dim) -> NkiTensor:
         d = self._norm_dim(dim, "squeeze_dim")
         if self.shape[d] != 1 or (self.on_chip and d == 0):
-            raise NkiSimError(f"squeeze_dim: dim {d} of '{self.name}' (size {self.shape[d]}) cannot be squeezed")
-        return self._derive(self.shape[:d] + self.shape[d + 1:], self.strides[:d] + self.strides[d + 1:], self.offset)
+            raise NkiSimError(
+                f"squeeze_dim: dim {d} of '{self.name}' (size {self.shape[d]}) cannot be squeezed"
+            )
+        return self._derive(
+            self.shape[:d] + self.shape[d + 1 :], self.strides[:d] + self.strides[d + 1 :], self.offset
+        )
 
     def reshape_dim(self, dim, shape) -> NkiTensor:
         d = self._norm_dim(dim, "reshape_dim")
@@ -756,15 +905,18 @@ class NkiTensor:
             raise NkiSimError(f"reshape_dim: cannot split dim {d} of size {self.shape[d]} into {tuple(sub)}")
         s = self.strides[d]
         sub_strides = [s * x for x in _contig(sub)]
-        return self._derive(self.shape[:d] + tuple(sub) + self.shape[d + 1:],
-                            self.strides[:d] + tuple(sub_strides) + self.strides[d + 1:], self.offset)
+        return self._derive(
+            self.shape[:d] + tuple(sub) + self.shape[d + 1 :],
+            self.strides[:d] + tuple(sub_strides) + self.strides[d + 1 :],
+            self.offset,
+        )
 
     def flatten_dims(self, start_dim, end_dim) -> NkiTensor:
         a = self._norm_dim(start_dim, "flatten_dims")
         b = self._norm_dim(end_dim, "flatten_dims")
         if b < a or (self.on_chip and a == 0 and b > 0):
             raise NkiSimError(f"flatten_dims: invalid range {start_dim}..{end_dim} for '{self.name}'")
-        new_shape = self.shape[:a] + (_prod(self.shape[a:b + 1]),) + self.shape[b + 1:]
+        new_shape = self.shape[:a] + (_prod(self.shape[a : b + 1]),) + self.shape[b + 1 :]
         return self.reshape(new_shape)
 
     def reshape(self, shape) -> NkiTensor:
@@ -775,23 +927,31 @@ class NkiTensor:
             shape[shape.index(-1)] = self.size // max(known, 1)
         shape = tuple(shape)
         if _prod(shape) != self.size:
-            raise NkiSimError(f"reshape: '{self.name}' of shape {self.shape} ({self.size} elements) cannot become "
-                              f"{shape} ({_prod(shape)} elements)")
+            raise NkiSimError(
+                f"reshape: '{self.name}' of shape {self.shape} ({self.size} elements) cannot become "
+                f"{shape} ({_prod(shape)} elements)"
+            )
         if self.on_chip and (len(shape) < 2 or shape[0] != self.shape[0]):
-            raise NkiSimError(f"reshape: on-chip tensor '{self.name}' must keep its partition dim "
-                              f"{self.shape[0]}, got {shape}")
+            raise NkiSimError(
+                f"reshape: on-chip tensor '{self.name}' must keep its partition dim "
+                f"{self.shape[0]}, got {shape}"
+            )
         strides = _reshape_strides(self.shape, self.strides, shape)
         if strides is None:
-            raise NkiSimError(f"reshape: '{self.name}' with strides {self.strides} cannot be viewed as {shape} "
-                              "without moving data")
+            raise NkiSimError(
+                f"reshape: '{self.name}' with strides {self.strides} cannot be viewed as {shape} "
+                "without moving data"
+            )
         return self._derive(shape, strides, self.offset)
 
     def rearrange(self, src_pattern, dst_pattern, fixed_sizes=None) -> NkiTensor:
         """einops-style view change: patterns are tuples of names or tuples of names (groups)."""
         fixed = dict(fixed_sizes or {})
         if len(src_pattern) != len(self.shape):
-            raise NkiSimError(f"rearrange: src_pattern {src_pattern} has {len(src_pattern)} dims, tensor has "
-                              f"{len(self.shape)}")
+            raise NkiSimError(
+                f"rearrange: src_pattern {src_pattern} has {len(src_pattern)} dims, tensor has "
+                f"{len(self.shape)}"
+            )
         t = self
         atoms: list[str] = []
         dim = 0
@@ -800,7 +960,7 @@ class NkiTensor:
             if len(names) > 1:
                 sizes = [fixed.get(nm, -1) for nm in names]
                 t = t.reshape_dim(dim, sizes)
-                for nm, sz in zip(names, t.shape[dim:dim + len(names)]):
+                for nm, sz in zip(names, t.shape[dim : dim + len(names)]):
                     fixed[nm] = sz
             atoms += names
             dim += len(names)
@@ -811,17 +971,19 @@ class NkiTensor:
             groups.append(len(names))
             order += names
         if sorted(order) != sorted(atoms):
-            raise NkiSimError(f"rearrange: dst_pattern {dst_pattern} must use the names of src_pattern {src_pattern}")
+            raise NkiSimError(
+                f"rearrange: dst_pattern {dst_pattern} must use the names of src_pattern {src_pattern}"
+            )
         t = t.permute(tuple(atoms.index(nm) for nm in order))
         shape = []
         i = 0
         for g in groups:
-            shape.append(_prod(t.shape[i:i + g]))
+            shape.append(_prod(t.shape[i : i + g]))
             i += g
         return t.reshape(tuple(shape)) if tuple(shape) != t.shape else t
 
     def view(self, dtype) -> NkiTensor:
-        """Bit reinterpretation as `dtype`; the last dim scales by the itemsize ratio (it must be contiguous)."""
+        """Bit reinterpretation as `dtype`; the (contiguous) last dim scales by the itemsize ratio."""
         new = dt.as_dtype(dtype)
         old = self.dtype
         core = self._alloc.core
@@ -838,16 +1000,20 @@ class NkiTensor:
             strides = tuple(s * r for s in self.strides[:-1]) + (1,)
             return self._derive(shape, strides, self.offset * r, dtype=new)
         r = new.itemsize // old.itemsize
-        if (self.shape[-1] % r or self.offset % r or any(s % r for s in self.strides[:-1])):
-            raise NkiSimError(f"view: '{self.name}' {self.shape} {old.name} cannot be viewed as {new.name} "
-                              f"(limit: last dim and offsets multiples of {r})")
+        if self.shape[-1] % r or self.offset % r or any(s % r for s in self.strides[:-1]):
+            raise NkiSimError(
+                f"view: '{self.name}' {self.shape} {old.name} cannot be viewed as {new.name} "
+                f"(limit: last dim and offsets multiples of {r})"
+            )
         shape = self.shape[:-1] + (self.shape[-1] // r,)
         strides = tuple(s // r for s in self.strides[:-1]) + (1,)
         return self._derive(shape, strides, self.offset // r, dtype=new)
 
     reinterpret_cast = view
 
-    def ap(self, pattern, offset=None, scalar_offset=None, vector_offset=None, indirect_dim=0, dtype=None) -> NkiTensor:
+    def ap(
+        self, pattern, offset=None, scalar_offset=None, vector_offset=None, indirect_dim=0, dtype=None
+    ) -> NkiTensor:
         """Access pattern view on the underlying storage: pattern = [[stride, count], ...] outermost first.
 
         Element (i0..in) = storage[offset + sum(stride_k * i_k)]; offset defaults to this view's offset.
@@ -873,25 +1039,31 @@ class NkiTensor:
             if len(pairs) < 2 and shape[0] > 1:
                 raise NkiSimError("ap: on-chip pattern needs a partition pair and at least one free pair")
             if shape[0] > 1 and strides[0] != ps:
-                raise NkiSimError(f"ap: partition stride of '{self.name}' must equal the per-partition free size "
-                                  f"{ps}, got {strides[0]}")
+                raise NkiSimError(
+                    f"ap: partition stride of '{self.name}' must equal the per-partition free size "
+                    f"{ps}, got {strides[0]}"
+                )
         d = int(indirect_dim)
         dyn = self._dyn
         vec = None
         if scalar_offset is not None:
             if not 0 <= d < len(self.shape):
                 raise NkiSimError(f"ap: indirect_dim {indirect_dim} out of range for rank {len(self.shape)}")
-            mult = _prod(self.shape[d + 1:])
+            mult = _prod(self.shape[d + 1 :])
             dyn = dyn + ((scalar_offset, mult),)
         if vector_offset is not None:
             if d != 0:
                 raise NkiSimError(f"ap: vector_offset supports indirect_dim=0 only, got {indirect_dim}")
             if self.on_chip:
-                raise NkiSimError(f"ap: vector_offset indexes an HBM tensor; '{self.name}' is in {self.buffer.name}")
+                raise NkiSimError(
+                    f"ap: vector_offset indexes an HBM tensor; '{self.name}' is in {self.buffer.name}"
+                )
             row = _prod(self.shape[1:]) * self.dtype.itemsize // new.itemsize
             nrows = self.shape[0]
             if vector_offset.shape[0] != shape[0]:
-                raise NkiSimError(f"ap: vector_offset has {vector_offset.shape[0]} rows, pattern has {shape[0]}")
+                raise NkiSimError(
+                    f"ap: vector_offset has {vector_offset.shape[0]} rows, pattern has {shape[0]}"
+                )
             vec = (vector_offset, row, nrows)
         t = NkiTensor._make(self._alloc, new, shape, strides, base_off, dyn, vec, self.name)
         return t
@@ -906,8 +1078,9 @@ class NkiTensor:
         return self._vec is not None or bool(self._dyn)
 
     def indirect(self, index, num_elem=None):
-        raise NotImplementedError("nki.language.NkiTensor.indirect (trn3 tensor indirection) is not implemented "
-                                  "in moegen.sim")
+        raise NotImplementedError(
+            "nki.language.NkiTensor.indirect (trn3 tensor indirection) is not implemented in moegen.sim"
+        )
 
 
 def _reshape_strides(shape, strides, new_shape):
@@ -926,12 +1099,19 @@ def read_f32(t: NkiTensor) -> np.ndarray:
     return dt.to_f32(t.read())
 
 
-def from_numpy(arr: np.ndarray, buffer=MemoryRegion.shared_hbm, name: str = "", dtype=None) -> NkiTensor:
-    """Wrap a copy of a NumPy array as an HBM tensor (kernel argument)."""
+def from_numpy(
+    arr: np.ndarray, buffer=MemoryRegion.shared_hbm, name: str = "", dtype=None, share: bool = False
+) -> NkiTensor:
+    """Wrap a NumPy array as an HBM tensor (kernel argument): a copy, or with share=True the array's own
+    memory when it is C-contiguous, writeable and already in the storage dtype (kernel writes then land
+    in the caller's array directly, which is the documented write-back of modified inputs)."""
     arr = np.asarray(arr)
     d = dt.as_dtype(dtype if dtype is not None else arr.dtype)
     core = runtime.current()
-    data = dt.convert(arr, d, core.precise) if arr.dtype != d.storage(core.precise) else arr.copy()
+    same = arr.dtype == d.storage(core.precise)
+    if share and same and arr.flags.c_contiguous and arr.flags.writeable and arr.ndim:
+        return allocate(arr.shape, d, buffer, name=name, data=arr)
+    data = dt.convert(arr, d, core.precise) if not same else arr.copy()
     shape = arr.shape if arr.shape else (1,)
     return allocate(shape, d, buffer, name=name, data=np.ascontiguousarray(data).reshape(shape))
 
@@ -940,5 +1120,22 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["MemoryRegion", "NkiTensor", "Allocation", "DynSlice", "ds", "allocate", "read_f32", "from_numpy",
-           "is_on_chip", "is_hbm", "is_psum", "is_sbuf", "sbuf", "psum", "hbm", "private_hbm", "shared_hbm"]
+__all__ = [
+    "MemoryRegion",
+    "NkiTensor",
+    "Allocation",
+    "DynSlice",
+    "ds",
+    "allocate",
+    "read_f32",
+    "from_numpy",
+    "is_on_chip",
+    "is_hbm",
+    "is_psum",
+    "is_sbuf",
+    "sbuf",
+    "psum",
+    "hbm",
+    "private_hbm",
+    "shared_hbm",
+]

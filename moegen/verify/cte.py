@@ -30,8 +30,8 @@ def routing(tokens: int, experts: int, top_k: int, rng: np.random.Generator,
 
 def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_index: np.ndarray | None = None,
                 num_blocks: int | None = None) -> dict[str, np.ndarray]:
-    """Kernel arguments by name (plan.arguments), plus `expert_index` and `expert_affinities` [T, K]
-    for the per-token reference. `num_blocks` overrides the dropless block budget (hybrid tests)."""
+    """Kernel arguments by name (plan.arguments), plus `expert_index`, `expert_affinities` [T, K] and
+    `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget."""
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
     dt = quant.np_dtype(plan.dtype)
     if expert_index is None:
@@ -53,6 +53,7 @@ def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_
         "conditions": blocks.conditions,
         "expert_index": expert_index,
         "expert_affinities": affinities,
+        "dropped": blocks.dropped,
     }
     if plan.quantized:
         inputs["gate_up_proj_weight"], inputs["gate_up_proj_scale"] = quant.quantize_gate_up_fp8(gate_up, plan.gate_scale)

@@ -75,7 +75,7 @@ def output_names(plan: RouterPlan) -> tuple[str, ...]:
 
 
 def run(kernel, plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the kernel in the simulator; its outputs by name."""
+    """Run the kernel in the simulator, on the plan's target (its limits are checked); outputs by name."""
     from moegen.sim import simulate
 
     args = [inputs["x"], inputs["w"]]
@@ -84,7 +84,7 @@ def run(kernel, plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np
     if plan.selection_bias:
         args.append(inputs["selection_bias"])
     launched = kernel[plan.lnc] if plan.lnc > 1 else kernel
-    results = simulate(launched)(*args)
+    results = simulate(launched, target=plan.target)(*args)
     if not isinstance(results, (tuple, list)):
         results = (results,)
     names = output_names(plan)

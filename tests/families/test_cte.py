@@ -128,6 +128,44 @@ def test_dropping_matches_reference_and_drops_beyond_capacity():
     plan, inputs, got, want = run(text, "d", 200, expert_index=expert_index)
     assert_matches(plan, got, want)
     assert got["gate_up_activations_T"].shape == (4, 2, 256, 128)
+    assert inputs["dropped"].any()
+    per_token = cte_reference.moe_per_token(
+        inputs["hidden_states"][:-1], inputs["expert_index"], inputs["expert_affinities"],
+        inputs["gate_up_proj_weight"], inputs["down_proj_weight"], keep=~inputs["dropped"], output_dtype="bf16",
+        precision=harness.reference_precision(plan))
+    result = compare("out", got["out"][:-1], per_token, rtol=2 ** -5, atol=2 ** -5)
+    assert result.ok, str(result)
+
+
+# ------------------------------------------------------------------ every variant x a full epilogue
+
+MATRIX_VARIANTS = """\
+kernel block1 : cte { block=128 checkpoint }
+  kernel block2 : cte { block=128 checkpoint lnc=2 }
+  kernel i1     : cte { block=128 checkpoint shard=intermediate }
+  kernel i2     : cte { block=128 checkpoint shard=intermediate lnc=2 }
+  kernel hybrid2 : cte { block=128 checkpoint shard=intermediate lnc=2 loop=hybrid }
+  kernel drop1  : cte { block=128 checkpoint dropping }
+  kernel drop2  : cte { block=128 checkpoint dropping shard=intermediate lnc=2 }"""
+# GPT-OSS-like: fp8 row dequant, both biases, all four clamps, swish(1.702), +1 on up, POST_SCALE, top-2
+EPILOGUE_A = cte_spec(MATRIX_VARIANTS, hidden=320, intermediate=192, quant="weights=fp8_row",
+                      expert="gate_up(bias) -> clamp(-1.5 <= gate <= 1, -1 <= up <= 1) -> swish(1.702) "
+                             "-> up_plus_one -> down(bias) -> scale")
+# fp8 static dequant, PRE_SCALE, top-1 overwrite, gelu_tanh, down bias only, padding skipped by -1
+EPILOGUE_B = cte_spec(MATRIX_VARIANTS.replace("checkpoint", "checkpoint padding=skip"), top_k=1,
+                      quant="weights=fp8_static", expert="scale -> gate_up -> gelu_tanh -> down(bias)")
+MATRIX = [("A", k) for k in ("block1", "block2", "i1", "i2", "hybrid2", "drop1", "drop2")] + \
+         [("B", k) for k in ("block2", "i1", "hybrid2", "drop2")]
+
+
+@pytest.mark.parametrize("epilogue, kernel", MATRIX, ids=[f"{e}-{k}" for e, k in MATRIX])
+def test_variant_with_full_epilogue_matches_reference(epilogue, kernel):
+    text = EPILOGUE_A if epilogue == "A" else EPILOGUE_B
+    rng = np.random.default_rng(SEED)
+    expert_index = harness.routing(140, 4, 2 if epilogue == "A" else 1, rng, experts_used=3)  # expert 3 empty
+    plan, _, got, want = run(text, kernel, 140, expert_index=expert_index)
+    assert plan.checkpoint
+    assert_matches(plan, got, want)
 
 
 # ------------------------------------------------------------------ sweeps (one kernel each)

@@ -115,3 +115,28 @@ def test_every_cte_kernel_in_specs_plans(spec):
     for plan in plan_spec(load_spec(spec)):
         if plan.family == "cte":
             assert plan.sbuf_bytes() <= 224 * 1024 and plan.psum_banks() <= 8
+
+
+def test_generated_kernels_pass_the_static_and_api_checks(tmp_path):
+    import subprocess
+    import sys
+
+    from moegen import sim
+    from moegen.codegen.build import write
+    from moegen.compiler import generate
+
+    text = layer_spec("""kernel block2 : cte { lnc=2 checkpoint }
+  kernel i2 : cte { shard=intermediate lnc=2 padding=skip }
+  kernel hybrid : cte { shard=intermediate loop=hybrid checkpoint }
+  kernel drop : cte { dropping weights=stream }""", dims="hidden=320 intermediate=192 experts=4 top_k=2",
+                      quant="weights=fp8_row",
+                      expert="gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one "
+                             "-> down(bias) -> scale")
+    (tmp_path / "t.moe").write_text(text)
+    folder = write(generate(tmp_path / "t.moe"), tmp_path / "generated")
+    for path in sorted(folder.glob("*.py")):
+        assert sim.static_check(path) == [], path.name
+    tool = REPO.parent / "shared" / "tools" / "nki_conformance.py"
+    if tool.exists():
+        result = subprocess.run([sys.executable, str(tool), str(folder)], capture_output=True, text=True)
+        assert "0 calls outside" in result.stdout, result.stdout + result.stderr

@@ -143,7 +143,9 @@ def test_fp8_static_input_with_pre_scale_all_experts():
                     "activations=fp8_static", expert="scale -> gate_up -> silu -> down"), tokens=4)
 
 
-@pytest.mark.parametrize("kernel", ["kernel k : tkg { lnc=2 }", "kernel k : tkg { lnc=2 shard=tokens }",
+@pytest.mark.parametrize("kernel", ["kernel k : tkg { lnc=2 }", "kernel k : tkg { lnc=2 shard=hidden }",
+                                    "kernel k : tkg { lnc=2 shard=tokens }",
+                                    "kernel k : tkg { lnc=2 shard=intermediate out=fp32 }",
                                     "kernel k : tkg { lnc=2 mode=all_experts }",
                                     "kernel k : tkg { lnc=2 mode=all_experts shard=tokens tokens<=256 }"])
 def test_lnc2(kernel):

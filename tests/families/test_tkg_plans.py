@@ -46,7 +46,6 @@ def refusal(tmp_path: Path, kernels: str, **layer) -> str:
     ("kernel k : tkg { tokens<=256 }", "selective mode runs one token tile of at most 128"),
     ("kernel k : tkg { output=sbuf lnc=2 }", "each physical core has its own SBUF"),
     ("kernel k : tkg { mode=all_experts output=sbuf tokens<=256 }", "exceeds the 128 partitions"),
-    ("kernel k : tkg { lnc=2 shard=intermediate }", "cross-core reduction"),
     ("kernel k : tkg { shard=hidden }", "this kernel has lnc=1"),
     ("kernel k : tkg { ep=3 mode=all_experts }", "not divisible"),
 ])
@@ -80,10 +79,17 @@ def test_partial_tiles_of_gpt_oss():
 
 
 def test_lnc2_shard_choice(tmp_path):
-    found = plans(tmp_path, "kernel a : tkg { lnc=2 }\n kernel b : tkg { lnc=2 mode=all_experts tokens<=512 }")
-    assert found["a"].shard == "hidden" and found["a"].core_columns == ((0, 128), (128, 128))
-    assert found["b"].shard == "tokens"
+    found = plans(tmp_path, "kernel a : tkg { lnc=2 }\n kernel b : tkg { lnc=2 mode=all_experts tokens<=512 }\n"
+                            " kernel c : tkg { lnc=2 shard=hidden }")
+    assert found["a"].shard == "intermediate" and found["a"].core_i_tiles == ((0, 1), (1, 1))
     assert any(what == "shard" and "weight-bandwidth" in why for what, why in found["a"].decisions)
+    assert found["b"].shard == "tokens"
+    assert found["c"].shard == "hidden" and found["c"].core_columns == ((0, 128), (128, 128))
+
+
+def test_lnc2_single_i_tile_splits_hidden(tmp_path):
+    assert plans(tmp_path, "kernel k : tkg { lnc=2 }", intermediate=128)["k"].shard == "hidden"
+    assert "nothing to split" in refusal(tmp_path, "kernel k : tkg { lnc=2 shard=intermediate }", intermediate=128)
 
 
 def test_swish_other_alpha_is_composed(tmp_path):
@@ -113,3 +119,19 @@ def test_every_tkg_variant_in_specs_fits_the_budget():
                 count += 1
                 assert plan.sbuf_bytes() <= 224 * 1024 and plan.psum_banks() <= 8
     assert count >= 10
+
+
+@pytest.mark.parametrize("spec", ["tkg_seed_matrix", "tkg_seed_matrix_fp8_row", "tkg_seed_matrix_fp8_static",
+                                  "llama4_scout"])
+def test_buffers_list_every_on_chip_allocation(spec):
+    """The plan's buffers (what the budget check counts) name exactly the kernel's SBUF/PSUM tensors."""
+    import re
+
+    generated = generate(REPO / "specs" / f"{spec}.moe")
+    for plan in generated.plans:
+        if plan.family != "tkg":
+            continue
+        source = generated.files[f"{plan.kernel_name}.py"]
+        allocated = set(re.findall(r"(\w+) = \[?nl\.ndarray\([^\n]*buffer=nl\.(?:sbuf|psum)", source))
+        listed = {name.replace(" (returned)", "") for buffer in plan.buffers for name in buffer.name.split(" + ")}
+        assert allocated == listed, plan.kernel_name

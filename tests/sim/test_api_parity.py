@@ -40,7 +40,11 @@ def _render_default(value) -> str:
         return repr(value)
     if value is Ellipsis:
         return "..."
-    if hasattr(value, "__class__") and value.__class__.__module__.startswith("moegen.sim") and hasattr(value, "name"):
+    if (
+        hasattr(value, "__class__")
+        and value.__class__.__module__.startswith("moegen.sim")
+        and hasattr(value, "name")
+    ):
         if isinstance(value, str):  # dtypes are strings
             return value
         owner = type(value).__name__
@@ -82,8 +86,11 @@ def test_stubs_raise_not_implemented_naming_the_api(mod):
     ns = NAMESPACES[mod]
     for fname in ns.NOT_IMPLEMENTED:
         fn = getattr(ns, fname)
-        args = [None] * sum(1 for p in inspect.signature(fn).parameters.values()
-                            if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD)
+        args = [None] * sum(
+            1
+            for p in inspect.signature(fn).parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind == p.POSITIONAL_OR_KEYWORD
+        )
         with pytest.raises(NotImplementedError, match=f"{mod}.{fname}"):
             fn(*args)
 

@@ -141,17 +141,17 @@ def _halves(x):
     n = nl.num_programs()
     rows = x.shape[0] // n
     t = nl.ndarray((rows, x.shape[1]), x.dtype, buffer=nl.sbuf)
-    nisa.dma_copy(t, x[pid * rows:(pid + 1) * rows, :])
-    nisa.dma_copy(out[pid * rows:(pid + 1) * rows, :], t)
+    nisa.dma_copy(t, x[pid * rows : (pid + 1) * rows, :])
+    nisa.dma_copy(out[pid * rows : (pid + 1) * rows, :], t)
     nisa.core_barrier(out, (0, 1))
     # after the barrier each core reads the half the other core wrote
     u = nl.ndarray((rows, x.shape[1]), x.dtype, buffer=nl.sbuf)
     other = 1 - pid
-    nisa.dma_copy(u, out[other * rows:(other + 1) * rows, :])
+    nisa.dma_copy(u, out[other * rows : (other + 1) * rows, :])
     got = nl.ndarray((rows, x.shape[1]), x.dtype, buffer=nl.sbuf)
     nisa.sendrecv(u, got, send_to_rank=other, recv_from_rank=other, pipe_id=0)
     nisa.core_barrier(out, (0, 1))
-    nisa.dma_copy(out[pid * rows:(pid + 1) * rows, :], got)  # own half again, via the partner
+    nisa.dma_copy(out[pid * rows : (pid + 1) * rows, :], got)  # own half again, via the partner
     return out
 
 
@@ -195,8 +195,8 @@ def test_lnc2_disjoint_writes_are_not_races():
         out = nl.ndarray(x.shape, x.dtype, buffer=nl.shared_hbm)
         t = nl.ndarray((4, 4), x.dtype, buffer=nl.sbuf)
         pid = nl.program_id(0)
-        nisa.dma_copy(t, x[pid * 4:(pid + 1) * 4, :])
-        nisa.dma_copy(out[pid * 4:(pid + 1) * 4, :], t)
+        nisa.dma_copy(t, x[pid * 4 : (pid + 1) * 4, :])
+        nisa.dma_copy(out[pid * 4 : (pid + 1) * 4, :], t)
         return out
 
     x = RNG.standard_normal((8, 4)).astype(np.float32)
@@ -220,7 +220,7 @@ def test_barrier_needs_lnc2_and_errors_propagate():
 
 
 # -- static check --------------------------------------------------------------------------------------
-BAD_KERNEL = '''
+BAD_KERNEL = """
 import nki
 import nki.language as nl
 import nki.isa as nisa
@@ -248,7 +248,7 @@ def k(a, *, b=[1]):
     except Exception:
         pass
     return {1: t}
-'''
+"""
 
 
 def test_static_check_rules():

@@ -100,7 +100,7 @@ def test_sbuf_released_when_unreferenced(trn2):
 
 
 def test_psum_bank_limits(trn2):
-    with pytest.raises(NkiSimError, match="exceeds one bank limit 2048"):
+    with pytest.raises(NkiSimError, match="exceeds one bank limit 2048 bytes on trn2"):
         nl.ndarray((128, 513), nl.float32, buffer=nl.psum)
     tiles = [nl.ndarray((128, 512), nl.float32, buffer=nl.psum) for _ in range(8)]
     with pytest.raises(NkiSimError, match="8 of limit 8 banks"):
@@ -108,6 +108,17 @@ def test_psum_bank_limits(trn2):
     del tiles
     small = [nl.ndarray((128, 256), nl.float32, buffer=nl.psum) for _ in range(16)]  # two per bank
     assert len(small) == 16
+
+
+def test_psum_multi_bank_tiles_on_trn3():
+    with context(target="trn3"):
+        big = nl.ndarray((128, 2048), nl.float32, buffer=nl.psum)  # 4 banks
+        other = nl.ndarray((128, 4096), nl.bfloat16, buffer=nl.psum)  # the other 4 banks
+        with pytest.raises(NkiSimError, match="PSUM full"):
+            nl.ndarray((128, 1), nl.float32, buffer=nl.psum)
+        with pytest.raises(NkiSimError, match="all banks limit 16384"):
+            nl.ndarray((128, 4097), nl.float32, buffer=nl.psum)
+        del big, other
 
 
 def test_psum_address_must_be_bank_aligned(trn2):
@@ -156,8 +167,9 @@ def test_view_methods(trn2):
     np.testing.assert_array_equal(t.slice(2, 1, 7, 2).read(), ref[:, :, 1:7:2])
     np.testing.assert_array_equal(t[:, 0:1, :].broadcast(1, 3).read(), np.repeat(ref[:, 0:1], 3, axis=1))
     np.testing.assert_array_equal(t.expand_dim(0).squeeze_dim(0).read(), ref)
-    np.testing.assert_array_equal(t.rearrange(("a", "b", "c"), ("c", ("a", "b"))).read(),
-                                  ref.transpose(2, 0, 1).reshape(8, 24))
+    np.testing.assert_array_equal(
+        t.rearrange(("a", "b", "c"), ("c", ("a", "b"))).read(), ref.transpose(2, 0, 1).reshape(8, 24)
+    )
     with pytest.raises(NkiSimError, match="without moving data"):
         t.permute((0, 2, 1)).reshape((4, 48))
 
@@ -223,4 +235,4 @@ def test_write_shape_mismatch(trn2):
 
 def test_tile_size_constants(trn2):
     assert nl.tile_size.pmax == 128 and nl.tile_size.gemm_moving_fmax == 512
-    assert nl.tile_size.psum_num_banks() == 8 and nl.tile_size.sbuf_size_bytes() == 224 * 1024
+    assert nl.tile_size.psum_num_banks == 8 and nl.tile_size.sbuf_size_bytes == 224 * 1024

@@ -71,18 +71,25 @@ def test_matmul_limits_trn2(trn2):
     with pytest.raises(NkiSimError, match="moving .* is in sbuf|dst .* is in sbuf"):
         nisa.nc_matmul(nl.ndarray((128, 128), nl.float32), k, k)
     with pytest.raises(NkiSimError, match="stationary .* is in psum"):
-        nisa.nc_matmul(nl.ndarray((128, 128), nl.float32, buffer=nl.psum),
-                       nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k)
+        nisa.nc_matmul(
+            nl.ndarray((128, 128), nl.float32, buffer=nl.psum),
+            nl.ndarray((128, 128), nl.float32, buffer=nl.psum),
+            k,
+        )
     with pytest.raises(NkiSimError, match="dst dtype bfloat16 not supported on trn2"):
         nisa.nc_matmul(nl.ndarray((128, 128), nl.bfloat16, buffer=nl.psum), k, k)
     with pytest.raises(NkiSimError, match="float32/tfloat32 only pair"):
-        nisa.nc_matmul(nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k,
-                       sb(np.ones((128, 128), np.float32), nl.float32))
+        nisa.nc_matmul(
+            nl.ndarray((128, 128), nl.float32, buffer=nl.psum),
+            k,
+            sb(np.ones((128, 128), np.float32), nl.float32),
+        )
     with pytest.raises(NkiSimError, match="dtype int8 not supported"):
         nisa.nc_matmul(nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k, nl.zeros((128, 128), nl.int8))
     with pytest.raises(NkiSimError, match="float8_e4m3fn not supported on trn2"):
-        nisa.nc_matmul(nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k, nl.zeros((128, 128),
-                                                                                        nl.float8_e4m3fn))
+        nisa.nc_matmul(
+            nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k, nl.zeros((128, 128), nl.float8_e4m3fn)
+        )
 
 
 def test_matmul_trn3_limits_and_bf16_dst():
