@@ -7,8 +7,8 @@ a checked layer and variant to a `KernelPlan`, rendered by `templates/<family>.p
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from moegen.plan.common import KernelPlan, PlanError
 from moegen.spec.model import Layer, Variant

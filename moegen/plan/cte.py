@@ -104,6 +104,7 @@ class CtePlan(KernelPlan):
     down_chunks: tuple[tuple[int, int], ...]  # output column chunks (<= 512) within this core's H share
     down_cols: int  # widest output column chunk
     zero_columns: int  # width of the zero tile that clears output rows
+    max_tokens: int  # T per call the buffers are sized for
     exchange: bool  # shard=intermediate at LNC=2: partial down projections go through sendrecv
     # epilogue: the shared expert-MLP plan (activation steps, clamps, +1, dequant, affinity scale)
     mlp: ExpertMLPPlan
@@ -409,7 +410,7 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         i_core=i_core, i_tiles=i_tiles, i_full_tiles=i_core // CONTRACTION_TILE,
         gate_up_chunks=tuple(gate_up_chunks), gate_up_chunk_cols=chunk_cols,
         h_out=h_out, down_chunks=_tiles(h_out, full_chunk), exchange=exchange,
-        down_cols=min(h_out, full_chunk), zero_columns=min(h_out, ZERO_COLUMNS_MAX),
+        down_cols=min(h_out, full_chunk), zero_columns=min(h_out, ZERO_COLUMNS_MAX), max_tokens=T_MAX,
         zero_output=zero_output, partial_output=partial_output, mlp=mlp,
     )
 

@@ -144,8 +144,6 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
     buffers = [
-        Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-        Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes),
         Buffer("logits", "psum", TOKEN_TILE, experts * f32),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
@@ -154,6 +152,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         Buffer("top-K rows", "sbuf", TOKEN_TILE,
                rounds * MAX8_WIDTH * f32 + 2 * MAX8_WIDTH * 4 + 4 + top_k * (4 + f32 + out_bytes) + 4 * f32),
     ]
+    if h_tiles:
+        buffers += [Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
+                    Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes)]
     if h_rest:
         buffers += [Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
                     Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes)]
@@ -164,7 +165,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if full_scores or (pre_norm and act == "softmax"):
         buffers.append(Buffer("scores (or exp scratch)", "sbuf", TOKEN_TILE, experts * f32))
     if router.selection_bias:
-        buffers += [Buffer("selection bias rows", "sbuf", TOKEN_TILE, experts * f32),
+        buffers += [Buffer("selection bias row and ones", "sbuf", 1, (experts + TOKEN_TILE) * f32),
+                    Buffer("selection bias rows", "sbuf", TOKEN_TILE, experts * f32),
                     Buffer("selection bias broadcast", "psum", TOKEN_TILE, experts * f32),
                     Buffer("gather product", "sbuf", TOKEN_TILE, experts * f32)]
     if router.n_group is not None:

@@ -2,13 +2,14 @@
 
 One kernel runs the expert MLPs of a decode step. The work is a list of *work items*, each one
 expert applied to the token tile:
-- selective: one item per (token t, k): the expert id is read at run time from expert_index[t, k]
-  and the expert's weights are fetched by a DMA whose start address is that id (scalar_offset);
+- selective: one item per (token t, k), in a device loop (nl.fori_loop over T * K): the expert id is
+  read at run time from expert_index[t, k] into a register, and the expert's weights are fetched by
+  a DMA whose start address is that id (scalar_offset);
   the item is computed for the whole token tile and only row t is kept: its per-token scale
   column is zero except at t (the affinity, or 1 for NO_SCALE). The TensorE cost of N tokens equals
   that of one token for N <= 64, and no partition shuffle is needed.
-- all_experts: one item per local expert (static weights offset), scale column = the token's
-  affinity for that expert (this rank's window of [T, E], optionally masked to its top-K).
+- all_experts: one item per local expert, in a device loop over E_L (the loop register is the
+  weights' DMA offset), scale column = the token's affinity for that expert (this rank's window of [T, E], optionally masked to its top-K).
 Per item: gate/up matmuls per I tile (weights stationary [H tile, I tile], x.T moving [H tile, N])
 into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down matmuls
 (h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;
@@ -22,7 +23,7 @@ other variants in the same spec file, on the same layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moegen.plan.common import (
     DTYPE_BYTES,
@@ -180,6 +181,9 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         if mask and scale == "none":
             problems.append(("mask_unselected", "mask_unselected masks the affinities, and with no affinity "
                                                 "scaling in the expert pipeline none are read"))
+    verify_tokens = options.get("verify_tokens")
+    if verify_tokens is not None and verify_tokens > tokens:
+        problems.append(("verify_tokens", f"verify_tokens={verify_tokens}: the kernel takes at most tokens<={tokens}"))
     output = options["output"]
     if output == "sbuf":
         if tokens > TOKEN_TILE:
@@ -264,78 +268,31 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     if mode == "selective":
         decisions.append(("selective items", "one work item per (token, k): the expert's weights are fetched by "
                                              "a DMA at a run-time offset (expert id * expert stride); the item "
-                                             "runs on the whole token tile and its scale column keeps row t"))
+                                             "runs on the whole token tile (TensorE time is max(64, N) cycles, "
+                                             "so N <= 64 tokens cost what one does) and its scale column keeps "
+                                             "row t, so no partition shuffle is needed. The T * K items "
+                                             f"(<= {tokens * dims.top_k}) run in one device loop (nl.fori_loop): "
+                                             "the item index is a register, the expert id is register-loaded "
+                                             "from expert_ids[item] and the scale column read at that offset"))
+        if tokens * dims.top_k > local_experts:
+            decisions.append(("weight reads", f"up to T * K = {tokens * dims.top_k} expert weight reads per call "
+                                              f"against {local_experts} experts: for large T, mode=all_experts "
+                                              "with mask_unselected reads each expert once"))
     else:
-        decisions.append(("all-expert items", f"one work item per local expert ({local_experts}), static "
-                                              "weight offsets"))
+        decisions.append(("all-expert items", f"one work item per local expert ({local_experts}) in one device "
+                                              "loop (nl.fori_loop): the loop register is the weights' DMA "
+                                              "offset and the affinity column's"))
         if token_tiles > 1:
             decisions.append(("token tiles", f"tokens<={tokens}: {token_tiles} tiles of {TOKEN_TILE}, each runs "
                                              "every local expert"))
 
     matmul_dtype = "fp8" if mlp.input_quant == "fp8_static" else layer.dtype
-    in_bytes = DTYPE_BYTES[layer.dtype]
-    mm_bytes = DTYPE_BYTES[matmul_dtype]
-    tt = token_tile
-    core_h = max(cols for _, cols in acc_columns)
-    # Every on-chip allocation of the template, in its order (names match the generated code).
-    k = dims.top_k
-    selective = mode == "selective"
-    buffers = [Buffer("x_t", "sbuf", PARTITIONS, h_tiles * tt * in_bytes)]
-    if scale == "pre":
-        buffers += [Buffer("x_item", "sbuf", PARTITIONS, h_tiles * tt * in_bytes),
-                    Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
-                    Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4)]
-    if mlp.input_quant == "fp8_static":
-        buffers += [Buffer("x_quant", "sbuf", PARTITIONS, h_tiles * tt * mm_bytes),
-                    Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
-                    Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes)]
-    buffers += [Buffer("w_gate_up", "sbuf", PARTITIONS, h_tiles * 2 * PARTITIONS * weight_bytes),
-                Buffer("w_down", "sbuf", PARTITIONS, group_columns * weight_bytes)]
-    if mlp.dequant:
-        buffers += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
-                    Buffer("down_scale", "sbuf", tt, group_columns * 4)]
-    if mlp.gate_up_bias:
-        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 2 * 4))
-    if mlp.down_bias:
-        buffers.append(Buffer("down_bias", "sbuf", tt, group_columns * 4))
-    if mlp.dequant or mlp.down_bias:
-        buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
-    buffers += [
-        Buffer("gate + up + act", "sbuf", PARTITIONS, tt * 4, count=3),
-        Buffer("h", "sbuf", PARTITIONS, i_tiles * tt * mm_bytes),
-        Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
-        Buffer("up_psum", "psum", PARTITIONS, tt * 4),
-        Buffer("down_psum", "psum", tt, CHUNK * 4, count=chunks_per_group),
-        Buffer("acc", "sbuf", tt, core_h * 4),
-    ]
-    if selective or scale == "pre":
-        buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
-    if selective:
-        buffers.append(Buffer("expert_ids", "sbuf", 1, tt * k * 4))
-        if scale != "none":
-            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * k * 4)]
-    if (selective and scale != "none" and not eager) or mask:
-        buffers.append(Buffer("index + index_f", "sbuf", tt, k * 4, count=2))
-    if selective and scale != "none" and not eager:
-        buffers.append(Buffer("affinities + expert_iota + onehot", "sbuf", tt, dims.experts * 4, count=3))
-    if mode == "all_experts" and scale != "none":
-        buffers += [Buffer("rank + rank_offset", "sbuf", tt, 4, count=2),
-                    Buffer("affinities", "sbuf", tt, local_experts * 4)]
-    if mask:
-        buffers += [Buffer("rank_offset_f", "sbuf", tt, 4),
-                    Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, local_experts * 4, count=3)]
-    if shard_kind == "intermediate":
-        buffers.append(Buffer("partner", "sbuf", tt, hidden // 2 * 4))
-    if output == "hbm" and out_dtype != "fp32":
-        buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in core_columns) * DTYPE_BYTES[out_dtype]))
-    if output == "sbuf":
-        buffers.append(Buffer("output (returned)", "sbuf", tt, hidden * DTYPE_BYTES[out_dtype]))
     if scale == "pre":
         decisions.append(("pre-scale", "x * affinity per item: the [N, 1] scale column is broadcast to a "
                                        "[128, N] row tile by one matmul (ones-scaled column x identity) and "
                                        "multiplied into x.T, rounded to the input dtype as the reference does"))
-    return TkgPlan(
-        family="tkg", kernel_name=variant.name, spec_name=layer.name, lnc=lnc, buffers=tuple(buffers),
+    tkg_plan = TkgPlan(
+        family="tkg", kernel_name=variant.name, spec_name=layer.name, lnc=lnc,
         decisions=tuple(decisions), mlp=mlp, mode=mode, hidden=hidden, intermediate=inter,
         experts=dims.experts, local_experts=local_experts, ep=ep, tp=tp, top_k=dims.top_k,
         in_dtype=layer.dtype, out_dtype=out_dtype, weight_dtype=mlp.weight_dtype, matmul_dtype=matmul_dtype,
@@ -348,6 +305,69 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         acc_columns=acc_columns, core_i_tiles=core_i_tiles,
         verify_tokens=options.get("verify_tokens"),
     )
+    return replace(tkg_plan, buffers=_buffers(tkg_plan))
+
+
+def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
+    """Every on-chip allocation of the template, in its order (names match the generated code)."""
+    m = p.mlp
+    tt, k, selective, scale = p.token_tile, p.top_k, p.mode == "selective", p.affinity_scale
+    in_bytes, mm_bytes = DTYPE_BYTES[p.in_dtype], DTYPE_BYTES[p.matmul_dtype]
+    weight_bytes, out_bytes = DTYPE_BYTES[p.weight_dtype], DTYPE_BYTES[p.out_dtype]
+    acc_h = max(cols for _, cols in p.acc_columns)
+    buffers = [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
+    if scale == "pre":
+        buffers += [Buffer("x_item", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes),
+                    Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
+                    Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4)]
+    if m.input_quant == "fp8_static":
+        buffers += [Buffer("x_quant", "sbuf", PARTITIONS, p.h_tiles * tt * mm_bytes),
+                    Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
+                    Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes)]
+    buffers += [Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
+                Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes)]
+    if m.dequant:
+        buffers += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
+                    Buffer("down_scale", "sbuf", tt, p.group_columns * 4)]
+    if m.gate_up_bias:
+        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 2 * 4))
+    if m.down_bias:
+        buffers.append(Buffer("down_bias", "sbuf", tt, p.group_columns * 4))
+    if m.dequant or m.down_bias:
+        buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
+    buffers += [
+        Buffer("gate + up + act", "sbuf", PARTITIONS, tt * 4, count=3),
+        Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
+        Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
+        Buffer("up_psum", "psum", PARTITIONS, tt * 4),
+        Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
+        Buffer("acc", "sbuf", tt, acc_h * 4),
+    ]
+    if selective or scale == "pre":
+        buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
+    if selective:
+        buffers.append(Buffer("expert_ids", "sbuf", 1, tt * k * 4))
+        if scale != "none":
+            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * k * 4)]
+        if scale != "post":
+            buffers.append(Buffer("item_rows", "sbuf", tt, tt * k * 4))
+    if (selective and p.uses_affinities) or p.mask_unselected:
+        buffers.append(Buffer("index + index_f", "sbuf", tt, k * 4, count=2))
+    if selective and p.uses_affinities:
+        buffers.append(Buffer("affinities + expert_iota + onehot", "sbuf", tt, p.experts * 4, count=3))
+    if p.uses_rank:
+        buffers += [Buffer("rank + rank_offset", "sbuf", tt, 4, count=2),
+                    Buffer("affinities", "sbuf", tt, p.local_experts * 4)]
+    if p.mask_unselected:
+        buffers += [Buffer("rank_offset_f", "sbuf", tt, 4),
+                    Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, p.local_experts * 4, count=3)]
+    if p.shard == "intermediate":
+        buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
+    if p.output == "hbm" and p.out_dtype != "fp32":
+        buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in p.core_columns) * out_bytes))
+    if p.output == "sbuf":
+        buffers.append(Buffer("output (returned)", "sbuf", tt, p.hidden * out_bytes))
+    return tuple(buffers)
 
 
 def _family():

@@ -136,8 +136,7 @@ def dma_copy(
     if dst.buffer is MemoryRegion.psum:
         raise NkiSimError(f"{instr}: dst '{dst.name}' is in psum (limit: DMA writes HBM or SBUF)")
     _elements_match(instr, dst, src)
-    if priority is not None and (not isinstance(priority, int) or not 0 <= priority <= 3):
-        raise NkiSimError(f"{instr}: priority {priority!r} (limit: None or an int 0..3)")
+    _check_priority(instr, priority, dge)
     indirect = src._vec is not None or dst._vec is not None
     if dge is _DGE.hwdge:
         if indirect:
@@ -172,6 +171,22 @@ def dma_copy(
     return NkiInstruction(instr)
 
 
+def _check_priority(instr: str, priority, dge) -> None:
+    """DMA QoS priority (dma_copy / dma_transpose pages): None or 0..3, NeuronCore-v4+ (trn3) only, and
+    not with dge_mode=none."""
+    if priority is None:
+        return
+    if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)) or not 0 <= priority <= 3:
+        raise NkiSimError(f"{instr}: priority {priority!r} (limit: None or an int 0..3)")
+    target = runtime.current().target
+    if target != "trn3":
+        raise NkiSimError(
+            f"{instr}: priority={priority} on {target} (limit: DMA priority is NeuronCore-v4+ (trn3) only)"
+        )
+    if dge is _DGE.none:
+        raise NkiSimError(f"{instr}: priority={priority} with dge_mode=none (limit: not supported without DGE)")
+
+
 _TRANSPOSE_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (3, 1, 2, 0)}
 
 
@@ -199,6 +214,16 @@ def dma_transpose(
     tshape = tuple(src.shape[a] for a in ax)
     if tuple(dst.shape) != tshape:
         raise NkiSimError(f"{instr}: dst shape {dst.shape} must equal transposed src shape {tshape}")
+    # dma_transpose page: a direct transpose takes dge_mode unknown or hwdge; an indirect one (src
+    # addressed through vector_offset) unknown or swdge
+    if src._vec is not None:
+        if dge not in (_DGE.unknown, _DGE.swdge):
+            raise NkiSimError(
+                f"{instr}: dge_mode={dge.name} for an indirect transpose (limit: unknown or swdge)"
+            )
+    elif dge not in (_DGE.unknown, _DGE.hwdge):
+        raise NkiSimError(f"{instr}: dge_mode={dge.name} for a direct transpose (limit: unknown or hwdge)")
+    _check_priority(instr, priority, dge)
     if dge is _DGE.hwdge:
         if src.dtype.itemsize != 2:
             raise NkiSimError(f"{instr}: hwdge needs a 2-byte dtype, got {src.dtype.name}")
@@ -394,7 +419,17 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
     check_tensor(instr, "dst", dst)
     check_buffer(instr, "src", src, ("sbuf",))
     check_buffer(instr, "dst", dst, ("sbuf",))
-    check_enum(instr, "dma_engine", dma_engine, _DMA_ENGINE)
+    dma_eng = check_enum(instr, "dma_engine", dma_engine, _DMA_ENGINE)
+    if dma_eng is _DMA_ENGINE.gpsimd_dma:
+        # sendrecv page: gpsimd_dma moves at most 1024 / 512 / 256 bytes per partition for 32- / 16- /
+        # 8-bit types (256 elements)
+        limit = {4: 1024, 2: 512, 1: 256}.get(src.dtype.itemsize, 1024)
+        per_part = src.free_size * src.dtype.itemsize
+        if per_part > limit:
+            raise NkiSimError(
+                f"{instr}: src '{src.name}' moves {per_part} bytes per partition with dma_engine=gpsimd_dma "
+                f"(limit: {limit} bytes for {8 * src.dtype.itemsize}-bit types)"
+            )
     core = runtime.current()
     run = core.run
     if run.num_programs == 1:

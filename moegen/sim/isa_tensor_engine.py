@@ -166,14 +166,119 @@ def nc_matmul(
         dst._alloc.version += 1
         dst._mm_state_view()[...] = 1
         return NkiInstruction(instr)
-    st = _f32(stationary, instr, "stationary")
-    mv = _f32(moving, instr, "moving")
-    if mode is _PERF.double_row:
-        res = np.einsum("kjm,kjn->mn", st, mv, dtype=np.float32, optimize=True)
-    else:
-        res = st.reshape(k, m).T @ mv.reshape(k, n)
+    # [K', M] / [K', N] float32 operands (double_row: K' = 2K, row (k, j) of both operands)
+    st = _operand_f32(stationary, instr, "stationary", keff, m)
+    mv = _operand_f32(moving, instr, "moving", keff, n)
+    if _defer(dst, st, mv, accumulate):
+        return NkiInstruction(instr)
+    res = st.T @ mv
     _accumulate_into(instr, dst, res.reshape(dst.shape), accumulate, target, exact=is_transpose)
     return NkiInstruction(instr)
+
+
+# ------------------------------------------------------------------------------------------------
+# Deferred accumulation chains
+# ------------------------------------------------------------------------------------------------
+def _operand_f32(t: NkiTensor, instr: str, operand: str, rows: int, cols: int) -> np.ndarray:
+    """The operand as a [rows, cols] float32 array that later writes to its tensor cannot change: the
+    allocation's cached float32 copy (replaced, never modified, on a write) or a private copy."""
+    a = t._alloc
+    arr = t.f32(instr, operand).reshape(rows, cols)
+    if np.may_share_memory(arr, a.data):
+        arr = arr.copy()  # float32 storage: a live view, snapshot it
+    return arr
+
+
+class PendingMatmuls:
+    """A chain of nc_matmuls into one fp32 PSUM view, computed as one product when the PSUM is next
+    accessed: dst (=|+=) sum_i st_i.T @ mv_i, accumulated in fp32 (order of the fp32 sums aside, the
+    same as issuing them one by one). All checks, trace records and matmul-state updates happened when
+    each instruction was issued; `Allocation.flush_pending` runs `flush` before any access."""
+
+    __slots__ = ("key", "out", "add", "sts", "mvs")
+
+    def __init__(self, key, out: np.ndarray, add: bool):
+        self.key = key
+        self.out = out  # writable float32 view of the dst (no reference to the allocation: no cycle)
+        self.add = add  # False: the first matmul overwrites; True: it accumulates onto the dst
+        self.sts: list = []
+        self.mvs: list = []
+
+    def flush(self) -> None:
+        sts, mvs = self.sts, self.mvs
+        if len(sts) == 1:
+            res = sts[0].T @ mvs[0]
+        else:
+            st = _stack(sts)
+            mv = _stack(mvs) if st is not None else None
+            if st is None or mv is None:
+                st, mv = np.concatenate(sts, axis=0), np.concatenate(mvs, axis=0)
+            res = st.T @ mv
+        res = res.reshape(self.out.shape)
+        if self.add:
+            self.out += res
+        else:
+            self.out[...] = res
+
+
+def _stack(arrs: list) -> np.ndarray | None:
+    """[C x (K, F)] views at equally spaced offsets of one buffer (the K tiles of one SBUF tile) as a
+    (K * C, F) array without copying when the layout allows; None when they are not such views."""
+    a0 = arrs[0]
+    base = a0.base
+    if base is None or not base.flags.c_contiguous or base.dtype != np.float32:
+        return None
+    ptr = [a.__array_interface__["data"][0] for a in arrs]
+    step = ptr[1] - ptr[0]
+    for i, a in enumerate(arrs):
+        if a.base is not base or a.shape != a0.shape or a.strides != a0.strides:
+            return None
+        if i and ptr[i] - ptr[i - 1] != step:
+            return None
+    start = ptr[0] - base.__array_interface__["data"][0]
+    k, f = a0.shape
+    try:
+        v = np.ndarray(
+            (k, len(arrs), f), np.float32, buffer=base, offset=start, strides=(a0.strides[0], step, a0.strides[1])
+        )
+    except (TypeError, ValueError):
+        return None
+    return v.reshape(k * len(arrs), f)
+
+
+def _defer(dst: NkiTensor, st: np.ndarray, mv: np.ndarray, accumulate) -> bool:
+    """Queue this matmul on the dst's pending chain when its result is plain fp32 arithmetic:
+    fp32 static dst, and the accumulate rule resolves to one mode for the whole tile."""
+    alloc = dst._alloc
+    if dst._dyn or dst._vec is not None or dst.dtype.name != "float32" or alloc.data.dtype != np.float32:
+        return False
+    key = (dst.offset, dst.shape, dst.strides)
+    pend = alloc.pending
+    if pend is not None and pend.key == key and accumulate is not False:
+        # the chain's first matmul set the matmul state of every element: accumulate (None or True) adds
+        pend.sts.append(st)
+        pend.mvs.append(mv)
+        alloc.version += 1
+        return True
+    state = dst._mm_state_view()  # computes any other pending chain first
+    if accumulate is False:
+        add = False
+    elif state.all():
+        add = True
+    elif accumulate is None and not state.any():
+        add = False
+    else:
+        return False  # accumulate=True onto uninitialised elements (error) or a mixed tile: do it now
+    if not add and alloc.fresh and dst._covers_allocation():
+        alloc.fresh = False  # the chain overwrites every element: no sentinel fill needed
+    pend = PendingMatmuls(key, dst._array("nc_matmul", "dst"), add)
+    pend.sts.append(st)
+    pend.mvs.append(mv)
+    alloc.written = True
+    alloc.version += 1
+    state[...] = 1
+    alloc.pending = pend
+    return True
 
 
 def _accumulate_into(

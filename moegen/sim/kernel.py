@@ -7,7 +7,12 @@
   (default NKI_PRECISE_FP else True), trace (record the instruction trace, default True), backend
   ('sim' | 'real', default MOEGEN_SIM_BACKEND else 'sim').
 * `last_run()` returns the `RunResult` of the most recent simulation in this process: outputs,
-  trace, written_args (indices of argument arrays the kernel wrote), target, precise, lnc.
+  trace, written_args (positions / keyword names of the argument arrays the kernel wrote),
+  written_names (their parameter names), target, precise, lnc; `assert_wrote_only(*names)`.
+* Arguments: every NumPy array is copied into a simulated HBM tensor (the kernel never aliases the
+  caller's memory); after a successful run, arrays whose tensor the kernel wrote are updated in place
+  (the official simulator: "Input arrays are updated in-place if the kernel modified the
+  corresponding HBM tensors"). A failed run leaves the caller's arrays untouched.
 * `load_module(path)` executes a kernel file that does `import nki`, `import nki.language as nl`,
   `import nki.isa as nisa` against the simulator. The fake `nki` modules are in sys.modules only
   while the file loads and while a kernel runs; they are removed (and any real ones restored) after.
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import itertools
 import os
 import sys
@@ -26,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from moegen.sim import blas, races, runtime
 from moegen.sim import dtypes as dt
-from moegen.sim import races, runtime
 from moegen.sim.errors import NkiSimError
 from moegen.sim.tensor import MemoryRegion, NkiTensor, from_numpy
 
@@ -86,7 +92,8 @@ def jit(fn=None, **kwargs):
 @dataclass
 class RunResult:
     """What one simulation produced. trace: list of dicts (see runtime); written_args: indices of the
-    positional array arguments (and names of keyword array arguments) the kernel wrote into."""
+    positional array arguments (and names of keyword array arguments) the kernel wrote into;
+    written_names: the kernel parameter names of those arguments."""
 
     outputs: object = None
     trace: list = field(default_factory=list)
@@ -94,6 +101,17 @@ class RunResult:
     target: str = "trn3"
     precise: bool = True
     lnc: int = 1
+    written_names: list = field(default_factory=list)
+
+    def assert_wrote_only(self, *names: str) -> None:
+        """Raise AssertionError if the kernel wrote an argument other than the named parameters (the
+        arguments it documents as outputs)."""
+        extra = [n for n in self.written_names if n not in names]
+        if extra:
+            raise AssertionError(
+                f"kernel wrote argument(s) {', '.join(extra)} besides its documented outputs "
+                f"({', '.join(names) or 'none'})"
+            )
 
 
 _last = threading.local()
@@ -257,7 +275,9 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
         try:
             if pid == 0:
                 # wrap the arguments once (shared by all cores: kernel arguments live in shared HBM)
-                wrapped["args"], wrapped["kwargs"], wrapped["allocs"] = _wrap_args(args, kwargs, buffer)
+                wrapped["args"], wrapped["kwargs"], wrapped["allocs"] = _wrap_args(
+                    args, kwargs, buffer, _param_names(kernel.fn, len(args))
+                )
                 ready.set()
             else:
                 ready.wait()
@@ -273,7 +293,7 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
             runtime.set_current(prev)
 
     ready = threading.Event()
-    with nki_modules():
+    with nki_modules(), blas.limited_threads():
         if lnc == 1:
             program(0)
         else:
@@ -286,9 +306,16 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
     if lnc > 1:
         races.check_epoch(run, None)
     out = _unwrap(results[0], "return value")
-    written = _write_back(args, kwargs, wrapped.get("allocs", {}))
+    allocs = wrapped.get("allocs", {})
+    written = _write_back(args, kwargs, allocs)
     res = RunResult(
-        outputs=out, trace=run.trace, written_args=written, target=run.target, precise=run.precise, lnc=lnc
+        outputs=out,
+        trace=run.trace,
+        written_args=written,
+        target=run.target,
+        precise=run.precise,
+        lnc=lnc,
+        written_names=[allocs[k].name for k in written],
     )
     _last_global[0] = res
     return res
@@ -303,19 +330,32 @@ def _raise_first(errors: list) -> None:
     raise primary
 
 
-def _wrap_args(args, kwargs, buffer):
+def _param_names(fn, n: int) -> list[str]:
+    """Names of the first n positional parameters of the kernel function (argN beyond them)."""
+    try:
+        params = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"arg{i}" for i in range(n)]
+
+
+def _wrap_args(args, kwargs, buffer, names):
     allocs: dict = {}
     new_args = []
     for i, a in enumerate(args):
-        new_args.append(_wrap_one(a, buffer, f"arg{i}", i, allocs))
+        new_args.append(_wrap_one(a, buffer, names[i], i, allocs))
     new_kwargs = {k: _wrap_one(v, buffer, k, k, allocs) for k, v in kwargs.items()}
     return new_args, new_kwargs, allocs
 
 
 def _wrap_one(a, buffer, name, key, allocs):
     if isinstance(a, np.ndarray) or _is_array_scalar(a):
-        shared = any(np.shares_memory(a, al.data) for al in allocs.values())
-        t = from_numpy(np.asarray(a), buffer, name=name, share=not shared)
+        # always a copy: the kernel never aliases the caller's array (written back after the run)
+        t = from_numpy(np.asarray(a), buffer, name=name, share=False)
         t._alloc.arg_index = key
         allocs[key] = t._alloc
         return t
@@ -332,6 +372,10 @@ def _unwrap(value, what: str):
     if value is None:
         return None
     if isinstance(value, NkiTensor):
+        if value._alloc.arg_index is not None and value.buffer in (MemoryRegion.private_hbm, MemoryRegion.shared_hbm):
+            # returning a (written-in-place) kernel argument, as the dma_copy page's indirect scatter
+            # example does: its values, as a new array
+            return value.read("return")
         if value.buffer is not MemoryRegion.shared_hbm:
             raise NkiSimError(
                 f"kernel {what}: returned tensor '{value.name}' is in {value.buffer.name} "
@@ -363,8 +407,6 @@ def _write_back(args, kwargs, allocs: dict) -> list:
         if not isinstance(target, np.ndarray) or not target.flags.writeable:
             continue
         data = alloc.data.reshape(alloc.shape)
-        if np.shares_memory(data, target):
-            continue  # wrapped without a copy: the caller's array already holds the result
         if data.dtype == target.dtype:
             np.copyto(target, data.reshape(target.shape))
         else:

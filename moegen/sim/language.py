@@ -105,8 +105,9 @@ class _TileSize(NKIObject):
 
     @property
     def sbuf_size_bytes(self) -> int:
-        """SBUF bytes per partition of the target (224 KiB trn2, 256 KiB trn3)."""
-        return _runtime.SBUF_BYTES_PER_PARTITION[_runtime.current().target]
+        """Total SBUF capacity in bytes, all partitions combined (tile_size page): 128 x 224 KiB = 28 MiB
+        on trn2, 128 x 256 KiB = 32 MiB on trn3."""
+        return _runtime.NUM_PARTITIONS * _runtime.SBUF_BYTES_PER_PARTITION[_runtime.current().target]
 
     @property
     def sbuf_fmax(self):

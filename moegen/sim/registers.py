@@ -2,12 +2,20 @@
 
 Registers serve as runtime loop bounds (`nl.fori_loop`, `nl.while_loop`, `nl.dynamic_range`) and
 as dynamic offsets (`.ap(scalar_offset=reg)`, `t[reg]`, `nl.ds(reg, n)`). Using a register in
-Python control flow (`if reg:`, `int(reg)`) is an error: its value only exists at run time.
+Python control flow (`if reg:`, `int(reg)`) is an error: its value only exists at run time. The one
+exception is the documented (NKI 0.6, deprecated; removed in 0.7) dynamic loop `while reg:`, whose
+body register_loads the next condition: the loop runs while the register is non-zero.
 """
 
 from __future__ import annotations
 
+import linecache
+import re
+import sys
+
 from moegen.sim.errors import NkiSimError
+
+_WHILE_REG = re.compile(r"\s*while\s+[A-Za-z_][A-Za-z_0-9]*\s*:")
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -30,20 +38,17 @@ class VirtualRegister:
 
     def _set(self, value: int, instr: str) -> None:
         if self.frozen:
-            raise NkiSimError(
-                f"{instr}: dst is a read-only loop induction register (limit: writable register)"
-            )
+            raise NkiSimError(f"{instr}: dst is a read-only loop induction register (limit: writable register)")
         self._value = wrap_int32(value)
 
     def __bool__(self):
-        raise TypeError(
-            "a VirtualRegister has no compile-time value: use nl.while_loop / nl.fori_loop, not `if`"
-        )
+        f = sys._getframe(1)
+        if _WHILE_REG.match(linecache.getline(f.f_code.co_filename, f.f_lineno)):
+            return self._value != 0  # `while reg:` (deprecated dynamic loop, NKI 0.6 docstring)
+        raise TypeError("a VirtualRegister has no compile-time value: use nl.while_loop / nl.fori_loop, not `if`")
 
     def __index__(self):
-        raise TypeError(
-            "a VirtualRegister has no compile-time value: use it as a dynamic offset or loop bound"
-        )
+        raise TypeError("a VirtualRegister has no compile-time value: use it as a dynamic offset or loop bound")
 
     __int__ = __index__
 

@@ -180,10 +180,13 @@ def set_current(core: Core | None) -> Core | None:
 @contextlib.contextmanager
 def context(target: str | None = None, precise: bool | None = None, trace: bool = True):
     """A fresh single-core run context for direct use of instructions (tests). Yields the Core."""
+    from moegen.sim import blas
+
     run = Run(target=resolve_target(target), precise=resolve_precise(precise), trace_enabled=trace)
     core = Core(run, 0)
     prev = set_current(core)
     try:
-        yield core
+        with blas.limited_threads():
+            yield core
     finally:
         set_current(prev)

@@ -257,6 +257,20 @@ class _Checker(ast.NodeVisitor):
                                 names.add(n.id)
         return names
 
+    @staticmethod
+    def is_register(fn: ast.FunctionDef, name: str) -> bool:
+        """`name` is assigned (only) from register_alloc calls in `fn`."""
+        seen = False
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                v = node.value
+                if not (
+                    isinstance(v, ast.Call) and isinstance(v.func, ast.Attribute) and v.func.attr == "register_alloc"
+                ):
+                    return False
+                seen = True
+        return seen
+
     def data_dependent(self, test: ast.AST, tensors: set[str]) -> str | None:
         """Name of a tensor / register used for its value in `test`, if any."""
         parents: dict[ast.AST, ast.AST] = {}
@@ -282,7 +296,17 @@ class _Checker(ast.NodeVisitor):
         return None
 
     def check_node(self, node, fn, tensors: set[str]) -> None:
-        if isinstance(node, (ast.If, ast.While, ast.IfExp, ast.Assert)):
+        if isinstance(node, ast.While) and isinstance(node.test, ast.Name) and self.is_register(fn, node.test.id):
+            # NKI 0.6 VirtualRegister docstring: `while reg:` with a register_load in the body is a
+            # dynamic loop; deprecated in 0.6 (use nl.while_loop), removed in 0.7
+            self.add(
+                node,
+                "deprecated",
+                f"`while {node.test.id}:` on a register is deprecated (NKI 0.6) and removed in NKI 0.7 "
+                "(use nl.while_loop)",
+                severity="warning",
+            )
+        elif isinstance(node, (ast.If, ast.While, ast.IfExp, ast.Assert)):
             name = self.data_dependent(node.test, tensors)
             if name:
                 kind = {
@@ -298,9 +322,7 @@ class _Checker(ast.NodeVisitor):
                     "Python control flow (use nl.while_loop / nl.fori_loop or predicated instructions)",
                 )
         elif (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in ("bool", "int", "float")
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("bool", "int", "float")
         ):
             for a in node.args:
                 if isinstance(a, ast.Name) and a.id in tensors:
@@ -316,11 +338,7 @@ class _Checker(ast.NodeVisitor):
         elif isinstance(node, ast.With):
             for item in node.items:
                 e = item.context_expr
-                if not (
-                    isinstance(e, ast.Call)
-                    and isinstance(e.func, ast.Attribute)
-                    and e.func.attr == "no_reorder"
-                ):
+                if not (isinstance(e, ast.Call) and isinstance(e.func, ast.Attribute) and e.func.attr == "no_reorder"):
                     self.add(node, "with", "'with' is only allowed for nl.no_reorder()")
         elif isinstance(node, (ast.Yield, ast.YieldFrom, ast.Await)):
             self.add(node, "yield", "generators / await are not NKI")
@@ -367,10 +385,7 @@ class _Checker(ast.NodeVisitor):
                 isinstance(n, ast.Call)
                 and isinstance(n.func, ast.Attribute)
                 and n.func.attr in LOOP_BODY_TAKERS
-                and any(
-                    isinstance(a, ast.Name) and a.id == name
-                    for a in list(n.args) + [k.value for k in n.keywords]
-                )
+                and any(isinstance(a, ast.Name) and a.id == name for a in list(n.args) + [k.value for k in n.keywords])
             ):
                 return True
         return False

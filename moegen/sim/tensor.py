@@ -123,6 +123,7 @@ class Allocation:
         "fresh",
         "version",
         "_f32",
+        "pending",
         "__weakref__",
     )
 
@@ -151,6 +152,16 @@ class Allocation:
         self.fresh = False  # True: sentinel fill still pending (done lazily on first access)
         self.version = 0  # bumped on every write (invalidates the float32 cache)
         self._f32 = None  # (version, flat float32 copy) for narrow-float SBUF matmul operands
+        # PSUM: nc_matmuls issued but not yet computed (isa_tensor_engine.PendingMatmuls); every access
+        # to the storage or the matmul state computes them first (`flush_pending`)
+        self.pending = None
+
+    def flush_pending(self) -> None:
+        """Compute the deferred nc_matmuls accumulating into this allocation (no-op if none)."""
+        p = self.pending
+        if p is not None:
+            self.pending = None
+            p.flush()
 
     def materialize(self) -> None:
         """Perform the pending sentinel fill of a new allocation."""
@@ -170,6 +181,8 @@ class Allocation:
 
     def typed(self, npdtype: np.dtype) -> np.ndarray:
         """The flat storage reinterpreted as `npdtype` (bitcast views)."""
+        if self.pending is not None:
+            self.flush_pending()
         if self.fresh:
             self.materialize()
         a = self._typed.get(npdtype)
@@ -228,10 +241,12 @@ def allocate(
     name = name or f"t{core.next_id + 1}"
     on_chip = buffer in ON_CHIP
     if on_chip:
-        if len(shape) < 2:
+        if len(shape) < 2 and shape != (1,):
+            # one exception: the 1-element [1] tile of register_load / register_store (their pages:
+            # "shape [1] or [1, 1]"; examples allocate nl.ndarray([1], ..., buffer=nl.sbuf))
             raise NkiSimError(
                 f"nl.ndarray: on-chip tensor '{name}' must be at least 2-D (partition, free...), "
-                f"got shape {shape}"
+                f"got shape {shape} (limit: 2-D, or [1] for a register value)"
             )
         if shape[0] > runtime.NUM_PARTITIONS:
             raise NkiSimError(
@@ -386,6 +401,7 @@ class NkiTensor:
         "_dyn",
         "_vec",
         "_np",
+        "_ap",
         "__weakref__",
     )
 
@@ -403,6 +419,7 @@ class NkiTensor:
         self._dyn = ()
         self._vec = None
         self._np = None
+        self._ap = False
 
     @classmethod
     def _make(cls, alloc, dtype, shape, strides, offset, dyn=(), vec=None, name=None) -> NkiTensor:
@@ -416,12 +433,13 @@ class NkiTensor:
         t._dyn = dyn
         t._vec = vec
         t._np = None
+        t._ap = False  # True: produced by .ap() (or a view of such a tensor); .ap() on it is an error
         if not dyn and vec is None:
             t._check_bounds(t.offset, "view")
         return t
 
     def _derive(self, shape, strides, offset, dyn=None, vec=None, dtype=None) -> NkiTensor:
-        return NkiTensor._make(
+        t = NkiTensor._make(
             self._alloc,
             dtype or self.dtype,
             shape,
@@ -431,6 +449,8 @@ class NkiTensor:
             self._vec if vec is None else vec,
             self.name,
         )
+        t._ap = self._ap
+        return t
 
     # -- attributes -----------------------------------------------------------------------
     @property
@@ -570,6 +590,8 @@ class NkiTensor:
                 f"{instr}: {operand} '{self.name}' is an indirect (vector_offset) view; "
                 "only DMA instructions accept it"
             )
+        if self._alloc.pending is not None:
+            self._alloc.flush_pending()
         a = self._np
         if a is not None:
             return a
@@ -643,6 +665,8 @@ class NkiTensor:
 
     def _mm_state_view(self) -> np.ndarray:
         a = self._alloc
+        if a.pending is not None:
+            a.flush_pending()
         off = self._resolved_offset()
         return np.ndarray(self.shape, np.uint8, buffer=a.mm_state, offset=off, strides=self.strides)
 
@@ -790,7 +814,7 @@ class NkiTensor:
         keep = [d for d in range(len(shape)) if d not in dropped]
         if self.on_chip:
             keep = [0] + [d for d in keep if d != 0]
-            if len(keep) < 2:
+            if len(keep) < 2 and len(shape) >= 2:
                 keep = [0, len(shape) - 1]
         if not keep:  # HBM scalar element: keep a 1-element 1-D view
             keep = [len(shape) - 1]
@@ -1020,6 +1044,12 @@ class NkiTensor:
         scalar_offset (register / 1-element tensor) adds value * prod(self.shape[indirect_dim+1:]).
         vector_offset ((P,1) int tensor, HBM only, indirect_dim 0): row i reads row idx[i].
         """
+        if self._ap:
+            raise NkiSimError(
+                f"ap: '{self.name}' was produced by .ap() (limit: .ap is only allowed on a tensor from "
+                "nl.ndarray, not on a tile produced by it: NKI Access Patterns, 'Restriction on Nested "
+                "Indexing')"
+            )
         try:
             pairs = [(int(p[0]), int(p[1])) for p in pattern]
         except (TypeError, IndexError, ValueError):
@@ -1066,6 +1096,7 @@ class NkiTensor:
                 )
             vec = (vector_offset, row, nrows)
         t = NkiTensor._make(self._alloc, new, shape, strides, base_off, dyn, vec, self.name)
+        t._ap = True
         return t
 
     def get_pattern(self) -> list:

@@ -16,6 +16,7 @@ from moegen.reference import quant
 from moegen.reference.mlp import Precision
 
 OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
+WEIGHT_BYTES_RESIDENT = 4 << 30  # random weights for every expert up to this size
 
 
 def routing(tokens: int, experts: int, top_k: int, rng: np.random.Generator,
@@ -35,7 +36,7 @@ def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
     dt = quant.np_dtype(plan.dtype)
     if expert_index is None:
-        expert_index = routing(tokens, e, k, rng)
+        expert_index = routing(tokens, e, k, rng, experts_used=routing_pool(plan))
     tokens = expert_index.shape[0]
     raw = rng.random((tokens, k)) + 0.25
     affinities = quant.cast(raw / raw.sum(axis=1, keepdims=True), plan.dtype)
@@ -43,8 +44,6 @@ def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_
                                    dropless=not plan.dropping, num_blocks=None if plan.dropping else num_blocks)
     hidden = np.zeros((tokens + 1, h), dtype=dt)
     hidden[:tokens] = quant.cast(rng.standard_normal((tokens, h)), plan.dtype)
-    gate_up = rng.standard_normal((e, h, 2, i)).astype(np.float32) / np.sqrt(h)
-    down = rng.standard_normal((e, i, h)).astype(np.float32) / np.sqrt(i)
     inputs: dict[str, np.ndarray] = {
         "hidden_states": hidden,
         "expert_affinities_masked": blocks.expert_affinities_masked,
@@ -55,17 +54,49 @@ def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_
         "expert_affinities": affinities,
         "dropped": blocks.dropped,
     }
-    if plan.quantized:
-        inputs["gate_up_proj_weight"], inputs["gate_up_proj_scale"] = quant.quantize_gate_up_fp8(gate_up, plan.gate_scale)
-        inputs["down_proj_weight"], inputs["down_proj_scale"] = quant.quantize_down_fp8(down, plan.gate_scale)
-    else:
-        inputs["gate_up_proj_weight"] = quant.cast(gate_up, plan.dtype)
-        inputs["down_proj_weight"] = quant.cast(down, plan.dtype)
+    inputs.update(_weights(plan, rng, np.unique(expert_index)))
     if plan.mlp.gate_up_bias:
         inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, 2, i)), plan.dtype)
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
     return inputs
+
+
+def routing_pool(plan: CtePlan) -> int:
+    """Experts the random routing draws from: all of them, unless their weights exceed
+    WEIGHT_BYTES_RESIDENT; then 2K (at least 16), so that a 256-expert layer fits in memory."""
+    if plan.experts * _expert_bytes(plan) <= WEIGHT_BYTES_RESIDENT:
+        return plan.experts
+    return min(plan.experts, max(2 * plan.top_k, 16))
+
+
+def _expert_bytes(plan: CtePlan) -> int:
+    return 3 * plan.hidden * plan.intermediate * quant.np_dtype(plan.weight_dtype).itemsize
+
+
+def _weights(plan: CtePlan, rng: np.random.Generator, used: np.ndarray) -> dict[str, np.ndarray]:
+    """Weights (and fp8 scales) of the experts in `used`; the others stay zero. np.zeros memory is
+    only committed where written, so the full [E, ...] tensors cost memory only for used experts."""
+    h, i, e = plan.hidden, plan.intermediate, plan.experts
+    wdt = quant.np_dtype(plan.weight_dtype)
+    arrays = {"gate_up_proj_weight": np.zeros((e, h, 2, i), dtype=wdt),
+              "down_proj_weight": np.zeros((e, i, h), dtype=wdt)}
+    if plan.quantized:
+        rows = plan.gate_scale == "row"
+        arrays["gate_up_proj_scale"] = np.ones((e, 2, i if rows else 1), dtype=np.float32)
+        arrays["down_proj_scale"] = np.ones((e, h if rows else 1), dtype=np.float32)
+    for expert in used:
+        gate_up = rng.standard_normal((1, h, 2, i), dtype=np.float32) / np.float32(np.sqrt(h))
+        down = rng.standard_normal((1, i, h), dtype=np.float32) / np.float32(np.sqrt(i))
+        if plan.quantized:
+            q, scale = quant.quantize_gate_up_fp8(gate_up, plan.gate_scale)
+            arrays["gate_up_proj_weight"][expert], arrays["gate_up_proj_scale"][expert] = q[0], scale[0]
+            q, scale = quant.quantize_down_fp8(down, plan.gate_scale)
+            arrays["down_proj_weight"][expert], arrays["down_proj_scale"][expert] = q[0], scale[0]
+        else:
+            arrays["gate_up_proj_weight"][expert] = quant.cast(gate_up[0], plan.dtype)
+            arrays["down_proj_weight"][expert] = quant.cast(down[0], plan.dtype)
+    return arrays
 
 
 def kernel_arguments(plan: CtePlan, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -217,6 +217,17 @@ def test_experts_without_tokens_are_skipped_cleanly():
     assert_matches(plan, got, want)
 
 
+@pytest.mark.parametrize("lnc", [1, 2])
+def test_resident_weights_are_reused_across_blocks_of_one_expert(lnc):
+    text = cte_spec(f"kernel k : cte {{ block=128 lnc={lnc} }}")
+    rng = np.random.default_rng(SEED)
+    expert_index = harness.routing(200, 4, 2, rng, experts_used=2)  # experts 0 and 1: 2 blocks each
+    plan, inputs, got, want = run(text, "k", 200, expert_index=expert_index)
+    assert plan.reuse_weights
+    assert list(inputs["block_to_expert"][:4, 0]) == [0, 0, 1, 1]
+    assert_matches(plan, got, want)
+
+
 def test_hybrid_skips_many_fully_padded_blocks():
     text = cte_spec("kernel h : cte { block=128 shard=intermediate lnc=2 loop=hybrid checkpoint }")
     plan, inputs, got, want = run(text, "h", 60, num_blocks=12)  # 60*2 slots: at most 4 real blocks of 12
@@ -236,8 +247,8 @@ def test_kernel_rejects_a_wrong_shape_by_name():
 # ------------------------------------------------------------------ real model shapes
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b", "llama4_scout",
-                                  "cte_seed_variants"])
+@pytest.mark.parametrize("spec", ["cte_seed_variants", "mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b",
+                                  "llama4_scout", "deepseek_v3"])
 def test_real_model_specs_verify(spec, tmp_path):
     from moegen.verify import verify_plans
 

@@ -280,12 +280,40 @@ def test_optional_outputs(options):
     assert_matches(text, tokens=7)
 
 
+# ------------------------------------------------------------------ plans (no simulator)
+
+
+def spec_plan(name: str):
+    return next(p for p in generate(REPO / "specs" / f"{name}.moe").plans if p.family == "router")
+
+
+def test_plan_of_gpt_oss_splits_hidden_into_22_tiles_and_a_64_row_rest():
+    plan = spec_plan("gpt_oss_120b")
+    assert (plan.h_tiles, plan.h_rest) == (22, 64)
+    assert (plan.experts, plan.top_k, plan.act, plan.pre_norm, plan.w_bias) == (128, 4, "softmax", False, True)
+
+
+def test_plan_ranks_logits_unless_the_choice_needs_activated_scores():
+    assert spec_plan("qwen3_30b_a3b").select_on == "logits"  # softmax is increasing
+    deepseek = spec_plan("deepseek_v3")
+    assert (deepseek.select_on, deepseek.weights_from) == ("scores", "scores")
+    assert (deepseek.n_group, deepseek.topk_group, deepseek.group_size, deepseek.scaling_factor) == (8, 4, 32, 2.5)
+
+
+def test_variant_overrides_of_the_pipeline_are_explained():
+    plan = next(p for p in generate(REPO / "specs" / "router_seed_matrix.moe").plans
+                if p.kernel_name == "ht_dma_post_lnc2")
+    assert (plan.pre_norm, plan.renormalize, plan.lnc, plan.scatter, plan.x_layout) == (False, False, 2, "dma", "ht")
+    assert "overrides the spec's router with norm=post renormalize=no" in dict(plan.decisions)["pipeline"]
+
+
 # ------------------------------------------------------------------ refused at spec time
 
 
 @pytest.mark.parametrize("text, message", [
     (router_spec(experts=1024, top_k=2), "experts 1024: at most 512"),
     (router_spec(experts=64, top_k=17), "top_k 17: at most 16"),
+    (router_spec(experts=8, top_k=9), "top_k 9: a token cannot pick more than the 8 experts"),
     (router_spec(experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=16, keep=4) -> topk"),
      "1 expert per group"),
     (router_spec(router="linear -> sigmoid -> select_bias -> topk", kernels="kernel route : router { norm=post }"),

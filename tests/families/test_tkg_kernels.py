@@ -84,6 +84,13 @@ def test_all_experts_silu_post_scale(tokens):
     check(spec_text("kernel k : tkg { mode=all_experts }"), tokens=tokens)
 
 
+@pytest.mark.parametrize("experts, top_k, ep", [(4, 1, 1), (16, 4, 1), (32, 8, 1), (16, 4, 4), (32, 2, 8)])
+def test_experts_and_top_k(experts, top_k, ep):
+    mode = "selective" if ep == 1 else "all_experts mask_unselected"
+    check(spec_text(f"kernel k : tkg {{ mode={mode} ep={ep} }}", experts=experts, top_k=top_k,
+                    hidden=128, intermediate=128), tokens=6)
+
+
 def test_selective_equals_all_experts_masked_on_the_same_inputs():
     text = spec_text("kernel k : tkg { }\n  kernel a : tkg { mode=all_experts mask_unselected }", hidden=320)
     _, inputs, selective = check(text, "k", tokens=5)

@@ -48,6 +48,7 @@ def refusal(tmp_path: Path, kernels: str, **layer) -> str:
     ("kernel k : tkg { mode=all_experts output=sbuf tokens<=256 }", "exceeds the 128 partitions"),
     ("kernel k : tkg { shard=hidden }", "this kernel has lnc=1"),
     ("kernel k : tkg { ep=3 mode=all_experts }", "not divisible"),
+    ("kernel k : tkg { tokens<=8 verify_tokens=9 }", "at most tokens<=8"),
 ])
 def test_refused_with_reason(tmp_path, kernel, reason):
     assert reason in refusal(tmp_path, kernel)

@@ -96,6 +96,9 @@ def test_activation_scalar_bias_allowed_on_trn2():
         ("square", lambda x: x * x),
         ("tanh", np.tanh),
         ("copy", lambda x: x),
+        ("gelu", lambda x: 0.5 * x * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2)))),
+        ("softplus", lambda x: np.log1p(np.exp(x))),
+        ("erf", np.vectorize(__import__("math").erf)),
     ],
 )
 def test_activation_functions(op, ref):
@@ -390,6 +393,39 @@ def test_tensor_reduce_last_axes_and_negate():
     d1 = out((2, 1))
     nisa.tensor_reduce(d1, nl.maximum, sb(x, nl.float32), axis=(1, 2), negate=True)
     np.testing.assert_array_equal(d1.read(), -x.max(axis=(1, 2)).reshape(2, 1))
+
+
+def test_tensor_reduce_reads_and_writes_psum():
+    """nki.isa.tensor_reduce (Memory types): 'Both the input data and dst tiles can be in SBUF or PSUM'
+    (the router reduces its PSUM logits directly)."""
+    d = out((4, 1), buffer=nl.psum)
+    nisa.tensor_reduce(d, nl.maximum, ps(X), axis=1)
+    np.testing.assert_array_equal(d.read(), X.max(1, keepdims=True))
+
+
+def test_tensor_reduce_logical_reductions():
+    """NKI ALU operator table (nki.api.shared, 'tbl-aluop'): logical_or / logical_and / minimum /
+    multiply are legal reduction ops (arithmetic, fp32: non-zero is true)."""
+    a = sb(np.array([[0, 1, 0, 0], [0, 0, 0, 0]], np.float32), nl.float32)
+    d = out((2, 1))
+    nisa.tensor_reduce(d, nl.logical_or, a, axis=1)
+    np.testing.assert_array_equal(d.read(), [[1.0], [0.0]])
+    nisa.tensor_reduce(d, nl.logical_and, a, axis=1)
+    np.testing.assert_array_equal(d.read(), [[0.0], [0.0]])
+
+
+def test_alu_ops_are_the_documented_table():
+    """NKI ALU operator table ('Supported Math Operators for NKI ISA'): divide is not an ALU operator
+    (the templates use reciprocal then multiply); comparisons give 1.0 / 0.0."""
+    a = sb(np.full((2, 4), 6.0), nl.float32)
+    b = sb(np.full((2, 4), 3.0), nl.float32)
+    with pytest.raises(NkiSimError):
+        nisa.tensor_tensor(out((2, 4)), a, b, nl.divide)
+    with pytest.raises(NkiSimError):
+        nisa.tensor_scalar(out((2, 4)), a, nl.divide, 3.0)
+    d = out((2, 4))
+    nisa.tensor_tensor(d, sb(np.arange(8, dtype=np.float32).reshape(2, 4), nl.float32), b, nl.less_equal)
+    np.testing.assert_array_equal(d.read(), (np.arange(8).reshape(2, 4) <= 3).astype(np.float32))
 
 
 def test_tensor_reduce_rejects_illegal_axes():

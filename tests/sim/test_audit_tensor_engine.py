@@ -241,11 +241,7 @@ def test_matmul_moving_free_at_most_512_on_trn2(trn2):
         nisa.nc_matmul(psum((4, 512)), st, sb(np.ones((16, 513)), nl.bfloat16))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #2: trn3 nc_matmul moving free size up to 4096 (fp32 dst) needs a PSUM tile "
-    "larger than one bank; nl.ndarray refuses PSUM tiles above 2 KiB per partition",
-)
+# SIM_AUDIT #2 (trn3 PSUM tiles above one bank): fixed in moegen.sim during the audit; kept as a regression test.
 def test_matmul_moving_free_up_to_4096_on_trn3(trn3):
     """nki.isa.nc_matmul: 'Starting NeuronCore-v4, the free dimension size of moving tile can go up
     to 4096 for float32 dst or 8192 for bfloat16 dst, matching the size of 8x PSUM banks'."""
@@ -253,6 +249,26 @@ def test_matmul_moving_free_up_to_4096_on_trn3(trn3):
     dst = psum((4, 1024))
     nisa.nc_matmul(dst, st, sb(np.ones((16, 1024)), nl.bfloat16))
     np.testing.assert_array_equal(dst.read(), np.full((4, 1024), 16.0, np.float32))
+
+
+def test_matmul_trn3_moving_limits(trn3):
+    """nki.isa.nc_matmul: on NeuronCore-v4 moving free size 'up to 4096 for float32 dst or 8192 for
+    bfloat16 dst, matching the size of 8x PSUM banks (the entire PSUM)'."""
+    st = sb(np.ones((16, 4)), nl.bfloat16)
+    nisa.nc_matmul(psum((4, 8192), nl.bfloat16), st, sb(np.ones((16, 8192)), nl.bfloat16))
+    with pytest.raises(NkiSimError):
+        psum((4, 4097))  # more than the whole PSUM partition in fp32
+
+
+def test_matmul_bf16_psum_accumulate_rounds_each_step(trn3):
+    """Trainium3 arch guide (PSUM): NeuronCore-v4 supports bf16 PSUM tensors -- accumulation upcasts
+    to fp32, adds, and rounds back to bf16 (so 1 + 2^-9 added four times stays 1.0 in bf16)."""
+    d = psum((1, 1), nl.bfloat16)
+    one = sb(np.array([[1.0]]), nl.float32)
+    nisa.nc_matmul(d, one, one)
+    for _ in range(4):
+        nisa.nc_matmul(d, one, sb(np.array([[2.0**-9]]), nl.float32), accumulate=True)
+    assert float(np.asarray(d.read()).astype(np.float32)[0, 0]) == 1.0
 
 
 def test_matmul_dst_shape_must_be_M_by_N(trn2):
@@ -280,6 +296,17 @@ def test_matmul_row_tiling_accepted(trn2):
         nisa.nc_matmul(psum((16, 16)), big, big, tile_position=(0, 0), tile_size=(64, 128))
 
 
+def test_matmul_tiling_column_size_must_be_128(trn2):
+    """nki.isa.nc_matmul (parameters): tile_position 'start_column must be 0'; tile_size 'column_size
+    must be 128'."""
+    a = sb(np.ones((32, 16)), nl.float32)
+    with pytest.raises(NkiSimError):
+        nisa.nc_matmul(psum((16, 16)), a, a, tile_position=(0, 0), tile_size=(32, 64))
+    with pytest.raises(NkiSimError):
+        nisa.nc_matmul(psum((16, 16)), a, a, tile_position=(0, 64), tile_size=(32, 128))
+    nisa.nc_matmul(psum((16, 16)), a, a, tile_position=(96, 0), tile_size=(32, 128))
+
+
 def test_matmul_tiling_needs_both_fields(trn2):
     """nki.isa.nc_matmul: 'tile_position and tile_size must both be set to enable tiling mode'."""
     a = sb(np.ones((32, 16)), nl.float32)
@@ -287,11 +314,7 @@ def test_matmul_tiling_needs_both_fields(trn2):
         nisa.nc_matmul(psum((16, 16)), a, a, tile_position=(0, 0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #3: nc_matmul tiling accepts a stationary free size above column_size "
-    "(and column_size != 128, which the parameter doc forbids)",
-)
+# SIM_AUDIT #3 (tiling column size): fixed in moegen.sim during the audit; kept as a regression test.
 def test_matmul_tiling_stationary_free_within_column_size(trn2):
     """nki.isa.nc_matmul (Tile size): 'The free dimension size of stationary must not exceed ...
     column_size in tile_size when tiling mode is on'; the parameter doc adds 'column_size must be
@@ -314,11 +337,7 @@ def test_matmul_is_transpose_transposes_stationary(trn2):
     np.testing.assert_array_equal(np.asarray(dst.read()).astype(np.float32), rounded(x, BF16).T)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #1: nc_matmul(is_transpose=True) computes stationary.T @ moving in fp32, so "
-    "NaN/Inf spread over whole rows instead of being transposed bit-accurately",
-)
+# SIM_AUDIT #1 (is_transpose NaN/Inf): fixed in moegen.sim during the audit; kept as a regression test.
 def test_matmul_is_transpose_is_bit_accurate_with_nan_inf(trn2):
     """nki.isa.nc_matmul: 'Starting NeuronCore-v3, turning on transpose mode by setting
     is_transpose=True enables bit-accurate data transpose, which can transpose tensors with
@@ -424,13 +443,15 @@ def test_nl_tile_size_constants():
     assert ts.gemm_moving_fmax == 512
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #4: nl.tile_size.psum_num_banks / sbuf_size_bytes are plain methods in the "
-    "simulator, properties in the API (api.json kind=property): tile_size.psum_num_banks is not 8",
-)
+# SIM_AUDIT #4 (tile_size properties): fixed in moegen.sim during the audit; kept as a regression test.
 def test_nl_tile_size_psum_num_banks_is_a_property(trn2):
-    """nki.language.tile_size (api.json, NKI 0.6 stub): psum_num_banks and sbuf_size_bytes are
-    properties; psum_num_banks is 8 (tile_size.rst). A kernel writes `nl.tile_size.psum_num_banks`."""
+    """nki.language.tile_size (api.json, NKI 0.6 stub): psum_num_banks is a property, 8 ('Number of
+    usable PSUM banks per partition'; 7 only with NKI_DMA_TRANSPOSE_AS_PE_TRANSPOSE=true)."""
     assert nl.tile_size.psum_num_banks == 8
-    assert nl.tile_size.sbuf_size_bytes == 224 * 1024
+
+
+# SIM_AUDIT #5 (tile_size.sbuf_size_bytes total): fixed in moegen.sim during the audit; kept as a regression test.
+def test_nl_tile_size_sbuf_size_bytes_is_total(trn2):
+    """nki.language.tile_size (v2.30 / v2.33 pages): 'sbuf_size_bytes: Total SBUF capacity in bytes
+    (all partitions combined)' -- 28 MiB on Trn2 (Trainium2 arch guide: 128 x 224 KiB)."""
+    assert nl.tile_size.sbuf_size_bytes == 128 * 224 * 1024

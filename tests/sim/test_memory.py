@@ -235,4 +235,4 @@ def test_write_shape_mismatch(trn2):
 
 def test_tile_size_constants(trn2):
     assert nl.tile_size.pmax == 128 and nl.tile_size.gemm_moving_fmax == 512
-    assert nl.tile_size.psum_num_banks == 8 and nl.tile_size.sbuf_size_bytes == 224 * 1024
+    assert nl.tile_size.psum_num_banks == 8 and nl.tile_size.sbuf_size_bytes == 128 * 224 * 1024
