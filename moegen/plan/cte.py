@@ -39,6 +39,10 @@ SBUF_RESERVED = 16 * 1024
 OPTIONS = (
     OptionSpec("shard", "choice", "how an LNC=2 kernel splits the work between its two cores",
                default="block", choices=("block", "intermediate")),
+    OptionSpec("distribute", "choice", "shard=block at lnc=2: core c takes blocks c, c+2, ... (interleaved, the "
+               "seed's PING_PONG) or the c-th half of the blocks (halves, HI_LO: consecutive blocks of one expert "
+               "stay on one core and reuse its resident weights)", default="interleaved",
+               choices=("interleaved", "halves")),
     OptionSpec("loop", "choice", "static: every block in a trace-time loop; hybrid: a static loop over the "
                "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions)",
                default="static", choices=("static", "hybrid")),
@@ -81,6 +85,7 @@ class CtePlan(KernelPlan):
     weight_dtype: str  # dtype of the weights in HBM (fp8 when quantized)
     # variant
     shard: str
+    distribute: str  # shard=block at lnc=2: 'interleaved' | 'halves'
     hybrid: bool
     dropping: bool
     block: int
@@ -157,12 +162,9 @@ class CtePlan(KernelPlan):
                 f"{self.mlp.activation}, {scale}, {'top-K accumulate' if self.accumulate else 'top-1 overwrite'}.")
 
     @property
-    def description(self) -> str:
-        return self.summary
-
-    @property
     def pseudocode(self) -> tuple[str, ...]:
-        blocks = {("block", 2): "for b in blocks of this core (core c: b = c, c+2, ...):",
+        mine = "b = c, c+2, ..." if self.distribute == "interleaved" else "the c-th half of range(N)"
+        blocks = {("block", 2): f"for b in blocks of this core (core c: {mine}):",
                   ("intermediate", 2): "for b in range(N):  # each core computes its half of I"}.get(
             (self.shard, self.lnc), "for b in range(N):")
         if self.hybrid:
@@ -206,7 +208,8 @@ def _layer_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, st
                                "(fp32 operands are 4x slower on TensorE and the seed accepts bf16/fp16 only)"))
     if layer.quant.activations != "none":
         problems.append((None, f"quant activations={layer.quant.activations}: cte kernels keep the matmul inputs "
-                               f"in {layer.dtype} (static fp8 input quantization is not generated for cte)"))
+                               f"in {layer.dtype}; static fp8 input quantization is not generated for cte (the "
+                               "moe_cte seed's QuantizationConfig carries weight scales only)"))
     if dims.hidden % 16 or not 128 <= dims.hidden <= 8192:
         problems.append((None, f"hidden {dims.hidden}: cte kernels take H from 128 to 8192 in multiples of 16 "
                                "(a gathered token row and its transpose must fit a 128-partition SBUF tile)"))
@@ -222,14 +225,17 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
     problems: list[tuple[str | None, str]] = []
     lnc, shard = variant["lnc"], variant["shard"]
     if variant["loop"] == "hybrid":
-        if shard != "intermediate":
-            problems.append(("loop", "loop=hybrid needs shard=intermediate: with shard=block the two cores would "
-                                     "run different runtime trip counts, and both cores of a logical core must "
-                                     "run the same control flow"))
+        if shard == "block" and lnc == 2:
+            problems.append(("loop", "loop=hybrid at lnc=2 needs shard=intermediate: with shard=block the two cores "
+                                     "would run different runtime trip counts, and both cores of a logical core "
+                                     "must run the same control flow"))
         if variant.options.get("dropping"):
             problems.append(("loop", "loop=hybrid cannot drop tokens: the dropping layout has one block per expert "
                                      "in expert order, so its empty blocks are not at the end where a runtime trip "
                                      "count could skip them"))
+    if "distribute" in variant.option_spans and not (shard == "block" and lnc == 2):
+        problems.append(("distribute", "distribute splits blocks between the two cores: it needs shard=block and "
+                                       "lnc=2"))
     if variant["update"] == "overwrite" and layer.dims.top_k > 1:
         problems.append(("update", f"update=overwrite needs top_k 1 (top_k is {layer.dims.top_k}): a token's "
                                    "results from its several experts must be added"))
@@ -375,7 +381,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     partial_output = shard == "block" and lnc == 2 and accumulate
     decisions += [
         ("sharding", {("block", 1): "one core runs every block",
-                      ("block", 2): "core c runs blocks c, c+2, ...; "
+                      ("block", 2): ("core c runs blocks c, c+2, ...; " if variant["distribute"] == "interleaved"
+                                     else "core c runs the c-th half of the blocks; ")
                                     + ("each core accumulates into its own copy of the output, the two are "
                                        "added after a core barrier"
                                        if partial_output else "top-1: each token row is written by one core"),
@@ -402,7 +409,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         decisions=tuple(decisions),
         hidden=h, intermediate=i_tp, experts=dims.local_experts, top_k=k, dtype=layer.dtype,
         out_dtype=layer.out_dtype, weight_dtype=weight_dtype,
-        shard=shard, hybrid=hybrid, dropping=dropping, block=b, accumulate=accumulate, pad_skip=pad_skip,
+        shard=shard, distribute=variant["distribute"], hybrid=hybrid, dropping=dropping, block=b,
+        accumulate=accumulate, pad_skip=pad_skip,
         checkpoint=checkpoint, resident_weights=resident, reuse_weights=reuse,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE, token_chunks=_tiles(b, MATMUL_MOVING_FREE_MAX),

@@ -9,7 +9,8 @@ expert applied to the token tile:
   column is zero except at t (the affinity, or 1 for NO_SCALE). The TensorE cost of N tokens equals
   that of one token for N <= 64, and no partition shuffle is needed.
 - all_experts: one item per local expert, in a device loop over E_L (the loop register is the
-  weights' DMA offset), scale column = the token's affinity for that expert (this rank's window of [T, E], optionally masked to its top-K).
+  weights' DMA offset), scale column = the token's affinity for that expert (this rank's window
+  of [T, E], optionally masked to its top-K).
 Per item: gate/up matmuls per I tile (weights stationary [H tile, I tile], x.T moving [H tile, N])
 into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down matmuls
 (h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;

@@ -244,14 +244,61 @@ def simulate(
 
     def run(*args, **kwargs):
         if _resolve_backend(backend) == "real":
-            real = _real_nki()
-            fn = kernel.fn
-            k = real.jit(fn)
-            return real.simulate(k[kernel.lnc] if kernel.lnc > 1 else k)(*args, **kwargs)
+            return _run_real(kernel, args, kwargs, target, precise).outputs
         return _run(kernel, args, kwargs, target, precise, trace).outputs
 
     run.__name__ = f"simulate({kernel.__name__})"
     return run
+
+
+@contextlib.contextmanager
+def _env(updates: dict):
+    """Set environment variables for the duration of the block (None: leave as is)."""
+    saved = {k: os.environ.get(k) for k in updates}
+    try:
+        for k, v in updates.items():
+            if v is not None:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_real(kernel: Kernel, args, kwargs, target, precise) -> RunResult:
+    """Run through the real package's `nki.simulate` (backend='real'). target / precise become its
+    environment variables (NEURON_PLATFORM_TARGET_OVERRIDE, NKI_PRECISE_FP) for the call. The real
+    simulator has no trace; written_args are the array arguments whose values changed."""
+    real = _real_nki()
+    fn = kernel.fn
+    k = fn if hasattr(fn, "__getitem__") or kernel.lnc == 1 else real.jit(fn)
+    if kernel.lnc > 1:
+        k = k[kernel.lnc]
+    env = {
+        "NEURON_PLATFORM_TARGET_OVERRIDE": None if target is None else runtime.resolve_target(target),
+        "NKI_PRECISE_FP": None if precise is None else ("1" if precise else "0"),
+    }
+    arrays = {i: a for i, a in enumerate(args) if isinstance(a, np.ndarray)}
+    arrays.update({n: a for n, a in kwargs.items() if isinstance(a, np.ndarray)})
+    before = {key: a.copy() for key, a in arrays.items()}
+    with _env(env):
+        out = real.simulate(k)(*args, **kwargs)
+    written = [key for key, a in arrays.items() if not np.array_equal(a, before[key], equal_nan=a.dtype.kind == "f")]
+    names = _param_names(getattr(fn, "__wrapped__", fn), len(args))
+    res = RunResult(
+        outputs=out,
+        trace=[],
+        written_args=written,
+        target=runtime.resolve_target(target),
+        precise=runtime.resolve_precise(precise),
+        lnc=kernel.lnc,
+        written_names=[names[key] if isinstance(key, int) else key for key in written],
+    )
+    _last_global[0] = res
+    return res
 
 
 def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:

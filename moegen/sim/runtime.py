@@ -18,6 +18,7 @@ Trace entries (plain dicts, appended in program order per core)::
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sys
 import threading
@@ -131,7 +132,7 @@ class Core:
         ops = {}
         for name, value in operands.items():
             summary = getattr(value, "_summary", None)
-            ops[name] = summary() if summary is not None else value
+            ops[name] = summary() if summary is not None else _plain(value)
         entry = {
             "core": self.program_id,
             "engine": engine,
@@ -146,6 +147,35 @@ class Core:
     def new_id(self) -> int:
         self.next_id += 1
         return self.next_id
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _plain(value):
+    """A trace operand as plain data: numbers / strings as is, NumPy scalars as Python numbers, enum
+    members by name, registers as {"register": value at issue}, functions (ops) by name, sequences
+    element-wise, anything else by repr."""
+    if type(value) in _PLAIN:
+        return value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    summary = getattr(value, "_summary", None)
+    if summary is not None:
+        return summary()
+    item = getattr(value, "item", None)
+    if item is not None and getattr(value, "ndim", None) == 0:
+        return item()
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, str):  # str subclasses (dtypes)
+        return str(value)
+    reg = getattr(value, "_get", None)
+    if reg is not None and type(value).__name__ == "VirtualRegister":
+        return {"register": int(reg())}
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)
 
 
 def _caller_line() -> str:

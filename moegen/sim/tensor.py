@@ -422,7 +422,7 @@ class NkiTensor:
         self._ap = False
 
     @classmethod
-    def _make(cls, alloc, dtype, shape, strides, offset, dyn=(), vec=None, name=None) -> NkiTensor:
+    def _make(cls, alloc, dtype, shape, strides, offset, dyn=(), vec=None, name=None, check=True) -> NkiTensor:
         t = object.__new__(cls)
         t._alloc = alloc
         t.dtype = dtype
@@ -434,7 +434,7 @@ class NkiTensor:
         t._vec = vec
         t._np = None
         t._ap = False  # True: produced by .ap() (or a view of such a tensor); .ap() on it is an error
-        if not dyn and vec is None:
+        if check and not dyn and vec is None:
             t._check_bounds(t.offset, "view")
         return t
 
@@ -753,7 +753,10 @@ class NkiTensor:
             )
         if not isinstance(key, tuple):
             key = (key,)
-        n_ell = sum(1 for k in key if k is Ellipsis)
+        n_ell = 0
+        for k in key:
+            if k is Ellipsis:
+                n_ell += 1
         if n_ell > 1:
             raise NkiSimError("indexing: at most one '...' allowed")
         if n_ell:
@@ -769,10 +772,14 @@ class NkiTensor:
         dyn = list(self._dyn)
         shape, strides, dropped = [], [], []
         for dim, (k, n, s) in enumerate(zip(key, self.shape, self.strides)):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1 and k.step is not None and step == 0:
+            if type(k) is slice:
+                if k.step is None and k.start is None and k.stop is None:  # ':' (the common case)
+                    shape.append(n)
+                    strides.append(s)
+                    continue
+                if k.step == 0:
                     raise NkiSimError("indexing: slice step cannot be 0")
+                start, stop, step = k.indices(n)
                 cnt = len(range(start, stop, step))
                 if cnt <= 0:
                     raise NkiSimError(f"indexing: empty slice {k} on dim {dim} of size {n} of '{self.name}'")
@@ -818,7 +825,20 @@ class NkiTensor:
                 keep = [0, len(shape) - 1]
         if not keep:  # HBM scalar element: keep a 1-element 1-D view
             keep = [len(shape) - 1]
-        return self._derive([shape[d] for d in keep], [strides[d] for d in keep], offset, dyn=tuple(dyn))
+        # every index was checked against its dim: a view of an in-bounds tensor stays in bounds
+        t = NkiTensor._make(
+            self._alloc,
+            self.dtype,
+            [shape[d] for d in keep],
+            [strides[d] for d in keep],
+            offset,
+            tuple(dyn),
+            None,
+            self.name,
+            check=False,
+        )
+        t._ap = self._ap
+        return t
 
     def __setitem__(self, key, value) -> None:
         """`t[key] = value`: copy a tensor or a constant into the view (DMA if HBM is involved)."""

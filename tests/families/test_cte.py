@@ -87,7 +87,8 @@ kernel block1  : cte { block=128 shard=block }
   kernel i1      : cte { block=128 shard=intermediate }
   kernel i2      : cte { block=128 shard=intermediate lnc=2 }
   kernel hybrid2 : cte { block=128 shard=intermediate lnc=2 loop=hybrid }
-  kernel stream2 : cte { block=128 shard=block lnc=2 weights=stream }"""
+  kernel stream2 : cte { block=128 shard=block lnc=2 weights=stream }
+  kernel halves2 : cte { block=128 shard=block lnc=2 distribute=halves }"""
 
 
 VARIANT_TEXT = cte_spec(VARIANTS, hidden=320, intermediate=192)  # H and I with partial 64-row tiles
@@ -99,7 +100,7 @@ def variant_run(kernel: str):
     return run(VARIANT_TEXT, kernel, 150, expert_index=expert_index)
 
 
-@pytest.mark.parametrize("kernel", ["block2", "i1", "i2", "hybrid2", "stream2"])
+@pytest.mark.parametrize("kernel", ["block2", "i1", "i2", "hybrid2", "stream2", "halves2"])
 def test_variants_agree_with_each_other_and_the_reference(kernel):
     plan, _, got, want = variant_run(kernel)
     assert_matches(plan, got, want)
@@ -199,6 +200,7 @@ SWEEP = [
     ("fp8_bias_pre_lnc2_i", dict(quant="weights=fp8_row", expert="scale -> gate_up(bias) -> relu -> down(bias)",
                                  top_k=1), "block=128 shard=intermediate lnc=2", 100),
     ("out_fp32", dict(dtype="in=bf16 out=fp32"), "block=128", 100),
+    ("hybrid_block_lnc1_fp8_static", dict(quant="weights=fp8_static"), "block=128 loop=hybrid", 100),
 ]
 
 

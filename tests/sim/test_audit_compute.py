@@ -152,8 +152,14 @@ def test_activation_psum_in_and_out():
 def test_activation_reduce_must_be_add():
     """nki.isa.activation: 'reduce_op must be nl.add'."""
     with pytest.raises(NkiSimError):
-        nisa.activation(out((4, 8)), nl.copy, sb(X, nl.float32), reduce_op=nl.maximum,
-                        reduce_res=out((4, 1)), reduce_cmd=nisa.reduce_cmd.reset_reduce)
+        nisa.activation(
+            out((4, 8)),
+            nl.copy,
+            sb(X, nl.float32),
+            reduce_op=nl.maximum,
+            reduce_res=out((4, 1)),
+            reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        )
 
 
 def test_activation_reduce_cmd_register_semantics():
@@ -164,14 +170,11 @@ def test_activation_reduce_cmd_register_semantics():
     res = out((4, 1))
     s = X.sum(axis=1, keepdims=True)
     nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.reset_reduce)
-    nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.reduce,
-                    reduce_res=res)
+    nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.reduce, reduce_res=res)
     np.testing.assert_allclose(res.read(), 2 * s, rtol=1e-5, atol=1e-5)
-    nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.idle,
-                    reduce_res=res)
+    nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.idle, reduce_res=res)
     np.testing.assert_allclose(res.read(), 2 * s, rtol=1e-5, atol=1e-5)
-    nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.reset,
-                    reduce_res=res)
+    nisa.activation(out((4, 8)), nl.copy, data, reduce_op=nl.add, reduce_cmd=nisa.reduce_cmd.reset, reduce_res=res)
     np.testing.assert_array_equal(res.read(), np.zeros((4, 1), np.float32))
 
 
@@ -182,8 +185,16 @@ def test_activation_reduce_softmax_row_sum():
     neg_max = out((4, 1))
     nisa.tensor_reduce(neg_max, nl.maximum, data, axis=1, negate=True)
     e, ssum = out((4, 8)), out((4, 1))
-    nisa.activation(e, nl.exp, data, bias=neg_max, scale=1.0, reduce_op=nl.add,
-                    reduce_cmd=nisa.reduce_cmd.reset_reduce, reduce_res=ssum)
+    nisa.activation(
+        e,
+        nl.exp,
+        data,
+        bias=neg_max,
+        scale=1.0,
+        reduce_op=nl.add,
+        reduce_cmd=nisa.reduce_cmd.reset_reduce,
+        reduce_res=ssum,
+    )
     ref = np.exp(X - X.max(1, keepdims=True))
     np.testing.assert_allclose(e.read(), ref, rtol=1e-6)
     np.testing.assert_allclose(ssum.read(), ref.sum(1, keepdims=True), rtol=1e-5)
@@ -240,8 +251,9 @@ def test_tensor_tensor_int32_explicit_vector_goes_through_fp32():
     engine=nki.isa.engine.vector' -- then arithmetic is fp32 math (2^24 + 1 not representable)."""
     big = np.full((2, 4), 2**24 + 1, np.int32)
     d = out((2, 4), nl.int32)
-    nisa.tensor_tensor(d, sb(big, nl.int32), sb(np.zeros((2, 4), np.int32), nl.int32), nl.add,
-                       engine=nisa.engine.vector)
+    nisa.tensor_tensor(
+        d, sb(big, nl.int32), sb(np.zeros((2, 4), np.int32), nl.int32), nl.add, engine=nisa.engine.vector
+    )
     assert (d.read() == 2**24).all()
 
 
@@ -322,11 +334,14 @@ def test_tensor_scalar_scalar_engine_trn2_combinations():
     """nki.isa.tensor_scalar: 'The Scalar Engine on trn2 only supports' (multiply, add),
     (multiply, None), (add, None)."""
     d = out((4, 8))
-    nisa.tensor_scalar(d, sb(X, nl.float32), nl.multiply, 2.0, op1=nl.add, operand1=1.0,
-                       engine=nisa.engine.scalar)
+    nisa.tensor_scalar(d, sb(X, nl.float32), nl.multiply, 2.0, op1=nl.add, operand1=1.0, engine=nisa.engine.scalar)
     np.testing.assert_allclose(d.read(), 2 * X + 1, rtol=1e-6)
     with pytest.raises(NkiSimError):
         nisa.tensor_scalar(d, sb(X, nl.float32), nl.subtract, 1.0, engine=nisa.engine.scalar)
+    with context(target="trn3"):  # the restriction is trn2's only
+        d3 = out((4, 8))
+        nisa.tensor_scalar(d3, sb(X, nl.float32), nl.subtract, 1.0, engine=nisa.engine.scalar)
+        np.testing.assert_allclose(d3.read(), X - 1, rtol=1e-6)
 
 
 def test_tensor_scalar_gpsimd_only_for_rsqrt():
@@ -355,8 +370,16 @@ def test_scalar_tensor_tensor_semantics():
     d = out((4, 8))
     nisa.scalar_tensor_tensor(d, sb(data, nl.float32), nl.multiply, -1e30, nl.add, sb(o1, nl.float32))
     np.testing.assert_allclose(d.read(), data * np.float32(-1e30) + o1, rtol=1e-6)
-    nisa.scalar_tensor_tensor(d, sb(data, nl.float32), nl.subtract, sb(v, nl.float32), nl.subtract,
-                              sb(o1, nl.float32), reverse0=True, reverse1=True)
+    nisa.scalar_tensor_tensor(
+        d,
+        sb(data, nl.float32),
+        nl.subtract,
+        sb(v, nl.float32),
+        nl.subtract,
+        sb(o1, nl.float32),
+        reverse0=True,
+        reverse1=True,
+    )
     np.testing.assert_allclose(d.read(), o1 - (v - data), rtol=1e-6, atol=1e-6)
 
 
@@ -369,8 +392,7 @@ def test_scalar_tensor_tensor_checks():
     with pytest.raises(NkiSimError):
         nisa.scalar_tensor_tensor(out((4, 8), nl.int32), ints, nl.bitwise_and, 1, nl.add, ints)
     with pytest.raises(NkiSimError):
-        nisa.scalar_tensor_tensor(out((4, 8)), sb(X, nl.float32), nl.add, 1.0, nl.add,
-                                  sb(np.ones((4, 4)), nl.float32))
+        nisa.scalar_tensor_tensor(out((4, 8)), sb(X, nl.float32), nl.add, 1.0, nl.add, sb(np.ones((4, 4)), nl.float32))
 
 
 def test_reciprocal():
@@ -545,6 +567,18 @@ def test_iota_negative_step_to_fp32():
     np.testing.assert_array_equal(d.read(), np.arange(3)[:, None] - np.arange(4)[None, :])
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIM_AUDIT #16: iota accepts a float offset / channel_multiplier; the page says int32",
+)
+def test_iota_offset_must_be_int():
+    """nki.isa.iota: 'offset: an int32 offset value'; 'channel_multiplier: an int32 multiplier'."""
+    with pytest.raises(NkiSimError):
+        nisa.iota(out((1, 4)), [[1, 4]], offset=0.5)
+    with pytest.raises(NkiSimError):
+        nisa.iota(out((1, 4)), [[1, 4]], offset=0, channel_multiplier=1.5)
+
+
 def test_iota_rules():
     """nki.isa.iota: 'The output dst tile must be in SBUF'; 'The total number of elements in pattern
     must match the number of elements per partition in the dst tile'."""
@@ -626,3 +660,241 @@ def test_nc_match_replace8_reverse_tie_break():
     ref = ROW.copy()
     ref[0, [5, 11, 7, 10, 8, 4, 2, 0]] = -1
     np.testing.assert_array_equal(d.read(), ref)
+
+
+# ------------------------------------------------------------------------------------------------
+# other Vector / GpSimd instructions (not used by the templates today; regression protection)
+# ------------------------------------------------------------------------------------------------
+XP = RNG.standard_normal((4, 6)).astype(np.float32)
+PRED = (RNG.random((4, 6)) > 0.5).astype(np.uint8)
+
+
+def test_tensor_copy_predicated():
+    """nki.isa.tensor_copy_predicated: where predicate is true copy src (tile or scalar) into dst,
+    else dst is unmodified; reverse_pred inverts; predicate uint8/uint16/uint32; src and dst same dtype;
+    src and predicate not both in PSUM."""
+    d = sb(np.full((4, 6), 9.0), nl.float32)
+    nisa.tensor_copy_predicated(d, sb(XP, nl.float32), sb(PRED, nl.uint8))
+    np.testing.assert_array_equal(d.read(), np.where(PRED, XP, 9.0))
+    d = sb(np.full((4, 6), 9.0), nl.float32)
+    nisa.tensor_copy_predicated(d, 2.5, sb(PRED, nl.uint16), reverse_pred=True)
+    np.testing.assert_array_equal(d.read(), np.where(PRED, 9.0, 2.5))
+    with pytest.raises(NkiSimError):
+        nisa.tensor_copy_predicated(out((4, 6)), sb(XP, nl.float32), sb(PRED, nl.int8))
+    with pytest.raises(NkiSimError):
+        nisa.tensor_copy_predicated(out((4, 6), nl.bfloat16), sb(XP, nl.float32), sb(PRED, nl.uint8))
+    with pytest.raises(NkiSimError):
+        nisa.tensor_copy_predicated(out((4, 6)), ps(XP), sb(PRED, nl.uint8, nl.psum))
+
+
+def test_select_reduce():
+    """nki.isa.select_reduce: np.where(predicate, on_true, on_false) and, with reduction, the row max
+    into reduce_res; predicate int8/uint8/int16/uint16; on_true not tfloat32/int32/uint32."""
+    d, r = out((4, 6)), out((4, 1))
+    nisa.select_reduce(
+        d, sb(PRED, nl.uint8), sb(XP, nl.float32), -5.0, reduce_res=r, reduce_cmd=nisa.reduce_cmd.reset_reduce
+    )
+    ref = np.where(PRED, XP, np.float32(-5.0))
+    np.testing.assert_array_equal(d.read(), ref)
+    np.testing.assert_array_equal(r.read(), ref.max(1, keepdims=True))
+    with pytest.raises(NkiSimError):
+        nisa.select_reduce(out((4, 6)), sb(PRED, nl.uint32), sb(XP, nl.float32), -5.0)
+    with pytest.raises(NkiSimError):
+        nisa.select_reduce(out((4, 6), nl.int32), sb(PRED, nl.uint8), sb(XP.astype(np.int32), nl.int32), -5.0)
+
+
+def test_tensor_scalar_reduce():
+    """nki.isa.tensor_scalar_reduce: dst = data op0 operand0 and reduce_res = reduce_op(dst) over the
+    free axes (reset_reduce default)."""
+    d, r = out((4, 6)), out((4, 1))
+    nisa.tensor_scalar_reduce(d, sb(XP, nl.float32), nl.multiply, 2.0, nl.add, r)
+    np.testing.assert_allclose(d.read(), 2 * XP, rtol=1e-6)
+    np.testing.assert_allclose(r.read(), (2 * XP).sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_tensor_scan():
+    """nki.isa.tensor_tensor_scan: result[:, 0] = op1(op0(data0[:, 0], initial), data1[:, 0]);
+    result[:, i] = op1(op0(data0[:, i], result[:, i-1]), data1[:, i])."""
+    d = out((4, 6))
+    nisa.tensor_tensor_scan(d, sb(XP, nl.float32), sb(np.ones((4, 6)), nl.float32), 0.5, nl.multiply, nl.add)
+    ref = np.zeros_like(XP)
+    prev = np.full(4, 0.5, np.float32)
+    for i in range(6):
+        prev = XP[:, i] * prev + 1
+        ref[:, i] = prev
+    np.testing.assert_allclose(d.read(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_scalar_cumulative():
+    """nki.isa.tensor_scalar_cumulative: reg = op1(op0(x[i], imm0), reg); dst[i] = reg (reset_reduce
+    starts add at 0); 'INT32/UINT32 are not supported as input/output dtypes'."""
+    d = out((4, 6))
+    nisa.tensor_scalar_cumulative(d, sb(XP, nl.float32), nl.multiply, nl.add, 2.0)
+    np.testing.assert_allclose(d.read(), np.cumsum(2 * XP, axis=1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(NkiSimError):
+        nisa.tensor_scalar_cumulative(
+            out((4, 6), nl.int32), sb(XP.astype(np.int32), nl.int32), nl.multiply, nl.add, 2.0
+        )
+
+
+def test_nc_stream_shuffle_per_quadrant():
+    """nki.isa.nc_stream_shuffle: shuffle_mask[i] names the source partition of output partition i
+    within each 32-partition quadrant; the same mask applies to every quadrant."""
+    src = sb(np.arange(128, dtype=np.float32).reshape(64, 2), nl.float32)
+    d = out((64, 2))
+    nisa.nc_stream_shuffle(d, src, [31 - i for i in range(32)])
+    v = d.read()
+    assert (v[0, 0], v[31, 0], v[32, 0], v[63, 0]) == (62.0, 0.0, 126.0, 64.0)
+
+
+def test_nc_n_gather():
+    """nki.isa.nc_n_gather: per partition, gather from the flattened free dims of data at uint32
+    indices; dst dtype = data dtype; indices must be uint32."""
+    d = out((2, 3))
+    nisa.nc_n_gather(
+        d,
+        sb(np.arange(12, dtype=np.float32).reshape(2, 6), nl.float32),
+        sb(np.array([[5, 0, 3], [1, 1, 4]]), nl.uint32),
+    )
+    np.testing.assert_array_equal(d.read(), [[5, 0, 3], [7, 7, 10]])
+    with pytest.raises(NkiSimError):
+        nisa.nc_n_gather(out((2, 3)), sb(np.ones((2, 6)), nl.float32), sb(np.zeros((2, 3)), nl.int32))
+
+
+def test_range_select():
+    """nki.isa.range_select: keep element j where comp_op0(j + range_start, bound0) and
+    comp_op1(j + range_start, bound1), else on_false_value, which must be FP32_MIN (it becomes -inf in
+    a bf16 dst); max-reduction into reduce_res."""
+    b0, b1 = sb(np.full((4, 1), 1.0), nl.float32), sb(np.full((4, 1), 4.0), nl.float32)
+    d, r = out((4, 6)), out((4, 1))
+    nisa.range_select(
+        d, sb(XP, nl.float32), nl.greater_equal, nl.less, b0, b1, reduce_res=r, on_false_value=-3.4028235e38
+    )
+    j = np.arange(6)
+    ref = np.where((j >= 1) & (j < 4), XP, np.float32(-3.4028235e38))
+    np.testing.assert_array_equal(d.read(), ref)
+    np.testing.assert_array_equal(r.read(), ref.max(1, keepdims=True))
+    bd = out((4, 6), nl.bfloat16)
+    nisa.range_select(bd, sb(XP, nl.float32), nl.greater_equal, nl.less, b0, b0, on_false_value=-3.4028235e38)
+    assert np.isneginf(f32(bd)).all()
+    with pytest.raises(NkiSimError):
+        nisa.range_select(out((4, 6)), sb(XP, nl.float32), nl.greater_equal, nl.less, b0, b1, on_false_value=0.0)
+
+
+def test_dma_compute_add_only():
+    """nki.isa.dma_compute: dst = reduce_op(srcs[0] * scales[0], ...) in fp32; 'only nl.add is
+    supported for reduce_op'."""
+    d = out((4, 6))
+    nisa.dma_compute(d, [sb(XP, nl.float32), sb(XP, nl.float32)], nl.add)
+    np.testing.assert_allclose(d.read(), 2 * XP, rtol=1e-6)
+    with pytest.raises(NkiSimError):
+        nisa.dma_compute(out((4, 6)), [sb(XP, nl.float32), sb(XP, nl.float32)], nl.multiply)
+
+
+def test_trn3_only_instructions_refused_on_trn2():
+    """nki.isa.activate2 / exponential / quantize_mx: 'Available only on NeuronCore-v4 and newer'."""
+    one = sb(np.ones((32, 4)), nl.bfloat16)
+    with pytest.raises(NkiSimError):
+        nisa.activate2(out((32, 4)), nl.copy, one, 1.0, 0.0, nl.multiply, nl.add)
+    with pytest.raises(NkiSimError):
+        nisa.exponential(out((32, 4)), one)
+    with pytest.raises(NkiSimError):
+        nisa.quantize_mx(out((32, 1), nl.float8_e4m3fn_x4), one, out((32, 1), nl.uint8))
+
+
+def test_exponential_on_trn3():
+    """nki.isa.exponential (trn3): dst = exp(src - max_value), fp32 math."""
+    with context(target="trn3"):
+        d = out((1, 4))
+        nisa.exponential(d, sb(np.array([[1.0, 2.0, 3.0, 4.0]]), nl.float32), max_value=1.0)
+        np.testing.assert_allclose(d.read(), np.exp(np.array([[0.0, 1.0, 2.0, 3.0]])), rtol=1e-6)
+
+
+def test_tensor_scalar_reduce_accumulator_commands():
+    """nki.isa.tensor_scalar_reduce (Accumulator behavior): reset_reduce (default) zeroes then
+    accumulates; reduce continues on the existing accumulator; load_reduce starts from reduce_init."""
+    x = sb(np.arange(8, dtype=np.float32).reshape(2, 4), nl.float32)
+    r = out((2, 1))
+    base = (np.arange(8).reshape(2, 4) + 1).sum(1, keepdims=True).astype(np.float32)
+    nisa.tensor_scalar_reduce(out((2, 4)), x, nl.add, 1.0, nl.add, None, reduce_cmd=nisa.reduce_cmd.reset_reduce)
+    nisa.tensor_scalar_reduce(out((2, 4)), x, nl.add, 1.0, nl.add, r, reduce_cmd=nisa.reduce_cmd.reduce)
+    np.testing.assert_array_equal(r.read(), 2 * base)
+    nisa.tensor_scalar_reduce(
+        out((2, 4)), x, nl.add, 1.0, nl.add, r, reduce_cmd=nisa.reduce_cmd.load_reduce, reduce_init=100.0
+    )
+    np.testing.assert_array_equal(r.read(), base + 100)
+
+
+def test_column_slice_operands_as_templates_use_them():
+    """expert_mlp.j2 / topk.j2 pass [P, 1] column slices of wider tiles as activation scale / bias
+    (scale[0:rows, part:part + 1]), tensor_scalar operand1 (values[:, i:i + 1]) and
+    scalar_tensor_tensor operand0; each must read its own column, broadcast along the free dim."""
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    sc = np.array([[1, 10], [2, 20], [3, 30], [4, 40]], np.float32)
+    s = sb(sc, nl.float32)
+    d = out((4, 3))
+    nisa.activation(d, nl.copy, sb(x, nl.float32), bias=s[0:4, 0:1], scale=s[0:4, 1:2])
+    np.testing.assert_array_equal(d.read(), x * sc[:, 1:2] + sc[:, 0:1])
+    vals = np.arange(32, dtype=np.float32).reshape(4, 8)
+    nisa.tensor_scalar(d, sb(x, nl.float32), nl.multiply, 0.0, op1=nl.add, operand1=sb(vals, nl.float32)[:, 5:6])
+    np.testing.assert_array_equal(d.read(), np.broadcast_to(vals[:, 5:6], (4, 3)))
+    acc = sb(np.ones((4, 3)), nl.float32)
+    nisa.scalar_tensor_tensor(acc, sb(x, nl.float32), nl.multiply, s[:, 1:2], nl.add, acc)
+    np.testing.assert_array_equal(acc.read(), x * sc[:, 1:2] + 1)
+
+
+def test_uint32_index_to_int32_goes_through_fp32():
+    """nki.isa.tensor_copy: differing dtypes convert through fp32 and saturate -- a uint32 'not found'
+    index 0xFFFFFFFF (nc_find_index8) copied to int32 becomes 2^31 - 1, not -1."""
+    f8 = out((4, 8), nl.uint32)
+    f8.write(np.full((4, 8), 0xFFFFFFFF, np.uint32))
+    idx = out((4, 3), nl.int32)
+    nisa.memset(idx, 0)
+    nisa.tensor_copy(idx[:, 1:2], f8[:, 0:1])
+    np.testing.assert_array_equal(idx.read()[:, 1], np.full(4, 2**31 - 1))
+
+
+def test_gpsimd_never_touches_psum():
+    """Arch guide / nki.isa pages: 'GpSimd Engine cannot access PSUM' -- explicit engine=gpsimd
+    (tensor_scalar rsqrt, tensor_tensor) and GpSimd-only instructions (nc_n_gather) refuse PSUM
+    operands."""
+    p = ps(np.full((2, 4), 4.0))
+    with pytest.raises(NkiSimError):
+        nisa.tensor_scalar(out((2, 4)), p, nl.rsqrt, None, engine=nisa.engine.gpsimd)
+    with pytest.raises(NkiSimError):
+        nisa.tensor_scalar(
+            out((2, 4), buffer=nl.psum), sb(np.ones((2, 4)), nl.float32), nl.rsqrt, None, engine=nisa.engine.gpsimd
+        )
+    ints = sb(np.ones((2, 4), np.int32), nl.int32)
+    with pytest.raises(NkiSimError):
+        nisa.tensor_tensor(
+            out((2, 4), nl.int32),
+            sb(np.ones((2, 4), np.int32), nl.int32, nl.psum),
+            ints,
+            nl.add,
+            engine=nisa.engine.gpsimd,
+        )
+    with pytest.raises(NkiSimError):
+        nisa.nc_n_gather(out((2, 2)), p, sb(np.zeros((2, 2)), nl.uint32))
+
+
+def test_strided_and_multidim_operands():
+    """NKI Access Patterns / arch guide: engines read up to 4-D free access patterns with a stride per
+    dim; [P, 1] vectors broadcast over every free dim (activation, tensor_scalar on 3-D tiles);
+    reductions and max8 read strided views."""
+    r = np.random.default_rng(3)
+    x = r.standard_normal((4, 3, 5)).astype(np.float32)
+    v = r.standard_normal((4, 1)).astype(np.float32)
+    d = out((4, 3, 5))
+    nisa.activation(d, nl.copy, sb(x, nl.float32), scale=sb(v, nl.float32))
+    np.testing.assert_allclose(d.read(), x * v[:, :, None], rtol=1e-6)
+    nisa.tensor_scalar(d, sb(x, nl.float32), nl.subtract, sb(v, nl.float32), reverse0=True)
+    np.testing.assert_allclose(d.read(), v[:, :, None] - x, rtol=1e-6, atol=1e-6)
+    big_np = r.standard_normal((4, 3, 8)).astype(np.float32)
+    big = sb(big_np, nl.float32)
+    red = out((4, 3))
+    nisa.tensor_reduce(red, nl.add, big[:, :, 2:7:2], axis=2)
+    np.testing.assert_allclose(red.read(), big_np[:, :, 2:7:2].sum(2), rtol=1e-5, atol=1e-6)
+    m = out((4, 8))
+    nisa.max8(m, big[:, :, 0:8:2])
+    np.testing.assert_array_equal(m.read(), -np.sort(-big_np[:, :, 0:8:2].reshape(4, -1), axis=1)[:, :8])

@@ -23,7 +23,7 @@ from moegen.sim import language as nl
 BF16 = ml_dtypes.bfloat16
 RNG = np.random.default_rng(5)
 
-KERNELS = '''
+KERNELS = """
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -311,6 +311,22 @@ def dma_transpose_nd(x):
 
 
 @nki.jit
+def dma_engine_choice(x, which, hw):
+    t = nl.ndarray(x.shape, dtype=x.dtype, buffer=nl.sbuf)
+    eng = {"gpsimd": nisa.engine.gpsimd, "sync": nisa.engine.sync, "scalar": nisa.engine.scalar}[which]
+    nisa.dma_copy(dst=t, src=x, engine=eng, dge_mode=nisa.dge_mode.hwdge if hw else nisa.dge_mode.swdge)
+    return None
+
+
+@nki.jit
+def dma_transpose_direct_skip(x):
+    P, F = x.shape
+    d = nl.ndarray((F, P), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.dma_transpose(dst=d, src=x, oob_mode=nisa.oob_mode.skip)
+    return None
+
+
+@nki.jit
 def one_d_sbuf_register(x):
     # nki.isa.register_load / register_store docstring examples use 1-D [1] SBUF tensors
     computed_bound = nl.ones([1], dtype=nl.int32, buffer=nl.sbuf)
@@ -383,7 +399,7 @@ def return_private_hbm(x):
     out = nl.ndarray(x.shape, dtype=x.dtype, buffer=nl.hbm)
     nisa.dma_copy(dst=out, src=x)
     return out
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -418,6 +434,22 @@ def test_dma_copy_converts_through_fp32(k):
     np.testing.assert_array_equal(run(k.dma_cast, x), x.astype(BF16).astype(np.float32))
     ints = np.array([[2**24 + 1, -7]], np.int32)
     np.testing.assert_array_equal(run(k.dma_int_roundtrip, ints), [[2**24, -7]])
+
+
+def test_dma_copy_float_to_int_rne_and_saturate():
+    """nki.isa.dma_copy (Data types): conversion goes src -> float32 -> dst; float32 -> integer is
+    round-to-nearest-even with saturation (NKI 0.6 simulator notes: fp32 -> int 'matches hardware')."""
+    with context(target="trn2"):
+        h = nl.ndarray((1, 4), nl.int32, buffer=nl.hbm)
+        h.write(np.array([[300, -300, -1, 7]], np.int32))
+        d = nl.ndarray((1, 4), nl.int8)
+        nisa.dma_copy(d, h)
+        np.testing.assert_array_equal(d.read(), [[127, -128, -1, 7]])
+        f = nl.ndarray((1, 4), nl.float32, buffer=nl.hbm)
+        f.write(np.array([[2.5, -2.5, 3.5, 1e10]], np.float32))
+        i = nl.ndarray((1, 4), nl.int32)
+        nisa.dma_copy(i, f)
+        np.testing.assert_array_equal(i.read(), [[2, -2, 4, 2**31 - 1]])
 
 
 def test_dma_copy_cannot_read_psum(k):
@@ -480,7 +512,7 @@ def test_ap_cannot_be_nested(k):
 def test_ap_dtype_reinterpret_cast(k):
     """NKI Access Patterns ('Reinterpret Cast with ap'): dtype= reinterprets the storage; counts and
     offsets are in elements of the new dtype (int32 (P, 4) -> bf16 (P, 8))."""
-    x = RNG.integers(-2**31, 2**31 - 1, (2, 4), dtype=np.int64).astype(np.int32)
+    x = RNG.integers(-(2**31), 2**31 - 1, (2, 4), dtype=np.int64).astype(np.int32)
     got = run(k.ap_reinterpret, x)
     np.testing.assert_array_equal(np.asarray(got).view(np.uint16), x.view(np.uint16).reshape(2, 8))
 
@@ -664,6 +696,39 @@ def test_dma_priority_accepted_on_trn3(k):
     run(k.dma_priority, X48, target="trn3")
 
 
+def test_dma_copy_engine_sync_or_scalar_with_hwdge(k):
+    """nki.isa.dma_copy: engine is 'the engine to use for HWDGE descriptor generation:
+    nki.isa.engine.sync or nki.isa.engine.scalar. Only valid when dge_mode=hwdge'."""
+    run(k.dma_engine_choice, X48, "sync", True)
+    run(k.dma_engine_choice, X48, "scalar", True)
+    with pytest.raises(NkiSimError):
+        run(k.dma_engine_choice, X48, "sync", False)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIM_AUDIT #13: dma_copy accepts engine=gpsimd (and engine.dma); the page allows only "
+    "sync or scalar, and only with dge_mode=hwdge",
+)
+@pytest.mark.parametrize("hw", [True, False], ids=["hwdge", "swdge"])
+def test_dma_copy_engine_gpsimd_refused(k, hw):
+    """nki.isa.dma_copy: the engine parameter takes sync or scalar (with hwdge) or unknown; GpSimd is
+    not an HWDGE trigger (software DGE runs on GpSimd implicitly, selected by dge_mode)."""
+    with pytest.raises(NkiSimError):
+        run(k.dma_engine_choice, X48, "gpsimd", hw)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIM_AUDIT #14: dma_transpose accepts oob_mode=skip on a direct (non-indirect) transpose",
+)
+def test_dma_transpose_skip_only_with_indirect_src(k):
+    """nki.isa.dma_transpose (oob_mode): 'oob_mode.skip: Silently skips any operations involving
+    out-of-bounds indices. Only valid when src uses indirect indexing.'"""
+    with pytest.raises(NkiSimError):
+        run(k.dma_transpose_direct_skip, RNG.standard_normal((16, 32)).astype(BF16))
+
+
 # ------------------------------------------------------------------------------------------------
 # allocation
 # ------------------------------------------------------------------------------------------------
@@ -691,11 +756,7 @@ def test_sbuf_capacity_per_partition(target, kib):
         del a, b
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #11: 1-D on-chip tensors (nl.ones([1], buffer=nl.sbuf), nl.ndarray([1], ...)) "
-    "are refused ('must be at least 2-D'); the register_load/register_store examples use them",
-)
+# SIM_AUDIT #11: fixed in moegen.sim during the audit; kept as a regression test.
 def test_one_element_1d_sbuf_tensor_for_registers(k):
     """nki.isa.register_load: 'The source must be a NKI tensor with exactly one element (shape [1] or
     [1, 1])'; its example: `computed_bound = nl.ones([1], dtype=nl.int32, buffer=nl.sbuf)`;

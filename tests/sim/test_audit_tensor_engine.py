@@ -99,8 +99,8 @@ def test_matmul_k_tiling_idiom_accumulate_i_gt_0(trn2):
     b = RNG.standard_normal((384, 512)).astype(np.float32)
     dst = psum((64, 512))
     for i in range(3):
-        st = sb(a[i * 128:(i + 1) * 128], nl.bfloat16)
-        mv = sb(b[i * 128:(i + 1) * 128], nl.bfloat16)
+        st = sb(a[i * 128 : (i + 1) * 128], nl.bfloat16)
+        mv = sb(b[i * 128 : (i + 1) * 128], nl.bfloat16)
         nisa.nc_matmul(dst, st, mv, accumulate=(i > 0))
     ref = rounded(a, BF16).T.astype(np.float64) @ rounded(b, BF16).astype(np.float64)
     np.testing.assert_allclose(dst.read(), ref, rtol=1e-4, atol=1e-3)
@@ -144,9 +144,7 @@ def test_matmul_double_row_fp8(trn2):
     a = RNG.integers(-3, 4, (128, 2, 3)).astype(np.float32)
     b = RNG.integers(-3, 4, (128, 2, 5)).astype(np.float32)
     dst = psum((3, 5))
-    nisa.nc_matmul(
-        dst, sb(a, nl.float8_e4m3), sb(b, nl.float8_e5m2), perf_mode=nisa.matmul_perf_mode.double_row
-    )
+    nisa.nc_matmul(dst, sb(a, nl.float8_e4m3), sb(b, nl.float8_e5m2), perf_mode=nisa.matmul_perf_mode.double_row)
     np.testing.assert_array_equal(dst.read(), np.einsum("kjm,kjn->mn", a, b))
 
 
@@ -186,9 +184,7 @@ def test_matmul_fp32_pairs_only_with_fp32(trn2):
     """nki.isa.nc_matmul: 'if one of the input tiles is tfloat32/float32, the other tile must also be
     tfloat32/float32'."""
     with pytest.raises(NkiSimError):
-        nisa.nc_matmul(
-            psum((4, 4)), sb(np.ones((4, 4)), nl.float32), sb(np.ones((4, 4)), nl.bfloat16)
-        )
+        nisa.nc_matmul(psum((4, 4)), sb(np.ones((4, 4)), nl.float32), sb(np.ones((4, 4)), nl.bfloat16))
 
 
 def test_matmul_e4m3fn_is_trn3_only(trn2):
@@ -203,9 +199,7 @@ def test_matmul_e4m3_and_e4m3fn_cannot_mix(trn3):
     """nki.isa.nc_matmul: 'float8_e4m3 (legacy) and float8_e4m3fn cannot be mixed in the same
     matmul'."""
     with pytest.raises(NkiSimError):
-        nisa.nc_matmul(
-            psum((4, 4)), sb(np.ones((4, 4)), nl.float8_e4m3), sb(np.ones((4, 4)), nl.float8_e4m3fn)
-        )
+        nisa.nc_matmul(psum((4, 4)), sb(np.ones((4, 4)), nl.float8_e4m3), sb(np.ones((4, 4)), nl.float8_e4m3fn))
 
 
 def test_matmul_dst_must_be_fp32_on_trn2(trn2):
@@ -307,6 +301,28 @@ def test_matmul_tiling_column_size_must_be_128(trn2):
     nisa.nc_matmul(psum((16, 16)), a, a, tile_position=(96, 0), tile_size=(32, 128))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="SIM_AUDIT #15: perf_mode=double_row is refused with any tiling; the page only excludes "
+    "column tiling, so row tiling (tile_size=(64, 128)) must be accepted",
+)
+def test_matmul_double_row_with_row_tiling(trn2):
+    """nki.isa.nc_matmul (Performance mode): 'double_row performance mode cannot be combined with
+    Tensor Engine column tiling mode' -- row tiling is not excluded (and column tiling does not exist
+    here, column_size must be 128)."""
+    a = RNG.integers(-2, 3, (64, 2, 4)).astype(np.float32)
+    dst = psum((4, 4))
+    nisa.nc_matmul(
+        dst,
+        sb(a, nl.float8_e4m3),
+        sb(a, nl.float8_e4m3),
+        perf_mode=nisa.matmul_perf_mode.double_row,
+        tile_position=(64, 0),
+        tile_size=(64, 128),
+    )
+    np.testing.assert_array_equal(dst.read(), np.einsum("kjm,kjn->mn", a, a))
+
+
 def test_matmul_tiling_needs_both_fields(trn2):
     """nki.isa.nc_matmul: 'tile_position and tile_size must both be set to enable tiling mode'."""
     a = sb(np.ones((32, 16)), nl.float32)
@@ -378,8 +394,9 @@ def test_nc_transpose_vector_engine_limit_32(trn2):
     nisa.nc_transpose(dst, sb(x, nl.float32), engine=nisa.engine.vector)
     np.testing.assert_array_equal(dst.read(), x.T)
     with pytest.raises(NkiSimError):
-        nisa.nc_transpose(nl.ndarray((64, 64), nl.float32), sb(np.ones((64, 64)), nl.float32),
-                          engine=nisa.engine.vector)
+        nisa.nc_transpose(
+            nl.ndarray((64, 64), nl.float32), sb(np.ones((64, 64)), nl.float32), engine=nisa.engine.vector
+        )
 
 
 def test_nc_transpose_tensor_engine_memory_types(trn2):
@@ -405,10 +422,10 @@ def test_nc_transpose_into_3d_psum_slice(trn2):
     rows = sb(x, nl.bfloat16)
     xp = psum((128, 2, 128), nl.bfloat16)
     for j in range(2):
-        nisa.nc_transpose(xp[:, j, :], rows[:, j * 128:(j + 1) * 128])
+        nisa.nc_transpose(xp[:, j, :], rows[:, j * 128 : (j + 1) * 128])
     got = np.asarray(xp.read()).astype(np.float32)
     for j in range(2):
-        np.testing.assert_array_equal(got[:, j, :], rounded(x[:, j * 128:(j + 1) * 128], BF16).T)
+        np.testing.assert_array_equal(got[:, j, :], rounded(x[:, j * 128 : (j + 1) * 128], BF16).T)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -455,3 +472,17 @@ def test_nl_tile_size_sbuf_size_bytes_is_total(trn2):
     """nki.language.tile_size (v2.30 / v2.33 pages): 'sbuf_size_bytes: Total SBUF capacity in bytes
     (all partitions combined)' -- 28 MiB on Trn2 (Trainium2 arch guide: 128 x 224 KiB)."""
     assert nl.tile_size.sbuf_size_bytes == 128 * 224 * 1024
+
+
+def test_matmul_on_strided_slab_views(trn2):
+    """expert_mlp.j2: nc_matmul(stationary=w[0:h, ht, 1, 0:i], moving=x[0:h, ht, 0:n],
+    accumulate=ht > 0) -- strided views of [P, H_TILES, 2, I] / [P, H_TILES, N] SBUF slabs are legal
+    operands (free access patterns with strides) and accumulate over ht."""
+    w = RNG.standard_normal((16, 3, 2, 6)).astype(np.float32)
+    x = RNG.standard_normal((16, 3, 7)).astype(np.float32)
+    W, XX = sb(w, nl.float32), sb(x, nl.float32)
+    p = psum((6, 7))
+    for ht in range(3):
+        nisa.nc_matmul(p, W[0:16, ht, 1, 0:6], XX[0:16, ht, 0:7], accumulate=ht > 0)
+    ref = sum(w[:, ht, 1, :].T @ x[:, ht, :] for ht in range(3))
+    np.testing.assert_allclose(p.read(), ref, rtol=1e-5, atol=1e-5)

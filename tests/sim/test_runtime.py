@@ -142,3 +142,89 @@ def test_argument_tensors_are_named_after_parameters():
 
     sim.simulate(k)(np.zeros((2, 2), np.float32))
     assert sim.last_run().trace[0]["operands"]["src"]["name"] == "hidden"
+
+
+# -- the trace is plain data --------------------------------------------------------------------------
+def test_trace_is_plain_data_with_the_documented_fields():
+    import json
+
+    def k(x):
+        t = nl.ndarray(x.shape, x.dtype, buffer=nl.sbuf)
+        nisa.dma_copy(t, x, dge_mode=nisa.dge_mode.swdge)
+        u = nl.ndarray(x.shape, x.dtype, buffer=nl.sbuf)
+        nisa.activation(u, nl.exp, t, scale=np.float32(2.0))
+        reg = nisa.register_alloc(1)
+        v = nl.ndarray((x.shape[0], 2), x.dtype, buffer=nl.sbuf)
+        nisa.tensor_copy(v, u.ap([[x.shape[1], x.shape[0]], [1, 2]], offset=0, scalar_offset=reg, indirect_dim=1))
+        out = nl.ndarray(x.shape, x.dtype, buffer=nl.shared_hbm)
+        nisa.dma_copy(out, u)
+        return out
+
+    sim.simulate(k, target="trn2")(np.zeros((4, 4), np.float32))
+    trace = sim.last_run().trace
+    assert json.loads(json.dumps(trace))  # only builtins
+    for e in trace:
+        assert set(e) == {"core", "engine", "opcode", "operands", "bytes", "line"}
+        assert e["line"].startswith("test_runtime.py:")
+    dma = trace[0]
+    assert dma["engine"] == "dma" and dma["bytes"] == 64
+    assert dma["operands"]["src"] == {"shape": (4, 4), "dtype": "float32", "buffer": "private_hbm", "name": "x"}
+
+
+# -- backend switch: the real nki.simulate when the real package is importable ------------------------
+class _FakeRealNki:
+    """Stands in for an installed Neuron `nki` package (records how it was called)."""
+
+    def __init__(self):
+        import types
+
+        self.calls = []
+        mod = types.ModuleType("nki")
+
+        def simulate(kernel):
+            def run(*args, **kwargs):
+                import os
+
+                self.calls.append(
+                    (kernel, os.environ.get("NEURON_PLATFORM_TARGET_OVERRIDE"), os.environ.get("NKI_PRECISE_FP"))
+                )
+                args[1][...] = 7.0  # the real simulator writes modified inputs back in place
+                return args[0] * 2
+
+            return run
+
+        class Jit:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def __getitem__(self, lnc):
+                return ("lnc", lnc, self.fn)
+
+        mod.simulate = simulate
+        mod.jit = Jit
+        self.module = mod
+
+
+def test_real_backend_by_argument_and_environment(monkeypatch):
+    import sys
+
+    fake = _FakeRealNki()
+    monkeypatch.setitem(sys.modules, "nki", fake.module)
+    monkeypatch.delenv("NEURON_PLATFORM_TARGET_OVERRIDE", raising=False)
+
+    def kern(x, out):
+        return None
+
+    x, out = np.ones(3, np.float32), np.zeros(3, np.float32)
+    got = sim.simulate(kern, backend="real", target="trn2", precise=False)(x, out)
+    np.testing.assert_array_equal(got, 2 * x)
+    assert fake.calls[-1] == (kern, "trn2", "0")
+    res = sim.last_run()
+    assert res.written_names == ["out"] and res.trace == [] and res.target == "trn2"
+    assert "NEURON_PLATFORM_TARGET_OVERRIDE" not in __import__("os").environ  # restored
+    monkeypatch.setenv("MOEGEN_SIM_BACKEND", "real")
+    sim.simulate(sim.jit(kern)[2])(x, out)
+    assert fake.calls[-1][0] == ("lnc", 2, kern)
+    monkeypatch.setenv("MOEGEN_SIM_BACKEND", "sim")
+    sim.simulate(kern)(x, out)  # ours again
+    assert len(fake.calls) == 2
