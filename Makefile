@@ -30,7 +30,8 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check moegen tests benchmarks
-	$(PY) -m pytest -q -n 2
+	# one BLAS thread per test worker: two workers on two cores, no oversubscription
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 	$(VENV)/bin/moegen check
 	$(PY) $(SHARED)/tools/nki_conformance.py generated
 

@@ -62,6 +62,10 @@ OPTIONS = (
                "(expert_affinities_eager) instead of the [T, E] table"),
     OptionSpec("out", "choice", "output dtype override (default: the layer's output dtype)",
                choices=("bf16", "fp16", "fp32")),
+    OptionSpec("input", "choice", "where hidden_input is: HBM [T, H], or SBUF [H0=128, T, H1=H/128] with "
+               "column h = h0 * H1 + h1 (the seed's SBUF layout, from a fused caller; the kernel is then a "
+               "sub-kernel, and output=sbuf returns the same [H0, T, H1] layout)", default="hbm",
+               choices=("hbm", "sbuf")),
     OptionSpec("output", "choice", "where the result goes: HBM [T, H], or left in SBUF [T, H] for a caller "
                "that fuses (the kernel is then a sub-kernel, not @nki.jit)", default="hbm",
                choices=("hbm", "sbuf")),
@@ -94,6 +98,7 @@ class TkgPlan(KernelPlan):
     mask_unselected: bool
     uses_affinities: bool  # expert_affinities is read
     uses_rank: bool  # rank_id is read (all-expert with affinity scaling)
+    input: str  # 'hbm' | 'sbuf'
     output: str  # 'hbm' | 'sbuf'
     token_bound: int
     token_tile: int  # tokens per tile (<= 128)
@@ -185,6 +190,15 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     verify_tokens = options.get("verify_tokens")
     if verify_tokens is not None and verify_tokens > tokens:
         problems.append(("verify_tokens", f"verify_tokens={verify_tokens}: the kernel takes at most tokens<={tokens}"))
+    input_buffer = options["input"]
+    if input_buffer == "sbuf":
+        if dims.hidden % PARTITIONS:
+            problems.append(("input", f"input=sbuf reads [128, T, H / 128]: H {dims.hidden} is not a multiple of "
+                                      "128"))
+        if tokens > TOKEN_TILE:
+            problems.append(("input", f"input=sbuf holds one token tile: tokens<={tokens} exceeds {TOKEN_TILE}"))
+        if lnc == 2:
+            problems.append(("input", "input=sbuf with lnc=2: each physical core has its own SBUF; use input=hbm"))
     output = options["output"]
     if output == "sbuf":
         if tokens > TOKEN_TILE:
@@ -288,6 +302,10 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                                              "every local expert"))
 
     matmul_dtype = "fp8" if mlp.input_quant == "fp8_static" else layer.dtype
+    if input_buffer == "sbuf":
+        decisions.append(("input=sbuf", f"contraction tile j holds H columns h0 * {hidden // PARTITIONS} + j "
+                                         "(h0 the partition), so the weight DMAs read rows with that stride; "
+                                         "no tile is partial"))
     if scale == "pre":
         decisions.append(("pre-scale", "x * affinity per item: the [N, 1] scale column is broadcast to a "
                                        "[128, N] row tile by one matmul (ones-scaled column x identity) and "
@@ -299,7 +317,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         in_dtype=layer.dtype, out_dtype=out_dtype, weight_dtype=mlp.weight_dtype, matmul_dtype=matmul_dtype,
         affinity_scale=scale, eager=eager, mask_unselected=mask,
         uses_affinities=scale != "none" and not eager, uses_rank=mode == "all_experts" and scale != "none",
-        output=output, token_bound=tokens, token_tile=token_tile, token_tiles=token_tiles,
+        input=input_buffer, output=output, token_bound=tokens, token_tile=token_tile, token_tiles=token_tiles,
         h_tiles=h_tiles, h_last=h_last, i_tiles=i_tiles, i_last=i_last,
         down_groups=down_groups, down_chunks=down_chunks, group_columns=group_columns,
         chunks_per_group=chunks_per_group, shard=shard_kind, core_columns=core_columns,
@@ -344,7 +362,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
         Buffer("acc", "sbuf", tt, acc_h * 4),
     ]
-    if selective or scale == "pre":
+    if selective or scale == "pre" or (p.input == "sbuf" and p.output == "sbuf"):
         buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
     if selective:
         buffers.append(Buffer("expert_ids", "sbuf", 1, tt * k * 4))
@@ -366,8 +384,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
     if p.output == "hbm" and p.out_dtype != "fp32":
         buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in p.core_columns) * out_bytes))
-    if p.output == "sbuf":
+    if p.output == "sbuf" and p.input == "hbm":
         buffers.append(Buffer("output (returned)", "sbuf", tt, p.hidden * out_bytes))
+    if p.output == "sbuf" and p.input == "sbuf":
+        buffers += [Buffer("output (returned)", "sbuf", PARTITIONS, tt * p.h_tiles * out_bytes),
+                    Buffer("transpose_psum", "psum", PARTITIONS, tt * 4)]
     return tuple(buffers)
 
 

@@ -16,7 +16,7 @@ from moegen.reference import quant
 from moegen.reference.mlp import Precision
 
 OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
-WEIGHT_BYTES_RESIDENT = 4 << 30  # random weights for every expert up to this size
+WEIGHT_BYTES_RESIDENT = 1 << 30  # random weights for every expert up to this size (the machine is shared)
 
 
 def routing(tokens: int, experts: int, top_k: int, rng: np.random.Generator,
@@ -64,10 +64,10 @@ def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_
 
 def routing_pool(plan: CtePlan) -> int:
     """Experts the random routing draws from: all of them, unless their weights exceed
-    WEIGHT_BYTES_RESIDENT; then 2K (at least 16), so that a 256-expert layer fits in memory."""
+    WEIGHT_BYTES_RESIDENT; then 2K (at least 4), so that a 256-expert layer fits in memory."""
     if plan.experts * _expert_bytes(plan) <= WEIGHT_BYTES_RESIDENT:
         return plan.experts
-    return min(plan.experts, max(2 * plan.top_k, 16))
+    return min(plan.experts, max(2 * plan.top_k, 4))
 
 
 def _expert_bytes(plan: CtePlan) -> int:

@@ -125,11 +125,11 @@ def _unshift(limit: float | None, mlp) -> float | None:
 
 
 def run(kernel, plan: TkgPlan, inputs: dict) -> dict:
-    """The kernel's output in the simulator (an SBUF result is read back through a wrapper kernel)."""
+    """The kernel's output in the simulator (a sub-kernel with SBUF input or output runs inside a wrapper)."""
     from moegen import sim
 
     args = [inputs[name] for name in argument_names(plan)]
-    if plan.output == "sbuf":
+    if plan.input == "sbuf" or plan.output == "sbuf":
         kernel = sbuf_wrapper(kernel, plan)
     runner = sim.simulate(kernel[2] if plan.lnc == 2 else kernel)
     out = runner(*args)
@@ -137,16 +137,28 @@ def run(kernel, plan: TkgPlan, inputs: dict) -> dict:
 
 
 def sbuf_wrapper(kernel, plan: TkgPlan):
-    """An @nki.jit kernel that calls the SBUF-output sub-kernel and copies its [T, H] result to HBM."""
+    """An @nki.jit kernel around a tkg sub-kernel: it puts hidden_input [T, H] into SBUF as [128, T, H / 128]
+    (column h0 * H1 + h1 at [h0, t, h1]) when the sub-kernel reads SBUF, and copies an SBUF result to HBM [T, H]."""
     from moegen import sim
 
     nl, nisa = sim.language, sim.isa
+    hidden = plan.hidden
+    h1 = hidden // 128
 
     def read_back(*args):
-        result = kernel(*args)
         t = args[0].shape[0]
-        output = nl.ndarray((t, plan.hidden), dtype=result.dtype, buffer=nl.shared_hbm)
-        nisa.dma_copy(dst=output[0:t, 0:plan.hidden], src=result[0:t, 0:plan.hidden])
+        if plan.input == "sbuf":
+            x = nl.ndarray((128, t, h1), dtype=args[0].dtype, buffer=nl.sbuf)
+            nisa.dma_copy(dst=x, src=args[0].ap(pattern=[[h1, 128], [hidden, t], [1, h1]], offset=0))
+            args = (x, *args[1:])
+        result = kernel(*args)
+        if plan.output == "hbm":
+            return result
+        output = nl.ndarray((t, hidden), dtype=result.dtype, buffer=nl.shared_hbm)
+        if plan.input == "sbuf":
+            nisa.dma_copy(dst=output.ap(pattern=[[h1, 128], [hidden, t], [1, h1]], offset=0), src=result)
+        else:
+            nisa.dma_copy(dst=output[0:t, 0:hidden], src=result[0:t, 0:hidden])
         return output
 
     return sim.jit(read_back)

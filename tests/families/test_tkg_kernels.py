@@ -167,6 +167,14 @@ def test_sbuf_output_read_back_through_a_wrapper():
     check(spec_text("kernel k : tkg { output=sbuf tokens<=16 out=fp32 }"), tokens=9)
 
 
+@pytest.mark.parametrize("kernel", ["kernel k : tkg { input=sbuf tokens<=16 }",
+                                    "kernel k : tkg { input=sbuf output=sbuf tokens<=16 }",
+                                    "kernel k : tkg { mode=all_experts input=sbuf output=sbuf tokens<=16 }"])
+def test_sbuf_input_in_the_seed_layout(kernel):
+    """hidden_input [128, T, H / 128] in SBUF (column h0 * H1 + h1 at [h0, t, h1]), loaded by a wrapper."""
+    check(spec_text(kernel, hidden=384, expert=GPT_OSS), tokens=7)
+
+
 def test_expert_parallel_ranks_sum_to_the_full_layer():
     """All-expert mode once per rank (each with its E_L experts and rank_id), summed over ranks,
     equals the full-E layer."""

@@ -49,6 +49,8 @@ def refusal(tmp_path: Path, kernels: str, **layer) -> str:
     ("kernel k : tkg { shard=hidden }", "this kernel has lnc=1"),
     ("kernel k : tkg { ep=3 mode=all_experts }", "not divisible"),
     ("kernel k : tkg { tokens<=8 verify_tokens=9 }", "at most tokens<=8"),
+    ("kernel k : tkg { input=sbuf lnc=2 }", "each physical core has its own SBUF"),
+    ("kernel k : tkg { mode=all_experts input=sbuf tokens<=256 }", "one token tile"),
 ])
 def test_refused_with_reason(tmp_path, kernel, reason):
     assert reason in refusal(tmp_path, kernel)
@@ -61,6 +63,10 @@ def test_eager_without_scaling_is_refused(tmp_path):
 
 def test_mx_weights_are_refused(tmp_path):
     assert "nc_matmul_mx" in refusal(tmp_path, "kernel k : tkg { }", quant="weights=mxfp4")
+
+
+def test_sbuf_input_needs_whole_tiles_of_h(tmp_path):
+    assert "not a multiple of 128" in refusal(tmp_path, "kernel k : tkg { input=sbuf }", hidden=320)
 
 
 def test_fp32_input_is_refused(tmp_path):
