@@ -151,9 +151,11 @@ def dma_copy(
             )
     if dge is _DGE.none and (indirect or src._dyn or dst._dyn):
         raise NkiSimError(f"{instr}: dge_mode=none needs static addresses (limit: no dynamic offsets)")
-    if eng not in (_ENGINE.unknown, _ENGINE.dma, _ENGINE.gpsimd, _ENGINE.sync, _ENGINE.scalar):
+    if eng not in (_ENGINE.unknown, _ENGINE.sync, _ENGINE.scalar):
+        # dma_copy page: engine is "the engine to use for HWDGE descriptor generation:
+        # nki.isa.engine.sync or nki.isa.engine.scalar"; unknown (default) lets the compiler choose
         raise NkiSimError(
-            f"{instr}: engine {eng} cannot issue a DMA (limit: sync/scalar with hwdge, gpsimd, unknown)"
+            f"{instr}: engine={eng.name} (limit: unknown, or sync / scalar with dge_mode=hwdge)"
         )
     if eng in (_ENGINE.sync, _ENGINE.scalar) and dge is not _DGE.hwdge:
         raise NkiSimError(f"{instr}: engine={eng.name} is only valid with dge_mode=hwdge, got {dge.name}")
@@ -224,6 +226,11 @@ def dma_transpose(
     elif dge not in (_DGE.unknown, _DGE.hwdge):
         raise NkiSimError(f"{instr}: dge_mode={dge.name} for a direct transpose (limit: unknown or hwdge)")
     _check_priority(instr, priority, dge)
+    if mode is _OOB.skip and src._vec is None and not src._dyn:
+        raise NkiSimError(
+            f"{instr}: oob_mode=skip with a directly addressed src '{src.name}' (limit: skip is only valid "
+            "when src uses indirect indexing)"
+        )
     if dge is _DGE.hwdge:
         if src.dtype.itemsize != 2:
             raise NkiSimError(f"{instr}: hwdge needs a 2-byte dtype, got {src.dtype.name}")

@@ -107,7 +107,8 @@ def nc_matmul(
         raise NkiSimError(
             f"{instr}: contraction (partition) sizes differ: stationary {k}, moving {moving.shape[0]}"
         )
-    _check_tiling(instr, tile_position, tile_size, mode, k, stationary.free_size)
+    m_tile = stationary.shape[2] if mode is _PERF.double_row and stationary.ndim == 3 else stationary.free_size
+    _check_tiling(instr, tile_position, tile_size, mode, k, m_tile)
     if mode is _PERF.double_row:
         fp8 = FP8_DOUBLE_ROW[target]
         for nm, t in (("stationary", stationary), ("moving", moving)):
@@ -206,19 +207,48 @@ class PendingMatmuls:
 
     def flush(self) -> None:
         sts, mvs = self.sts, self.mvs
-        if len(sts) == 1:
-            res = sts[0].T @ mvs[0]
-        else:
-            st = _stack(sts)
-            mv = _stack(mvs) if st is not None else None
-            if st is None or mv is None:
-                st, mv = np.concatenate(sts, axis=0), np.concatenate(mvs, axis=0)
-            res = st.T @ mv
+        res = None
+        for i, j in _runs(sts, mvs):
+            part = _product(sts[i:j], mvs[i:j])
+            res = part if res is None else res + part
         res = res.reshape(self.out.shape)
         if self.add:
             self.out += res
         else:
             self.out[...] = res
+
+
+def _runs(sts: list, mvs: list) -> list:
+    """Split a chain into runs of operands that are views of the same buffers with the same layout
+    (typically the K tiles of one SBUF tile), each computable as one product without copying."""
+    runs = []
+    start = 0
+    for i in range(1, len(sts) + 1):
+        if i == len(sts) or not (
+            sts[i].base is not None
+            and sts[i].base is sts[start].base
+            and mvs[i].base is mvs[start].base
+            and sts[i].strides == sts[start].strides
+            and mvs[i].strides == mvs[start].strides
+            and sts[i].shape == sts[start].shape
+            and mvs[i].shape == mvs[start].shape
+        ):
+            runs.append((start, i))
+            start = i
+    if len(runs) > 4:  # unrelated operands: one concatenated product beats many small ones
+        return [(0, len(sts))]
+    return runs
+
+
+def _product(sts: list, mvs: list) -> np.ndarray:
+    """sum_i sts[i].T @ mvs[i] as one fp32 product."""
+    if len(sts) == 1:
+        return sts[0].T @ mvs[0]
+    st = _stack(sts)
+    mv = _stack(mvs) if st is not None else None
+    if st is None or mv is None:
+        st, mv = np.concatenate(sts, axis=0), np.concatenate(mvs, axis=0)
+    return st.T @ mv
 
 
 def _stack(arrs: list) -> np.ndarray | None:
@@ -335,10 +365,8 @@ def _check_tiling(instr: str, tile_position, tile_size, mode, k: int, m: int) ->
         raise NkiSimError(
             f"{instr}: tile_position {pos} and tile_size {size} must both be set as (row, column)"
         )
-    if mode is _PERF.double_row:
-        raise NkiSimError(
-            f"{instr}: perf_mode=double_row cannot be combined with tiling (tile_position/tile_size)"
-        )
+    # double_row "cannot be combined with Tensor Engine column tiling mode" (nc_matmul page); column
+    # tiling is refused below anyway (column_size must be 128), row tiling is allowed with it
     row_size, col_size = size
     if row_size not in (32, 64, 128) or col_size != 128:
         raise NkiSimError(f"{instr}: tile_size {size} (limit: row_size in 32, 64, 128; column_size 128)")

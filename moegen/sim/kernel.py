@@ -9,8 +9,9 @@
 * `last_run()` returns the `RunResult` of the most recent simulation in this process: outputs,
   trace, written_args (positions / keyword names of the argument arrays the kernel wrote),
   written_names (their parameter names), target, precise, lnc; `assert_wrote_only(*names)`.
-* Arguments: every NumPy array is copied into a simulated HBM tensor (the kernel never aliases the
-  caller's memory); after a successful run, arrays whose tensor the kernel wrote are updated in place
+* Arguments: every NumPy array becomes a simulated HBM tensor, copy-on-write (read-only inputs are
+  never copied; the first write copies, so the kernel never writes the caller's memory); after a
+  successful run, arrays whose tensor the kernel wrote are updated in place
   (the official simulator: "Input arrays are updated in-place if the kernel modified the
   corresponding HBM tensors"). A failed run leaves the caller's arrays untouched.
 * `load_module(path)` executes a kernel file that does `import nki`, `import nki.language as nl`,
@@ -171,6 +172,7 @@ def nki_modules():
 
 
 _module_counter = itertools.count()
+_profile_counter = itertools.count()
 
 
 def load_module(path, backend: str | None = None) -> types.ModuleType:
@@ -330,7 +332,17 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
                 ready.wait()
                 if "args" not in wrapped:
                     return
-            results[pid] = kernel.fn(*wrapped["args"], **wrapped["kwargs"])
+            prof_path = os.environ.get("MOEGEN_SIM_PROFILE")
+            if prof_path:  # developer aid: cProfile each core's thread (cProfile sees one thread only)
+                import cProfile  # noqa: PLC0415
+
+                prof = cProfile.Profile()
+                try:
+                    results[pid] = prof.runcall(kernel.fn, *wrapped["args"], **wrapped["kwargs"])
+                finally:
+                    prof.dump_stats(f"{prof_path}.{next(_profile_counter)}.core{pid}")
+            else:
+                results[pid] = kernel.fn(*wrapped["args"], **wrapped["kwargs"])
         except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
             errors[pid] = e
             ready.set()
@@ -401,8 +413,9 @@ def _wrap_args(args, kwargs, buffer, names):
 
 def _wrap_one(a, buffer, name, key, allocs):
     if isinstance(a, np.ndarray) or _is_array_scalar(a):
-        # always a copy: the kernel never aliases the caller's array (written back after the run)
-        t = from_numpy(np.asarray(a), buffer, name=name, share=False)
+        # copy-on-write: read-only inputs are never copied; the first write copies, so the kernel never
+        # writes the caller's array (modified inputs are written back after a successful run)
+        t = from_numpy(np.asarray(a), buffer, name=name, share=True)
         t._alloc.arg_index = key
         allocs[key] = t._alloc
         return t

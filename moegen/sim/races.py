@@ -15,42 +15,72 @@ from moegen.sim.errors import NkiSimError
 
 
 def _byte_range(t, snapshot) -> tuple[int, int]:
+    """First and last byte an access touched; snapshot = (resolved offset, rows or None) or None."""
     isz = t.dtype.itemsize
-    if snapshot is not None:
-        idx = snapshot[0]
+    if snapshot is not None and snapshot[1] is not None:
+        idx, valid = t._index_at(*snapshot)
+        idx = idx[valid]
+        if not idx.size:
+            return 1, 0  # nothing in bounds: an empty range
         return int(idx.min()) * isz, int(idx.max()) * isz + isz - 1
-    lo, hi = t._extent(t.offset)
+    lo, hi = t._extent(t.offset if snapshot is None else snapshot[0])
     return lo * isz, hi * isz + isz - 1
+
+
+def _injective(shape, strides) -> bool:
+    """True if no two elements of a strided view share an offset (checked conservatively: dims sorted by
+    |stride| each step past the extent of the smaller ones)."""
+    extent = 0
+    for n, s in sorted(((n, abs(s)) for n, s in zip(shape, strides) if n > 1), key=lambda x: x[1]):
+        if s <= extent:
+            return False
+        extent += (n - 1) * s
+    return True
+
+
+def _elem_set(t, snapshot) -> np.ndarray:
+    """Distinct storage element indices (in the view's dtype) an access touched."""
+    if snapshot is not None:
+        idx, valid = t._index_at(*snapshot)
+        if valid is not None:
+            return np.unique(idx[valid].reshape(-1))
+    else:
+        idx, _ = t._flat_index("race check")
+    idx = idx.reshape(-1)
+    return idx if _injective(t.shape, t.strides) else np.unique(idx)
 
 
 def _byte_set(t, snapshot) -> np.ndarray:
     isz = t.dtype.itemsize
-    if snapshot is not None:
-        idx, valid = snapshot
-        if valid is not None:
-            idx = idx[valid]
-    else:
-        idx, _ = t._flat_index("race check")
-    idx = np.unique(idx.reshape(-1))
+    idx = _elem_set(t, snapshot)
     if isz == 1:
         return idx
-    return np.unique((idx[:, None] * isz + np.arange(isz)).reshape(-1))
+    return (idx[:, None] * isz + np.arange(isz)).reshape(-1)  # distinct: elements do not overlap
 
 
-def _conflict(a, b) -> bool:
-    _, _, ka, ta, sa, _ = a
-    _, _, kb, tb, sb, _ = b
-    if ta._alloc is not tb._alloc or (ka == "r" and kb == "r"):
-        return False
-    alo, ahi = _byte_range(ta, sa)
-    blo, bhi = _byte_range(tb, sb)
-    if ahi < blo or bhi < alo:
-        return False
-    return np.intersect1d(_byte_set(ta, sa), _byte_set(tb, sb), assume_unique=True).size > 0
+def _overlapping_pairs(es: list, ranges: list) -> list:
+    """Index pairs (i, j) of accesses by different cores, at least one a write, whose byte ranges
+    overlap (a sweep over the ranges sorted by start)."""
+    order = sorted(range(len(es)), key=lambda i: ranges[i][0])
+    active: list[int] = []
+    pairs = []
+    for i in order:
+        lo = ranges[i][0]
+        active = [j for j in active if ranges[j][1] >= lo]
+        for j in active:
+            a, b = es[i], es[j]
+            if a[1] != b[1] and (a[2] == "w" or b[2] == "w"):
+                pairs.append((j, i) if b[1] < a[1] else (i, j))
+        active.append(i)
+    return pairs
 
 
 def check_epoch(run, epoch: int | None = None) -> None:
-    """Check the logged accesses (of `epoch`, or all) for cross-core conflicts; clear them."""
+    """Check the logged accesses (of `epoch`, or all) for cross-core conflicts; clear them.
+
+    Accesses are grouped by (epoch, allocation); only allocations that some core wrote and that both
+    cores touched are examined, candidate pairs come from overlapping byte ranges, and only those are
+    compared byte by byte (strided views may interleave without sharing a byte)."""
     with run.lock:
         log = run.access_log
         if epoch is None:
@@ -59,24 +89,34 @@ def check_epoch(run, epoch: int | None = None) -> None:
             entries = [e for e in log if e[0] == epoch]
             rest = [e for e in log if e[0] != epoch]
         run.access_log = rest
-    by_core: dict[tuple, list] = {}
+    groups: dict[tuple, list] = {}
     for e in entries:
-        by_core.setdefault((e[0], e[1]), []).append(e)
-    for (ep, c), accs in by_core.items():
-        others = [x for (ep2, c2), xs in by_core.items() if ep2 == ep and c2 > c for x in xs]
-        if not others:
+        groups.setdefault((e[0], id(e[3]._alloc)), []).append(e)
+    for (ep, _), es in groups.items():
+        if len({e[1] for e in es}) < 2 or not any(e[2] == "w" for e in es):
             continue
-        for a in accs:
-            for b in others:
-                if _conflict(a, b):
-                    run.failed = True
-                    ka = "writes" if a[2] == "w" else "reads"
-                    kb = "writes" if b[2] == "w" else "reads"
-                    raise NkiSimError(
-                        f"LNC race on shared HBM tensor '{a[3]._alloc.name}' in barrier epoch {ep}: "
-                        f"core {a[1]} "
-                        f"{ka} it in {a[5]} and core {b[1]} {kb} overlapping bytes in {b[5]}, with no "
-                        "core_barrier or sendrecv between them (limit: one core writes bytes the other "
-                        "accesses "
-                        "only across a barrier)"
-                    )
+        ranges = [_byte_range(e[3], e[4]) for e in es]
+        pairs = _overlapping_pairs(es, ranges)
+        if not pairs:
+            continue
+        sets: dict[tuple, np.ndarray] = {}
+        for i, j in pairs:
+            # same itemsize: elements overlap iff their indices are equal (no byte expansion)
+            unit = "elem" if es[i][3].dtype.itemsize == es[j][3].dtype.itemsize else "byte"
+            fn = _elem_set if unit == "elem" else _byte_set
+            for k in (i, j):
+                if (k, unit) not in sets:
+                    sets[(k, unit)] = fn(es[k][3], es[k][4])
+            if np.intersect1d(sets[(i, unit)], sets[(j, unit)], assume_unique=True).size:
+                a, b = es[i], es[j]
+                run.failed = True
+                ka = "writes" if a[2] == "w" else "reads"
+                kb = "writes" if b[2] == "w" else "reads"
+                raise NkiSimError(
+                    f"LNC race on shared HBM tensor '{a[3]._alloc.name}' in barrier epoch {ep}: "
+                    f"core {a[1]} "
+                    f"{ka} it in {a[5]} and core {b[1]} {kb} overlapping bytes in {b[5]}, with no "
+                    "core_barrier or sendrecv between them (limit: one core writes bytes the other "
+                    "accesses "
+                    "only across a barrier)"
+                )

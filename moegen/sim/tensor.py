@@ -124,6 +124,10 @@ class Allocation:
         "version",
         "_f32",
         "pending",
+        "cow",
+        "_f32_miss",
+        "_f32_uses",
+        "_f32_waste",
         "__weakref__",
     )
 
@@ -152,9 +156,31 @@ class Allocation:
         self.fresh = False  # True: sentinel fill still pending (done lazily on first access)
         self.version = 0  # bumped on every write (invalidates the float32 cache)
         self._f32 = None  # (version, flat float32 copy) for narrow-float SBUF matmul operands
+        self._f32_miss = -1  # version at which a view was last converted without building the cache
+        self._f32_uses = 0  # reads served by the current cache
+        self._f32_waste = False  # the last cache served a single read before a write invalidated it
         # PSUM: nc_matmuls issued but not yet computed (isa_tensor_engine.PendingMatmuls); every access
         # to the storage or the matmul state computes them first (`flush_pending`)
         self.pending = None
+        # kernel argument still aliasing the caller's array: copied on the first write (copy-on-write),
+        # so read-only inputs are never copied and the caller's array is never written during the run
+        self.cow = False
+
+    def unshare(self) -> None:
+        """Copy-on-write: give an argument allocation its own storage before its first write."""
+        core = self.core
+        lock = core.run.lock if core is not None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            if self.cow:
+                self.data = self.data.copy()
+                self._typed = {self.data.dtype: self.data}
+                self._f32 = None
+                self.cow = False
+        finally:
+            if lock is not None:
+                lock.release()
 
     def flush_pending(self) -> None:
         """Compute the deferred nc_matmuls accumulating into this allocation (no-op if none)."""
@@ -173,7 +199,10 @@ class Allocation:
         """Flat float32 copy of the storage, cached until the next write."""
         c = self._f32
         if c is not None and c[0] == self.version:
+            self._f32_uses += 1
             return c[1]
+        self._f32_waste = c is not None and self._f32_uses <= 1
+        self._f32_uses = 1
         self.materialize()
         arr = dt.to_f32(self.data).astype(np.float32, copy=False)
         self._f32 = (self.version, arr)
@@ -595,6 +624,7 @@ class NkiTensor:
         a = self._np
         if a is not None:
             return a
+        alloc = self._alloc
         off = self._resolved_offset(instr, operand)
         base = self._alloc.typed(self.dtype.storage(self._alloc.core.precise if self._alloc.core else True))
         isz = base.itemsize
@@ -605,7 +635,7 @@ class NkiTensor:
             offset=off * isz,
             strides=tuple(s * isz for s in self.strides),
         )
-        if not self._dyn:
+        if not self._dyn and not alloc.cow:  # a cow view would go stale when the storage is copied
             self._np = a
         return a
 
@@ -613,19 +643,28 @@ class NkiTensor:
         """Flat storage indices of every element (shape = self.shape), and for indirect views the per-row
         validity mask (rows whose index is in bounds)."""
         if self._vec is None:
-            off = self._resolved_offset(instr, operand)
-            idx = np.full((), off, np.int64)
-            for n, s in zip(self.shape, self.strides):
-                idx = np.add.outer(idx, np.arange(n, dtype=np.int64) * s)
-            return idx, None
-        vec_t, row_stride, nrows = self._vec
-        rows = vec_t.read().reshape(-1).astype(np.int64)
+            return self._index_at(self._resolved_offset(instr, operand))
+        rows = self._vec_rows(instr, operand)
+        return self._index_at(self._resolved_offset(instr, operand), rows)
+
+    def _vec_rows(self, instr: str = "access", operand: str = "") -> np.ndarray:
+        """The row indices of an indirect (vector_offset) view, read now."""
+        rows = self._vec[0].read().reshape(-1).astype(np.int64)
         if rows.size != self.shape[0]:
             raise NkiSimError(
                 f"{instr}: {operand} vector_offset has {rows.size} entries, view has {self.shape[0]} "
                 f"rows (limit: one index per partition)"
             )
-        off = self._resolved_offset(instr, operand)
+        return rows
+
+    def _index_at(self, off: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Flat indices of the view at resolved offset `off` (and, for an indirect view, row indices)."""
+        if rows is None:
+            idx = np.full((), off, np.int64)
+            for n, s in zip(self.shape, self.strides):
+                idx = np.add.outer(idx, np.arange(n, dtype=np.int64) * s)
+            return idx, None
+        _, row_stride, nrows = self._vec
         rest = np.full((), 0, np.int64)
         for n, s in zip(self.shape[1:], self.strides[1:]):
             rest = np.add.outer(rest, np.arange(n, dtype=np.int64) * s)
@@ -640,6 +679,8 @@ class NkiTensor:
         """Bookkeeping for every access: written kernel inputs, LNC=2 shared-HBM race log."""
         a = self._alloc
         if kind == "w":
+            if a.cow:
+                a.unshare()
             a.written = True
             a.version += 1
             if a.mm_state is not None and self.dtype.itemsize == a.dtype.itemsize and self._vec is None:
@@ -659,9 +700,12 @@ class NkiTensor:
                 )
 
     def _resolved_snapshot(self):
+        """What the race check needs to locate a dynamic access later, compactly: (resolved offset, row
+        indices of an indirect view or None); None for a static view."""
         if self._vec is None and not self._dyn:
             return None
-        return self._flat_index("race check")
+        off = self._resolved_offset("race check")
+        return (off, self._vec_rows("race check") if self._vec is not None else None)
 
     def _mm_state_view(self) -> np.ndarray:
         a = self._alloc
@@ -692,6 +736,18 @@ class NkiTensor:
         if arr.dtype == np.float32 or arr.dtype.kind in "iub":
             return arr
         if self.dtype.itemsize != a.dtype.itemsize or a.buffer is not MemoryRegion.sbuf:
+            return dt.to_f32(arr)
+        c = a._f32
+        if (
+            a._f32_waste
+            and (c is None or c[0] != a.version)
+            and a._f32_miss != a.version
+            and arr.size * 4 < a.data.size
+        ):
+            # the tile's last whole-tile conversion served one read before a write: convert just this
+            # view (a tile rewritten between reads would otherwise be converted whole every time); a
+            # second read at the same version builds the whole-tile cache again
+            a._f32_miss = a.version
             return dt.to_f32(arr)
         flat = a.f32_flat()
         return np.ndarray(
@@ -1154,14 +1210,17 @@ def from_numpy(
     arr: np.ndarray, buffer=MemoryRegion.shared_hbm, name: str = "", dtype=None, share: bool = False
 ) -> NkiTensor:
     """Wrap a NumPy array as an HBM tensor (kernel argument): a copy, or with share=True the array's own
-    memory when it is C-contiguous, writeable and already in the storage dtype (kernel writes then land
-    in the caller's array directly, which is the documented write-back of modified inputs)."""
+    memory when it is C-contiguous and already in the storage dtype, copy-on-write: reads see the
+    caller's array, the first write gives the tensor its own copy (the caller's array is only updated
+    after the run, by the write-back of modified inputs)."""
     arr = np.asarray(arr)
     d = dt.as_dtype(dtype if dtype is not None else arr.dtype)
     core = runtime.current()
     same = arr.dtype == d.storage(core.precise)
-    if share and same and arr.flags.c_contiguous and arr.flags.writeable and arr.ndim:
-        return allocate(arr.shape, d, buffer, name=name, data=arr)
+    if share and same and arr.flags.c_contiguous and arr.ndim:
+        t = allocate(arr.shape, d, buffer, name=name, data=arr)
+        t._alloc.cow = True  # reads see the caller's array; the first write copies it
+        return t
     data = dt.convert(arr, d, core.precise) if not same else arr.copy()
     shape = arr.shape if arr.shape else (1,)
     return allocate(shape, d, buffer, name=name, data=np.ascontiguousarray(data).reshape(shape))

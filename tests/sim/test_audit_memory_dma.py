@@ -705,11 +705,7 @@ def test_dma_copy_engine_sync_or_scalar_with_hwdge(k):
         run(k.dma_engine_choice, X48, "sync", False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #13: dma_copy accepts engine=gpsimd (and engine.dma); the page allows only "
-    "sync or scalar, and only with dge_mode=hwdge",
-)
+# SIM_AUDIT #13: fixed in moegen.sim by the maintainer after the audit; kept as a regression test.
 @pytest.mark.parametrize("hw", [True, False], ids=["hwdge", "swdge"])
 def test_dma_copy_engine_gpsimd_refused(k, hw):
     """nki.isa.dma_copy: the engine parameter takes sync or scalar (with hwdge) or unknown; GpSimd is
@@ -718,10 +714,7 @@ def test_dma_copy_engine_gpsimd_refused(k, hw):
         run(k.dma_engine_choice, X48, "gpsimd", hw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #14: dma_transpose accepts oob_mode=skip on a direct (non-indirect) transpose",
-)
+# SIM_AUDIT #14: fixed in moegen.sim by the maintainer after the audit; kept as a regression test.
 def test_dma_transpose_skip_only_with_indirect_src(k):
     """nki.isa.dma_transpose (oob_mode): 'oob_mode.skip: Silently skips any operations involving
     out-of-bounds indices. Only valid when src uses indirect indexing.'"""

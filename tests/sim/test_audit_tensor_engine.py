@@ -301,11 +301,7 @@ def test_matmul_tiling_column_size_must_be_128(trn2):
     nisa.nc_matmul(psum((16, 16)), a, a, tile_position=(96, 0), tile_size=(32, 128))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #15: perf_mode=double_row is refused with any tiling; the page only excludes "
-    "column tiling, so row tiling (tile_size=(64, 128)) must be accepted",
-)
+# SIM_AUDIT #15: fixed in moegen.sim by the maintainer after the audit; kept as a regression test.
 def test_matmul_double_row_with_row_tiling(trn2):
     """nki.isa.nc_matmul (Performance mode): 'double_row performance mode cannot be combined with
     Tensor Engine column tiling mode' -- row tiling is not excluded (and column tiling does not exist

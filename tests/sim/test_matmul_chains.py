@@ -143,3 +143,21 @@ def test_pending_psum_tiles_are_released(trn2):
         nisa.nc_matmul(acc[:, 0:8], a, a)
     del acc
     assert sum(trn2.psum_banks) == 0
+
+
+def test_tile_rewritten_between_reads(trn2):
+    """A big bf16 tile rewritten slice by slice between matmul reads (the per-view conversion path of
+    the fp32 operand cache) and read twice at one version (the whole-tile cache path)."""
+    w = RNG.standard_normal((64, 8, 32)).astype(np.float32)
+    x = RNG.standard_normal((64, 16)).astype(np.float32)
+    big = nl.ndarray((64, 8, 32), nl.bfloat16)
+    nisa.memset(big, 0.0)
+    sx = sb(x, nl.bfloat16)
+    acc = nl.ndarray((16, 32), nl.float32, buffer=nl.psum)
+    for k in range(8):
+        big[:, k, :].write(w[:, k, :])
+        nisa.nc_matmul(acc, sx, big[:, k, :], accumulate=k > 0)
+    nisa.nc_matmul(acc, sx, big[:, 0, :])  # two reads at the same version
+    nisa.nc_matmul(acc, sx, big[:, 1, :])
+    ref = sum(q(x).T @ q(w[:, k, :]) for k in range(8)) + q(x).T @ (q(w[:, 0, :]) + q(w[:, 1, :]))
+    np.testing.assert_allclose(acc.read(), ref, rtol=1e-5, atol=1e-4)

@@ -228,3 +228,91 @@ def test_real_backend_by_argument_and_environment(monkeypatch):
     monkeypatch.setenv("MOEGEN_SIM_BACKEND", "sim")
     sim.simulate(kern)(x, out)  # ours again
     assert len(fake.calls) == 2
+
+
+# -- LNC=2 race check: byte-exact on interleaved (strided) accesses -----------------------------------
+def _interleaved(x, clash):
+    out = nl.ndarray(x.shape, x.dtype, buffer=nl.shared_hbm)
+    pid = nl.program_id(0)
+    t = nl.ndarray((x.shape[0] // 2, x.shape[1]), x.dtype, buffer=nl.sbuf)
+    row0 = 0 if clash else pid
+    nisa.dma_copy(t, x[row0 : x.shape[0] : 2, :])
+    nisa.dma_copy(out[row0 : x.shape[0] : 2, :], t)  # core 0 even rows, core 1 odd rows (or both even)
+    if clash:
+        nisa.core_barrier(out, (0, 1))
+        nisa.dma_copy(t, x[1 : x.shape[0] : 2, :])
+        nisa.dma_copy(out[1 : x.shape[0] : 2, :], t)
+    return out
+
+
+def test_lnc2_interleaved_rows_are_not_a_race_but_shared_rows_are():
+    x = np.arange(32, dtype=np.float32).reshape(8, 4)
+    np.testing.assert_array_equal(sim.simulate(sim.jit(_interleaved)[2])(x, False), x)
+    with pytest.raises(sim.NkiSimError, match="LNC race on shared HBM tensor .* core 0 writes .* core 1 writes"):
+        sim.simulate(sim.jit(_interleaved)[2])(x, True)
+
+
+def test_read_only_arguments_are_not_copied_and_writes_copy_first():
+    seen = {}
+
+    def k(x, y):
+        seen["x_shared"] = np.shares_memory(x._alloc.data, caller_x)
+        t = nl.ndarray(y.shape, y.dtype, buffer=nl.sbuf)
+        nisa.memset(t, 3.0)
+        nisa.dma_copy(y, t)  # first write to y: copied before it
+        seen["y_shared_after_write"] = np.shares_memory(y._alloc.data, caller_y)
+        seen["caller_y_during_run"] = float(caller_y[0, 0])
+        return None
+
+    caller_x = np.ones((64, 64), np.float32)
+    caller_x.flags.writeable = False  # read-only caller arrays are fine too
+    caller_y = np.zeros((2, 2), np.float32)
+    sim.simulate(k)(caller_x, caller_y)
+    assert seen == {"x_shared": True, "y_shared_after_write": False, "caller_y_during_run": 0.0}
+    np.testing.assert_array_equal(caller_y, 3.0)
+    assert sim.last_run().written_names == ["y"]
+
+
+def _dyn_rows(x, same):
+    out = nl.ndarray(x.shape, x.dtype, buffer=nl.shared_hbm)
+    pid = nl.program_id(0)
+    row = nisa.register_alloc(0 if same else pid)
+    t = nl.ndarray((1, x.shape[1]), x.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(t, x[0:1, :])
+    nisa.dma_copy(out.ap([[x.shape[1], 1], [1, x.shape[1]]], offset=0, scalar_offset=row), t)
+    nisa.core_barrier(out, (0, 1))
+    return out
+
+
+def test_lnc2_race_check_on_dynamic_offsets():
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    sim.simulate(sim.jit(_dyn_rows)[2])(x, False)  # rows 0 and 1: no race
+    with pytest.raises(sim.NkiSimError, match="LNC race"):
+        sim.simulate(sim.jit(_dyn_rows)[2])(x, True)
+
+
+def test_race_sets_injective_layouts():
+    from moegen.sim.races import _injective
+
+    assert _injective((4, 8), (8, 1)) and _injective((4, 2), (1, 4)) and _injective((3,), (-2,))
+    assert not _injective((4, 4), (1, 1)) and not _injective((4, 3), (0, 1))
+
+
+def _bitcast_clash(x):
+    out = nl.ndarray((2, 4), nl.float32, buffer=nl.shared_hbm)
+    pid = nl.program_id(0)
+    t = nl.ndarray((1, 4), nl.float32, buffer=nl.sbuf)
+    nisa.dma_copy(t, x[0:1, :])
+    if pid == 0:
+        nisa.dma_copy(out[0:1, :], t)  # float32 row 0
+    else:
+        u = nl.ndarray((1, 2), nl.bfloat16, buffer=nl.sbuf)
+        nisa.memset(u, 1.0)
+        nisa.dma_copy(out.view(nl.bfloat16)[0:1, 6:8], u)  # bytes 12..15 of row 0: the same float
+    nisa.core_barrier(out, (0, 1))
+    return out
+
+
+def test_lnc2_race_between_different_dtype_views():
+    with pytest.raises(sim.NkiSimError, match="LNC race"):
+        sim.simulate(sim.jit(_bitcast_clash)[2])(np.zeros((2, 4), np.float32))
