@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 # One BLAS thread for both sides: on a loaded 2-core machine threaded OpenBLAS is many times slower
-# for the simulator's 128-row matmuls (see SIM_REQUESTS.md). Must be set before NumPy loads.
+# for the simulator's 128-row matmuls. Must be set before NumPy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -52,10 +52,14 @@ def main() -> None:
         simulator_seconds = time.perf_counter() - start
     result = compare("out", got["out"], want["out"], kind=harness.tolerance(plan, "out"))
     blocks = inputs["block_to_expert"].shape[0]
-    print(f"{plan.kernel_name} ({plan.variant_label}, LNC={plan.lnc}): T={args.tokens} H={plan.hidden} "
-          f"I_TP={plan.intermediate} E={plan.experts} K={plan.top_k} B={plan.block} N={blocks}")
-    print(f"reference (NumPy) {reference_seconds:.2f} s, simulator {simulator_seconds:.2f} s, "
-          f"ratio {simulator_seconds / reference_seconds:.1f}x; output {'matches' if result.ok else 'DIFFERS'}: {result}")
+    print(
+        f"{plan.kernel_name} ({plan.variant_label}, LNC={plan.lnc}): T={args.tokens} H={plan.hidden} "
+        f"I_TP={plan.intermediate} E={plan.experts} K={plan.top_k} B={plan.block} N={blocks}"
+    )
+    print(
+        f"reference (NumPy) {reference_seconds:.2f} s, simulator {simulator_seconds:.2f} s, "
+        f"ratio {simulator_seconds / reference_seconds:.1f}x; output {'matches' if result.ok else 'DIFFERS'}: {result}"
+    )
 
 
 if __name__ == "__main__":

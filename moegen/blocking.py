@@ -87,9 +87,7 @@ def masked_affinities(
     elif aff.shape == (t, k):
         values = aff
     else:
-        raise ValueError(
-            f"expert_affinities must be [T, E]={t, num_experts} or [T, K]={t, k}, got {aff.shape}"
-        )
+        raise ValueError(f"expert_affinities must be [T, E]={t, num_experts} or [T, K]={t, k}, got {aff.shape}")
     if keep is not None:
         values = np.where(keep, values, np.zeros((), dtype=values.dtype))
     table = np.zeros((t + 1, num_experts), dtype=aff.dtype)
@@ -121,9 +119,7 @@ def build_blocks(
     the worst-case budget (it must fit the routing). dropless=False calls build_blocks_dropping.
     """
     if not dropless:
-        return build_blocks_dropping(
-            expert_index, expert_affinities, num_experts, block_size, pad_with=pad_with
-        )
+        return build_blocks_dropping(expert_index, expert_affinities, num_experts, block_size, pad_with=pad_with)
     index = _check_index(expert_index, num_experts)
     t, k = index.shape
     pad = _pad_id(pad_with, t)

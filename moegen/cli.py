@@ -101,8 +101,7 @@ def cmd_verify(args) -> int:
     kernel_dir = Path(args.out) / generated.name
     missing = [p.kernel_name for p in plans if not (kernel_dir / f"{p.kernel_name}.py").exists()]
     if missing:
-        print(f"{args.spec}: error: not built: {', '.join(missing)} (run 'moegen build {args.spec}')",
-              file=sys.stderr)
+        print(f"{args.spec}: error: not built: {', '.join(missing)} (run 'moegen build {args.spec}')", file=sys.stderr)
         return EXIT_FAILED
     ok = verify_plans(plans, kernel_dir, tokens=args.tokens)
     print(f"{args.spec}: {'all kernels match the reference' if ok else 'MISMATCH'}")
@@ -113,27 +112,39 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moegen", description="Generate NKI MoE kernels from .moe specs.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    build = sub.add_parser("build", help="generate kernels for specs (default: specs/*.moe)",
-                           description="Generate generated/<spec>/<kernel>.py for each spec, all or nothing per spec.")
+    build = sub.add_parser(
+        "build",
+        help="generate kernels for specs (default: specs/*.moe)",
+        description="Generate generated/<spec>/<kernel>.py for each spec, all or nothing per spec.",
+    )
     build.add_argument("specs", nargs="*", metavar="SPEC")
     build.add_argument("--out", default="generated", help="output folder (default: generated)")
     build.add_argument("--force", action="store_true", help="overwrite generated files that were edited by hand")
     build.set_defaults(run=cmd_build)
 
-    check = sub.add_parser("check", help="exit 1 if generated/ differs from what build would write",
-                           description="List every stale, missing, extra or hand-edited generated file.")
+    check = sub.add_parser(
+        "check",
+        help="exit 1 if generated/ differs from what build would write",
+        description="List every stale, missing, extra or hand-edited generated file.",
+    )
     check.add_argument("specs", nargs="*", metavar="SPEC")
     check.add_argument("--out", default="generated", help="generated folder (default: generated)")
     check.set_defaults(run=cmd_check)
 
-    explain = sub.add_parser("explain", help="print each variant's plan as a table",
-                             description="Tiles, loops, sharding, SBUF and PSUM use per variant.")
+    explain = sub.add_parser(
+        "explain",
+        help="print each variant's plan as a table",
+        description="Tiles, loops, sharding, SBUF and PSUM use per variant.",
+    )
     explain.add_argument("spec", metavar="SPEC")
     explain.add_argument("--variant", metavar="V", help="only this kernel")
     explain.set_defaults(run=cmd_explain)
 
-    verify = sub.add_parser("verify", help="run generated kernels in the simulator against the reference",
-                            description="Seeded random inputs, simulator vs NumPy reference, per element.")
+    verify = sub.add_parser(
+        "verify",
+        help="run generated kernels in the simulator against the reference",
+        description="Seeded random inputs, simulator vs NumPy reference, per element.",
+    )
     verify.add_argument("spec", metavar="SPEC")
     verify.add_argument("--variant", metavar="V", help="only this kernel")
     verify.add_argument("--tokens", type=int, help="token count (default: each kernel's verify_tokens)")

@@ -151,20 +151,12 @@ def compare(
             diff = np.where(np.isnan(a) | np.isnan(e), np.inf, diff)
             bad = ~(diff <= tol.atol + tol.rtol * np.abs(e))
             rel = np.where(e != 0, diff / np.abs(np.where(e != 0, e, 1.0)), np.where(diff > 0, np.inf, 0.0))
-    selected = (
-        np.ones(want.shape, dtype=bool)
-        if mask is None
-        else np.broadcast_to(np.asarray(mask, bool), want.shape)
-    )
+    selected = np.ones(want.shape, dtype=bool) if mask is None else np.broadcast_to(np.asarray(mask, bool), want.shape)
     bad &= selected
     total = int(selected.sum())
     max_abs = float(diff[selected].max()) if total else 0.0
     nonzero_expected = selected & (e != 0)
-    max_rel = (
-        float(rel[nonzero_expected].max())
-        if nonzero_expected.any()
-        else (0.0 if max_abs == 0 else float("inf"))
-    )
+    max_rel = float(rel[nonzero_expected].max()) if nonzero_expected.any() else (0.0 if max_abs == 0 else float("inf"))
     count = int(bad.sum())
     if count == 0:
         return result(True, max_abs=max_abs, max_rel=max_rel, total=total)

@@ -98,8 +98,11 @@ def _name_clash(variant: Variant, family: str, source: str) -> Diagnostic | None
     """The kernel function's name must not rebind a name the template defines (a helper, a constant)."""
     if _top_level_names(source).count(variant.name) <= 1:
         return None
-    return Diagnostic(variant.span, f"kernel '{variant.name}': the {family} template already defines "
-                                    f"'{variant.name}' at module level; choose another kernel name")
+    return Diagnostic(
+        variant.span,
+        f"kernel '{variant.name}': the {family} template already defines "
+        f"'{variant.name}' at module level; choose another kernel name",
+    )
 
 
 def generate(path: Path) -> GeneratedSpec:
@@ -107,14 +110,23 @@ def generate(path: Path) -> GeneratedSpec:
     path = Path(path)
     if not SPEC_FILE_NAME.fullmatch(path.name):
         span = Span(str(path), 1, 1, 1, 1)
-        raise SpecError([Diagnostic(span, f"spec file name {path.name!r}: it names the generated folder, "
-                                          "so it must be NAME.moe with NAME in [A-Za-z_][A-Za-z0-9_]*")])
+        raise SpecError(
+            [
+                Diagnostic(
+                    span,
+                    f"spec file name {path.name!r}: it names the generated folder, "
+                    "so it must be NAME.moe with NAME in [A-Za-z_][A-Za-z0-9_]*",
+                )
+            ]
+        )
     spec = load_spec(path)
     plans = plan_spec(spec)
     label = spec_label(path)
     files = {f"{plan.kernel_name}.py": render(plan, label, spec.text) for plan in plans}
-    clashes = [_name_clash(variant, plan.family, files[f"{plan.kernel_name}.py"])
-               for variant, plan in zip(spec.variants, plans)]
+    clashes = [
+        _name_clash(variant, plan.family, files[f"{plan.kernel_name}.py"])
+        for variant, plan in zip(spec.variants, plans)
+    ]
     if any(clashes):
         raise SpecError([clash for clash in clashes if clash], spec.text)
     return GeneratedSpec(path.stem, label, spec, plans, files)

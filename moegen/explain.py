@@ -16,10 +16,20 @@ def explain(plans: list[KernelPlan]) -> str:
         out.append(f"kernel {plan.kernel_name}  (family {plan.family}, lnc {plan.lnc}, target {plan.target})")
         out += _table([(name, str(value)) for name, value in plan.numbers()])
         out.append("  on-chip memory (per partition):")
-        rows = [(f"{b.memory} {b.name}", f"{b.count} x [{b.partitions}, {b.bytes_per_partition} B]"
-                 f" = {b.total_per_partition} B") for b in plan.buffers]
-        rows.append(("SBUF total", f"{plan.sbuf_bytes()} / {SBUF_BYTES[plan.target]} B "
-                                   f"({100 * plan.sbuf_bytes() / SBUF_BYTES[plan.target]:.1f}%)"))
+        rows = [
+            (
+                f"{b.memory} {b.name}",
+                f"{b.count} x [{b.partitions}, {b.bytes_per_partition} B] = {b.total_per_partition} B",
+            )
+            for b in plan.buffers
+        ]
+        rows.append(
+            (
+                "SBUF total",
+                f"{plan.sbuf_bytes()} / {SBUF_BYTES[plan.target]} B "
+                f"({100 * plan.sbuf_bytes() / SBUF_BYTES[plan.target]:.1f}%)",
+            )
+        )
         rows.append(("PSUM banks", f"{plan.psum_banks()} / {PSUM_BANKS}"))
         out += ["  " + line for line in _table(rows)]
         if plan.decisions:

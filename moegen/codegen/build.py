@@ -53,7 +53,8 @@ def write(generated: GeneratedSpec, out_dir: Path, force: bool = False) -> Path:
         edited = _hand_edited_files(generated, target)
         if edited:
             raise HandEditedError(
-                "refusing to overwrite hand-edited generated file(s): " + ", ".join(edited)
+                "refusing to overwrite hand-edited generated file(s): "
+                + ", ".join(edited)
                 + " (their content no longer matches the recorded hash; use --force to overwrite)"
             )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,8 +41,11 @@ def py_literal(value: object) -> str:
         return repr(value)
     if isinstance(value, (tuple, list)):
         inner = ", ".join(py_literal(v) for v in value)
-        return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
-            f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+        return (
+            f"({inner},)"
+            if isinstance(value, tuple) and len(value) == 1
+            else (f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+        )
     raise ValueError(f"cannot render {type(value).__name__} as a literal")
 
 
@@ -113,7 +116,7 @@ def recorded_content_hash(text: str) -> str | None:
         return None
     for line in text.splitlines()[:8]:
         if line.startswith(CONTENT_HASH_KEY):
-            return line[len(CONTENT_HASH_KEY):].strip()
+            return line[len(CONTENT_HASH_KEY) :].strip()
     return None
 
 

@@ -14,8 +14,15 @@ MATMUL_STATIONARY_FREE_MAX = 128
 MATMUL_MOVING_FREE_MAX = 512
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int32": 4, "uint32": 4, "uint8": 1}
 # NKI spellings of the spec's dtype names.
-NKI_DTYPES = {"bf16": "nl.bfloat16", "fp16": "nl.float16", "fp32": "nl.float32", "fp8": "nl.float8_e4m3",
-              "int32": "nl.int32", "uint32": "nl.uint32", "uint8": "nl.uint8"}
+NKI_DTYPES = {
+    "bf16": "nl.bfloat16",
+    "fp16": "nl.float16",
+    "fp32": "nl.float32",
+    "fp8": "nl.float8_e4m3",
+    "int32": "nl.int32",
+    "uint32": "nl.uint32",
+    "uint8": "nl.uint8",
+}
 
 
 class PlanError(Exception):
@@ -77,15 +84,22 @@ def check_budget(plan: KernelPlan) -> None:
     problems: list[tuple[str | None, str]] = []
     for buffer in plan.buffers:
         if buffer.partitions > PARTITIONS:
-            problems.append((None, f"buffer {buffer.name}: {buffer.partitions} partitions exceed the {PARTITIONS} "
-                                   "of SBUF/PSUM"))
+            problems.append(
+                (None, f"buffer {buffer.name}: {buffer.partitions} partitions exceed the {PARTITIONS} of SBUF/PSUM")
+            )
         if buffer.memory == "psum" and buffer.bytes_per_partition > PSUM_BANK_BYTES:
-            problems.append((None, f"buffer {buffer.name}: {buffer.bytes_per_partition} bytes per partition "
-                                   f"exceed one PSUM bank ({PSUM_BANK_BYTES} bytes)"))
+            problems.append(
+                (
+                    None,
+                    f"buffer {buffer.name}: {buffer.bytes_per_partition} bytes per partition "
+                    f"exceed one PSUM bank ({PSUM_BANK_BYTES} bytes)",
+                )
+            )
     capacity = SBUF_BYTES[plan.target]
     if plan.sbuf_bytes() > capacity:
-        problems.append((None, f"SBUF: {plan.sbuf_bytes()} bytes per partition needed, {capacity} available "
-                               f"on {plan.target}"))
+        problems.append(
+            (None, f"SBUF: {plan.sbuf_bytes()} bytes per partition needed, {capacity} available on {plan.target}")
+        )
     if plan.psum_banks() > PSUM_BANKS:
         problems.append((None, f"PSUM: {plan.psum_banks()} banks needed, {PSUM_BANKS} available"))
     if problems:

@@ -37,28 +37,70 @@ from moegen.spec.options import OptionSpec
 SBUF_RESERVED = 16 * 1024
 
 OPTIONS = (
-    OptionSpec("shard", "choice", "how an LNC=2 kernel splits the work between its two cores",
-               default="block", choices=("block", "intermediate")),
-    OptionSpec("distribute", "choice", "shard=block at lnc=2: core c takes blocks c, c+2, ... (interleaved, the "
-               "seed's PING_PONG) or the c-th half of the blocks (halves, HI_LO: consecutive blocks of one expert "
-               "stay on one core and reuse its resident weights)", default="interleaved",
-               choices=("interleaved", "halves")),
-    OptionSpec("loop", "choice", "static: every block in a trace-time loop; hybrid: a static loop over the "
-               "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions)",
-               default="static", choices=("static", "hybrid")),
+    OptionSpec(
+        "shard",
+        "choice",
+        "how an LNC=2 kernel splits the work between its two cores",
+        default="block",
+        choices=("block", "intermediate"),
+    ),
+    OptionSpec(
+        "distribute",
+        "choice",
+        "shard=block at lnc=2: core c takes blocks c, c+2, ... (interleaved, the "
+        "seed's PING_PONG) or the c-th half of the blocks (halves, HI_LO: consecutive blocks of one expert "
+        "stay on one core and reuse its resident weights)",
+        default="interleaved",
+        choices=("interleaved", "halves"),
+    ),
+    OptionSpec(
+        "loop",
+        "choice",
+        "static: every block in a trace-time loop; hybrid: a static loop over the "
+        "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions)",
+        default="static",
+        choices=("static", "hybrid"),
+    ),
     OptionSpec("dropping", "flag", "token-dropping layout: N = E blocks, block i is expert i"),
-    OptionSpec("block", "int", "tokens per block B", default=512, minimum=128, maximum=1024, multiple_of=128,
-               reason="a block is whole 128-token tiles (tokens sit on the 128 partitions for the gather and "
-                      "the down projection) and at most 1024 tokens, the block layer of the seed"),
-    OptionSpec("update", "choice", "accumulate each block into the output (top-K) or overwrite (top-1); "
-               "auto picks overwrite for top_k 1", default="auto", choices=("auto", "accumulate", "overwrite")),
-    OptionSpec("padding", "choice", "empty block slots hold T (the zero row of hidden_states) or -1 "
-               "(skipped by out-of-bounds DMA)", default="row", choices=("row", "skip")),
-    OptionSpec("checkpoint", "flag", "also return gate/up pre-activations [N, 2, I, B] and down outputs "
-               "[N, B, H] (activation checkpointing)"),
-    OptionSpec("weights", "choice", "resident: an expert's whole weights stay in SBUF and are not loaded "
-               "again when the next block has the same expert; stream: weights are loaded in chunks for "
-               "every block; auto: resident when it fits", default="auto", choices=("auto", "resident", "stream")),
+    OptionSpec(
+        "block",
+        "int",
+        "tokens per block B",
+        default=512,
+        minimum=128,
+        maximum=1024,
+        multiple_of=128,
+        reason="a block is whole 128-token tiles (tokens sit on the 128 partitions for the gather and "
+        "the down projection) and at most 1024 tokens, the block layer of the seed",
+    ),
+    OptionSpec(
+        "update",
+        "choice",
+        "accumulate each block into the output (top-K) or overwrite (top-1); auto picks overwrite for top_k 1",
+        default="auto",
+        choices=("auto", "accumulate", "overwrite"),
+    ),
+    OptionSpec(
+        "padding",
+        "choice",
+        "empty block slots hold T (the zero row of hidden_states) or -1 (skipped by out-of-bounds DMA)",
+        default="row",
+        choices=("row", "skip"),
+    ),
+    OptionSpec(
+        "checkpoint",
+        "flag",
+        "also return gate/up pre-activations [N, 2, I, B] and down outputs [N, B, H] (activation checkpointing)",
+    ),
+    OptionSpec(
+        "weights",
+        "choice",
+        "resident: an expert's whole weights stay in SBUF and are not loaded "
+        "again when the next block has the same expert; stream: weights are loaded in chunks for "
+        "every block; auto: resident when it fits",
+        default="auto",
+        choices=("auto", "resident", "stream"),
+    ),
 )
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
@@ -136,8 +178,14 @@ class CtePlan(KernelPlan):
     @property
     def arguments(self) -> tuple[str, ...]:
         """The kernel's parameters: the seed's tensor arguments in its order, those this variant reads."""
-        names = ["hidden_states", "expert_affinities_masked", "gate_up_proj_weight", "down_proj_weight",
-                 "token_position_to_id", "block_to_expert"]
+        names = [
+            "hidden_states",
+            "expert_affinities_masked",
+            "gate_up_proj_weight",
+            "down_proj_weight",
+            "token_position_to_id",
+            "block_to_expert",
+        ]
         if self.hybrid:
             names.append("conditions")
         if self.mlp.gate_up_bias:
@@ -158,29 +206,40 @@ class CtePlan(KernelPlan):
     def summary(self) -> str:
         scale = {"pre": "PRE_SCALE", "post": "POST_SCALE", "none": "NO_SCALE"}[self.affinity]
         quant = {"none": self.weight_dtype, "row": "fp8 row-dequantized", "static": "fp8 static-dequantized"}
-        return (f"MoE CTE {self.variant_label} (LNC={self.lnc}), {quant[self.gate_scale]} weights, "
-                f"{self.mlp.activation}, {scale}, {'top-K accumulate' if self.accumulate else 'top-1 overwrite'}.")
+        return (
+            f"MoE CTE {self.variant_label} (LNC={self.lnc}), {quant[self.gate_scale]} weights, "
+            f"{self.mlp.activation}, {scale}, {'top-K accumulate' if self.accumulate else 'top-1 overwrite'}."
+        )
 
     @property
     def pseudocode(self) -> tuple[str, ...]:
         mine = "b = c, c+2, ..." if self.distribute == "interleaved" else "the c-th half of range(N)"
-        blocks = {("block", 2): f"for b in blocks of this core (core c: {mine}):",
-                  ("intermediate", 2): "for b in range(N):  # each core computes its half of I"}.get(
-            (self.shard, self.lnc), "for b in range(N):")
+        blocks = {
+            ("block", 2): f"for b in blocks of this core (core c: {mine}):",
+            ("intermediate", 2): "for b in range(N):  # each core computes its half of I",
+        }.get((self.shard, self.lnc), "for b in range(N):")
         if self.hybrid:
             blocks = "for b in range(ceil(T*K/B)), then nl.fori_loop(.., sum(conditions)):"
-        lines = [blocks,
-                 "    ids = token_position_to_id[b*B:(b+1)*B]; e = " + ("b" if self.dropping else "block_to_expert[b]"),
-                 "    x = hidden_states[ids]" + ("  (-1 slots skipped: zero rows)" if self.pad_skip else "")]
+        lines = [
+            blocks,
+            "    ids = token_position_to_id[b*B:(b+1)*B]; e = " + ("b" if self.dropping else "block_to_expert[b]"),
+            "    x = hidden_states[ids]" + ("  (-1 slots skipped: zero rows)" if self.pad_skip else ""),
+        ]
         if self.affinity == "pre":
             lines.append("    x = x * affinity[ids, e]")
         dq = " * scale[e]" if self.quantized else ""
         mlp = self.mlp
-        lines += [f"    g, u = x @ Wg[e]{dq}" + (" + bg[e]" if mlp.gate_up_bias else "")
-                  + f", x @ Wu[e]{dq}" + (" + bu[e]" if mlp.gate_up_bias else "")
-                  + (f" + {mlp.up_constant:g}" if mlp.up_constant else "")]
+        lines += [
+            f"    g, u = x @ Wg[e]{dq}"
+            + (" + bg[e]" if mlp.gate_up_bias else "")
+            + f", x @ Wu[e]{dq}"
+            + (" + bu[e]" if mlp.gate_up_bias else "")
+            + (f" + {mlp.up_constant:g}" if mlp.up_constant else "")
+        ]
         if self.clamped:
-            lines.append(f"    g = clamp(g, {mlp.gate_lower}, {mlp.gate_upper}); u = clamp(u, {mlp.up_lower}, {mlp.up_upper})")
+            lines.append(
+                f"    g = clamp(g, {mlp.gate_lower}, {mlp.gate_upper}); u = clamp(u, {mlp.up_lower}, {mlp.up_upper})"
+            )
         lines.append(f"    h = {mlp.activation}(g) * u")
         if self.exchange:
             lines.append("    y = h[:, my I half] @ Wd[e][my I half] + the other core's partial (sendrecv)")
@@ -204,18 +263,38 @@ def _layer_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, st
     problems: list[tuple[str | None, str]] = []
     dims = layer.dims
     if layer.dtype not in ("bf16", "fp16"):
-        problems.append((None, f"dtype {layer.dtype}: cte kernels run their matmuls in bf16 or fp16 "
-                               "(fp32 operands are 4x slower on TensorE and the seed accepts bf16/fp16 only)"))
+        problems.append(
+            (
+                None,
+                f"dtype {layer.dtype}: cte kernels run their matmuls in bf16 or fp16 "
+                "(fp32 operands are 4x slower on TensorE and the seed accepts bf16/fp16 only)",
+            )
+        )
     if layer.quant.activations != "none":
-        problems.append((None, f"quant activations={layer.quant.activations}: cte kernels keep the matmul inputs "
-                               f"in {layer.dtype}; static fp8 input quantization is not generated for cte (the "
-                               "moe_cte seed's QuantizationConfig carries weight scales only)"))
+        problems.append(
+            (
+                None,
+                f"quant activations={layer.quant.activations}: cte kernels keep the matmul inputs "
+                f"in {layer.dtype}; static fp8 input quantization is not generated for cte (the "
+                "moe_cte seed's QuantizationConfig carries weight scales only)",
+            )
+        )
     if dims.hidden % 16 or not 128 <= dims.hidden <= 8192:
-        problems.append((None, f"hidden {dims.hidden}: cte kernels take H from 128 to 8192 in multiples of 16 "
-                               "(a gathered token row and its transpose must fit a 128-partition SBUF tile)"))
+        problems.append(
+            (
+                None,
+                f"hidden {dims.hidden}: cte kernels take H from 128 to 8192 in multiples of 16 "
+                "(a gathered token row and its transpose must fit a 128-partition SBUF tile)",
+            )
+        )
     if dims.intermediate_tp % 16:
-        problems.append((None, f"I_TP {dims.intermediate_tp}: must be a multiple of 16 (DMA rows of the "
-                               "weights and the checkpoint layout [N, 2, I, B])"))
+        problems.append(
+            (
+                None,
+                f"I_TP {dims.intermediate_tp}: must be a multiple of 16 (DMA rows of the "
+                "weights and the checkpoint layout [N, 2, I, B])",
+            )
+        )
     if not 2 <= dims.local_experts <= 512:
         problems.append((None, f"{dims.local_experts} local experts: cte kernels take 2 to 512"))
     return problems
@@ -226,32 +305,74 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
     lnc, shard = variant["lnc"], variant["shard"]
     if variant["loop"] == "hybrid":
         if shard == "block" and lnc == 2:
-            problems.append(("loop", "loop=hybrid at lnc=2 needs shard=intermediate: with shard=block the two cores "
-                                     "would run different runtime trip counts, and both cores of a logical core "
-                                     "must run the same control flow"))
+            problems.append(
+                (
+                    "loop",
+                    "loop=hybrid at lnc=2 needs shard=intermediate: with shard=block the two cores "
+                    "would run different runtime trip counts, and both cores of a logical core "
+                    "must run the same control flow",
+                )
+            )
         if variant.options.get("dropping"):
-            problems.append(("loop", "loop=hybrid cannot drop tokens: the dropping layout has one block per expert "
-                                     "in expert order, so its empty blocks are not at the end where a runtime trip "
-                                     "count could skip them"))
+            problems.append(
+                (
+                    "loop",
+                    "loop=hybrid cannot drop tokens: the dropping layout has one block per expert "
+                    "in expert order, so its empty blocks are not at the end where a runtime trip "
+                    "count could skip them",
+                )
+            )
     if "distribute" in variant.option_spans and not (shard == "block" and lnc == 2):
-        problems.append(("distribute", "distribute splits blocks between the two cores: it needs shard=block and "
-                                       "lnc=2"))
+        problems.append(
+            ("distribute", "distribute splits blocks between the two cores: it needs shard=block and lnc=2")
+        )
     if variant["update"] == "overwrite" and layer.dims.top_k > 1:
-        problems.append(("update", f"update=overwrite needs top_k 1 (top_k is {layer.dims.top_k}): a token's "
-                                   "results from its several experts must be added"))
+        problems.append(
+            (
+                "update",
+                f"update=overwrite needs top_k 1 (top_k is {layer.dims.top_k}): a token's "
+                "results from its several experts must be added",
+            )
+        )
     if shard == "intermediate" and lnc == 2 and layer.dims.intermediate_tp % 32:
-        problems.append(("shard", f"shard=intermediate at lnc=2 needs I_TP a multiple of 32 so each core gets a "
-                                  f"multiple of 16 (I_TP is {layer.dims.intermediate_tp})"))
+        problems.append(
+            (
+                "shard",
+                f"shard=intermediate at lnc=2 needs I_TP a multiple of 32 so each core gets a "
+                f"multiple of 16 (I_TP is {layer.dims.intermediate_tp})",
+            )
+        )
     if shard == "intermediate" and lnc == 2 and layer.dims.hidden % 32:
-        problems.append(("shard", f"shard=intermediate at lnc=2 needs H a multiple of 32: each core finishes half "
-                                  f"of the output columns (H is {layer.dims.hidden})"))
+        problems.append(
+            (
+                "shard",
+                f"shard=intermediate at lnc=2 needs H a multiple of 32: each core finishes half "
+                f"of the output columns (H is {layer.dims.hidden})",
+            )
+        )
     return problems
 
 
-def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chunk_cols: int, weight_count: int,
-             down_chunk: int,
-             resident: bool, h_out: int, exchange: bool, mlp: ExpertMLPPlan, checkpoint: bool, accumulate: bool,
-             hybrid: bool, hybrid_blocks: int) -> tuple[Buffer, ...]:
+def _buffers(
+    *,
+    h: int,
+    i_core: int,
+    b: int,
+    dt: int,
+    wdt: int,
+    out_dt: int,
+    chunk_cols: int,
+    weight_count: int,
+    down_chunk: int,
+    resident: bool,
+    h_out: int,
+    exchange: bool,
+    mlp: ExpertMLPPlan,
+    checkpoint: bool,
+    accumulate: bool,
+    hybrid: bool,
+    hybrid_blocks: int,
+) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
     chunk = min(b, MATMUL_MOVING_FREE_MAX)
@@ -274,13 +395,18 @@ def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chu
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
     if mlp.affinity_scale != "none":
-        sb += [Buffer("expert_bcast", "sbuf", PARTITIONS, 4), Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t),
-               Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t)]
+        sb += [
+            Buffer("expert_bcast", "sbuf", PARTITIONS, 4),
+            Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t),
+            Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t),
+        ]
     if accumulate:
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col))
     if mlp.weight_quant == "fp8_row":
-        sb += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * 2),
-               Buffer("down_scale", "sbuf", PARTITIONS, 4 * h_out)]
+        sb += [
+            Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * 2),
+            Buffer("down_scale", "sbuf", PARTITIONS, 4 * h_out),
+        ]
     elif mlp.weight_quant == "fp8_static":
         sb += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * 2), Buffer("down_scale", "sbuf", PARTITIONS, 4)]
     if mlp.gate_up_bias:
@@ -290,8 +416,10 @@ def _buffers(*, h: int, i_core: int, b: int, dt: int, wdt: int, out_dt: int, chu
     if exchange:
         sb += [Buffer("partial_send", "sbuf", PARTITIONS, 4 * col), Buffer("partial_recv", "sbuf", PARTITIONS, 4 * col)]
     if checkpoint:
-        sb += [Buffer("gate_up_checkpoint", "sbuf", PARTITIONS, out_dt * chunk),
-               Buffer("down_checkpoint", "sbuf", PARTITIONS, out_dt * col)]
+        sb += [
+            Buffer("gate_up_checkpoint", "sbuf", PARTITIONS, out_dt * chunk),
+            Buffer("down_checkpoint", "sbuf", PARTITIONS, out_dt * col),
+        ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
@@ -328,9 +456,21 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     i_tiles = _tiles(i_core, CONTRACTION_TILE)
     capacity = SBUF_BYTES["trn2"] - SBUF_RESERVED
     hybrid_blocks = ceil_div(T_MAX * k - (dims.local_experts - 1), b) + dims.local_experts - 1
-    common = dict(h=h, i_core=i_core, b=b, dt=dt, wdt=wdt, out_dt=out_dt, h_out=h_out, exchange=exchange,
-                  hybrid_blocks=hybrid_blocks,
-                  mlp=mlp, checkpoint=checkpoint, accumulate=accumulate, hybrid=hybrid)
+    common = dict(
+        h=h,
+        i_core=i_core,
+        b=b,
+        dt=dt,
+        wdt=wdt,
+        out_dt=out_dt,
+        h_out=h_out,
+        exchange=exchange,
+        hybrid_blocks=hybrid_blocks,
+        mlp=mlp,
+        checkpoint=checkpoint,
+        accumulate=accumulate,
+        hybrid=hybrid,
+    )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
     # chunks of I tiles, the widest chunk that fits SBUF (two buffers, so loads overlap compute).
@@ -341,93 +481,179 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     want = variant["weights"]
     if want == "resident" and not fits_resident:
         need = sum(x.total_per_partition for x in resident_buffers if x.memory == "sbuf")
-        raise PlanError(("weights", f"weights=resident: one expert's weights with the block's buffers need {need} "
-                                    f"bytes per partition, more than the {capacity} usable on trn2 (use "
-                                    "weights=stream or a smaller block)"))
+        raise PlanError(
+            (
+                "weights",
+                f"weights=resident: one expert's weights with the block's buffers need {need} "
+                f"bytes per partition, more than the {capacity} usable on trn2 (use "
+                "weights=stream or a smaller block)",
+            )
+        )
     resident = want == "resident" or (want == "auto" and fits_resident)
     if resident:
         buffers, chunk_tiles = resident_buffers, len(i_tiles)
-        decisions.append(("weights", "resident: the expert's gate/up and down weights fit SBUF with the block "
-                                     "buffers"))
+        decisions.append(("weights", "resident: the expert's gate/up and down weights fit SBUF with the block buffers"))
     else:
         buffers = None
         # the widest gate/up chunk (I tiles) and down chunk (output columns) that fit, in this order
         for chunk_tiles, down_chunk in ((8, 512), (4, 512), (2, 512), (2, 256), (1, 256), (1, 128)):
             chunk_tiles = min(chunk_tiles, len(i_tiles))
-            candidate = _buffers(chunk_cols=min(i_core, chunk_tiles * CONTRACTION_TILE), weight_count=2,
-                                 resident=False, down_chunk=down_chunk, **common)
+            candidate = _buffers(
+                chunk_cols=min(i_core, chunk_tiles * CONTRACTION_TILE),
+                weight_count=2,
+                resident=False,
+                down_chunk=down_chunk,
+                **common,
+            )
             if sum(x.total_per_partition for x in candidate if x.memory == "sbuf") <= capacity:
                 buffers, full_chunk = candidate, down_chunk
                 break
         if buffers is None:
-            raise PlanError(("block", f"block {b}: even streaming one 128-column weight chunk at a time, the "
-                                      f"block's buffers (x^T and h^T hold B columns per H and I tile) exceed the "
-                                      f"{capacity} bytes per partition of trn2 SBUF; use a smaller block"))
-        decisions.append(("weights", f"streamed in chunks of {chunk_tiles} I tiles and {full_chunk} output "
-                                     "columns (double-buffered): "
-                          + ("asked for by weights=stream" if want == "stream"
-                             else "one expert's weights do not fit SBUF with the block buffers")))
+            raise PlanError(
+                (
+                    "block",
+                    f"block {b}: even streaming one 128-column weight chunk at a time, the "
+                    f"block's buffers (x^T and h^T hold B columns per H and I tile) exceed the "
+                    f"{capacity} bytes per partition of trn2 SBUF; use a smaller block",
+                )
+            )
+        decisions.append(
+            (
+                "weights",
+                f"streamed in chunks of {chunk_tiles} I tiles and {full_chunk} output "
+                "columns (double-buffered): "
+                + (
+                    "asked for by weights=stream"
+                    if want == "stream"
+                    else "one expert's weights do not fit SBUF with the block buffers"
+                ),
+            )
+        )
     reuse = resident and not dropping
     if reuse:
-        decisions.append(("weight reuse", "a block whose expert equals the previous block's skips the weight "
-                                          "DMA (its expert index is made out of bounds, oob_mode=skip)"))
+        decisions.append(
+            (
+                "weight reuse",
+                "a block whose expert equals the previous block's skips the weight "
+                "DMA (its expert index is made out of bounds, oob_mode=skip)",
+            )
+        )
     gate_up_chunks = []
     for first in range(0, len(i_tiles), chunk_tiles):
-        tiles = i_tiles[first:first + chunk_tiles]
+        tiles = i_tiles[first : first + chunk_tiles]
         gate_up_chunks.append((tiles[0][0], sum(size for _, size in tiles), first, len(tiles)))
     chunk_cols = max(cols for _, cols, _, _ in gate_up_chunks)
 
     zero_output = accumulate or dropping
     partial_output = shard == "block" and lnc == 2 and accumulate
     decisions += [
-        ("sharding", {("block", 1): "one core runs every block",
-                      ("block", 2): ("core c runs blocks c, c+2, ...; " if variant["distribute"] == "interleaved"
-                                     else "core c runs the c-th half of the blocks; ")
-                                    + ("each core accumulates into its own copy of the output, the two are "
-                                       "added after a core barrier"
-                                       if partial_output else "top-1: each token row is written by one core"),
-                      ("intermediate", 1): "one core runs the whole intermediate dimension",
-                      ("intermediate", 2): f"core c computes I columns [c*{i_core}, (c+1)*{i_core}) and finishes "
-                                           f"output columns [c*{h_out}, (c+1)*{h_out}); partial down projections "
-                                           "of the other half go through sendrecv"}[(shard, lnc)]),
-        ("output update", "read-modify-write: each block's contribution is rounded to the output dtype and added"
-         if accumulate else "overwrite: top-1, each token row is written once"),
-        ("padding", "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip)" if pad_skip
-         else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
-              "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end"),
+        (
+            "sharding",
+            {
+                ("block", 1): "one core runs every block",
+                ("block", 2): (
+                    "core c runs blocks c, c+2, ...; "
+                    if variant["distribute"] == "interleaved"
+                    else "core c runs the c-th half of the blocks; "
+                )
+                + (
+                    "each core accumulates into its own copy of the output, the two are added after a core barrier"
+                    if partial_output
+                    else "top-1: each token row is written by one core"
+                ),
+                ("intermediate", 1): "one core runs the whole intermediate dimension",
+                ("intermediate", 2): f"core c computes I columns [c*{i_core}, (c+1)*{i_core}) and finishes "
+                f"output columns [c*{h_out}, (c+1)*{h_out}); partial down projections "
+                "of the other half go through sendrecv",
+            }[(shard, lnc)],
+        ),
+        (
+            "output update",
+            "read-modify-write: each block's contribution is rounded to the output dtype and added"
+            if accumulate
+            else "overwrite: top-1, each token row is written once",
+        ),
+        (
+            "padding",
+            "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip)"
+            if pad_skip
+            else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
+            "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end",
+        ),
     ]
-    decisions.append(("tiling", f"block {b} = {b // TOKEN_TILE} token tiles of 128 (tokens on partitions for the "
-                                f"row gather, the transposes and the down projection) and {ceil_div(b, 512)} "
-                                f"moving chunk(s) of at most 512 tokens for the gate/up matmuls (one PSUM bank); "
-                                f"H in {len(_tiles(h, CONTRACTION_TILE))} contraction tiles, this core's I in "
-                                f"{len(i_tiles)}"))
+    decisions.append(
+        (
+            "tiling",
+            f"block {b} = {b // TOKEN_TILE} token tiles of 128 (tokens on partitions for the "
+            f"row gather, the transposes and the down projection) and {ceil_div(b, 512)} "
+            f"moving chunk(s) of at most 512 tokens for the gate/up matmuls (one PSUM bank); "
+            f"H in {len(_tiles(h, CONTRACTION_TILE))} contraction tiles, this core's I in "
+            f"{len(i_tiles)}",
+        )
+    )
     if hybrid:
-        decisions.append(("loop", "static loop over ceil(T*K/B) blocks (they surely hold tokens), then nl.fori_loop "
-                                  "up to sum(conditions) held in a register"))
+        decisions.append(
+            (
+                "loop",
+                "static loop over ceil(T*K/B) blocks (they surely hold tokens), then nl.fori_loop "
+                "up to sum(conditions) held in a register",
+            )
+        )
     return CtePlan(
-        family="cte", kernel_name=variant.name, spec_name=layer.name, lnc=lnc, buffers=buffers,
+        family="cte",
+        kernel_name=variant.name,
+        spec_name=layer.name,
+        lnc=lnc,
+        buffers=buffers,
         decisions=tuple(decisions),
-        hidden=h, intermediate=i_tp, experts=dims.local_experts, top_k=k, dtype=layer.dtype,
-        out_dtype=layer.out_dtype, weight_dtype=weight_dtype,
-        shard=shard, distribute=variant["distribute"], hybrid=hybrid, dropping=dropping, block=b,
-        accumulate=accumulate, pad_skip=pad_skip,
-        checkpoint=checkpoint, resident_weights=resident, reuse_weights=reuse,
+        hidden=h,
+        intermediate=i_tp,
+        experts=dims.local_experts,
+        top_k=k,
+        dtype=layer.dtype,
+        out_dtype=layer.out_dtype,
+        weight_dtype=weight_dtype,
+        shard=shard,
+        distribute=variant["distribute"],
+        hybrid=hybrid,
+        dropping=dropping,
+        block=b,
+        accumulate=accumulate,
+        pad_skip=pad_skip,
+        checkpoint=checkpoint,
+        resident_weights=resident,
+        reuse_weights=reuse,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
-        token_tiles=b // TOKEN_TILE, token_chunks=_tiles(b, MATMUL_MOVING_FREE_MAX),
-        h_tiles=_tiles(h, CONTRACTION_TILE), h_full_tiles=h // CONTRACTION_TILE,
-        i_core=i_core, i_tiles=i_tiles, i_full_tiles=i_core // CONTRACTION_TILE,
-        gate_up_chunks=tuple(gate_up_chunks), gate_up_chunk_cols=chunk_cols,
-        h_out=h_out, down_chunks=_tiles(h_out, full_chunk), exchange=exchange,
-        down_cols=min(h_out, full_chunk), zero_columns=min(h_out, ZERO_COLUMNS_MAX), max_tokens=T_MAX,
-        zero_output=zero_output, partial_output=partial_output, mlp=mlp,
+        token_tiles=b // TOKEN_TILE,
+        token_chunks=_tiles(b, MATMUL_MOVING_FREE_MAX),
+        h_tiles=_tiles(h, CONTRACTION_TILE),
+        h_full_tiles=h // CONTRACTION_TILE,
+        i_core=i_core,
+        i_tiles=i_tiles,
+        i_full_tiles=i_core // CONTRACTION_TILE,
+        gate_up_chunks=tuple(gate_up_chunks),
+        gate_up_chunk_cols=chunk_cols,
+        h_out=h_out,
+        down_chunks=_tiles(h_out, full_chunk),
+        exchange=exchange,
+        down_cols=min(h_out, full_chunk),
+        zero_columns=min(h_out, ZERO_COLUMNS_MAX),
+        max_tokens=T_MAX,
+        zero_output=zero_output,
+        partial_output=partial_output,
+        mlp=mlp,
     )
 
 
 def _family():
     from moegen.plan import Family
 
-    return Family(name="cte", options=OPTIONS, plan=plan,
-                  doc="blockwise context-encoding (prefill) MoE: shard_on_block, shard_on_i, hybrid, dropping")
+    return Family(
+        name="cte",
+        options=OPTIONS,
+        plan=plan,
+        doc="blockwise context-encoding (prefill) MoE: shard_on_block, shard_on_i, hybrid, dropping",
+    )
 
 
 FAMILY = _family()

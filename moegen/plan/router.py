@@ -34,16 +34,26 @@ NEG_BIG = -3.0e38
 
 OPTIONS = (
     OptionSpec("layout", "choice", "x in HBM as [T, H] (th) or [H, T] (ht)", default="th", choices=("th", "ht")),
-    OptionSpec("scatter", "choice", "how the K weights reach expert_affinities [T, E]: a one-hot mask per "
-               "selected expert on chip (onehot), or an indirect DMA write per weight (dma)",
-               default="onehot", choices=("onehot", "dma")),
+    OptionSpec(
+        "scatter",
+        "choice",
+        "how the K weights reach expert_affinities [T, E]: a one-hot mask per "
+        "selected expert on chip (onehot), or an indirect DMA write per weight (dma)",
+        default="onehot",
+        choices=("onehot", "dma"),
+    ),
     OptionSpec("eager", "flag", "also return the K selected affinities [T, K] (expert_affinities_eager)"),
     OptionSpec("skip_logits", "flag", "do not write router_logits (the kernel returns no logits)"),
     OptionSpec("act", "choice", "override the router pipeline's activation", choices=("softmax", "sigmoid")),
-    OptionSpec("norm", "choice", "override where the activation runs: before the top-K (pre) or on the K "
-               "selected logits (post)", choices=("pre", "post")),
-    OptionSpec("renormalize", "choice", "override the pipeline's L1 renormalisation of the K weights",
-               choices=("yes", "no")),
+    OptionSpec(
+        "norm",
+        "choice",
+        "override where the activation runs: before the top-K (pre) or on the K selected logits (post)",
+        choices=("pre", "post"),
+    ),
+    OptionSpec(
+        "renormalize", "choice", "override the pipeline's L1 renormalisation of the K weights", choices=("yes", "no")
+    ),
 )
 
 
@@ -96,14 +106,19 @@ def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tup
     if not pre_norm:
         where = "norm" if norm is not None else None
         if router.selection_bias:
-            problems.append((where, "a selection bias applies to activated scores: the router needs pre-norm "
-                                    "(activate before topk)"))
+            problems.append(
+                (
+                    where,
+                    "a selection bias applies to activated scores: the router needs pre-norm (activate before topk)",
+                )
+            )
         if router.n_group is not None:
             problems.append((where, "group-limited top-K ranks activated scores: the router needs pre-norm"))
         if renormalize and act == "softmax":
             where = "renormalize" if renorm_option is not None else where
-            problems.append((where, "renormalising after a post-topk softmax does nothing: the K weights "
-                                    "already sum to 1"))
+            problems.append(
+                (where, "renormalising after a post-topk softmax does nothing: the K weights already sum to 1")
+            )
     return act, pre_norm, renormalize, problems
 
 
@@ -115,8 +130,13 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     hidden, experts, top_k = dims.hidden, dims.experts, dims.top_k
     act, pre_norm, renormalize, problems = _pipeline(layer, variant)
     if experts > MATMUL_MOVING_FREE_MAX:
-        problems.append((None, f"experts {experts}: at most {MATMUL_MOVING_FREE_MAX} (one matmul's moving free "
-                               "size and one PSUM bank of fp32 logits per token)"))
+        problems.append(
+            (
+                None,
+                f"experts {experts}: at most {MATMUL_MOVING_FREE_MAX} (one matmul's moving free "
+                "size and one PSUM bank of fp32 logits per token)",
+            )
+        )
     if top_k > MAX_TOP_K:
         problems.append((None, f"top_k {top_k}: at most {MAX_TOP_K} (two max8 rounds of 8)"))
     if top_k > experts:
@@ -125,8 +145,13 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if router.n_group is not None:
         group_size = experts // router.n_group
         if group_size < 2:
-            problems.append((None, f"group_limit(groups={router.n_group}): {group_size} expert per group, but a "
-                                   "group's score is the sum of its top-2 experts"))
+            problems.append(
+                (
+                    None,
+                    f"group_limit(groups={router.n_group}): {group_size} expert per group, but a "
+                    "group's score is the sum of its top-2 experts",
+                )
+            )
     if problems:
         raise PlanError(*problems)
 
@@ -149,15 +174,23 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("one-hot masks", "sbuf", TOKEN_TILE, top_k * work_width * f32),
         # top values, same8, found8, column, index, weights, weights in the output dtype, row sums
-        Buffer("top-K rows", "sbuf", TOKEN_TILE,
-               rounds * MAX8_WIDTH * f32 + 2 * MAX8_WIDTH * 4 + 4 + top_k * (4 + f32 + out_bytes) + 4 * f32),
+        Buffer(
+            "top-K rows",
+            "sbuf",
+            TOKEN_TILE,
+            rounds * MAX8_WIDTH * f32 + 2 * MAX8_WIDTH * 4 + 4 + top_k * (4 + f32 + out_bytes) + 4 * f32,
+        ),
     ]
     if h_tiles:
-        buffers += [Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-                    Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes)]
+        buffers += [
+            Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
+            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes),
+        ]
     if h_rest:
-        buffers += [Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
-                    Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes)]
+        buffers += [
+            Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
+            Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes),
+        ]
     if router.bias:
         buffers.append(Buffer("bias row and ones", "sbuf", 1, experts * in_bytes + TOKEN_TILE * in_bytes))
     if store_logits:
@@ -165,78 +198,172 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if full_scores or (pre_norm and act == "softmax"):
         buffers.append(Buffer("scores (or exp scratch)", "sbuf", TOKEN_TILE, experts * f32))
     if router.selection_bias:
-        buffers += [Buffer("selection bias row and ones", "sbuf", 1, (experts + TOKEN_TILE) * f32),
-                    Buffer("selection bias rows", "sbuf", TOKEN_TILE, experts * f32),
-                    Buffer("selection bias broadcast", "psum", TOKEN_TILE, experts * f32),
-                    Buffer("gather product", "sbuf", TOKEN_TILE, experts * f32)]
+        buffers += [
+            Buffer("selection bias row and ones", "sbuf", 1, (experts + TOKEN_TILE) * f32),
+            Buffer("selection bias rows", "sbuf", TOKEN_TILE, experts * f32),
+            Buffer("selection bias broadcast", "psum", TOKEN_TILE, experts * f32),
+            Buffer("gather product", "sbuf", TOKEN_TILE, experts * f32),
+        ]
     if router.n_group is not None:
-        buffers += [Buffer("group top-8", "sbuf", TOKEN_TILE, router.n_group * MAX8_WIDTH * f32),
-                    # padded group rows, group scores, kept-group values/index/one-hots, keep mask, penalty
-                    Buffer("group rows", "sbuf", TOKEN_TILE,
-                           (router.n_group * group_pad + 3 * group_width + ceil_div(router.topk_group, 8) * 8
-                            + router.topk_group * (1 + group_width)) * f32)]
+        buffers += [
+            Buffer("group top-8", "sbuf", TOKEN_TILE, router.n_group * MAX8_WIDTH * f32),
+            # padded group rows, group scores, kept-group values/index/one-hots, keep mask, penalty
+            Buffer(
+                "group rows",
+                "sbuf",
+                TOKEN_TILE,
+                (
+                    router.n_group * group_pad
+                    + 3 * group_width
+                    + ceil_div(router.topk_group, 8) * 8
+                    + router.topk_group * (1 + group_width)
+                )
+                * f32,
+            ),
+        ]
     if scatter == "onehot":
         buffers.append(Buffer("affinities tile", "sbuf", TOKEN_TILE, experts * out_bytes))
     else:
-        buffers.append(Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE,
-                              experts * out_bytes + 4 + top_k * 8))
+        buffers.append(
+            Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE, experts * out_bytes + 4 + top_k * 8)
+        )
 
-    overrides = [f"{name}={variant.options[name]}" for name in ("act", "norm", "renormalize") if name in variant.options]
+    overrides = [
+        f"{name}={variant.options[name]}" for name in ("act", "norm", "renormalize") if name in variant.options
+    ]
     decisions = [
-        ("pipeline", f"{'pre' if pre_norm else 'post'}-norm {act}" + (", L1 renormalised" if renormalize else "")
-         + (f", scaled by {router.scaling_factor:g}" if router.scaling_factor is not None else "")
-         + (f" (the variant overrides the spec's router with {' '.join(overrides)})" if overrides else "")),
-        ("contraction", f"H={hidden} = {h_tiles} x 128" + (f" + {h_rest}" if h_rest else "")
-         + f": each full tile puts h = p * {h_tiles} + j on partition p (x and w read in runs of {h_tiles} "
-           "contiguous elements, no transpose)"
-         + (f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
-            "multiple of 128" if h_rest else "")),
-        ("logits", f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
-                   "axis: one fp32 PSUM bank per tile" + ("; the bias is one extra K=1 matmul of a ones row "
-                                                          "into the same PSUM accumulation" if router.bias else "")),
-        ("selection", f"max8 ranks the {select_on}" + (
-            " (softmax and sigmoid are increasing, so ranking the exact fp32 logits picks the same experts "
-            "without depending on the activation's rounding)" if select_on == "logits" and pre_norm else "")
-         + (" plus the selection bias" if router.selection_bias else "")),
-        ("ties", "each of the K steps takes the next max8 value v, finds its first column with nc_find_index8 "
-                 "(all 8 vals equal to v, only column 0 used: the first occurrence in any duplicate "
-                 "convention), records it and masks that column with NEG_BIG: the lower expert wins a tie "
-                 "and no expert is chosen twice"),
-        ("top-k rounds", f"K={top_k}: {rounds} max8 round(s) over a {work_width}-wide row"
-         + (f" (E={experts} padded with NEG_BIG to max8's minimum of 8)" if work_width > experts else "")),
-        ("scatter", "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile" if scatter == "onehot"
-         else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
-              "(vector_offset on the flattened [T*E, 1] view)"),
-        ("sharding", "LNC=2: core 0 takes tokens [0, ceil(T/2)), core 1 the rest (odd T: one fewer); the "
-                     "cores write disjoint rows of every output, so no barrier is needed"
-         if variant.options["lnc"] == 2 else "LNC=1"),
-        ("outputs", f"allocated in shared HBM and returned; logits, affinities and eager in {layer.out_dtype} "
-                    "(rounded once from fp32), expert_index int32"),
+        (
+            "pipeline",
+            f"{'pre' if pre_norm else 'post'}-norm {act}"
+            + (", L1 renormalised" if renormalize else "")
+            + (f", scaled by {router.scaling_factor:g}" if router.scaling_factor is not None else "")
+            + (f" (the variant overrides the spec's router with {' '.join(overrides)})" if overrides else ""),
+        ),
+        (
+            "contraction",
+            f"H={hidden} = {h_tiles} x 128"
+            + (f" + {h_rest}" if h_rest else "")
+            + f": each full tile puts h = p * {h_tiles} + j on partition p (x and w read in runs of {h_tiles} "
+            "contiguous elements, no transpose)"
+            + (
+                f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
+                "multiple of 128"
+                if h_rest
+                else ""
+            ),
+        ),
+        (
+            "logits",
+            f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
+            "axis: one fp32 PSUM bank per tile"
+            + (
+                "; the bias is one extra K=1 matmul of a ones row into the same PSUM accumulation"
+                if router.bias
+                else ""
+            ),
+        ),
+        (
+            "selection",
+            f"max8 ranks the {select_on}"
+            + (
+                " (softmax and sigmoid are increasing, so ranking the exact fp32 logits picks the same experts "
+                "without depending on the activation's rounding)"
+                if select_on == "logits" and pre_norm
+                else ""
+            )
+            + (" plus the selection bias" if router.selection_bias else ""),
+        ),
+        (
+            "ties",
+            "each of the K steps takes the next max8 value v, finds its first column with nc_find_index8 "
+            "(all 8 vals equal to v, only column 0 used: the first occurrence in any duplicate "
+            "convention), records it and masks that column with NEG_BIG: the lower expert wins a tie "
+            "and no expert is chosen twice",
+        ),
+        (
+            "top-k rounds",
+            f"K={top_k}: {rounds} max8 round(s) over a {work_width}-wide row"
+            + (f" (E={experts} padded with NEG_BIG to max8's minimum of 8)" if work_width > experts else ""),
+        ),
+        (
+            "scatter",
+            "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile"
+            if scatter == "onehot"
+            else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
+            "(vector_offset on the flattened [T*E, 1] view)",
+        ),
+        (
+            "sharding",
+            "LNC=2: core 0 takes tokens [0, ceil(T/2)), core 1 the rest (odd T: one fewer); the "
+            "cores write disjoint rows of every output, so no barrier is needed"
+            if variant.options["lnc"] == 2
+            else "LNC=1",
+        ),
+        (
+            "outputs",
+            f"allocated in shared HBM and returned; logits, affinities and eager in {layer.out_dtype} "
+            "(rounded once from fp32), expert_index int32",
+        ),
     ]
     if router.n_group is not None:
-        decisions.append(("group limit", f"{router.n_group} groups of {group_size}: group score = sum of the "
-                                         f"group's max8 top-2; the {router.topk_group} best groups (same tie rule) "
-                                         "stay, the others get NEG_BIG added before the expert top-K"))
+        decisions.append(
+            (
+                "group limit",
+                f"{router.n_group} groups of {group_size}: group score = sum of the "
+                f"group's max8 top-2; the {router.topk_group} best groups (same tie rule) "
+                "stay, the others get NEG_BIG added before the expert top-K",
+            )
+        )
 
     return RouterPlan(
-        family="router", kernel_name=variant.name, spec_name=layer.name, lnc=variant.options["lnc"],
-        buffers=tuple(buffers), decisions=tuple(decisions),
-        hidden=hidden, experts=experts, top_k=top_k, in_dtype=layer.dtype, out_dtype=layer.out_dtype,
-        x_layout=variant.options["layout"], scatter=scatter, eager=eager, store_logits=store_logits,
-        act=act, pre_norm=pre_norm, renormalize=renormalize, scaling_factor=router.scaling_factor,
-        w_bias=router.bias, selection_bias=router.selection_bias, n_group=router.n_group,
-        topk_group=router.topk_group, group_size=group_size, h_tiles=h_tiles, h_rest=h_rest,
-        token_tile=TOKEN_TILE, select_on=select_on, full_scores=full_scores, weights_from=weights_from,
-        topk_rounds=rounds, work_width=work_width, group_width=group_width, group_pad=group_pad,
-        neg_big=NEG_BIG, verify_tokens=variant.options.get("verify_tokens"),
+        family="router",
+        kernel_name=variant.name,
+        spec_name=layer.name,
+        lnc=variant.options["lnc"],
+        buffers=tuple(buffers),
+        decisions=tuple(decisions),
+        hidden=hidden,
+        experts=experts,
+        top_k=top_k,
+        in_dtype=layer.dtype,
+        out_dtype=layer.out_dtype,
+        x_layout=variant.options["layout"],
+        scatter=scatter,
+        eager=eager,
+        store_logits=store_logits,
+        act=act,
+        pre_norm=pre_norm,
+        renormalize=renormalize,
+        scaling_factor=router.scaling_factor,
+        w_bias=router.bias,
+        selection_bias=router.selection_bias,
+        n_group=router.n_group,
+        topk_group=router.topk_group,
+        group_size=group_size,
+        h_tiles=h_tiles,
+        h_rest=h_rest,
+        token_tile=TOKEN_TILE,
+        select_on=select_on,
+        full_scores=full_scores,
+        weights_from=weights_from,
+        topk_rounds=rounds,
+        work_width=work_width,
+        group_width=group_width,
+        group_pad=group_pad,
+        neg_big=NEG_BIG,
+        verify_tokens=variant.options.get("verify_tokens"),
     )
 
 
 def _family():
     from moegen.plan import Family
 
-    return Family(name="router", options=OPTIONS, plan=plan,
-                  doc="router top-K: logits, activation, top-K with ties to the lower expert, affinities")
+    return Family(
+        name="router",
+        options=OPTIONS,
+        plan=plan,
+        doc="router top-K: logits, activation, top-K with ties to the lower expert, affinities",
+    )
 
 
 FAMILY = _family()

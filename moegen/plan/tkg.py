@@ -47,32 +47,77 @@ DOWN_GROUP_BANKS = 4  # PSUM banks holding one group of down columns (gate and u
 CHUNK = MATMUL_MOVING_FREE_MAX  # down columns per matmul (one fp32 PSUM bank)
 
 OPTIONS = (
-    OptionSpec("mode", "choice", "selective: each token runs its K experts (ids read at run time); "
-               "all_experts: every local expert runs on every token", default="selective",
-               choices=("selective", "all_experts")),
-    OptionSpec("tokens", "bound", "the most tokens T a call may pass (buffers are sized for it)", default=128,
-               minimum=1, maximum=4096, reason="all-expert mode tiles tokens by 128; 4096 bounds the tiles"),
-    OptionSpec("ep", "int", "expert-parallel ranks for this kernel: it holds E_L = E / ep experts "
-               "(default: the layer's dims ep)", minimum=1, maximum=1024),
-    OptionSpec("tp", "int", "tensor-parallel ranks for this kernel: it holds I_TP = I / tp of each expert "
-               "(default: the layer's dims tp)", minimum=1, maximum=64),
-    OptionSpec("mask_unselected", "flag", "all-expert mode: zero the affinity of experts not in the token's "
-               "top-K (mask_unselected_experts)"),
-    OptionSpec("eager", "flag", "selective mode: affinities are the K selected values [T, K] "
-               "(expert_affinities_eager) instead of the [T, E] table"),
-    OptionSpec("out", "choice", "output dtype override (default: the layer's output dtype)",
-               choices=("bf16", "fp16", "fp32")),
-    OptionSpec("input", "choice", "where hidden_input is: HBM [T, H], or SBUF [H0=128, T, H1=H/128] with "
-               "column h = h0 * H1 + h1 (the seed's SBUF layout, from a fused caller; the kernel is then a "
-               "sub-kernel, and output=sbuf returns the same [H0, T, H1] layout)", default="hbm",
-               choices=("hbm", "sbuf")),
-    OptionSpec("output", "choice", "where the result goes: HBM [T, H], or left in SBUF [T, H] for a caller "
-               "that fuses (the kernel is then a sub-kernel, not @nki.jit)", default="hbm",
-               choices=("hbm", "sbuf")),
-    OptionSpec("shard", "choice", "LNC=2 split: auto (the plan chooses per shape), intermediate (each core "
-               "half of the I tiles; partial outputs exchanged), hidden (each core half of the down projection's "
-               "columns), tokens (each core half of the token tiles)",
-               default="auto", choices=("auto", "hidden", "tokens", "intermediate")),
+    OptionSpec(
+        "mode",
+        "choice",
+        "selective: each token runs its K experts (ids read at run time); "
+        "all_experts: every local expert runs on every token",
+        default="selective",
+        choices=("selective", "all_experts"),
+    ),
+    OptionSpec(
+        "tokens",
+        "bound",
+        "the most tokens T a call may pass (buffers are sized for it)",
+        default=128,
+        minimum=1,
+        maximum=4096,
+        reason="all-expert mode tiles tokens by 128; 4096 bounds the tiles",
+    ),
+    OptionSpec(
+        "ep",
+        "int",
+        "expert-parallel ranks for this kernel: it holds E_L = E / ep experts (default: the layer's dims ep)",
+        minimum=1,
+        maximum=1024,
+    ),
+    OptionSpec(
+        "tp",
+        "int",
+        "tensor-parallel ranks for this kernel: it holds I_TP = I / tp of each expert (default: the layer's dims tp)",
+        minimum=1,
+        maximum=64,
+    ),
+    OptionSpec(
+        "mask_unselected",
+        "flag",
+        "all-expert mode: zero the affinity of experts not in the token's top-K (mask_unselected_experts)",
+    ),
+    OptionSpec(
+        "eager",
+        "flag",
+        "selective mode: affinities are the K selected values [T, K] "
+        "(expert_affinities_eager) instead of the [T, E] table",
+    ),
+    OptionSpec(
+        "out", "choice", "output dtype override (default: the layer's output dtype)", choices=("bf16", "fp16", "fp32")
+    ),
+    OptionSpec(
+        "input",
+        "choice",
+        "where hidden_input is: HBM [T, H], or SBUF [H0=128, T, H1=H/128] with "
+        "column h = h0 * H1 + h1 (the seed's SBUF layout, from a fused caller; the kernel is then a "
+        "sub-kernel, and output=sbuf returns the same [H0, T, H1] layout)",
+        default="hbm",
+        choices=("hbm", "sbuf"),
+    ),
+    OptionSpec(
+        "output",
+        "choice",
+        "where the result goes: HBM [T, H], or left in SBUF [T, H] for a caller "
+        "that fuses (the kernel is then a sub-kernel, not @nki.jit)",
+        default="hbm",
+        choices=("hbm", "sbuf"),
+    ),
+    OptionSpec(
+        "shard",
+        "choice",
+        "LNC=2 split: auto (the plan chooses per shape), intermediate (each core "
+        "half of the I tiles; partial outputs exchanged), hidden (each core half of the down projection's "
+        "columns), tokens (each core half of the token tiles)",
+        default="auto",
+        choices=("auto", "hidden", "tokens", "intermediate"),
+    ),
 )
 
 
@@ -158,8 +203,13 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         problems.append(("ep", f"ep {ep}: experts {dims.experts} is not divisible by it"))
     local_experts = dims.experts // ep if not dims.experts % ep else dims.experts
     if layer.dtype not in ("bf16", "fp16"):
-        problems.append((None, f"dtype {layer.dtype}: tkg reads bf16 or fp16 hidden states (the seed's input "
-                               "types); fp32 matmuls run at a quarter of the bf16 rate"))
+        problems.append(
+            (
+                None,
+                f"dtype {layer.dtype}: tkg reads bf16 or fp16 hidden states (the seed's input "
+                "types); fp32 matmuls run at a quarter of the bf16 rate",
+            )
+        )
     out_dtype = options.get("out") or layer.out_dtype
     tokens = options["tokens"]
     scale = mlp.affinity_scale
@@ -167,34 +217,62 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     mask = bool(options.get("mask_unselected"))
     if mode == "selective":
         if tokens > SELECTIVE_MAX_TOKENS:
-            problems.append(("tokens", f"tokens<={tokens}: selective mode runs one token tile of at most "
-                                       f"{SELECTIVE_MAX_TOKENS} (the decode bound); use mode=all_experts for "
-                                       "larger T"))
+            problems.append(
+                (
+                    "tokens",
+                    f"tokens<={tokens}: selective mode runs one token tile of at most "
+                    f"{SELECTIVE_MAX_TOKENS} (the decode bound); use mode=all_experts for "
+                    "larger T",
+                )
+            )
         if ep > 1:
-            problems.append(("ep", f"ep {ep}: selective mode reads each token's experts by their global id; "
-                                   "with expert parallelism a rank would have to skip the tokens of other "
-                                   "ranks' experts: use mode=all_experts for EP (as the seed does)"))
+            problems.append(
+                (
+                    "ep",
+                    f"ep {ep}: selective mode reads each token's experts by their global id; "
+                    "with expert parallelism a rank would have to skip the tokens of other "
+                    "ranks' experts: use mode=all_experts for EP (as the seed does)",
+                )
+            )
         if mask:
-            problems.append(("mask_unselected", "mask_unselected applies to all-expert mode: selective mode "
-                                                "only runs the selected experts"))
+            problems.append(
+                (
+                    "mask_unselected",
+                    "mask_unselected applies to all-expert mode: selective mode only runs the selected experts",
+                )
+            )
         if eager and scale == "none":
-            problems.append(("eager", "eager affinities with no affinity scaling in the expert pipeline would "
-                                      "be read and ignored: add 'scale' to the expert pipeline or drop eager"))
+            problems.append(
+                (
+                    "eager",
+                    "eager affinities with no affinity scaling in the expert pipeline would "
+                    "be read and ignored: add 'scale' to the expert pipeline or drop eager",
+                )
+            )
     else:
         if eager:
-            problems.append(("eager", "eager affinities [T, K] are per selected expert: all-expert mode needs "
-                                      "the [T, E] table (the seed rejects eager in all-expert mode too)"))
+            problems.append(
+                (
+                    "eager",
+                    "eager affinities [T, K] are per selected expert: all-expert mode needs "
+                    "the [T, E] table (the seed rejects eager in all-expert mode too)",
+                )
+            )
         if mask and scale == "none":
-            problems.append(("mask_unselected", "mask_unselected masks the affinities, and with no affinity "
-                                                "scaling in the expert pipeline none are read"))
+            problems.append(
+                (
+                    "mask_unselected",
+                    "mask_unselected masks the affinities, and with no affinity "
+                    "scaling in the expert pipeline none are read",
+                )
+            )
     verify_tokens = options.get("verify_tokens")
     if verify_tokens is not None and verify_tokens > tokens:
         problems.append(("verify_tokens", f"verify_tokens={verify_tokens}: the kernel takes at most tokens<={tokens}"))
     input_buffer = options["input"]
     if input_buffer == "sbuf":
         if dims.hidden % PARTITIONS:
-            problems.append(("input", f"input=sbuf reads [128, T, H / 128]: H {dims.hidden} is not a multiple of "
-                                      "128"))
+            problems.append(("input", f"input=sbuf reads [128, T, H / 128]: H {dims.hidden} is not a multiple of 128"))
         if tokens > TOKEN_TILE:
             problems.append(("input", f"input=sbuf holds one token tile: tokens<={tokens} exceeds {TOKEN_TILE}"))
         if lnc == 2:
@@ -202,15 +280,24 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     output = options["output"]
     if output == "sbuf":
         if tokens > TOKEN_TILE:
-            problems.append(("output", f"output=sbuf keeps [T, H] with tokens on partitions: tokens<={tokens} "
-                                       f"exceeds the {TOKEN_TILE} partitions"))
+            problems.append(
+                (
+                    "output",
+                    f"output=sbuf keeps [T, H] with tokens on partitions: tokens<={tokens} "
+                    f"exceeds the {TOKEN_TILE} partitions",
+                )
+            )
         if lnc == 2:
-            problems.append(("output", "output=sbuf with lnc=2: each physical core has its own SBUF, so the "
-                                       "result would be split across two memories; use output=hbm"))
+            problems.append(
+                (
+                    "output",
+                    "output=sbuf with lnc=2: each physical core has its own SBUF, so the "
+                    "result would be split across two memories; use output=hbm",
+                )
+            )
     shard = options["shard"]
     if lnc == 1 and shard != "auto":
-        problems.append(("shard", f"shard={shard} splits work across the two cores of lnc=2; this kernel has "
-                                  "lnc=1"))
+        problems.append(("shard", f"shard={shard} splits work across the two cores of lnc=2; this kernel has lnc=1"))
     if problems:
         raise PlanError(*problems)
 
@@ -220,9 +307,14 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     token_tile = min(tokens, TOKEN_TILE)
     token_tiles = ceil_div(tokens, TOKEN_TILE)
     if h_last != PARTITIONS or i_last != PARTITIONS:
-        decisions.append(("partial tiles", f"H {hidden} = {h_tiles - 1} x 128 + {h_last}, I {inter} = "
-                                           f"{i_tiles - 1} x 128 + {i_last}: the last contraction tile of "
-                                           "each is a partial matmul (fewer partitions)"))
+        decisions.append(
+            (
+                "partial tiles",
+                f"H {hidden} = {h_tiles - 1} x 128 + {h_last}, I {inter} = "
+                f"{i_tiles - 1} x 128 + {i_last}: the last contraction tile of "
+                "each is a partial matmul (fewer partitions)",
+            )
+        )
     weight_bytes = DTYPE_BYTES[mlp.weight_dtype]
     # Down columns per group: one I tile of the down weights for a group fits DOWN_SLAB_BYTES, and
     # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
@@ -236,35 +328,57 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         decisions.append(("shard", f"shard={shard} as the spec asks"))
     elif token_tiles > 1:
         shard_kind = "tokens"
-        decisions.append(("shard", f"tokens: {token_tiles} token tiles of {TOKEN_TILE} make the work "
-                                   "compute-bound, so each core takes every other token tile (no duplicated "
-                                   "compute, no cross-core sum)"))
+        decisions.append(
+            (
+                "shard",
+                f"tokens: {token_tiles} token tiles of {TOKEN_TILE} make the work "
+                "compute-bound, so each core takes every other token tile (no duplicated "
+                "compute, no cross-core sum)",
+            )
+        )
     elif i_tiles >= 2 and hidden % 2 == 0:
         shard_kind = "intermediate"
-        decisions.append(("shard", f"intermediate: one token tile of <= {token_tile} tokens is weight-bandwidth "
-                                   "bound; each core reads half of every expert's gate/up and down weights (its "
-                                   f"I tiles), and the two partial [T, {hidden}] sums are exchanged once per "
-                                   "token tile (sendrecv of half the columns each way)"))
+        decisions.append(
+            (
+                "shard",
+                f"intermediate: one token tile of <= {token_tile} tokens is weight-bandwidth "
+                "bound; each core reads half of every expert's gate/up and down weights (its "
+                f"I tiles), and the two partial [T, {hidden}] sums are exchanged once per "
+                "token tile (sendrecv of half the columns each way)",
+            )
+        )
     else:
         shard_kind = "hidden"
-        decisions.append(("shard", f"hidden: I {inter} is one tile, so each core takes half of the down "
-                                   "projection's columns (halving the down weight reads, no cross-core sum)"))
+        decisions.append(
+            (
+                "shard",
+                f"hidden: I {inter} is one tile, so each core takes half of the down "
+                "projection's columns (halving the down weight reads, no cross-core sum)",
+            )
+        )
     half_i = ceil_div(i_tiles, 2)
     core_i_tiles = ((0, i_tiles),) * lnc
     if shard_kind == "hidden":
         if hidden < 2 * PARTITIONS:
-            raise PlanError(("shard", f"shard=hidden: H {hidden} is too small to split in two column ranges of "
-                                      "at least 128"))
+            raise PlanError(
+                ("shard", f"shard=hidden: H {hidden} is too small to split in two column ranges of at least 128")
+            )
         half = ceil_div(ceil_div(hidden, 2), PARTITIONS) * PARTITIONS
         core_columns = ((0, half), (half, hidden - half))
         acc_columns = core_columns
     elif shard_kind == "intermediate":
         if i_tiles < 2:
-            raise PlanError(("shard", f"shard=intermediate: I {inter} is a single 128-row tile, nothing to split; "
-                                      "use shard=hidden"))
+            raise PlanError(
+                ("shard", f"shard=intermediate: I {inter} is a single 128-row tile, nothing to split; use shard=hidden")
+            )
         if hidden % 2:
-            raise PlanError(("shard", f"shard=intermediate: H {hidden} is odd; the cores exchange equal halves of "
-                                      "the output columns (sendrecv needs equal shapes)"))
+            raise PlanError(
+                (
+                    "shard",
+                    f"shard=intermediate: H {hidden} is odd; the cores exchange equal halves of "
+                    "the output columns (sendrecv needs equal shapes)",
+                )
+            )
         core_columns = ((0, hidden // 2), (hidden // 2, hidden // 2))
         acc_columns = ((0, hidden),) * 2
         core_i_tiles = ((0, half_i), (half_i, i_tiles - half_i))
@@ -277,51 +391,111 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     group_columns = max(cols for groups in down_groups for _, cols in groups)  # the widest actual group
     down_chunks = tuple(tuple(_chunks(g) for g in groups) for groups in down_groups)
     chunks_per_group = max(len(c) for core in down_chunks for c in core)
-    decisions.append(("down groups", f"{group_columns} columns per group ({ceil_div(group_columns, CHUNK)} "
-                                     f"PSUM banks of {CHUNK} fp32), one [128, {group_columns}] down-weight "
-                                     "slab per I tile"))
+    decisions.append(
+        (
+            "down groups",
+            f"{group_columns} columns per group ({ceil_div(group_columns, CHUNK)} "
+            f"PSUM banks of {CHUNK} fp32), one [128, {group_columns}] down-weight "
+            "slab per I tile",
+        )
+    )
     if mode == "selective":
-        decisions.append(("selective items", "one work item per (token, k): the expert's weights are fetched by "
-                                             "a DMA at a run-time offset (expert id * expert stride); the item "
-                                             "runs on the whole token tile (TensorE time is max(64, N) cycles, "
-                                             "so N <= 64 tokens cost what one does) and its scale column keeps "
-                                             "row t, so no partition shuffle is needed. The T * K items "
-                                             f"(<= {tokens * dims.top_k}) run in one device loop (nl.fori_loop): "
-                                             "the item index is a register, the expert id is register-loaded "
-                                             "from expert_ids[item] and the scale column read at that offset"))
+        decisions.append(
+            (
+                "selective items",
+                "one work item per (token, k): the expert's weights are fetched by "
+                "a DMA at a run-time offset (expert id * expert stride); the item "
+                "runs on the whole token tile (TensorE time is max(64, N) cycles, "
+                "so N <= 64 tokens cost what one does) and its scale column keeps "
+                "row t, so no partition shuffle is needed. The T * K items "
+                f"(<= {tokens * dims.top_k}) run in one device loop (nl.fori_loop): "
+                "the item index is a register, the expert id is register-loaded "
+                "from expert_ids[item] and the scale column read at that offset",
+            )
+        )
         if tokens * dims.top_k > local_experts:
-            decisions.append(("weight reads", f"up to T * K = {tokens * dims.top_k} expert weight reads per call "
-                                              f"against {local_experts} experts: for large T, mode=all_experts "
-                                              "with mask_unselected reads each expert once"))
+            decisions.append(
+                (
+                    "weight reads",
+                    f"up to T * K = {tokens * dims.top_k} expert weight reads per call "
+                    f"against {local_experts} experts: for large T, mode=all_experts "
+                    "with mask_unselected reads each expert once",
+                )
+            )
     else:
-        decisions.append(("all-expert items", f"one work item per local expert ({local_experts}) in one device "
-                                              "loop (nl.fori_loop): the loop register is the weights' DMA "
-                                              "offset and the affinity column's"))
+        decisions.append(
+            (
+                "all-expert items",
+                f"one work item per local expert ({local_experts}) in one device "
+                "loop (nl.fori_loop): the loop register is the weights' DMA "
+                "offset and the affinity column's",
+            )
+        )
         if token_tiles > 1:
-            decisions.append(("token tiles", f"tokens<={tokens}: {token_tiles} tiles of {TOKEN_TILE}, each runs "
-                                             "every local expert"))
+            decisions.append(
+                ("token tiles", f"tokens<={tokens}: {token_tiles} tiles of {TOKEN_TILE}, each runs every local expert")
+            )
 
     matmul_dtype = "fp8" if mlp.input_quant == "fp8_static" else layer.dtype
     if input_buffer == "sbuf":
-        decisions.append(("input=sbuf", f"contraction tile j holds H columns h0 * {hidden // PARTITIONS} + j "
-                                         "(h0 the partition), so the weight DMAs read rows with that stride; "
-                                         "no tile is partial"))
+        decisions.append(
+            (
+                "input=sbuf",
+                f"contraction tile j holds H columns h0 * {hidden // PARTITIONS} + j "
+                "(h0 the partition), so the weight DMAs read rows with that stride; "
+                "no tile is partial",
+            )
+        )
     if scale == "pre":
-        decisions.append(("pre-scale", "x * affinity per item: the [N, 1] scale column is broadcast to a "
-                                       "[128, N] row tile by one matmul (ones-scaled column x identity) and "
-                                       "multiplied into x.T, rounded to the input dtype as the reference does"))
+        decisions.append(
+            (
+                "pre-scale",
+                "x * affinity per item: the [N, 1] scale column is broadcast to a "
+                "[128, N] row tile by one matmul (ones-scaled column x identity) and "
+                "multiplied into x.T, rounded to the input dtype as the reference does",
+            )
+        )
     tkg_plan = TkgPlan(
-        family="tkg", kernel_name=variant.name, spec_name=layer.name, lnc=lnc,
-        decisions=tuple(decisions), mlp=mlp, mode=mode, hidden=hidden, intermediate=inter,
-        experts=dims.experts, local_experts=local_experts, ep=ep, tp=tp, top_k=dims.top_k,
-        in_dtype=layer.dtype, out_dtype=out_dtype, weight_dtype=mlp.weight_dtype, matmul_dtype=matmul_dtype,
-        affinity_scale=scale, eager=eager, mask_unselected=mask,
-        uses_affinities=scale != "none" and not eager, uses_rank=mode == "all_experts" and scale != "none",
-        input=input_buffer, output=output, token_bound=tokens, token_tile=token_tile, token_tiles=token_tiles,
-        h_tiles=h_tiles, h_last=h_last, i_tiles=i_tiles, i_last=i_last,
-        down_groups=down_groups, down_chunks=down_chunks, group_columns=group_columns,
-        chunks_per_group=chunks_per_group, shard=shard_kind, core_columns=core_columns,
-        acc_columns=acc_columns, core_i_tiles=core_i_tiles,
+        family="tkg",
+        kernel_name=variant.name,
+        spec_name=layer.name,
+        lnc=lnc,
+        decisions=tuple(decisions),
+        mlp=mlp,
+        mode=mode,
+        hidden=hidden,
+        intermediate=inter,
+        experts=dims.experts,
+        local_experts=local_experts,
+        ep=ep,
+        tp=tp,
+        top_k=dims.top_k,
+        in_dtype=layer.dtype,
+        out_dtype=out_dtype,
+        weight_dtype=mlp.weight_dtype,
+        matmul_dtype=matmul_dtype,
+        affinity_scale=scale,
+        eager=eager,
+        mask_unselected=mask,
+        uses_affinities=scale != "none" and not eager,
+        uses_rank=mode == "all_experts" and scale != "none",
+        input=input_buffer,
+        output=output,
+        token_bound=tokens,
+        token_tile=token_tile,
+        token_tiles=token_tiles,
+        h_tiles=h_tiles,
+        h_last=h_last,
+        i_tiles=i_tiles,
+        i_last=i_last,
+        down_groups=down_groups,
+        down_chunks=down_chunks,
+        group_columns=group_columns,
+        chunks_per_group=chunks_per_group,
+        shard=shard_kind,
+        core_columns=core_columns,
+        acc_columns=acc_columns,
+        core_i_tiles=core_i_tiles,
         verify_tokens=options.get("verify_tokens"),
     )
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
@@ -336,18 +510,26 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     acc_h = max(cols for _, cols in p.acc_columns)
     buffers = [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
     if scale == "pre":
-        buffers += [Buffer("x_item", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes),
-                    Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
-                    Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4)]
+        buffers += [
+            Buffer("x_item", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes),
+            Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
+            Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4),
+        ]
     if m.input_quant == "fp8_static":
-        buffers += [Buffer("x_quant", "sbuf", PARTITIONS, p.h_tiles * tt * mm_bytes),
-                    Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
-                    Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes)]
-    buffers += [Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
-                Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes)]
+        buffers += [
+            Buffer("x_quant", "sbuf", PARTITIONS, p.h_tiles * tt * mm_bytes),
+            Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
+            Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes),
+        ]
+    buffers += [
+        Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
+        Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
+    ]
     if m.dequant:
-        buffers += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
-                    Buffer("down_scale", "sbuf", tt, p.group_columns * 4)]
+        buffers += [
+            Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
+            Buffer("down_scale", "sbuf", tt, p.group_columns * 4),
+        ]
     if m.gate_up_bias:
         buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 2 * 4))
     if m.down_bias:
@@ -375,11 +557,15 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     if selective and p.uses_affinities:
         buffers.append(Buffer("affinities + expert_iota + onehot", "sbuf", tt, p.experts * 4, count=3))
     if p.uses_rank:
-        buffers += [Buffer("rank + rank_offset", "sbuf", tt, 4, count=2),
-                    Buffer("affinities", "sbuf", tt, p.local_experts * 4)]
+        buffers += [
+            Buffer("rank + rank_offset", "sbuf", tt, 4, count=2),
+            Buffer("affinities", "sbuf", tt, p.local_experts * 4),
+        ]
     if p.mask_unselected:
-        buffers += [Buffer("rank_offset_f", "sbuf", tt, 4),
-                    Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, p.local_experts * 4, count=3)]
+        buffers += [
+            Buffer("rank_offset_f", "sbuf", tt, 4),
+            Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, p.local_experts * 4, count=3),
+        ]
     if p.shard == "intermediate":
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
     if p.output == "hbm" and p.out_dtype != "fp32":
@@ -387,16 +573,22 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     if p.output == "sbuf" and p.input == "hbm":
         buffers.append(Buffer("output (returned)", "sbuf", tt, p.hidden * out_bytes))
     if p.output == "sbuf" and p.input == "sbuf":
-        buffers += [Buffer("output (returned)", "sbuf", PARTITIONS, tt * p.h_tiles * out_bytes),
-                    Buffer("transpose_psum", "psum", PARTITIONS, tt * 4)]
+        buffers += [
+            Buffer("output (returned)", "sbuf", PARTITIONS, tt * p.h_tiles * out_bytes),
+            Buffer("transpose_psum", "psum", PARTITIONS, tt * 4),
+        ]
     return tuple(buffers)
 
 
 def _family():
     from moegen.plan import Family
 
-    return Family(name="tkg", options=OPTIONS, plan=plan,
-                  doc="token-generation MoE: selective or all-expert expert MLPs for T <= 128 decode tokens")
+    return Family(
+        name="tkg",
+        options=OPTIONS,
+        plan=plan,
+        doc="token-generation MoE: selective or all-expert expert MLPs for T <= 128 decode tokens",
+    )
 
 
 FAMILY = _family()

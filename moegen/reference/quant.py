@@ -111,9 +111,7 @@ def _scale_from_amax(amax: np.ndarray, dtype: str) -> np.ndarray:
     return np.where(amax > 0, scale, np.float32(1.0)).astype(np.float32)
 
 
-def quantize_fp8(
-    w: np.ndarray, reduce_axes: tuple[int, ...], dtype: str = "fp8"
-) -> tuple[np.ndarray, np.ndarray]:
+def quantize_fp8(w: np.ndarray, reduce_axes: tuple[int, ...], dtype: str = "fp8") -> tuple[np.ndarray, np.ndarray]:
     """Quantize w to fp8 with one scale per slice over `reduce_axes` (kept as size-1 axes).
 
     Returns (w_fp8 in the fp8 dtype, scale fp32 with w's shape but 1 on reduce_axes).
@@ -123,9 +121,7 @@ def quantize_fp8(
     return cast(w32 / scale, dtype), scale
 
 
-def quantize_gate_up_fp8(
-    w: np.ndarray, mode: str = "row", dtype: str = "fp8"
-) -> tuple[np.ndarray, np.ndarray]:
+def quantize_gate_up_fp8(w: np.ndarray, mode: str = "row", dtype: str = "fp8") -> tuple[np.ndarray, np.ndarray]:
     """Gate/up weights [E, H, 2, I] -> (fp8 [E, H, 2, I], scale).
 
     mode 'row': one scale per output channel, scale [E, 2, I]; 'static': one per matrix, [E, 2, 1].

@@ -28,9 +28,7 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
-def select_experts(
-    scores: np.ndarray, k: int, n_group: int | None = None, topk_group: int | None = None
-) -> np.ndarray:
+def select_experts(scores: np.ndarray, k: int, n_group: int | None = None, topk_group: int | None = None) -> np.ndarray:
     """Top-k expert indices [T, k] int32 of selection scores [T, E] (fp64), optionally group-limited.
 
     Group-limited (DeepSeek-V3): experts split into n_group contiguous groups of E/n_group; a group's

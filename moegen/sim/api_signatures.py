@@ -37,8 +37,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "bn_aggr": "dst, data, name=None",
         "bn_stats": "dst, data, name=None",
         "core_barrier": "data, cores, engine=engine.gpsimd, name=None",
-        "dma_compute": "dst, srcs, reduce_op, scales=None, unique_indices=True, "
-        "oob_mode=oob_mode.error, name=None",
+        "dma_compute": "dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode=oob_mode.error, name=None",
         "dma_copy": "dst, src, priority=None, oob_mode=oob_mode.error, dge_mode=dge_mode.unknown, "
         "engine=engine.unknown, name=None",
         "dma_transpose": "dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown, "
@@ -76,8 +75,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "register_move": "dst, src",
         "register_store": "dst, src",
         "rng": "dst, engine=engine.vector, name=None",
-        "scalar_tensor_tensor": "dst, data, op0, operand0, op1, operand1, reverse0=False, "
-        "reverse1=False, name=None",
+        "scalar_tensor_tensor": "dst, data, op0, operand0, op1, operand1, reverse0=False, reverse1=False, name=None",
         "select_reduce": "dst, predicate, on_true, on_false, reduce_res=None, "
         "reduce_cmd=reduce_cmd.idle, reduce_op=maximum, reverse_pred=False, name=None",
         "sendrecv": "src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_engine.dma, name=None",
@@ -95,8 +93,7 @@ SIGNATURES: dict[str, dict[str, str]] = {
         "reduce_cmd=reduce_cmd.reset_reduce, reduce_init=None, "
         "reduce_res_negate=False, name=None",
         "tensor_tensor": "dst, data1, data2, op, engine=engine.unknown, name=None",
-        "tensor_tensor_scan": "dst, data0, data1, initial, op0, op1, reverse0=False, reverse1=False, "
-        "name=None",
+        "tensor_tensor_scan": "dst, data0, data1, initial, op0, op1, reverse0=False, reverse1=False, name=None",
         "topk": "val_dst, idx_dst, src, n, name=None",
     },
     "nki.language": {

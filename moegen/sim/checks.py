@@ -81,8 +81,7 @@ def check_on_chip(instr: str, operand: str, t: NkiTensor) -> None:
     check_tensor(instr, operand, t)
     if t.buffer not in (MemoryRegion.sbuf, MemoryRegion.psum):
         raise NkiSimError(
-            f"{_label(instr, operand, t)} is in {t.buffer.name}: only DMA instructions access HBM "
-            "(limit: sbuf or psum)"
+            f"{_label(instr, operand, t)} is in {t.buffer.name}: only DMA instructions access HBM (limit: sbuf or psum)"
         )
 
 
@@ -90,9 +89,7 @@ def check_dtype(instr: str, operand: str, t: NkiTensor, allowed: Iterable[str]) 
     """`t.dtype` must be one of `allowed` (dtype names)."""
     names = tuple(str(a) for a in allowed)
     if t.dtype.name not in names:
-        raise NkiSimError(
-            f"{_label(instr, operand, t)} dtype {t.dtype.name} not supported (limit: {', '.join(names)})"
-        )
+        raise NkiSimError(f"{_label(instr, operand, t)} dtype {t.dtype.name} not supported (limit: {', '.join(names)})")
 
 
 def check_same_shape(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
@@ -119,9 +116,7 @@ def check_target(instr: str, targets: Iterable[str]) -> None:
 
 def check_not_both_psum(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
     if a.buffer is MemoryRegion.psum and b.buffer is MemoryRegion.psum:
-        raise NkiSimError(
-            f"{instr}: {a_name} and {b_name} cannot both be in PSUM (limit: at most one PSUM input)"
-        )
+        raise NkiSimError(f"{instr}: {a_name} and {b_name} cannot both be in PSUM (limit: at most one PSUM input)")
 
 
 def check_compute_operand(instr: str, operand: str, t: NkiTensor, allowed=("sbuf", "psum")) -> None:

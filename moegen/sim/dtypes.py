@@ -257,11 +257,7 @@ def convert(values, dtype: DType, precise: bool = True) -> np.ndarray:
         src = arr if arr.dtype == np.float32 else arr.astype(np.float32)
         if dtype.name in FP8:
             m = dtype.max
-            src = (
-                np.clip(src, -m, m)
-                if not np.isnan(src).any()
-                else np.where(np.isnan(src), src, np.clip(src, -m, m))
-            )
+            src = np.clip(src, -m, m) if not np.isnan(src).any() else np.where(np.isnan(src), src, np.clip(src, -m, m))
         if dtype.name == "bfloat16":
             return _f32_to_bf16(src)
         return src.astype(st)
@@ -281,8 +277,7 @@ def convert(values, dtype: DType, precise: bool = True) -> np.ndarray:
 
 
 _NATIVE_NUMERIC = {
-    np.dtype(t)
-    for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+    np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
 }
 
 

@@ -95,9 +95,7 @@ class NkiInstruction(NKIObject):
     def depends_on(self, *producers):
         for p in producers:
             if not isinstance(p, NkiInstruction):
-                raise NkiSimError(
-                    f"depends_on: producers must be NkiInstruction handles, got {type(p).__name__}"
-                )
+                raise NkiSimError(f"depends_on: producers must be NkiInstruction handles, got {type(p).__name__}")
         self.producers.extend(producers)
         return self
 

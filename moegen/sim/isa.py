@@ -46,11 +46,7 @@ except ImportError:  # pragma: no cover - before the module exists
 if _compute is not None:
     for _name in dir(_compute):
         _obj = getattr(_compute, _name)
-        if (
-            not _name.startswith("_")
-            and callable(_obj)
-            and getattr(_obj, "__module__", "") == _compute.__name__
-        ):
+        if not _name.startswith("_") and callable(_obj) and getattr(_obj, "__module__", "") == _compute.__name__:
             globals().setdefault(_name, _obj)
     del _name, _obj
 

@@ -111,8 +111,7 @@ def _alu_op(op: object, instruction: str, param: str) -> ops.AluOp:
     if spec is None:
         supported = ", ".join(f"nl.{name}" for name in ops.ALU_BY_NAME)
         raise NkiSimError(
-            f"{instruction}: {param}={_op_name(op)} is not a supported ALU operator of nki.isa "
-            f"(supported: {supported})"
+            f"{instruction}: {param}={_op_name(op)} is not a supported ALU operator of nki.isa (supported: {supported})"
         )
     return spec
 
@@ -138,8 +137,7 @@ def _activation_fn(op: object, instruction: str, param: str = "op") -> ops.Activ
     if spec is None:
         supported = ", ".join(f"nl.{name}" for name in ops.ACTIVATION_BY_NAME)
         raise NkiSimError(
-            f"{instruction}: {param}={_op_name(op)} is not a supported activation function "
-            f"(supported: {supported})"
+            f"{instruction}: {param}={_op_name(op)} is not a supported activation function (supported: {supported})"
         )
     return spec
 
@@ -179,8 +177,7 @@ def _check_tensor(instr: str, param: str, t, buffers: Sequence[str] = ON_CHIP) -
     """t is a tensor in one of ``buffers`` with a partition dimension <= 128."""
     if not _is_tensor(t):
         raise NkiSimError(
-            f"{instr}: {param} must be a tensor in {'/'.join(b.upper() for b in buffers)}, "
-            f"got {type(t).__name__}"
+            f"{instr}: {param} must be a tensor in {'/'.join(b.upper() for b in buffers)}, got {type(t).__name__}"
         )
     buf = _buffer_name(t)
     if buf not in buffers:
@@ -189,9 +186,7 @@ def _check_tensor(instr: str, param: str, t, buffers: Sequence[str] = ON_CHIP) -
             f"is in {buf.upper()}" + (" (only DMA instructions access HBM)" if "hbm" in buf else "")
         )
     if len(t.shape) < 2:
-        raise NkiSimError(
-            f"{instr}: {param} must have a partition and a free dimension, got shape {tuple(t.shape)}"
-        )
+        raise NkiSimError(f"{instr}: {param} must have a partition and a free dimension, got shape {tuple(t.shape)}")
     checks.check_partition(instr, param, t)  # <= 128, contiguous partitions, start-partition rule
 
 
@@ -221,9 +216,7 @@ def _check_dtype(instr: str, param: str, t, allowed: Sequence[str]) -> None:
 
 def _check_rank(instr: str, param: str, t, max_rank: int) -> None:
     if len(t.shape) > max_rank:
-        raise NkiSimError(
-            f"{instr}: {param} may have at most {max_rank} dimensions, got shape {tuple(t.shape)}"
-        )
+        raise NkiSimError(f"{instr}: {param} may have at most {max_rank} dimensions, got shape {tuple(t.shape)}")
 
 
 def _check_target(instr: str, what: str, minimum: str = "trn3") -> None:
@@ -236,9 +229,7 @@ def _check_target(instr: str, what: str, minimum: str = "trn3") -> None:
 def _engine(instr: str, value, allowed: Sequence[str], default: str) -> str:
     """The engine an instruction runs on: ``value`` (an nisa.engine member) or ``default`` if unknown."""
     if not isinstance(value, engine):
-        raise NkiSimError(
-            f"{instr}: engine must be an nisa.engine member (raw values are rejected), got {value!r}"
-        )
+        raise NkiSimError(f"{instr}: engine must be an nisa.engine member (raw values are rejected), got {value!r}")
     if value is engine.unknown:
         return default
     if value.name not in allowed:
@@ -272,15 +263,12 @@ def _scalar_or_vector(instr: str, param: str, value, partitions: int, fp32_only:
         _check_tensor(instr, param, value)
         if value.shape[0] != partitions or _free_size(value) != 1:
             raise NkiSimError(
-                f"{instr}: {param} must be a scalar or a ({partitions}, 1) vector, "
-                f"got shape {tuple(value.shape)}"
+                f"{instr}: {param} must be a scalar or a ({partitions}, 1) vector, got shape {tuple(value.shape)}"
             )
         if fp32_only and _dtype_name(value) != "float32":
             raise NkiSimError(f"{instr}: {param} vector must be float32, got {_dtype_name(value)}")
         return _read_f32(value).reshape(partitions, 1)
-    raise NkiSimError(
-        f"{instr}: {param} must be a scalar or a ({partitions}, 1) tensor, got {type(value).__name__}"
-    )
+    raise NkiSimError(f"{instr}: {param} must be a scalar or a ({partitions}, 1) tensor, got {type(value).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -322,24 +310,17 @@ def _bits_operand(instr: str, param: str, value, partitions: int) -> np.ndarray 
         _check_integer(instr, param, value)
         if value.shape[0] != partitions or _free_size(value) != 1:
             raise NkiSimError(
-                f"{instr}: {param} must be a scalar or a ({partitions}, 1) vector, "
-                f"got shape {tuple(value.shape)}"
+                f"{instr}: {param} must be a scalar or a ({partitions}, 1) vector, got shape {tuple(value.shape)}"
             )
         return _bits(value)
-    raise NkiSimError(
-        f"{instr}: {param} of a bitvec operator must be an integer scalar or integer tile, got {value!r}"
-    )
+    raise NkiSimError(f"{instr}: {param} of a bitvec operator must be an integer scalar or integer tile, got {value!r}")
 
 
 def _from_bits(values: np.ndarray, dst) -> np.ndarray:
     """Truncate uint64 bit patterns to dst's integer width and reinterpret them as dst's dtype."""
     width = _INT_WIDTH[_dtype_name(dst)]
     mask = np.uint64((1 << width) - 1)
-    return (
-        (np.asarray(values, dtype=np.uint64) & mask)
-        .astype(_UNSIGNED[width])
-        .view(_INT_NUMPY[_dtype_name(dst)])
-    )
+    return (np.asarray(values, dtype=np.uint64) & mask).astype(_UNSIGNED[width]).view(_INT_NUMPY[_dtype_name(dst)])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,9 +352,7 @@ def memset(dst, value, engine=engine.unknown, name=None):
     eng = _engine(instr, engine, ("vector", "gpsimd"), "vector")
     _check_gpsimd_access(instr, eng, {"dst": dst})
     if not (_is_scalar(value) or isinstance(value, bool)):
-        raise NkiSimError(
-            f"{instr}: value must be a compile-time constant number, got {type(value).__name__}"
-        )
+        raise NkiSimError(f"{instr}: value must be a compile-time constant number, got {type(value).__name__}")
     dname = _dtype_name(dst)
     if dname.endswith("_x4"):
         if value != 0:
@@ -407,8 +386,7 @@ def tensor_copy_predicated(dst, src, predicate, reverse_pred=False, name=None):
         _check_not_both_psum(instr, "src", src, "predicate", predicate)
         if _dtype_name(src) != _dtype_name(dst):
             raise NkiSimError(
-                f"{instr}: src and dst must have the same dtype, got {_dtype_name(src)} and "
-                f"{_dtype_name(dst)}"
+                f"{instr}: src and dst must have the same dtype, got {_dtype_name(src)} and {_dtype_name(dst)}"
             )
         incoming = _read_raw(src).reshape(dst.shape[0], -1)
     elif _is_scalar(src):
@@ -463,9 +441,7 @@ def tensor_tensor(dst, data1, data2, op, engine=engine.unknown, name=None):
     elif spec.kind == "bitvec":
         eng = _engine(instr, engine, ("vector", "gpsimd"), "vector")
     else:
-        eng = _engine(
-            instr, engine, ("vector", "gpsimd"), "gpsimd" if all_int32 and not any_psum else "vector"
-        )
+        eng = _engine(instr, engine, ("vector", "gpsimd"), "gpsimd" if all_int32 and not any_psum else "vector")
     _check_gpsimd_access(instr, eng, operands)
     P = dst.shape[0]
     if spec.kind == "bitvec":
@@ -520,9 +496,7 @@ def _tensor_scalar_stage(spec: ops.AluOp, data, operand, reverse: bool):
 
 def _check_unary_operand(instr: str, param: str, spec: ops.AluOp, operand) -> None:
     if spec.arity == 1 and not (operand is None or (_is_scalar(operand) and operand == 0)):
-        raise NkiSimError(
-            f"{instr}: {param} must be None or 0 for the unary operator nl.{spec.name}, got {operand!r}"
-        )
+        raise NkiSimError(f"{instr}: {param} must be None or 0 for the unary operator nl.{spec.name}, got {operand!r}")
 
 
 def tensor_scalar(
@@ -621,8 +595,7 @@ def scalar_tensor_tensor(dst, data, op0, operand0, op1, operand1, reverse0=False
         _check_alu_target(instr, param, spec)
         if spec.kind != "arithmetic":
             raise NkiSimError(
-                f"{instr}: {param}=nl.{spec.name} is a bitvec operator; only arithmetic operators "
-                "are supported"
+                f"{instr}: {param}=nl.{spec.name} is a bitvec operator; only arithmetic operators are supported"
             )
     if spec1.arity != 2:
         raise NkiSimError(f"{instr}: op1=nl.{spec1.name} is unary; op1 combines two tiles")
@@ -767,9 +740,7 @@ def tensor_scalar_reduce(
 def _write_reduce_res(instr: str, reduce_res, values: np.ndarray, partitions: int) -> None:
     _check_tensor(instr, "reduce_res", reduce_res)
     if reduce_res.shape[0] != partitions or _free_size(reduce_res) != 1:
-        raise NkiSimError(
-            f"{instr}: reduce_res must have shape ({partitions}, 1), got {tuple(reduce_res.shape)}"
-        )
+        raise NkiSimError(f"{instr}: reduce_res must have shape ({partitions}, 1), got {tuple(reduce_res.shape)}")
     _write(reduce_res, np.asarray(values, dtype=F32).reshape(partitions, 1))
 
 
@@ -794,9 +765,7 @@ def _activation_input(instr: str, data, bias, scale) -> np.ndarray:
     return (x * s + b).astype(F32)
 
 
-def _scalar_engine_reduce(
-    instr: str, values: np.ndarray, reduce_op, reduce_res, cmd, partitions: int
-) -> None:
+def _scalar_engine_reduce(instr: str, values: np.ndarray, reduce_op, reduce_res, cmd, partitions: int) -> None:
     """The Scalar engine accumulators: reset/reduce per reduce_cmd (sum only), then read out."""
     regs = _accumulators().scalar
     reducing = cmd in (type(cmd).reduce, type(cmd).reset_reduce)
@@ -806,8 +775,7 @@ def _scalar_engine_reduce(
         spec = _reduce_op(reduce_op, instr, "reduce_op") if reduce_op is not None else None
         if spec is None or spec.name != "add":
             raise NkiSimError(
-                f"{instr}: reduce_op must be nl.add (the Scalar engine registers only sum), "
-                f"got {_op_name(reduce_op)}"
+                f"{instr}: reduce_op must be nl.add (the Scalar engine registers only sum), got {_op_name(reduce_op)}"
             )
     if cmd in (type(cmd).reset, type(cmd).reset_reduce):
         regs[:partitions] = 0.0
@@ -846,9 +814,7 @@ def activation(
     out = act.apply(x)
     _write(dst, out)
     _scalar_engine_reduce(instr, out, reduce_op, reduce_res, cmd, data.shape[0])
-    return _record(
-        instr, "scalar", dst, {"data": data, "bias": bias, "scale": scale, "reduce_res": reduce_res}, name
-    )
+    return _record(instr, "scalar", dst, {"data": data, "bias": bias, "scale": scale, "reduce_res": reduce_res}, name)
 
 
 def activation_reduce(dst, op, data, reduce_op, reduce_res, bias=None, scale=1.0, name=None):
@@ -869,9 +835,7 @@ def activation_reduce(dst, op, data, reduce_op, reduce_res, bias=None, scale=1.0
     )
 
 
-def exponential(
-    dst, src, max_value=0.0, reduce_res=None, reduce_cmd=reduce_cmd.idle, reduce_init=0.0, name=None
-):
+def exponential(dst, src, max_value=0.0, reduce_res=None, reduce_cmd=reduce_cmd.idle, reduce_init=0.0, name=None):
     """dst = exp(src - max_value) on the Vector engine (trn3+), with an optional running sum in the Vector
     engine accumulators (reset_reduce / reduce / load_reduce from reduce_init) read out into reduce_res."""
     instr = "exponential"
@@ -882,9 +846,7 @@ def exponential(
     _check_rank(instr, "src", src, 4)
     cmd = _check_reduce_cmd(instr, reduce_cmd)
     if cmd is type(cmd).reset:
-        raise NkiSimError(
-            f"{instr}: reduce_cmd=reset is not supported (idle, reset_reduce, reduce, load_reduce)"
-        )
+        raise NkiSimError(f"{instr}: reduce_cmd=reset is not supported (idle, reset_reduce, reduce, load_reduce)")
     if cmd is not type(cmd).load_reduce and reduce_init not in (None, 0.0):
         raise NkiSimError(f"{instr}: reduce_init must be unset or 0.0 unless reduce_cmd is load_reduce")
     P = src.shape[0]
@@ -932,8 +894,7 @@ def _affine_values(instr: str, pattern, offset, channel_multiplier, partitions: 
         nums.append(int(pair[1]))
     if math.prod(nums) != free:
         raise NkiSimError(
-            f"{instr}: pattern {pattern!r} generates {math.prod(nums)} elements per partition but "
-            f"dst holds {free}"
+            f"{instr}: pattern {pattern!r} generates {math.prod(nums)} elements per partition but dst holds {free}"
         )
     grids = np.indices(nums, dtype=np.int64).reshape(len(nums), -1)
     free_part = (np.asarray(steps, dtype=np.int64)[:, None] * grids).sum(axis=0)
@@ -949,6 +910,9 @@ def iota(dst, pattern, offset=0, channel_multiplier=0, name=None):
     partition); dst in SBUF. GpSimd engine."""
     instr = "iota"
     _check_tensor(instr, "dst", dst, ("sbuf",))
+    for operand, value in (("offset", offset), ("channel_multiplier", channel_multiplier)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise NkiSimError(f"{instr}: {operand} must be an int32 value, got {value!r}")
     values = _affine_values(instr, pattern, offset, channel_multiplier, dst.shape[0], _free_size(dst))
     _write(dst, values)
     return _record(instr, "gpsimd", dst, {}, name)
@@ -957,9 +921,7 @@ def iota(dst, pattern, offset=0, channel_multiplier=0, name=None):
 _COMPARISONS = ("equal", "not_equal", "greater", "greater_equal", "less", "less_equal")
 
 
-def affine_select(
-    dst, pattern, channel_multiplier, on_true_tile, on_false_value, cmp_op=equal, offset=0, name=None
-):
+def affine_select(dst, pattern, channel_multiplier, on_true_tile, on_false_value, cmp_op=equal, offset=0, name=None):
     """dst = on_true_tile where cmp_op(affine value, 0) else on_false_value (fp32 scalar); the affine value
     is iota's. dst and on_true_tile in SBUF, same layout; dtype change via fp32. GpSimd engine."""
     instr = "affine_select"
@@ -968,9 +930,7 @@ def affine_select(
     _check_same_layout(instr, "on_true_tile", on_true_tile, "dst", dst)
     spec = _alu_op(cmp_op, instr, "cmp_op")
     if spec.name not in _COMPARISONS:
-        raise NkiSimError(
-            f"{instr}: cmp_op must be a comparison ({', '.join(_COMPARISONS)}), got nl.{spec.name}"
-        )
+        raise NkiSimError(f"{instr}: cmp_op must be a comparison ({', '.join(_COMPARISONS)}), got nl.{spec.name}")
     if not _is_scalar(on_false_value):
         raise NkiSimError(f"{instr}: on_false_value must be a float32 scalar, got {on_false_value!r}")
     P = dst.shape[0]
@@ -1006,9 +966,7 @@ def select_reduce(
     _check_not_both_psum(instr, "on_true", on_true, "predicate", predicate)
     _check_dtype(instr, "predicate", predicate, ("int8", "uint8", "int16", "uint16"))
     if _dtype_name(on_true) in ("tfloat32", "int32", "uint32"):
-        raise NkiSimError(
-            f"{instr}: on_true dtype cannot be tfloat32, int32 or uint32, got {_dtype_name(on_true)}"
-        )
+        raise NkiSimError(f"{instr}: on_true dtype cannot be tfloat32, int32 or uint32, got {_dtype_name(on_true)}")
     rspec = _reduce_op(reduce_op, instr, "reduce_op")
     if rspec.name != "maximum":
         raise NkiSimError(f"{instr}: reduce_op must be nl.maximum, got nl.{rspec.name}")
@@ -1076,8 +1034,7 @@ def range_select(
         spec = _alu_op(op, instr, param)
         if spec.name not in ("equal", "less", "less_equal", "greater", "greater_equal"):
             raise NkiSimError(
-                f"{instr}: {param} must be equal, less, less_equal, greater or greater_equal, "
-                f"got nl.{spec.name}"
+                f"{instr}: {param} must be equal, less, less_equal, greater or greater_equal, got nl.{spec.name}"
             )
         specs.append(spec)
     fill = FP32_MIN if on_false_value is ... else on_false_value
@@ -1190,8 +1147,7 @@ def local_gather(dst, src_buffer, index, num_elem_per_idx=1, num_valid_indices=N
     _check_dtype(instr, "index", index, ("uint16",))
     if _dtype_name(dst) != _dtype_name(src_buffer):
         raise NkiSimError(
-            f"{instr}: dst dtype must equal src_buffer dtype {_dtype_name(src_buffer)}, got "
-            f"{_dtype_name(dst)}"
+            f"{instr}: dst dtype must equal src_buffer dtype {_dtype_name(src_buffer)}, got {_dtype_name(dst)}"
         )
     if num_elem_per_idx not in (1, 2, 4, 8, 16, 32):
         raise NkiSimError(f"{instr}: num_elem_per_idx must be 1, 2, 4, 8, 16 or 32, got {num_elem_per_idx!r}")
@@ -1199,8 +1155,7 @@ def local_gather(dst, src_buffer, index, num_elem_per_idx=1, num_valid_indices=N
     valid = per_core if num_valid_indices is None else int(num_valid_indices)
     if not 0 < valid <= per_core:
         raise NkiSimError(
-            f"{instr}: num_valid_indices must be in 1..{per_core} (index elements per core), "
-            f"got {num_valid_indices}"
+            f"{instr}: num_valid_indices must be in 1..{per_core} (index elements per core), got {num_valid_indices}"
         )
     if valid > 4096:
         raise NkiSimError(f"{instr}: at most 4096 indices per core, got {valid}")
@@ -1241,9 +1196,7 @@ def nc_n_gather(dst, data, indices, name=None):
             f"and dst{tuple(dst.shape)}"
         )
     if _dtype_name(dst) != _dtype_name(data):
-        raise NkiSimError(
-            f"{instr}: dst dtype must equal data dtype {_dtype_name(data)}, got {_dtype_name(dst)}"
-        )
+        raise NkiSimError(f"{instr}: dst dtype must equal data dtype {_dtype_name(data)}, got {_dtype_name(dst)}")
     P = data.shape[0]
     idx = _read_raw(indices).astype(np.int64).reshape(P, -1)
     if np.any(idx >= _free_size(data)):
@@ -1325,9 +1278,7 @@ def max8(dst, src, name=None):
 _INDEX_DTYPES = {"uint32": (np.uint32, 0xFFFFFFFF), "uint16": (np.uint16, 0xFFFF)}
 
 
-def _occurrence_positions(
-    data: np.ndarray, vals: np.ndarray, rank: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _occurrence_positions(data: np.ndarray, vals: np.ndarray, rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each (p, j): the position of the rank[p, j]-th (0-based) occurrence of vals[p, j] in data[p].
 
     data (P, N), vals (P, 8), rank (P, 8) -> positions (P, 8) int64 and found (P, 8) bool."""
@@ -1449,8 +1400,7 @@ def activate2(
         stage_names.append("bypass" if stage is ops.bypass else _alu_op(stage, instr, param).name)
     if tuple(stage_names) not in _ACTIVATE2_STAGES:
         raise NkiSimError(
-            f"{instr}: (op0, op1) = {tuple(stage_names)} is not supported (supported: "
-            f"{sorted(_ACTIVATE2_STAGES)})"
+            f"{instr}: (op0, op1) = {tuple(stage_names)} is not supported (supported: {sorted(_ACTIVATE2_STAGES)})"
         )
     if reverse0 and stage_names[0] == "bypass" or reverse1 and stage_names[1] == "bypass":
         raise NkiSimError(f"{instr}: reverse0/reverse1 need op0/op1 to be set (not nl.bypass)")
@@ -1479,9 +1429,7 @@ def activate2(
             raise NkiSimError(f"{instr}: reduce_cmd={cmd.name} needs reduce_op")
         rname = _alu_op(ops.REDUCE_ALIASES.get(reduce_op, reduce_op), instr, "reduce_op").name
         if rname not in _REDUCE_IDENTITY:
-            raise NkiSimError(
-                f"{instr}: reduce_op must be add, maximum, minimum, abs_max or abs_min, got nl.{rname}"
-            )
+            raise NkiSimError(f"{instr}: reduce_op must be add, maximum, minimum, abs_max or abs_min, got nl.{rname}")
         rspec = ops.ALU_OPS[getattr(ops, rname)]
         if cmd in (type(cmd).reset, type(cmd).reset_reduce):
             regs[:P] = _REDUCE_IDENTITY[rname]
@@ -1490,9 +1438,7 @@ def activate2(
             regs[:P] = _apply_alu(rspec, regs[:P], partial)
     if reduce_res is not None:
         _write_reduce_res(instr, reduce_res, regs[:P], P)
-    return _record(
-        instr, "scalar", dst, {"data": data, "imm0": imm0, "imm1": imm1, "reduce_res": reduce_res}, name
-    )
+    return _record(instr, "scalar", dst, {"data": data, "imm0": imm0, "imm1": imm1, "reduce_res": reduce_res}, name)
 
 
 def _free_axis_scan(step, first: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -1545,9 +1491,7 @@ _CUMULATIVE_OPS = ("add", "subtract", "multiply", "maximum", "minimum")
 _CUMULATIVE_RESET = {"add": 0.0, "subtract": 0.0, "multiply": 1.0, "maximum": -np.inf, "minimum": np.inf}
 
 
-def tensor_scalar_cumulative(
-    dst, src, op0, op1, imm0, imm1=None, reduce_cmd=reduce_cmd.reset_reduce, name=None
-):
+def tensor_scalar_cumulative(dst, src, op0, op1, imm0, imm1=None, reduce_cmd=reduce_cmd.reset_reduce, name=None):
     """Per partition: reg = op1(op0(src[i], imm0), reg); dst[i] = reg (a running scan in the Vector engine
     accumulator). reduce_cmd: reset_reduce (reg = 0 / 1 / -inf / +inf by op1), reduce (continue),
     load_reduce (reg = imm1). op1 in add, subtract, multiply, maximum, minimum; no int32/uint32 I/O."""
@@ -1557,9 +1501,7 @@ def tensor_scalar_cumulative(
     _check_same_layout(instr, "src", src, "dst", dst)
     for param, t in (("src", src), ("dst", dst)):
         if _dtype_name(t) in _INT32_TYPES:
-            raise NkiSimError(
-                f"{instr}: {param} dtype {_dtype_name(t)} is not supported (no int32/uint32 I/O)"
-            )
+            raise NkiSimError(f"{instr}: {param} dtype {_dtype_name(t)} is not supported (no int32/uint32 I/O)")
     spec0 = _alu_op(op0, instr, "op0")
     spec1 = _alu_op(op1, instr, "op1")
     if spec0.kind != "arithmetic":

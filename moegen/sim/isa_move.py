@@ -76,9 +76,7 @@ def _gather(src: NkiTensor, mode, instr: str):
         storage = src._storage_flat()
         safe = np.where(valid.reshape((-1,) + (1,) * (idx.ndim - 1)), idx, 0)
         vals = storage[safe]
-        mask = (
-            None if valid.all() else np.broadcast_to(valid.reshape((-1,) + (1,) * (idx.ndim - 1)), idx.shape)
-        )
+        mask = None if valid.all() else np.broadcast_to(valid.reshape((-1,) + (1,) * (idx.ndim - 1)), idx.shape)
         return vals, mask
     if src._dyn and mode is _OOB.skip and not _dyn_in_bounds(src):
         return None, False
@@ -141,22 +139,18 @@ def dma_copy(
     if dge is _DGE.hwdge:
         if indirect:
             raise NkiSimError(
-                f"{instr}: dge_mode=hwdge does not support gather/scatter (vector_offset); "
-                "use swdge or unknown"
+                f"{instr}: dge_mode=hwdge does not support gather/scatter (vector_offset); use swdge or unknown"
             )
         if src.dtype != dst.dtype:
             raise NkiSimError(
-                f"{instr}: with dge_mode=hwdge src dtype {src.dtype.name} must equal dst dtype "
-                f"{dst.dtype.name}"
+                f"{instr}: with dge_mode=hwdge src dtype {src.dtype.name} must equal dst dtype {dst.dtype.name}"
             )
     if dge is _DGE.none and (indirect or src._dyn or dst._dyn):
         raise NkiSimError(f"{instr}: dge_mode=none needs static addresses (limit: no dynamic offsets)")
     if eng not in (_ENGINE.unknown, _ENGINE.sync, _ENGINE.scalar):
         # dma_copy page: engine is "the engine to use for HWDGE descriptor generation:
         # nki.isa.engine.sync or nki.isa.engine.scalar"; unknown (default) lets the compiler choose
-        raise NkiSimError(
-            f"{instr}: engine={eng.name} (limit: unknown, or sync / scalar with dge_mode=hwdge)"
-        )
+        raise NkiSimError(f"{instr}: engine={eng.name} (limit: unknown, or sync / scalar with dge_mode=hwdge)")
     if eng in (_ENGINE.sync, _ENGINE.scalar) and dge is not _DGE.hwdge:
         raise NkiSimError(f"{instr}: engine={eng.name} is only valid with dge_mode=hwdge, got {dge.name}")
     core = runtime.current()
@@ -192,9 +186,7 @@ def _check_priority(instr: str, priority, dge) -> None:
 _TRANSPOSE_AXES = {2: (1, 0), 3: (2, 1, 0), 4: (3, 1, 2, 0)}
 
 
-def dma_transpose(
-    dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown, oob_mode=oob_mode.error, name=None
-):
+def dma_transpose(dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown, oob_mode=oob_mode.error, name=None):
     """dst = src transposed by DMA: 2-D (1,0), 3-D (2,1,0), 4-D (3,1,2,0). dst in SBUF, same dtype,
     dst.shape == permuted src.shape."""
     instr = "dma_transpose"
@@ -220,9 +212,7 @@ def dma_transpose(
     # addressed through vector_offset) unknown or swdge
     if src._vec is not None:
         if dge not in (_DGE.unknown, _DGE.swdge):
-            raise NkiSimError(
-                f"{instr}: dge_mode={dge.name} for an indirect transpose (limit: unknown or swdge)"
-            )
+            raise NkiSimError(f"{instr}: dge_mode={dge.name} for an indirect transpose (limit: unknown or swdge)")
     elif dge not in (_DGE.unknown, _DGE.hwdge):
         raise NkiSimError(f"{instr}: dge_mode={dge.name} for a direct transpose (limit: unknown or hwdge)")
     _check_priority(instr, priority, dge)
@@ -243,9 +233,7 @@ def dma_transpose(
             )
         if src.shape[-1] > 128:
             raise NkiSimError(f"{instr}: hwdge src.shape[-1] {src.shape[-1]} exceeds maximum 128")
-    runtime.current().record(
-        "dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize
-    )
+    runtime.current().record("dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize)
     vals, mask = _gather(src, mode, instr)
     if vals is None:
         return NkiInstruction(instr)
@@ -263,9 +251,7 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
     check_tensor(instr, "dst", dst)
     mode = check_enum(instr, "oob_mode", oob_mode, _OOB)
     if reduce_op is not language_ops.add:
-        raise NkiSimError(
-            f"{instr}: reduce_op {getattr(reduce_op, '__name__', reduce_op)} (limit: nl.add only)"
-        )
+        raise NkiSimError(f"{instr}: reduce_op {getattr(reduce_op, '__name__', reduce_op)} (limit: nl.add only)")
     srcs = list(srcs)
     if not 1 <= len(srcs) <= 16:
         raise NkiSimError(f"{instr}: {len(srcs)} sources (limit: 1..16)")
@@ -330,9 +316,7 @@ def register_alloc(x=None) -> VirtualRegister:
 
 def _check_reg(instr: str, operand: str, r) -> VirtualRegister:
     if not isinstance(r, VirtualRegister):
-        raise NkiSimError(
-            f"{instr}: {operand} must be a VirtualRegister (from register_alloc), got {type(r).__name__}"
-        )
+        raise NkiSimError(f"{instr}: {operand} must be a VirtualRegister (from register_alloc), got {type(r).__name__}")
     return r
 
 
@@ -385,8 +369,7 @@ def core_barrier(data, cores, engine=engine.gpsimd, name=None):
     check_tensor(instr, "data", data)
     if runtime.current().run.num_programs == 1:
         raise NkiSimError(
-            f"{instr}: kernel launched with LNC=1 (limit: core_barrier needs kernel[2]); "
-            "it would deadlock on hardware"
+            f"{instr}: kernel launched with LNC=1 (limit: core_barrier needs kernel[2]); it would deadlock on hardware"
         )
     if data.buffer is not MemoryRegion.shared_hbm:
         raise NkiSimError(f"{instr}: data '{data.name}' is in {data.buffer.name} (limit: shared_hbm)")

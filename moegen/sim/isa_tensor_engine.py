@@ -57,8 +57,7 @@ def _check_mm_dtypes(instr: str, target: str, stationary: NkiTensor, moving: Nki
     for nm, t in (("stationary", stationary), ("moving", moving)):
         if t.dtype.name not in allowed:
             raise NkiSimError(
-                f"{instr}: {nm} '{t.name}' dtype {t.dtype.name} not supported on {target} "
-                f"(limit: {', '.join(allowed)})"
+                f"{instr}: {nm} '{t.name}' dtype {t.dtype.name} not supported on {target} (limit: {', '.join(allowed)})"
             )
     a, b = stationary.dtype.name, moving.dtype.name
     wide = ("float32", "tfloat32")
@@ -69,8 +68,7 @@ def _check_mm_dtypes(instr: str, target: str, stationary: NkiTensor, moving: Nki
         )
     if {a, b} == {"float8_e4m3", "float8_e4m3fn"}:
         raise NkiSimError(
-            f"{instr}: stationary {a} and moving {b} (limit: legacy float8_e4m3 and float8_e4m3fn "
-            "cannot be mixed)"
+            f"{instr}: stationary {a} and moving {b} (limit: legacy float8_e4m3 and float8_e4m3fn cannot be mixed)"
         )
 
 
@@ -104,9 +102,7 @@ def nc_matmul(
     _check_mm_dtypes(instr, target, stationary, moving)
     k = stationary.shape[0]
     if moving.shape[0] != k:
-        raise NkiSimError(
-            f"{instr}: contraction (partition) sizes differ: stationary {k}, moving {moving.shape[0]}"
-        )
+        raise NkiSimError(f"{instr}: contraction (partition) sizes differ: stationary {k}, moving {moving.shape[0]}")
     m_tile = stationary.shape[2] if mode is _PERF.double_row and stationary.ndim == 3 else stationary.free_size
     _check_tiling(instr, tile_position, tile_size, mode, k, m_tile)
     if mode is _PERF.double_row:
@@ -114,8 +110,7 @@ def nc_matmul(
         for nm, t in (("stationary", stationary), ("moving", moving)):
             if t.dtype.name not in fp8:
                 raise NkiSimError(
-                    f"{instr}: perf_mode=double_row needs FP8 {nm}, got {t.dtype.name} "
-                    f"(limit: {', '.join(fp8)})"
+                    f"{instr}: perf_mode=double_row needs FP8 {nm}, got {t.dtype.name} (limit: {', '.join(fp8)})"
                 )
             if t.ndim != 3 or t.shape[1] != 2:
                 raise NkiSimError(f"{instr}: perf_mode=double_row {nm} must be [K, 2, F], got {t.shape}")
@@ -135,8 +130,7 @@ def nc_matmul(
     if is_transpose:
         if dst.dtype != stationary.dtype:
             raise NkiSimError(
-                f"{instr}: is_transpose dst dtype {dst.dtype.name} must equal input dtype "
-                f"{stationary.dtype.name}"
+                f"{instr}: is_transpose dst dtype {dst.dtype.name} must equal input dtype {stationary.dtype.name}"
             )
         nmax = 128
     else:
@@ -158,9 +152,7 @@ def nc_matmul(
     if is_transpose:
         # bit-accurate data transpose (NeuronCore-v3+): dst = stationary.T, NaN/Inf carried as-is
         if n != k:
-            raise NkiSimError(
-                f"{instr}: is_transpose needs a [K, K] identity moving tile, got {moving.shape}"
-            )
+            raise NkiSimError(f"{instr}: is_transpose needs a [K, K] identity moving tile, got {moving.shape}")
         vals = stationary.read(instr, "stationary").reshape(k, m).T
         dst._array(instr, "dst")[...] = vals.reshape(dst.shape)
         dst._alloc.written = True
@@ -311,9 +303,7 @@ def _defer(dst: NkiTensor, st: np.ndarray, mv: np.ndarray, accumulate) -> bool:
     return True
 
 
-def _accumulate_into(
-    instr: str, dst: NkiTensor, res: np.ndarray, accumulate, target: str, exact: bool
-) -> None:
+def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, target: str, exact: bool) -> None:
     """Write / accumulate `res` (fp32) into PSUM dst per the accumulate flag; track matmul state."""
     arr = dst._array(instr, "dst")
     state = dst._mm_state_view()
@@ -362,9 +352,7 @@ def _check_tiling(instr: str, tile_position, tile_size, mode, k: int, m: int) ->
     if not pos and not size:
         return
     if not pos or not size or len(pos) != 2 or len(size) != 2:
-        raise NkiSimError(
-            f"{instr}: tile_position {pos} and tile_size {size} must both be set as (row, column)"
-        )
+        raise NkiSimError(f"{instr}: tile_position {pos} and tile_size {size} must both be set as (row, column)")
     # double_row "cannot be combined with Tensor Engine column tiling mode" (nc_matmul page); column
     # tiling is refused below anyway (column_size must be 128), row tiling is allowed with it
     row_size, col_size = size
@@ -373,9 +361,7 @@ def _check_tiling(instr: str, tile_position, tile_size, mode, k: int, m: int) ->
     if pos[1] != 0:
         raise NkiSimError(f"{instr}: tile_position {pos} (limit: start column 0)")
     if pos[0] % row_size or pos[1] % col_size or pos[0] + row_size > 128 or pos[1] + col_size > 128:
-        raise NkiSimError(
-            f"{instr}: tile_position {pos} must be multiples of tile_size {size} inside 128x128"
-        )
+        raise NkiSimError(f"{instr}: tile_position {pos} must be multiples of tile_size {size} inside 128x128")
     if k > row_size:
         raise NkiSimError(f"{instr}: contraction size {k} exceeds the row tile size {row_size}")
     if m > col_size:

@@ -154,15 +154,11 @@ def _filled(shape, dtype, buffer, name, value, what):
 
 
 def zeros_like(x, dtype=None, buffer=None, name=""):
-    return zeros(
-        x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name
-    )
+    return zeros(x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name)
 
 
 def empty_like(x, dtype=None, buffer=None, name=""):
-    return ndarray(
-        x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name
-    )
+    return ndarray(x.shape, dtype if dtype is not None else x.dtype, buffer if buffer is not None else x.buffer, name)
 
 
 def rand(shape, dtype, buffer=sbuf, name=""):
@@ -280,14 +276,10 @@ def while_loop(init, body_fun):
     while r._get() != 0:
         r = body_fun(r)
         if not isinstance(r, _Reg):
-            raise NkiSimError(
-                f"while_loop: body_fun must return the condition VirtualRegister, got {type(r).__name__}"
-            )
+            raise NkiSimError(f"while_loop: body_fun must return the condition VirtualRegister, got {type(r).__name__}")
         n += 1
         if n > _MAX_WHILE_ITERATIONS:
-            raise NkiSimError(
-                f"while_loop: more than {_MAX_WHILE_ITERATIONS} iterations (limit), likely endless"
-            )
+            raise NkiSimError(f"while_loop: more than {_MAX_WHILE_ITERATIONS} iterations (limit), likely endless")
 
 
 @contextlib.contextmanager
@@ -371,9 +363,7 @@ def matmul(x, y, transpose_x=False):
     from moegen.sim.isa_tensor_engine import nc_matmul
 
     if not transpose_x:
-        raise NkiSimError(
-            "nl.matmul: transpose_x=False is not supported (limit: transpose_x=True, x is [K, M])"
-        )
+        raise NkiSimError("nl.matmul: transpose_x=False is not supported (limit: transpose_x=True, x is [K, M])")
     out = allocate((x.free_size, y.free_size), float32, psum)
     nc_matmul(out, x, y)
     return out

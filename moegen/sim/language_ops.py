@@ -246,12 +246,8 @@ ALU_BY_NAME: dict[str, AluOp] = {
         AluOp("reciprocal", "arithmetic", 1, lambda a, _b=None: _reciprocal(a)),
         AluOp("abs", "arithmetic", 1, lambda a, _b=None: np.abs(a).astype(F32)),
         # NeuronCore-v4 (trn3) additions
-        AluOp(
-            "abs_max", "arithmetic", 2, _as_f32(lambda a, b: np.maximum(np.abs(a), np.abs(b))), trn3_only=True
-        ),
-        AluOp(
-            "abs_min", "arithmetic", 2, _as_f32(lambda a, b: np.minimum(np.abs(a), np.abs(b))), trn3_only=True
-        ),
+        AluOp("abs_max", "arithmetic", 2, _as_f32(lambda a, b: np.maximum(np.abs(a), np.abs(b))), trn3_only=True),
+        AluOp("abs_min", "arithmetic", 2, _as_f32(lambda a, b: np.minimum(np.abs(a), np.abs(b))), trn3_only=True),
         AluOp("square", "arithmetic", 1, lambda a, _b=None: (a * a).astype(F32), trn3_only=True),
         AluOp("relu", "arithmetic", 1, lambda a, _b=None: _relu(a), trn3_only=True),
     )
@@ -843,8 +839,7 @@ def _binary(fn: str, x, y, dtype):
         isa.tensor_scalar(out, y, op, x, reverse0=True)
         return out
     raise NkiSimError(
-        f"nl.{fn}: x and y must be tiles or one tile and one scalar, got "
-        f"{type(x).__name__} and {type(y).__name__}"
+        f"nl.{fn}: x and y must be tiles or one tile and one scalar, got {type(x).__name__} and {type(y).__name__}"
     )
 
 
@@ -921,9 +916,7 @@ def _where(condition, x, y, dtype):
         dtype = x.dtype if _is_tile(x) else (y.dtype if _is_tile(y) else condition.dtype)
     out = _new_tile(condition.shape, dtype)
     mask = isa._read_f32(condition) != 0
-    return _direct(
-        "where", out, {"condition": condition, "x": x, "y": y}, np.where(mask, values[0], values[1])
-    )
+    return _direct("where", out, {"condition": condition, "x": x, "y": y}, np.where(mask, values[0], values[1]))
 
 
 def _copy(x, dtype):

@@ -8,10 +8,7 @@ from moegen.sim.api_signatures import SIGNATURES
 def make_stub(module: str, name: str, namespace: dict):
     """A function `name` with the api.json parameters of `module.name` that raises NotImplementedError."""
     params = SIGNATURES[module][name]
-    src = (
-        f"def {name}({params}):\n"
-        f"    raise NotImplementedError('{module}.{name} is not implemented in moegen.sim')\n"
-    )
+    src = f"def {name}({params}):\n    raise NotImplementedError('{module}.{name} is not implemented in moegen.sim')\n"
     scope: dict = {}
     exec(src, dict(namespace), scope)  # noqa: S102 - builds a signature-exact stub from trusted data
     fn = scope[name]

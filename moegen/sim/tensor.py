@@ -263,9 +263,7 @@ def allocate(
     shape = _check_shape(shape, "nl.ndarray")
     dtype = dt.as_dtype(dtype)
     if isinstance(buffer, str):
-        raise NkiSimError(
-            f"nl.ndarray: buffer must be an nl memory region (nl.sbuf, ...), not the string {buffer!r}"
-        )
+        raise NkiSimError(f"nl.ndarray: buffer must be an nl memory region (nl.sbuf, ...), not the string {buffer!r}")
     buffer = _region_of(buffer)
     name = name or f"t{core.next_id + 1}"
     on_chip = buffer in ON_CHIP
@@ -279,8 +277,7 @@ def allocate(
             )
         if shape[0] > runtime.NUM_PARTITIONS:
             raise NkiSimError(
-                f"nl.ndarray: '{name}' partition dimension {shape[0]} exceeds maximum "
-                f"{runtime.NUM_PARTITIONS}"
+                f"nl.ndarray: '{name}' partition dimension {shape[0]} exceeds maximum {runtime.NUM_PARTITIONS}"
             )
     if buffer is MemoryRegion.shared_hbm and core.num_programs > 1 and data is None:
         return _shared_alloc(core, shape, dtype, name, fill)
@@ -368,9 +365,7 @@ def _reserve_psum(core, alloc: Allocation, address) -> None:
         try:
             free_off = int(address[1])
         except (TypeError, IndexError):
-            raise NkiSimError(
-                f"nl.ndarray: address must be (partition_offset, free_offset), got {address!r}"
-            ) from None
+            raise NkiSimError(f"nl.ndarray: address must be (partition_offset, free_offset), got {address!r}") from None
         if free_off % bank_bytes:
             raise NkiSimError(
                 f"nl.ndarray: PSUM address {address!r} of '{alloc.name}' must start at a bank boundary "
@@ -436,9 +431,7 @@ class NkiTensor:
 
     def __init__(self, shape, dtype, storage, buffer=MemoryRegion.sbuf, name=""):
         if not isinstance(storage, Allocation):
-            raise NkiSimError(
-                "NkiTensor: create tensors with nl.ndarray (storage must be a simulator allocation)"
-            )
+            raise NkiSimError("NkiTensor: create tensors with nl.ndarray (storage must be a simulator allocation)")
         self._alloc = storage
         self.dtype = dt.as_dtype(dtype)
         self.shape = _check_shape(shape, "NkiTensor")
@@ -599,8 +592,7 @@ class NkiTensor:
         lo, hi = self._extent(offset)
         if lo < 0 or hi >= total:
             raise NkiSimError(
-                f"{what} out of bounds: elements {lo}..{hi} outside 0..{total - 1} "
-                f"(allocation shape {a.shape})"
+                f"{what} out of bounds: elements {lo}..{hi} outside 0..{total - 1} (allocation shape {a.shape})"
             )
 
     def _resolved_offset(self, instr: str = "access", operand: str = "") -> int:
@@ -616,8 +608,7 @@ class NkiTensor:
         """A writable NumPy view (no copy) of the tensor in its storage dtype. Not for indirect views."""
         if self._vec is not None:
             raise NkiSimError(
-                f"{instr}: {operand} '{self.name}' is an indirect (vector_offset) view; "
-                "only DMA instructions accept it"
+                f"{instr}: {operand} '{self.name}' is an indirect (vector_offset) view; only DMA instructions accept it"
             )
         if self._alloc.pending is not None:
             self._alloc.flush_pending()
@@ -781,8 +772,7 @@ class NkiTensor:
                 vals = np.broadcast_to(vals, self.shape)
             except ValueError:
                 raise NkiSimError(
-                    f"{instr}: {operand} '{self.name}' has shape {self.shape}, value shape "
-                    f"{vals.shape} does not match"
+                    f"{instr}: {operand} '{self.name}' has shape {self.shape}, value shape {vals.shape} does not match"
                 ) from None
         core = self._alloc.core
         conv = dt.convert(vals, self.dtype, core.precise if core else True)
@@ -804,9 +794,7 @@ class NkiTensor:
     # -- indexing -------------------------------------------------------------------------------
     def __getitem__(self, key) -> NkiTensor:
         if self._vec is not None:
-            raise NkiSimError(
-                f"indexing: '{self.name}' is an indirect view; index the base tensor before .ap()"
-            )
+            raise NkiSimError(f"indexing: '{self.name}' is an indirect view; index the base tensor before .ap()")
         if not isinstance(key, tuple):
             key = (key,)
         n_ell = 0
@@ -820,9 +808,7 @@ class NkiTensor:
             fill = len(self.shape) - (len(key) - 1)
             key = key[:i] + (slice(None),) * fill + key[i + 1 :]
         if len(key) > len(self.shape):
-            raise NkiSimError(
-                f"indexing: too many indices ({len(key)}) for '{self.name}' of shape {self.shape}"
-            )
+            raise NkiSimError(f"indexing: too many indices ({len(key)}) for '{self.name}' of shape {self.shape}")
         key = key + (slice(None),) * (len(self.shape) - len(key))
         offset = self.offset
         dyn = list(self._dyn)
@@ -847,8 +833,7 @@ class NkiTensor:
                     st = int(k.start)
                     if st < 0 or st + k.size > n:
                         raise NkiSimError(
-                            f"indexing: nl.ds({st}, {k.size}) out of bounds for dim {dim} of size {n} "
-                            f"of '{self.name}'"
+                            f"indexing: nl.ds({st}, {k.size}) out of bounds for dim {dim} of size {n} of '{self.name}'"
                         )
                     offset += st * s
                 else:
@@ -926,9 +911,7 @@ class NkiTensor:
             off, dyn = self.offset + i * self.strides[d], self._dyn
         else:
             if self.on_chip and d == 0:
-                raise NkiSimError(
-                    "select: a dynamic index cannot select the partition dim of an on-chip tensor"
-                )
+                raise NkiSimError("select: a dynamic index cannot select the partition dim of an on-chip tensor")
             off, dyn = self.offset, self._dyn + ((index, self.strides[d]),)
         shape = self.shape[:d] + self.shape[d + 1 :]
         strides = self.strides[:d] + self.strides[d + 1 :]
@@ -944,9 +927,7 @@ class NkiTensor:
         if d != 0:
             raise NkiSimError(f"vector_select: only dim 0 is supported, got {dim}")
         if self.on_chip:
-            raise NkiSimError(
-                f"vector_select: '{self.name}' must be in HBM (indirect DMA), is {self.buffer.name}"
-            )
+            raise NkiSimError(f"vector_select: '{self.name}' must be in HBM (indirect DMA), is {self.buffer.name}")
         p = vector_offset.shape[0]
         return self._derive(
             (p,) + self.shape[1:],
@@ -960,9 +941,7 @@ class NkiTensor:
         if sorted(dims) != list(range(len(self.shape))):
             raise NkiSimError(f"permute: {dims} is not a permutation of {len(self.shape)} dims")
         if self.on_chip and dims[0] != 0:
-            raise NkiSimError(
-                f"permute: on-chip tensor '{self.name}' must keep the partition dim first, got {dims}"
-            )
+            raise NkiSimError(f"permute: on-chip tensor '{self.name}' must keep the partition dim first, got {dims}")
         return self._derive([self.shape[d] for d in dims], [self.strides[d] for d in dims], self.offset)
 
     def broadcast(self, dim, size) -> NkiTensor:
@@ -988,12 +967,8 @@ class NkiTensor:
     def squeeze_dim(self, dim) -> NkiTensor:
         d = self._norm_dim(dim, "squeeze_dim")
         if self.shape[d] != 1 or (self.on_chip and d == 0):
-            raise NkiSimError(
-                f"squeeze_dim: dim {d} of '{self.name}' (size {self.shape[d]}) cannot be squeezed"
-            )
-        return self._derive(
-            self.shape[:d] + self.shape[d + 1 :], self.strides[:d] + self.strides[d + 1 :], self.offset
-        )
+            raise NkiSimError(f"squeeze_dim: dim {d} of '{self.name}' (size {self.shape[d]}) cannot be squeezed")
+        return self._derive(self.shape[:d] + self.shape[d + 1 :], self.strides[:d] + self.strides[d + 1 :], self.offset)
 
     def reshape_dim(self, dim, shape) -> NkiTensor:
         d = self._norm_dim(dim, "reshape_dim")
@@ -1033,14 +1008,12 @@ class NkiTensor:
             )
         if self.on_chip and (len(shape) < 2 or shape[0] != self.shape[0]):
             raise NkiSimError(
-                f"reshape: on-chip tensor '{self.name}' must keep its partition dim "
-                f"{self.shape[0]}, got {shape}"
+                f"reshape: on-chip tensor '{self.name}' must keep its partition dim {self.shape[0]}, got {shape}"
             )
         strides = _reshape_strides(self.shape, self.strides, shape)
         if strides is None:
             raise NkiSimError(
-                f"reshape: '{self.name}' with strides {self.strides} cannot be viewed as {shape} "
-                "without moving data"
+                f"reshape: '{self.name}' with strides {self.strides} cannot be viewed as {shape} without moving data"
             )
         return self._derive(shape, strides, self.offset)
 
@@ -1049,8 +1022,7 @@ class NkiTensor:
         fixed = dict(fixed_sizes or {})
         if len(src_pattern) != len(self.shape):
             raise NkiSimError(
-                f"rearrange: src_pattern {src_pattern} has {len(src_pattern)} dims, tensor has "
-                f"{len(self.shape)}"
+                f"rearrange: src_pattern {src_pattern} has {len(src_pattern)} dims, tensor has {len(self.shape)}"
             )
         t = self
         atoms: list[str] = []
@@ -1071,9 +1043,7 @@ class NkiTensor:
             groups.append(len(names))
             order += names
         if sorted(order) != sorted(atoms):
-            raise NkiSimError(
-                f"rearrange: dst_pattern {dst_pattern} must use the names of src_pattern {src_pattern}"
-            )
+            raise NkiSimError(f"rearrange: dst_pattern {dst_pattern} must use the names of src_pattern {src_pattern}")
         t = t.permute(tuple(atoms.index(nm) for nm in order))
         shape = []
         i = 0
@@ -1111,9 +1081,7 @@ class NkiTensor:
 
     reinterpret_cast = view
 
-    def ap(
-        self, pattern, offset=None, scalar_offset=None, vector_offset=None, indirect_dim=0, dtype=None
-    ) -> NkiTensor:
+    def ap(self, pattern, offset=None, scalar_offset=None, vector_offset=None, indirect_dim=0, dtype=None) -> NkiTensor:
         """Access pattern view on the underlying storage: pattern = [[stride, count], ...] outermost first.
 
         Element (i0..in) = storage[offset + sum(stride_k * i_k)]; offset defaults to this view's offset.
@@ -1161,15 +1129,11 @@ class NkiTensor:
             if d != 0:
                 raise NkiSimError(f"ap: vector_offset supports indirect_dim=0 only, got {indirect_dim}")
             if self.on_chip:
-                raise NkiSimError(
-                    f"ap: vector_offset indexes an HBM tensor; '{self.name}' is in {self.buffer.name}"
-                )
+                raise NkiSimError(f"ap: vector_offset indexes an HBM tensor; '{self.name}' is in {self.buffer.name}")
             row = _prod(self.shape[1:]) * self.dtype.itemsize // new.itemsize
             nrows = self.shape[0]
             if vector_offset.shape[0] != shape[0]:
-                raise NkiSimError(
-                    f"ap: vector_offset has {vector_offset.shape[0]} rows, pattern has {shape[0]}"
-                )
+                raise NkiSimError(f"ap: vector_offset has {vector_offset.shape[0]} rows, pattern has {shape[0]}")
             vec = (vector_offset, row, nrows)
         t = NkiTensor._make(self._alloc, new, shape, strides, base_off, dyn, vec, self.name)
         t._ap = True

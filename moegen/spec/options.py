@@ -35,10 +35,16 @@ class OptionSpec:
 
 # Options every family accepts.
 COMMON_OPTIONS = (
-    OptionSpec("lnc", "int", "logical NeuronCores the kernel runs on", default=1, minimum=1, maximum=2,
-               reason="a Trn2/Trn3 logical core pairs at most 2 physical cores"),
-    OptionSpec("verify_tokens", "int", "token count `moegen verify` runs the kernel at", minimum=1,
-               maximum=1 << 16),
+    OptionSpec(
+        "lnc",
+        "int",
+        "logical NeuronCores the kernel runs on",
+        default=1,
+        minimum=1,
+        maximum=2,
+        reason="a Trn2/Trn3 logical core pairs at most 2 physical cores",
+    ),
+    OptionSpec("verify_tokens", "int", "token count `moegen verify` runs the kernel at", minimum=1, maximum=1 << 16),
 )
 
 

@@ -198,7 +198,9 @@ def _syntax_diagnostic(path: str, text: str, error: UnexpectedInput) -> Diagnost
         span = Span(path, line, column, line, column + 1)
         return Diagnostic(span, f"unexpected character {shown}", "names are [A-Za-z_][A-Za-z0-9_]*")
     if isinstance(error, UnexpectedEOF) or (isinstance(error, UnexpectedToken) and error.token.type == "$END"):
-        return Diagnostic(_end_of_text(path, text), f"unexpected end of file, expected {_expected_words(error.expected)}")
+        return Diagnostic(
+            _end_of_text(path, text), f"unexpected end of file, expected {_expected_words(error.expected)}"
+        )
     if isinstance(error, UnexpectedToken):
         token = error.token
         shown = "end of line" if token.type == "_NEWLINE" else f"'{token}'"

@@ -105,12 +105,13 @@ def _dims(syntax: SpecSyntax, report: _Collector) -> Dims | None:
         return None
     dims = Dims(**values)
     if dims.intermediate % dims.tp:
-        report.error(spans.get("tp", spans["intermediate"]),
-                     f"tp {dims.tp}: intermediate {dims.intermediate} is not divisible by it")
+        report.error(
+            spans.get("tp", spans["intermediate"]),
+            f"tp {dims.tp}: intermediate {dims.intermediate} is not divisible by it",
+        )
         return None
     if dims.experts % dims.ep:
-        report.error(spans.get("ep", spans["experts"]),
-                     f"ep {dims.ep}: experts {dims.experts} is not divisible by it")
+        report.error(spans.get("ep", spans["experts"]), f"ep {dims.ep}: experts {dims.experts} is not divisible by it")
         return None
     if dims.top_k > dims.experts:
         report.error(spans["top_k"], f"top_k {dims.top_k}: a token cannot pick more than the {dims.experts} experts")
@@ -191,8 +192,11 @@ def _flag_args(stage: Stage, report: _Collector, allowed: Sequence[str]) -> set[
         word = arg.value.value if arg.value is not None and arg.name is None else None
         if not isinstance(word, str) or word not in allowed:
             text = word if isinstance(word, str) else "this argument"
-            report.error(arg.span, f"'{stage.name}' does not take {text!r}; it takes {', '.join(allowed) or 'nothing'}",
-                         did_you_mean(str(word), allowed) if isinstance(word, str) else None)
+            report.error(
+                arg.span,
+                f"'{stage.name}' does not take {text!r}; it takes {', '.join(allowed) or 'nothing'}",
+                did_you_mean(str(word), allowed) if isinstance(word, str) else None,
+            )
             continue
         flags.add(word)
     return flags
@@ -242,8 +246,10 @@ def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router
         if at["renormalize"] < max(at["topk"], at[activation]):
             report.error(stages["renormalize"].span, "'renormalize' comes after topk and the activation")
         elif not pre_norm and activation == "softmax":
-            report.error(stages["renormalize"].span,
-                         "'renormalize' after a post-topk softmax does nothing: the K weights already sum to 1")
+            report.error(
+                stages["renormalize"].span,
+                "'renormalize' after a post-topk softmax does nothing: the K weights already sum to 1",
+            )
     for name in ("select_bias", "group_limit"):
         if name in at and at[name] > at["topk"]:
             report.error(stages[name].span, f"'{name}' changes which experts are chosen: put it before topk")
@@ -262,9 +268,15 @@ def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router
         if scaling is not None and scaling <= 0:
             report.error(stages["scale"].span, "the routed scaling factor must be positive")
     return Router(
-        bias=bias, activation=activation, pre_norm=pre_norm, renormalize="renormalize" in at,
-        selection_bias="select_bias" in at, n_group=n_group, topk_group=topk_group,
-        scaling_factor=scaling, span=pipeline.span,
+        bias=bias,
+        activation=activation,
+        pre_norm=pre_norm,
+        renormalize="renormalize" in at,
+        selection_bias="select_bias" in at,
+        n_group=n_group,
+        topk_group=topk_group,
+        scaling_factor=scaling,
+        span=pipeline.span,
     )
 
 
@@ -325,8 +337,10 @@ def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
         elif at["scale"] == len(pipeline.stages) - 1:
             scale = "post"
         else:
-            report.error(stages["scale"].span,
-                         "'scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)")
+            report.error(
+                stages["scale"].span,
+                "'scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)",
+            )
     if "up_plus_one" in at:
         if not gated:
             report.error(stages["up_plus_one"].span, "'up_plus_one' needs a gated expert (gate_up)")
@@ -336,8 +350,15 @@ def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
     if "clamp" in at and not at[projection] < at["clamp"] < at[activation]:
         report.error(stages["clamp"].span, "'clamp' goes between the projection and the activation")
     return Expert(
-        gated=gated, activation=activation, alpha=alpha, gate_up_bias=gate_up_bias, down_bias=down_bias,
-        up_plus_one="up_plus_one" in at, affinity_scale=scale, span=pipeline.span, **clamps,
+        gated=gated,
+        activation=activation,
+        alpha=alpha,
+        gate_up_bias=gate_up_bias,
+        down_bias=down_bias,
+        up_plus_one="up_plus_one" in at,
+        affinity_scale=scale,
+        span=pipeline.span,
+        **clamps,
     )
 
 
@@ -350,8 +371,11 @@ def _clamps(stage: Stage | None, gated: bool, report: _Collector) -> dict[str, f
     targets = ("gate", "up") if gated else ("gate",)
     for arg in stage.args:
         if arg.name not in targets or arg.value is not None:
-            report.error(arg.span, f"clamp takes bounds on {' and '.join(targets)}, e.g. 'gate <= 7'",
-                         did_you_mean(str(arg.name), targets) if arg.name else None)
+            report.error(
+                arg.span,
+                f"clamp takes bounds on {' and '.join(targets)}, e.g. 'gate <= 7'",
+                did_you_mean(str(arg.name), targets) if arg.name else None,
+            )
             continue
         for side, bound in (("min", arg.lower), ("max", arg.upper)):
             if bound is None:
@@ -430,8 +454,11 @@ def _kernel(decl: KernelDecl, families, schemas, defaults, declared, report: _Co
         return None
     same_file = [name for name in declared if name.lower() == decl.name.lower()]
     if same_file:
-        report.error(decl.name_span, f"kernel '{decl.name}' differs from kernel '{same_file[0]}' only in case: "
-                                     "their files would collide on case-insensitive file systems")
+        report.error(
+            decl.name_span,
+            f"kernel '{decl.name}' differs from kernel '{same_file[0]}' only in case: "
+            "their files would collide on case-insensitive file systems",
+        )
         return None
     if decl.base in families:
         family = decl.base
@@ -493,7 +520,14 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
     if report.diagnostics:
         raise SpecError(report.diagnostics, syntax.text)
     layer = Layer(
-        name=syntax.name, path=syntax.path, dims=dims, dtype=dtypes[0], out_dtype=dtypes[1],
-        router=router, expert=expert, quant=quant, span=syntax.name_span,
+        name=syntax.name,
+        path=syntax.path,
+        dims=dims,
+        dtype=dtypes[0],
+        out_dtype=dtypes[1],
+        router=router,
+        expert=expert,
+        quant=quant,
+        span=syntax.name_span,
     )
     return Spec(syntax.path, syntax.text, layer, variants)

@@ -43,8 +43,9 @@ def default_tokens(plan: KernelPlan) -> int:
     return getattr(plan, "verify_tokens", None) or 4
 
 
-def verify_plan(plan: KernelPlan, kernel_path: Path, tokens: int | None = None,
-                seed: int = DEFAULT_SEED) -> list[OutputCheck]:
+def verify_plan(
+    plan: KernelPlan, kernel_path: Path, tokens: int | None = None, seed: int = DEFAULT_SEED
+) -> list[OutputCheck]:
     """Run one generated kernel on seeded inputs and compare every output per element."""
     from moegen import sim
 
@@ -62,8 +63,9 @@ def verify_plan(plan: KernelPlan, kernel_path: Path, tokens: int | None = None,
     return checks
 
 
-def verify_plans(plans: list[KernelPlan], kernel_dir: Path, out: Callable[[str], None] = print,
-                 tokens: int | None = None) -> bool:
+def verify_plans(
+    plans: list[KernelPlan], kernel_dir: Path, out: Callable[[str], None] = print, tokens: int | None = None
+) -> bool:
     """Verify each plan's generated kernel in kernel_dir; print a line per variant and output."""
     all_ok = True
     for index, plan in enumerate(plans, 1):
@@ -78,8 +80,10 @@ def verify_plans(plans: list[KernelPlan], kernel_dir: Path, out: Callable[[str],
             continue
         for check in checks:
             status = "ok  " if check.ok else "FAIL"
-            out(f"    {status} {check.name:<24} max_abs={check.max_abs:.3e} max_rel={check.max_rel:.3e}"
-                + ("" if check.ok else f"  {check.detail}"))
+            out(
+                f"    {status} {check.name:<24} max_abs={check.max_abs:.3e} max_rel={check.max_rel:.3e}"
+                + ("" if check.ok else f"  {check.detail}")
+            )
             all_ok &= check.ok
         out(f"    {time.perf_counter() - start:.1f}s")
     return all_ok

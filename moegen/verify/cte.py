@@ -19,8 +19,9 @@ OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
 WEIGHT_BYTES_RESIDENT = 1 << 30  # random weights for every expert up to this size (the machine is shared)
 
 
-def routing(tokens: int, experts: int, top_k: int, rng: np.random.Generator,
-            experts_used: int | None = None) -> np.ndarray:
+def routing(
+    tokens: int, experts: int, top_k: int, rng: np.random.Generator, experts_used: int | None = None
+) -> np.ndarray:
     """expert_index [T, K] int32: K distinct experts per token, drawn from the first `experts_used`."""
     pool = experts if experts_used is None else experts_used
     if pool < top_k:
@@ -29,8 +30,14 @@ def routing(tokens: int, experts: int, top_k: int, rng: np.random.Generator,
     return np.argsort(keys, axis=1)[:, :top_k].astype(np.int32)
 
 
-def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_index: np.ndarray | None = None,
-                num_blocks: int | None = None) -> dict[str, np.ndarray]:
+def make_inputs(
+    plan: CtePlan,
+    tokens: int,
+    rng: np.random.Generator,
+    *,
+    expert_index: np.ndarray | None = None,
+    num_blocks: int | None = None,
+) -> dict[str, np.ndarray]:
     """Kernel arguments by name (plan.arguments), plus `expert_index`, `expert_affinities` [T, K] and
     `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget."""
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
@@ -40,8 +47,15 @@ def make_inputs(plan: CtePlan, tokens: int, rng: np.random.Generator, *, expert_
     tokens = expert_index.shape[0]
     raw = rng.random((tokens, k)) + 0.25
     affinities = quant.cast(raw / raw.sum(axis=1, keepdims=True), plan.dtype)
-    blocks = blocking.build_blocks(expert_index, affinities, e, plan.block, pad_with=-1 if plan.pad_skip else "T",
-                                   dropless=not plan.dropping, num_blocks=None if plan.dropping else num_blocks)
+    blocks = blocking.build_blocks(
+        expert_index,
+        affinities,
+        e,
+        plan.block,
+        pad_with=-1 if plan.pad_skip else "T",
+        dropless=not plan.dropping,
+        num_blocks=None if plan.dropping else num_blocks,
+    )
     hidden = np.zeros((tokens + 1, h), dtype=dt)
     hidden[:tokens] = quant.cast(rng.standard_normal((tokens, h)), plan.dtype)
     inputs: dict[str, np.ndarray] = {
@@ -79,8 +93,10 @@ def _weights(plan: CtePlan, rng: np.random.Generator, used: np.ndarray) -> dict[
     only committed where written, so the full [E, ...] tensors cost memory only for used experts."""
     h, i, e = plan.hidden, plan.intermediate, plan.experts
     wdt = quant.np_dtype(plan.weight_dtype)
-    arrays = {"gate_up_proj_weight": np.zeros((e, h, 2, i), dtype=wdt),
-              "down_proj_weight": np.zeros((e, i, h), dtype=wdt)}
+    arrays = {
+        "gate_up_proj_weight": np.zeros((e, h, 2, i), dtype=wdt),
+        "down_proj_weight": np.zeros((e, i, h), dtype=wdt),
+    }
     if plan.quantized:
         rows = plan.gate_scale == "row"
         arrays["gate_up_proj_scale"] = np.ones((e, 2, i if rows else 1), dtype=np.float32)
@@ -114,18 +130,34 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     mlp = plan.mlp
     shift = mlp.up_constant
     result = cte_reference.moe_cte(
-        *(inputs[name] for name in ("hidden_states", "expert_affinities_masked", "gate_up_proj_weight",
-                                    "down_proj_weight", "token_position_to_id", "block_to_expert")),
+        *(
+            inputs[name]
+            for name in (
+                "hidden_states",
+                "expert_affinities_masked",
+                "gate_up_proj_weight",
+                "down_proj_weight",
+                "token_position_to_id",
+                "block_to_expert",
+            )
+        ),
         plan.block,
         conditions=inputs["conditions"] if plan.hybrid else None,
-        gate_and_up_proj_bias=inputs.get("gate_and_up_proj_bias"), down_proj_bias=inputs.get("down_proj_bias"),
-        gate_up_proj_scale=inputs.get("gate_up_proj_scale"), down_proj_scale=inputs.get("down_proj_scale"),
-        activation_function=mlp.activation, alpha=mlp.alpha, is_tensor_update_accumulating=plan.accumulate,
+        gate_and_up_proj_bias=inputs.get("gate_and_up_proj_bias"),
+        down_proj_bias=inputs.get("down_proj_bias"),
+        gate_up_proj_scale=inputs.get("gate_up_proj_scale"),
+        down_proj_scale=inputs.get("down_proj_scale"),
+        activation_function=mlp.activation,
+        alpha=mlp.alpha,
+        is_tensor_update_accumulating=plan.accumulate,
         affinity_scale=mlp.affinity_scale,
-        gate_clamp_lower_limit=mlp.gate_lower, gate_clamp_upper_limit=mlp.gate_upper,
+        gate_clamp_lower_limit=mlp.gate_lower,
+        gate_clamp_upper_limit=mlp.gate_upper,
         up_clamp_lower_limit=None if mlp.up_lower is None else mlp.up_lower - shift,
         up_clamp_upper_limit=None if mlp.up_upper is None else mlp.up_upper - shift,
-        up_plus_one=mlp.up_plus_one, output_dtype=plan.out_dtype, checkpoint=plan.checkpoint,
+        up_plus_one=mlp.up_plus_one,
+        output_dtype=plan.out_dtype,
+        checkpoint=plan.checkpoint,
         precision=reference_precision(plan),
     )
     outputs = dict(zip(OUTPUTS, result if plan.checkpoint else (result,)))
@@ -148,8 +180,10 @@ def run(kernel, plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     launch = kernel[2] if plan.lnc == 2 else kernel
     result = sim.simulate(launch, trace=False)(*kernel_arguments(plan, inputs))  # no trace: tiles freed per block
     outputs = dict(zip(OUTPUTS, result if isinstance(result, tuple) else (result,)))
-    return {name: mask_unspecified(plan, inputs, name, np.asarray(value, dtype=np.float32))
-            for name, value in outputs.items()}
+    return {
+        name: mask_unspecified(plan, inputs, name, np.asarray(value, dtype=np.float32))
+        for name, value in outputs.items()
+    }
 
 
 def mask_unspecified(plan: CtePlan, inputs: dict[str, np.ndarray], name: str, value: np.ndarray) -> np.ndarray:
@@ -161,7 +195,7 @@ def mask_unspecified(plan: CtePlan, inputs: dict[str, np.ndarray], name: str, va
     slots = np.asarray(inputs["token_position_to_id"]).reshape(-1, plan.block)
     skipped = slots < 0
     if plan.hybrid:
-        ran = np.asarray(inputs["conditions"]).reshape(-1)[:slots.shape[0]] != 0
+        ran = np.asarray(inputs["conditions"]).reshape(-1)[: slots.shape[0]] != 0
         skipped |= ~ran[:, None]
     if name == "gate_up_activations_T":
         value[np.broadcast_to(skipped[:, None, None, :], value.shape)] = 0.0

@@ -25,7 +25,9 @@ def weight_exponent(hidden: int) -> int:
     return max(0, round(math.log2(5.7 * math.sqrt(hidden))))
 
 
-def make_inputs(plan: RouterPlan, tokens: int, rng: np.random.Generator, *, ties: bool = False) -> dict[str, np.ndarray]:
+def make_inputs(
+    plan: RouterPlan, tokens: int, rng: np.random.Generator, *, ties: bool = False
+) -> dict[str, np.ndarray]:
     """Seeded grid inputs by kernel argument name. ties=True makes every row of w repeat a few values
     across experts, so that many tokens have equal logits (and scores) for several experts."""
     dtype = np_dtype(plan.in_dtype)
@@ -50,11 +52,18 @@ def make_inputs(plan: RouterPlan, tokens: int, rng: np.random.Generator, *, ties
 def expected(plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The reference outputs the kernel returns, rounded to the kernel's output dtype."""
     logits, index, affinities, eager = router_topk(
-        inputs["x"].astype(np.float32), inputs["w"].astype(np.float32),
+        inputs["x"].astype(np.float32),
+        inputs["w"].astype(np.float32),
         inputs["w_bias"].astype(np.float32) if plan.w_bias else None,
-        act_fn=plan.act, k=plan.top_k, x_layout=plan.x_layout, router_pre_norm=plan.pre_norm,
-        norm_topk_prob=plan.renormalize, selection_bias=inputs.get("selection_bias"),
-        n_group=plan.n_group, topk_group=plan.topk_group, routed_scaling_factor=plan.scaling_factor,
+        act_fn=plan.act,
+        k=plan.top_k,
+        x_layout=plan.x_layout,
+        router_pre_norm=plan.pre_norm,
+        norm_topk_prob=plan.renormalize,
+        selection_bias=inputs.get("selection_bias"),
+        n_group=plan.n_group,
+        topk_group=plan.topk_group,
+        routed_scaling_factor=plan.scaling_factor,
         return_eager_affi=True,
     )
     out = {}
@@ -69,9 +78,11 @@ def expected(plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
 
 def output_names(plan: RouterPlan) -> tuple[str, ...]:
     """The names of the kernel's returned tensors, in return order."""
-    return tuple(name for name in OUTPUT_NAMES
-                 if (name != "router_logits" or plan.store_logits)
-                 and (name != "expert_affinities_eager" or plan.eager))
+    return tuple(
+        name
+        for name in OUTPUT_NAMES
+        if (name != "router_logits" or plan.store_logits) and (name != "expert_affinities_eager" or plan.eager)
+    )
 
 
 def run(kernel, plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -26,11 +26,22 @@ SEED = 20261123
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cte_spec(kernels: str, *, hidden: int = 256, intermediate: int = 256, experts: int = 4, top_k: int = 2,
-             dtype: str = "bf16", expert: str = "gate_up -> silu -> down -> scale", quant: str = "") -> str:
+def cte_spec(
+    kernels: str,
+    *,
+    hidden: int = 256,
+    intermediate: int = 256,
+    experts: int = 4,
+    top_k: int = 2,
+    dtype: str = "bf16",
+    expert: str = "gate_up -> silu -> down -> scale",
+    quant: str = "",
+) -> str:
     quant_line = f"  quant {quant}\n" if quant else ""
-    return (f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
-            f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n")
+    return (
+        f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
+        f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+    )
 
 
 _BUILD_DIR: list[Path] = []
@@ -114,11 +125,16 @@ def test_blockwise_kernel_equals_plain_per_token_moe():
     text = cte_spec("kernel p : cte { block=128 }")
     plan, inputs, got, _ = run(text, "p", 200)
     per_token = cte_reference.moe_per_token(
-        inputs["hidden_states"][:-1], inputs["expert_index"], inputs["expert_affinities"],
-        inputs["gate_up_proj_weight"], inputs["down_proj_weight"], output_dtype="bf16",
-        precision=harness.reference_precision(plan))
+        inputs["hidden_states"][:-1],
+        inputs["expert_index"],
+        inputs["expert_affinities"],
+        inputs["gate_up_proj_weight"],
+        inputs["down_proj_weight"],
+        output_dtype="bf16",
+        precision=harness.reference_precision(plan),
+    )
     # the per-token sum rounds once; the kernel rounds each of the K contributions: 2 bf16 steps apart at most
-    result = compare("out", got["out"][:-1], per_token, rtol=2 ** -5, atol=2 ** -5)
+    result = compare("out", got["out"][:-1], per_token, rtol=2**-5, atol=2**-5)
     assert result.ok, str(result)
 
 
@@ -131,10 +147,16 @@ def test_dropping_matches_reference_and_drops_beyond_capacity():
     assert got["gate_up_activations_T"].shape == (4, 2, 256, 128)
     assert inputs["dropped"].any()
     per_token = cte_reference.moe_per_token(
-        inputs["hidden_states"][:-1], inputs["expert_index"], inputs["expert_affinities"],
-        inputs["gate_up_proj_weight"], inputs["down_proj_weight"], keep=~inputs["dropped"], output_dtype="bf16",
-        precision=harness.reference_precision(plan))
-    result = compare("out", got["out"][:-1], per_token, rtol=2 ** -5, atol=2 ** -5)
+        inputs["hidden_states"][:-1],
+        inputs["expert_index"],
+        inputs["expert_affinities"],
+        inputs["gate_up_proj_weight"],
+        inputs["down_proj_weight"],
+        keep=~inputs["dropped"],
+        output_dtype="bf16",
+        precision=harness.reference_precision(plan),
+    )
+    result = compare("out", got["out"][:-1], per_token, rtol=2**-5, atol=2**-5)
     assert result.ok, str(result)
 
 
@@ -149,14 +171,24 @@ kernel block1 : cte { block=128 checkpoint }
   kernel drop1  : cte { block=128 checkpoint dropping }
   kernel drop2  : cte { block=128 checkpoint dropping shard=intermediate lnc=2 }"""
 # GPT-OSS-like: fp8 row dequant, both biases, all four clamps, swish(1.702), +1 on up, POST_SCALE, top-2
-EPILOGUE_A = cte_spec(MATRIX_VARIANTS, hidden=320, intermediate=192, quant="weights=fp8_row",
-                      expert="gate_up(bias) -> clamp(-1.5 <= gate <= 1, -1 <= up <= 1) -> swish(1.702) "
-                             "-> up_plus_one -> down(bias) -> scale")
+EPILOGUE_A = cte_spec(
+    MATRIX_VARIANTS,
+    hidden=320,
+    intermediate=192,
+    quant="weights=fp8_row",
+    expert="gate_up(bias) -> clamp(-1.5 <= gate <= 1, -1 <= up <= 1) -> swish(1.702) "
+    "-> up_plus_one -> down(bias) -> scale",
+)
 # fp8 static dequant, PRE_SCALE, top-1 overwrite, gelu_tanh, down bias only, padding skipped by -1
-EPILOGUE_B = cte_spec(MATRIX_VARIANTS.replace("checkpoint", "checkpoint padding=skip"), top_k=1,
-                      quant="weights=fp8_static", expert="scale -> gate_up -> gelu_tanh -> down(bias)")
-MATRIX = [("A", k) for k in ("block1", "block2", "i1", "i2", "hybrid2", "drop1", "drop2")] + \
-         [("B", k) for k in ("block2", "i1", "hybrid2", "drop2")]
+EPILOGUE_B = cte_spec(
+    MATRIX_VARIANTS.replace("checkpoint", "checkpoint padding=skip"),
+    top_k=1,
+    quant="weights=fp8_static",
+    expert="scale -> gate_up -> gelu_tanh -> down(bias)",
+)
+MATRIX = [("A", k) for k in ("block1", "block2", "i1", "i2", "hybrid2", "drop1", "drop2")] + [
+    ("B", k) for k in ("block2", "i1", "hybrid2", "drop2")
+]
 
 
 @pytest.mark.parametrize("epilogue, kernel", MATRIX, ids=[f"{e}-{k}" for e, k in MATRIX])
@@ -187,18 +219,36 @@ SWEEP = [
     ("squared_relu", dict(expert="gate_up -> squared_relu -> down -> scale"), "block=128", 100),
     ("pre_scale_top1", dict(top_k=1, expert="scale -> gate_up -> silu -> down"), "block=128 lnc=2", 150),
     ("no_scale", dict(expert="gate_up -> silu -> down"), "block=128", 100),
-    ("bias_clamp_plus_one", dict(expert="gate_up(bias) -> clamp(gate <= 1, -1 <= up <= 1) -> swish(1.702) "
-                                        "-> up_plus_one -> down(bias) -> scale"),
-     "block=128 shard=intermediate lnc=2", 120),
-    ("gate_clamps_only", dict(expert="gate_up -> clamp(-0.5 <= gate <= 0.5) -> silu -> down -> scale"),
-     "block=128", 100),
+    (
+        "bias_clamp_plus_one",
+        dict(
+            expert="gate_up(bias) -> clamp(gate <= 1, -1 <= up <= 1) -> swish(1.702) "
+            "-> up_plus_one -> down(bias) -> scale"
+        ),
+        "block=128 shard=intermediate lnc=2",
+        120,
+    ),
+    (
+        "gate_clamps_only",
+        dict(expert="gate_up -> clamp(-0.5 <= gate <= 0.5) -> silu -> down -> scale"),
+        "block=128",
+        100,
+    ),
     ("pad_skip", {}, "block=128 padding=skip", 130),
     ("pad_skip_lnc2_top1", dict(top_k=1), "block=128 padding=skip lnc=2", 130),
-    ("checkpoint_clamp", dict(expert="gate_up(bias) -> clamp(gate <= 1) -> silu -> down(bias) -> scale"),
-     "block=128 checkpoint", 100),
+    (
+        "checkpoint_clamp",
+        dict(expert="gate_up(bias) -> clamp(gate <= 1) -> silu -> down(bias) -> scale"),
+        "block=128 checkpoint",
+        100,
+    ),
     ("checkpoint_hybrid_skip", {}, "block=128 checkpoint shard=intermediate loop=hybrid padding=skip", 100),
-    ("fp8_bias_pre_lnc2_i", dict(quant="weights=fp8_row", expert="scale -> gate_up(bias) -> relu -> down(bias)",
-                                 top_k=1), "block=128 shard=intermediate lnc=2", 100),
+    (
+        "fp8_bias_pre_lnc2_i",
+        dict(quant="weights=fp8_row", expert="scale -> gate_up(bias) -> relu -> down(bias)", top_k=1),
+        "block=128 shard=intermediate lnc=2",
+        100,
+    ),
     ("out_fp32", dict(dtype="in=bf16 out=fp32"), "block=128", 100),
     ("hybrid_block_lnc1_fp8_static", dict(quant="weights=fp8_static"), "block=128 loop=hybrid", 100),
 ]
@@ -248,9 +298,11 @@ def test_kernel_rejects_a_wrong_shape_by_name():
 
 # ------------------------------------------------------------------ real model shapes
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["cte_seed_variants", "mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b",
-                                  "llama4_scout", "deepseek_v3"])
+@pytest.mark.parametrize(
+    "spec", ["cte_seed_variants", "mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b", "llama4_scout", "deepseek_v3"]
+)
 def test_real_model_specs_verify(spec, tmp_path):
     from moegen.verify import verify_plans
 

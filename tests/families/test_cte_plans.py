@@ -12,8 +12,14 @@ from moegen.diagnostics import SpecError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def layer_spec(kernels: str, *, dims: str = "hidden=512 intermediate=512 experts=8 top_k=2", dtype: str = "bf16",
-               expert: str = "gate_up -> silu -> down -> scale", quant: str = "") -> str:
+def layer_spec(
+    kernels: str,
+    *,
+    dims: str = "hidden=512 intermediate=512 experts=8 top_k=2",
+    dtype: str = "bf16",
+    expert: str = "gate_up -> silu -> down -> scale",
+    quant: str = "",
+) -> str:
     quant_line = f"  quant {quant}\n" if quant else ""
     return f"moe t {{\n  dims {dims}\n  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
 
@@ -36,28 +42,40 @@ def test_shard_on_block_lnc1_defaults(tmp_path):
     assert plan.token_tiles == 2 and plan.token_chunks == ((0, 256),)
     assert plan.h_tiles == ((0, 128), (128, 128), (256, 128), (384, 128))
     assert plan.resident_weights and plan.reuse_weights
-    assert plan.arguments == ("hidden_states", "expert_affinities_masked", "gate_up_proj_weight",
-                              "down_proj_weight", "token_position_to_id", "block_to_expert")
+    assert plan.arguments == (
+        "hidden_states",
+        "expert_affinities_masked",
+        "gate_up_proj_weight",
+        "down_proj_weight",
+        "token_position_to_id",
+        "block_to_expert",
+    )
 
 
 def test_shard_on_i_lnc2_splits_intermediate_and_output_columns(tmp_path):
-    (plan,) = plans(tmp_path, layer_spec("kernel p : cte { shard=intermediate lnc=2 }",
-                                         dims="hidden=2880 intermediate=2880 experts=32 top_k=4"))
+    (plan,) = plans(
+        tmp_path,
+        layer_spec(
+            "kernel p : cte { shard=intermediate lnc=2 }", dims="hidden=2880 intermediate=2880 experts=32 top_k=4"
+        ),
+    )
     assert plan.exchange and plan.i_core == 1440 and plan.h_out == 1440
     assert plan.i_tiles[-1] == (1408, 32)  # tail tile of I
     assert plan.h_tiles[-1] == (2816, 64)  # tail tile of H
 
 
 def test_top1_overwrites_and_hybrid_reads_conditions(tmp_path):
-    text = layer_spec("kernel p : cte { shard=intermediate loop=hybrid }",
-                      dims="hidden=512 intermediate=512 experts=8 top_k=1")
+    text = layer_spec(
+        "kernel p : cte { shard=intermediate loop=hybrid }", dims="hidden=512 intermediate=512 experts=8 top_k=1"
+    )
     (plan,) = plans(tmp_path, text)
     assert not plan.accumulate and plan.hybrid and "conditions" in plan.arguments
 
 
 def test_large_expert_streams_weights_in_chunks_that_fit(tmp_path):
-    (plan,) = plans(tmp_path, layer_spec("kernel p : cte { }", dims="hidden=4096 intermediate=14336 experts=8 "
-                                                                   "top_k=2 tp=8"))
+    (plan,) = plans(
+        tmp_path, layer_spec("kernel p : cte { }", dims="hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8")
+    )
     assert not plan.resident_weights and not plan.reuse_weights
     assert plan.sbuf_bytes() <= 224 * 1024 - 16 * 1024
     assert plan.psum_banks() <= 8
@@ -71,33 +89,41 @@ def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):
     assert plan.weight_dtype == "fp8"
 
 
-@pytest.mark.parametrize("kernel, needle", [
-    ("kernel p : cte { loop=hybrid lnc=2 }", "loop=hybrid at lnc=2 needs shard=intermediate"),
-    ("kernel p : cte { shard=intermediate loop=hybrid dropping }", "loop=hybrid cannot drop tokens"),
-    ("kernel p : cte { update=overwrite }", "update=overwrite needs top_k 1"),
-    ("kernel p : cte { distribute=halves }", "needs shard=block and lnc=2"),
-    ("kernel p : cte { block=384 block=128 }", "given twice"),
-    ("kernel p : cte { block=320 }", "multiple of 128"),
-    ("kernel p : cte { block=2048 }", "at most 1024"),
-])
+@pytest.mark.parametrize(
+    "kernel, needle",
+    [
+        ("kernel p : cte { loop=hybrid lnc=2 }", "loop=hybrid at lnc=2 needs shard=intermediate"),
+        ("kernel p : cte { shard=intermediate loop=hybrid dropping }", "loop=hybrid cannot drop tokens"),
+        ("kernel p : cte { update=overwrite }", "update=overwrite needs top_k 1"),
+        ("kernel p : cte { distribute=halves }", "needs shard=block and lnc=2"),
+        ("kernel p : cte { block=384 block=128 }", "given twice"),
+        ("kernel p : cte { block=320 }", "multiple of 128"),
+        ("kernel p : cte { block=2048 }", "at most 1024"),
+    ],
+)
 def test_refused_variants_say_why(tmp_path, kernel, needle):
     assert needle in refusal(tmp_path, layer_spec(kernel))
 
 
-@pytest.mark.parametrize("setting, needle", [
-    (dict(dtype="fp32"), "bf16 or fp16"),
-    (dict(quant="weights=mxfp4"), "nc_matmul_mx"),
-    (dict(quant="weights=fp8_row activations=fp8_static"), "static fp8 input quantization is not generated"),
-    (dict(expert="up -> relu -> down"), "non-gated"),
-    (dict(dims="hidden=520 intermediate=512 experts=8 top_k=2"), "multiples of 16"),
-    (dict(dims="hidden=512 intermediate=520 experts=8 top_k=2"), "multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "setting, needle",
+    [
+        (dict(dtype="fp32"), "bf16 or fp16"),
+        (dict(quant="weights=mxfp4"), "nc_matmul_mx"),
+        (dict(quant="weights=fp8_row activations=fp8_static"), "static fp8 input quantization is not generated"),
+        (dict(expert="up -> relu -> down"), "non-gated"),
+        (dict(dims="hidden=520 intermediate=512 experts=8 top_k=2"), "multiples of 16"),
+        (dict(dims="hidden=512 intermediate=520 experts=8 top_k=2"), "multiple of 16"),
+    ],
+)
 def test_refused_layers_say_why(tmp_path, setting, needle):
     assert needle in refusal(tmp_path, layer_spec("kernel p : cte { }", **setting))
 
 
 def test_shard_on_i_lnc2_needs_i_multiple_of_32(tmp_path):
-    text = layer_spec("kernel p : cte { shard=intermediate lnc=2 }", dims="hidden=512 intermediate=528 experts=8 top_k=2")
+    text = layer_spec(
+        "kernel p : cte { shard=intermediate lnc=2 }", dims="hidden=512 intermediate=528 experts=8 top_k=2"
+    )
     assert "multiple of 32" in refusal(tmp_path, text)
 
 
@@ -126,13 +152,15 @@ def test_generated_kernels_pass_the_static_and_api_checks(tmp_path):
     from moegen.codegen.build import write
     from moegen.compiler import generate
 
-    text = layer_spec("""kernel block2 : cte { lnc=2 checkpoint }
+    text = layer_spec(
+        """kernel block2 : cte { lnc=2 checkpoint }
   kernel i2 : cte { shard=intermediate lnc=2 padding=skip }
   kernel hybrid : cte { shard=intermediate loop=hybrid checkpoint }
-  kernel drop : cte { dropping weights=stream }""", dims="hidden=320 intermediate=192 experts=4 top_k=2",
-                      quant="weights=fp8_row",
-                      expert="gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one "
-                             "-> down(bias) -> scale")
+  kernel drop : cte { dropping weights=stream }""",
+        dims="hidden=320 intermediate=192 experts=4 top_k=2",
+        quant="weights=fp8_row",
+        expert="gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale",
+    )
     (tmp_path / "t.moe").write_text(text)
     folder = write(generate(tmp_path / "t.moe"), tmp_path / "generated")
     for path in sorted(folder.glob("*.py")):

@@ -24,10 +24,19 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
 
 
-def router_spec(*, hidden: int = 256, experts: int = 16, top_k: int = 2, router: str = "linear -> topk -> softmax",
-                kernels: str = "kernel route : router { }", dtype: str = "bf16") -> str:
-    return (f"moe t {{\n  dims hidden={hidden} intermediate=128 experts={experts} top_k={top_k}\n"
-            f"  dtype {dtype}\n  router = {router}\n  {kernels}\n}}\n")
+def router_spec(
+    *,
+    hidden: int = 256,
+    experts: int = 16,
+    top_k: int = 2,
+    router: str = "linear -> topk -> softmax",
+    kernels: str = "kernel route : router { }",
+    dtype: str = "bf16",
+) -> str:
+    return (
+        f"moe t {{\n  dims hidden={hidden} intermediate=128 experts={experts} top_k={top_k}\n"
+        f"  dtype {dtype}\n  router = {router}\n  {kernels}\n}}\n"
+    )
 
 
 _BUILD_DIR: list[Path] = []
@@ -129,9 +138,13 @@ def pairwise_cases() -> list[dict]:
 def sweep_spec(case: dict) -> str:
     hidden = 192 if case["layout"] == "ht" else 256  # 192 = 128 + 64: a partial contraction tile
     options = f"layout={case['layout']} scatter={case['scatter']} lnc={case['lnc']}"
-    return router_spec(hidden=hidden, experts=case["experts"], top_k=case["top_k"],
-                       router=PIPELINES[(case["act"], case["norm"])],
-                       kernels=f"kernel route : router {{ {options} }}")
+    return router_spec(
+        hidden=hidden,
+        experts=case["experts"],
+        top_k=case["top_k"],
+        router=PIPELINES[(case["act"], case["norm"])],
+        kernels=f"kernel route : router {{ {options} }}",
+    )
 
 
 def case_id(case: dict) -> str:
@@ -163,7 +176,9 @@ def test_router_matches_reference_full_product(case):
 
 def test_equal_logits_pick_the_lowest_experts_once_each():
     """w = 0: every logit of every token is 0; experts 0..K-1 win, each once, K = 10 spans two max8 rounds."""
-    text = router_spec(experts=16, top_k=10, router="linear -> topk -> softmax", kernels="kernel route : router { eager }")
+    text = router_spec(
+        experts=16, top_k=10, router="linear -> topk -> softmax", kernels="kernel route : router { eager }"
+    )
     generated, _ = build(text)
     plan = generated.plans[0]
     rng = np.random.default_rng(SEED)
@@ -177,8 +192,9 @@ def test_equal_logits_pick_the_lowest_experts_once_each():
     assert (affinities[:, 10:] == 0).all()
 
 
-@pytest.mark.parametrize("router", ["linear -> topk -> softmax", "linear -> softmax -> topk -> renormalize",
-                                    "linear -> sigmoid -> topk"])
+@pytest.mark.parametrize(
+    "router", ["linear -> topk -> softmax", "linear -> softmax -> topk -> renormalize", "linear -> sigmoid -> topk"]
+)
 @pytest.mark.parametrize("scatter", ["onehot", "dma"])
 def test_repeated_scores_match_the_reference(router, scatter):
     """Each expert's w column is one of E/4 columns: many tokens have equal scores for several experts."""
@@ -206,8 +222,12 @@ def test_ties_do_not_depend_on_how_find_index8_pairs_duplicate_values(monkeypatc
         positions, found = isa_compute._occurrence_positions(values, wanted, np.zeros((rows, 8), np.int64))
         isa_compute._write(dst, np.where(found, positions, 0xFFFFFFFF).astype(np.uint32))
 
-    text = router_spec(experts=32, top_k=10, router="linear -> softmax -> topk -> renormalize",
-                       kernels="kernel route : router { scatter=dma }")
+    text = router_spec(
+        experts=32,
+        top_k=10,
+        router="linear -> softmax -> topk -> renormalize",
+        kernels="kernel route : router { scatter=dma }",
+    )
     _, modules = build(text)
     monkeypatch.setattr(modules["route"].nisa, "nc_find_index8", first_occurrence_for_every_val)
     plan, _, got, want = run_kernel(text, "route", 20, ties=True)
@@ -220,9 +240,12 @@ def test_ties_do_not_depend_on_how_find_index8_pairs_duplicate_values(monkeypatc
 
 def test_deepseek_style_group_limit_selection_bias_and_scaling():
     """sigmoid, selection bias, 8 groups keep 3, top-6 of 64, renormalised, scaled 2.5, LNC=2, odd T."""
-    text = router_spec(experts=64, top_k=6, router="linear -> sigmoid -> select_bias -> group_limit(groups=8, keep=3) "
-                                                  "-> topk -> renormalize -> scale(2.5)",
-                       kernels="kernel route : router { lnc=2 eager }")
+    text = router_spec(
+        experts=64,
+        top_k=6,
+        router="linear -> sigmoid -> select_bias -> group_limit(groups=8, keep=3) -> topk -> renormalize -> scale(2.5)",
+        kernels="kernel route : router { lnc=2 eager }",
+    )
     assert_matches(text, tokens=131)
 
 
@@ -234,8 +257,12 @@ def test_group_limit_with_small_groups_and_no_selection_bias():
 
 def test_selection_bias_chooses_but_does_not_weigh():
     """A huge bias on expert 5 makes every token choose it; its weight is still its own sigmoid score."""
-    text = router_spec(experts=16, top_k=2, router="linear -> sigmoid -> select_bias -> topk",
-                       kernels="kernel route : router { eager }")
+    text = router_spec(
+        experts=16,
+        top_k=2,
+        router="linear -> sigmoid -> select_bias -> topk",
+        kernels="kernel route : router { eager }",
+    )
     generated, _ = build(text)
     plan = generated.plans[0]
     inputs = harness.make_inputs(plan, 6, np.random.default_rng(SEED))
@@ -244,30 +271,46 @@ def test_selection_bias_chooses_but_does_not_weigh():
     _, _, got, want = run_kernel(text, "route", 6, inputs=inputs)
     assert (got["expert_index"][:, 0] == 5).all()
     logits = want["router_logits"].astype(np.float32)
-    np.testing.assert_allclose(got["expert_affinities_eager"][:, 0].astype(np.float32),
-                               1 / (1 + np.exp(-logits[:, 5])), rtol=2**-7)
+    np.testing.assert_allclose(
+        got["expert_affinities_eager"][:, 0].astype(np.float32), 1 / (1 + np.exp(-logits[:, 5])), rtol=2**-7
+    )
     assert (got["expert_index"] == want["expert_index"]).all()
 
 
 @pytest.mark.parametrize("experts, top_k", [(1, 1), (4, 3)])
 def test_fewer_than_eight_experts_pad_the_max8_row(experts, top_k):
-    text = router_spec(experts=experts, top_k=top_k, router="linear -> softmax -> topk",
-                       kernels="kernel route : router { scatter=dma eager }")
+    text = router_spec(
+        experts=experts,
+        top_k=top_k,
+        router="linear -> softmax -> topk",
+        kernels="kernel route : router { scatter=dma eager }",
+    )
     assert_matches(text, tokens=5)
 
 
 @pytest.mark.parametrize("hidden", [96, 2880])  # below one tile; GPT-OSS's 22 x 128 + 64
 @pytest.mark.parametrize("layout", ["th", "ht"])
 def test_hidden_not_a_multiple_of_128(hidden, layout):
-    text = router_spec(hidden=hidden, experts=32, top_k=4, router="linear(bias) -> topk -> softmax",
-                       kernels=f"kernel route : router {{ layout={layout} }}")
+    text = router_spec(
+        hidden=hidden,
+        experts=32,
+        top_k=4,
+        router="linear(bias) -> topk -> softmax",
+        kernels=f"kernel route : router {{ layout={layout} }}",
+    )
     assert_matches(text, tokens=9)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "in=bf16 out=fp32"])
 def test_other_dtypes_with_bias_and_row_layout(dtype):
-    text = router_spec(hidden=384, experts=24, top_k=3, router="linear(bias) -> topk -> softmax", dtype=dtype,
-                       kernels="kernel route : router { layout=ht eager }")
+    text = router_spec(
+        hidden=384,
+        experts=24,
+        top_k=3,
+        router="linear(bias) -> topk -> softmax",
+        dtype=dtype,
+        kernels="kernel route : router { layout=ht eager }",
+    )
     assert_matches(text, tokens=33)
 
 
@@ -301,8 +344,9 @@ def test_plan_ranks_logits_unless_the_choice_needs_activated_scores():
 
 
 def test_variant_overrides_of_the_pipeline_are_explained():
-    plan = next(p for p in generate(REPO / "specs" / "router_seed_matrix.moe").plans
-                if p.kernel_name == "ht_dma_post_lnc2")
+    plan = next(
+        p for p in generate(REPO / "specs" / "router_seed_matrix.moe").plans if p.kernel_name == "ht_dma_post_lnc2"
+    )
     assert (plan.pre_norm, plan.renormalize, plan.lnc, plan.scatter, plan.x_layout) == (False, False, 2, "dma", "ht")
     assert "overrides the spec's router with norm=post renormalize=no" in dict(plan.decisions)["pipeline"]
 
@@ -310,19 +354,31 @@ def test_variant_overrides_of_the_pipeline_are_explained():
 # ------------------------------------------------------------------ refused at spec time
 
 
-@pytest.mark.parametrize("text, message", [
-    (router_spec(experts=1024, top_k=2), "experts 1024: at most 512"),
-    (router_spec(experts=64, top_k=17), "top_k 17: at most 16"),
-    (router_spec(experts=8, top_k=9), "top_k 9: a token cannot pick more than the 8 experts"),
-    (router_spec(experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=16, keep=4) -> topk"),
-     "1 expert per group"),
-    (router_spec(router="linear -> sigmoid -> select_bias -> topk", kernels="kernel route : router { norm=post }"),
-     "selection bias applies to activated scores"),
-    (router_spec(kernels="kernel route : router { renormalize=yes }"), "renormalising after a post-topk softmax"),
-    (router_spec(kernels="kernel route : router { layout=tt }"), "layout=tt: expected one of th, ht"),
-    (router_spec(hidden=65536, experts=512), "SBUF: "),
-    (router_spec(kernels="kernel route : router { scatter=gather }"), "scatter=gather: expected one of onehot, dma"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (router_spec(experts=1024, top_k=2), "experts 1024: at most 512"),
+        (router_spec(experts=64, top_k=17), "top_k 17: at most 16"),
+        (router_spec(experts=8, top_k=9), "top_k 9: a token cannot pick more than the 8 experts"),
+        (
+            router_spec(experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=16, keep=4) -> topk"),
+            "1 expert per group",
+        ),
+        (
+            router_spec(
+                router="linear -> sigmoid -> select_bias -> topk", kernels="kernel route : router { norm=post }"
+            ),
+            "selection bias applies to activated scores",
+        ),
+        (router_spec(kernels="kernel route : router { renormalize=yes }"), "renormalising after a post-topk softmax"),
+        (router_spec(kernels="kernel route : router { layout=tt }"), "layout=tt: expected one of th, ht"),
+        (router_spec(hidden=65536, experts=512), "SBUF: "),
+        (
+            router_spec(kernels="kernel route : router { scatter=gather }"),
+            "scatter=gather: expected one of onehot, dma",
+        ),
+    ],
+)
 def test_invalid_variants_are_refused_with_the_reason(tmp_path, text, message):
     path = tmp_path / "bad.moe"
     path.write_text(text)

@@ -26,11 +26,22 @@ SILU_POST = "gate_up -> silu -> down -> scale"
 GPT_OSS = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
 
 
-def spec_text(kernels: str, *, expert: str = SILU_POST, hidden: int = 256, intermediate: int = 192,
-              experts: int = 8, top_k: int = 2, dtype: str = "bf16", quant: str = "") -> str:
+def spec_text(
+    kernels: str,
+    *,
+    expert: str = SILU_POST,
+    hidden: int = 256,
+    intermediate: int = 192,
+    experts: int = 8,
+    top_k: int = 2,
+    dtype: str = "bf16",
+    quant: str = "",
+) -> str:
     quant_line = f"  quant {quant}\n" if quant else ""
-    return (f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
-            f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n")
+    return (
+        f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
+        f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+    )
 
 
 _BUILD_DIR: list[Path] = []
@@ -87,8 +98,12 @@ def test_all_experts_silu_post_scale(tokens):
 @pytest.mark.parametrize("experts, top_k, ep", [(4, 1, 1), (16, 4, 1), (32, 8, 1), (16, 4, 4), (32, 2, 8)])
 def test_experts_and_top_k(experts, top_k, ep):
     mode = "selective" if ep == 1 else "all_experts mask_unselected"
-    check(spec_text(f"kernel k : tkg {{ mode={mode} ep={ep} }}", experts=experts, top_k=top_k,
-                    hidden=128, intermediate=128), tokens=6)
+    check(
+        spec_text(
+            f"kernel k : tkg {{ mode={mode} ep={ep} }}", experts=experts, top_k=top_k, hidden=128, intermediate=128
+        ),
+        tokens=6,
+    )
 
 
 def test_selective_equals_all_experts_masked_on_the_same_inputs():
@@ -98,24 +113,30 @@ def test_selective_equals_all_experts_masked_on_the_same_inputs():
     assert compare("agree", all_experts, selective, kind="bf16").ok
 
 
-@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh", "swish(1.702)", "swish(1.0)", "relu",
-                                        "squared_relu"])
+@pytest.mark.parametrize(
+    "activation", ["silu", "gelu", "gelu_tanh", "swish(1.702)", "swish(1.0)", "relu", "squared_relu"]
+)
 def test_each_activation(activation):
     check(spec_text("kernel k : tkg { }", expert=f"gate_up -> {activation} -> down -> scale"))
 
 
-@pytest.mark.parametrize("clamp", ["gate <= 0.5", "gate >= -0.5", "up <= 0.5", "up >= -0.5",
-                                   "-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4"])
+@pytest.mark.parametrize(
+    "clamp", ["gate <= 0.5", "gate >= -0.5", "up <= 0.5", "up >= -0.5", "-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4"]
+)
 def test_each_clamp_alone_and_all_four(clamp):
     check(spec_text("kernel k : tkg { }", expert=f"gate_up -> clamp({clamp}) -> silu -> down -> scale"))
 
 
-@pytest.mark.parametrize("expert", [
-    "gate_up(bias) -> silu -> down -> scale",
-    "gate_up -> silu -> down(bias) -> scale",
-    GPT_OSS,
-    "gate_up -> clamp(-1 <= up <= 1) -> silu -> up_plus_one -> down -> scale",
-], ids=["gate_up_bias", "down_bias", "gpt_oss", "plus_one_without_bias"])
+@pytest.mark.parametrize(
+    "expert",
+    [
+        "gate_up(bias) -> silu -> down -> scale",
+        "gate_up -> silu -> down(bias) -> scale",
+        GPT_OSS,
+        "gate_up -> clamp(-1 <= up <= 1) -> silu -> up_plus_one -> down -> scale",
+    ],
+    ids=["gate_up_bias", "down_bias", "gpt_oss", "plus_one_without_bias"],
+)
 def test_biases_and_the_folded_plus_one(expert):
     check(spec_text("kernel k : tkg { }", expert=expert, hidden=320))
 
@@ -123,8 +144,7 @@ def test_biases_and_the_folded_plus_one(expert):
 @pytest.mark.parametrize("mode", ["selective", "all_experts"])
 @pytest.mark.parametrize("scale", ["none", "pre", "post"])
 def test_each_scaling_mode(mode, scale):
-    expert = {"none": "gate_up -> silu -> down", "pre": "scale -> gate_up -> silu -> down",
-              "post": SILU_POST}[scale]
+    expert = {"none": "gate_up -> silu -> down", "pre": "scale -> gate_up -> silu -> down", "post": SILU_POST}[scale]
     check(spec_text(f"kernel k : tkg {{ mode={mode} }}", expert=expert, hidden=320), tokens=5)
 
 
@@ -138,23 +158,41 @@ def test_dtype_paths(dtype, out):
     check(spec_text(f"kernel k : tkg {{ {option} }}", dtype=dtype), tokens=3)
 
 
-@pytest.mark.parametrize("quant", ["weights=fp8_row", "weights=fp8_static",
-                                   "weights=fp8_row activations=fp8_static",
-                                   "weights=fp8_static activations=fp8_static"])
+@pytest.mark.parametrize(
+    "quant",
+    [
+        "weights=fp8_row",
+        "weights=fp8_static",
+        "weights=fp8_row activations=fp8_static",
+        "weights=fp8_static activations=fp8_static",
+    ],
+)
 def test_fp8_weights(quant):
     check(spec_text("kernel k : tkg { }", quant=quant, hidden=320, expert=GPT_OSS), tokens=3)
 
 
 def test_fp8_static_input_with_pre_scale_all_experts():
-    check(spec_text("kernel k : tkg { mode=all_experts mask_unselected }", quant="weights=fp8_static "
-                    "activations=fp8_static", expert="scale -> gate_up -> silu -> down"), tokens=4)
+    check(
+        spec_text(
+            "kernel k : tkg { mode=all_experts mask_unselected }",
+            quant="weights=fp8_static activations=fp8_static",
+            expert="scale -> gate_up -> silu -> down",
+        ),
+        tokens=4,
+    )
 
 
-@pytest.mark.parametrize("kernel", ["kernel k : tkg { lnc=2 }", "kernel k : tkg { lnc=2 shard=hidden }",
-                                    "kernel k : tkg { lnc=2 shard=tokens }",
-                                    "kernel k : tkg { lnc=2 shard=intermediate out=fp32 }",
-                                    "kernel k : tkg { lnc=2 mode=all_experts }",
-                                    "kernel k : tkg { lnc=2 mode=all_experts shard=tokens tokens<=256 }"])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "kernel k : tkg { lnc=2 }",
+        "kernel k : tkg { lnc=2 shard=hidden }",
+        "kernel k : tkg { lnc=2 shard=tokens }",
+        "kernel k : tkg { lnc=2 shard=intermediate out=fp32 }",
+        "kernel k : tkg { lnc=2 mode=all_experts }",
+        "kernel k : tkg { lnc=2 mode=all_experts shard=tokens tokens<=256 }",
+    ],
+)
 def test_lnc2(kernel):
     check(spec_text(kernel, hidden=320, expert=GPT_OSS), tokens=5)
 
@@ -167,9 +205,14 @@ def test_sbuf_output_read_back_through_a_wrapper():
     check(spec_text("kernel k : tkg { output=sbuf tokens<=16 out=fp32 }"), tokens=9)
 
 
-@pytest.mark.parametrize("kernel", ["kernel k : tkg { input=sbuf tokens<=16 }",
-                                    "kernel k : tkg { input=sbuf output=sbuf tokens<=16 }",
-                                    "kernel k : tkg { mode=all_experts input=sbuf output=sbuf tokens<=16 }"])
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "kernel k : tkg { input=sbuf tokens<=16 }",
+        "kernel k : tkg { input=sbuf output=sbuf tokens<=16 }",
+        "kernel k : tkg { mode=all_experts input=sbuf output=sbuf tokens<=16 }",
+    ],
+)
 def test_sbuf_input_in_the_seed_layout(kernel):
     """hidden_input [128, T, H / 128] in SBUF (column h0 * H1 + h1 at [h0, t, h1]), loaded by a wrapper."""
     check(spec_text(kernel, hidden=384, expert=GPT_OSS), tokens=7)
@@ -184,25 +227,55 @@ def test_expert_parallel_ranks_sum_to_the_full_layer():
     plan = plans["k"]
     rng = np.random.default_rng(SEED)
     full = harness.make_inputs(plan, tokens, rng)  # one rank's shapes; the full weights are drawn below
-    gate_up = np.concatenate([harness.make_inputs(plan, tokens, np.random.default_rng(SEED + r))
-                              ["expert_gate_up_weights"] for r in range(ranks)])
-    down = np.concatenate([harness.make_inputs(plan, tokens, np.random.default_rng(SEED + r))
-                           ["expert_down_weights"] for r in range(ranks)])
+    gate_up = np.concatenate(
+        [
+            harness.make_inputs(plan, tokens, np.random.default_rng(SEED + r))["expert_gate_up_weights"]
+            for r in range(ranks)
+        ]
+    )
+    down = np.concatenate(
+        [
+            harness.make_inputs(plan, tokens, np.random.default_rng(SEED + r))["expert_down_weights"]
+            for r in range(ranks)
+        ]
+    )
     total = np.zeros((tokens, plan.hidden), dtype=np.float32)
     for rank in range(ranks):
-        inputs = dict(full, rank_id=np.array([[rank]], dtype=np.int32),
-                      expert_gate_up_weights=gate_up[rank * 2:(rank + 1) * 2],
-                      expert_down_weights=down[rank * 2:(rank + 1) * 2])
+        inputs = dict(
+            full,
+            rank_id=np.array([[rank]], dtype=np.int32),
+            expert_gate_up_weights=gate_up[rank * 2 : (rank + 1) * 2],
+            expert_down_weights=down[rank * 2 : (rank + 1) * 2],
+        )
         total += harness.run(kernels["k"], plan, inputs)["output"]
-    want = moe_tkg(full["hidden_input"], gate_up, down, full["expert_affinities"], full["expert_index"],
-                   mode="selective", affinity_scale="post", output_dtype="fp32", precision="bf16")
+    want = moe_tkg(
+        full["hidden_input"],
+        gate_up,
+        down,
+        full["expert_affinities"],
+        full["expert_index"],
+        mode="selective",
+        affinity_scale="post",
+        output_dtype="fp32",
+        precision="bf16",
+    )
     result = compare("sum over ranks", total, want, kind="bf16")
     assert result.ok, str(result)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", ["mixtral_8x7b", "qwen3_30b_a3b", "gpt_oss_20b", "llama4_scout",
-                                  "tkg_seed_matrix", "tkg_seed_matrix_fp8_row", "tkg_seed_matrix_fp8_static"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "mixtral_8x7b",
+        "qwen3_30b_a3b",
+        "gpt_oss_20b",
+        "llama4_scout",
+        "tkg_seed_matrix",
+        "tkg_seed_matrix_fp8_row",
+        "tkg_seed_matrix_fp8_static",
+    ],
+)
 def test_real_model_variants(spec, tmp_path):
     from moegen.verify import verify_plans
 
@@ -214,7 +287,8 @@ def test_real_model_variants(spec, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tokens", [1, 4, 31, 128])
-@pytest.mark.parametrize("kernel", ["kernel k : tkg { }", "kernel k : tkg { mode=all_experts mask_unselected }",
-                                    "kernel k : tkg { lnc=2 }"])
+@pytest.mark.parametrize(
+    "kernel", ["kernel k : tkg { }", "kernel k : tkg { mode=all_experts mask_unselected }", "kernel k : tkg { lnc=2 }"]
+)
 def test_sweep_gpt_oss_style(tokens, kernel):
     check(spec_text(kernel, hidden=704, intermediate=320, experts=16, top_k=4, expert=GPT_OSS), tokens=tokens)

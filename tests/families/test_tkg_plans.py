@@ -18,11 +18,22 @@ REPO = Path(__file__).resolve().parents[2]
 SILU = "gate_up -> silu -> down -> scale"
 
 
-def spec_text(kernels: str, *, expert: str = SILU, hidden: int = 256, intermediate: int = 192,
-              experts: int = 8, top_k: int = 2, dtype: str = "bf16", quant: str = "") -> str:
+def spec_text(
+    kernels: str,
+    *,
+    expert: str = SILU,
+    hidden: int = 256,
+    intermediate: int = 192,
+    experts: int = 8,
+    top_k: int = 2,
+    dtype: str = "bf16",
+    quant: str = "",
+) -> str:
     quant_line = f"  quant {quant}\n" if quant else ""
-    return (f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
-            f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n")
+    return (
+        f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
+        f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+    )
 
 
 def plans(tmp_path: Path, kernels: str, **layer) -> dict[str, TkgPlan]:
@@ -39,26 +50,30 @@ def refusal(tmp_path: Path, kernels: str, **layer) -> str:
     return str(error.value)
 
 
-@pytest.mark.parametrize("kernel, reason", [
-    ("kernel k : tkg { ep=2 }", "selective mode reads each token's experts by their global id"),
-    ("kernel k : tkg { mode=all_experts eager }", "all-expert mode needs the [T, E] table"),
-    ("kernel k : tkg { mask_unselected }", "mask_unselected applies to all-expert mode"),
-    ("kernel k : tkg { tokens<=256 }", "selective mode runs one token tile of at most 128"),
-    ("kernel k : tkg { output=sbuf lnc=2 }", "each physical core has its own SBUF"),
-    ("kernel k : tkg { mode=all_experts output=sbuf tokens<=256 }", "exceeds the 128 partitions"),
-    ("kernel k : tkg { shard=hidden }", "this kernel has lnc=1"),
-    ("kernel k : tkg { ep=3 mode=all_experts }", "not divisible"),
-    ("kernel k : tkg { tokens<=8 verify_tokens=9 }", "at most tokens<=8"),
-    ("kernel k : tkg { input=sbuf lnc=2 }", "each physical core has its own SBUF"),
-    ("kernel k : tkg { mode=all_experts input=sbuf tokens<=256 }", "one token tile"),
-])
+@pytest.mark.parametrize(
+    "kernel, reason",
+    [
+        ("kernel k : tkg { ep=2 }", "selective mode reads each token's experts by their global id"),
+        ("kernel k : tkg { mode=all_experts eager }", "all-expert mode needs the [T, E] table"),
+        ("kernel k : tkg { mask_unselected }", "mask_unselected applies to all-expert mode"),
+        ("kernel k : tkg { tokens<=256 }", "selective mode runs one token tile of at most 128"),
+        ("kernel k : tkg { output=sbuf lnc=2 }", "each physical core has its own SBUF"),
+        ("kernel k : tkg { mode=all_experts output=sbuf tokens<=256 }", "exceeds the 128 partitions"),
+        ("kernel k : tkg { shard=hidden }", "this kernel has lnc=1"),
+        ("kernel k : tkg { ep=3 mode=all_experts }", "not divisible"),
+        ("kernel k : tkg { tokens<=8 verify_tokens=9 }", "at most tokens<=8"),
+        ("kernel k : tkg { input=sbuf lnc=2 }", "each physical core has its own SBUF"),
+        ("kernel k : tkg { mode=all_experts input=sbuf tokens<=256 }", "one token tile"),
+    ],
+)
 def test_refused_with_reason(tmp_path, kernel, reason):
     assert reason in refusal(tmp_path, kernel)
 
 
 def test_eager_without_scaling_is_refused(tmp_path):
-    assert "would be read and ignored" in refusal(tmp_path, "kernel k : tkg { eager }",
-                                                  expert="gate_up -> silu -> down")
+    assert "would be read and ignored" in refusal(
+        tmp_path, "kernel k : tkg { eager }", expert="gate_up -> silu -> down"
+    )
 
 
 def test_mx_weights_are_refused(tmp_path):
@@ -86,8 +101,11 @@ def test_partial_tiles_of_gpt_oss():
 
 
 def test_lnc2_shard_choice(tmp_path):
-    found = plans(tmp_path, "kernel a : tkg { lnc=2 }\n kernel b : tkg { lnc=2 mode=all_experts tokens<=512 }\n"
-                            " kernel c : tkg { lnc=2 shard=hidden }")
+    found = plans(
+        tmp_path,
+        "kernel a : tkg { lnc=2 }\n kernel b : tkg { lnc=2 mode=all_experts tokens<=512 }\n"
+        " kernel c : tkg { lnc=2 shard=hidden }",
+    )
     assert found["a"].shard == "intermediate" and found["a"].core_i_tiles == ((0, 1), (1, 1))
     assert any(what == "shard" and "weight-bandwidth" in why for what, why in found["a"].decisions)
     assert found["b"].shard == "tokens"
@@ -128,8 +146,9 @@ def test_every_tkg_variant_in_specs_fits_the_budget():
     assert count >= 10
 
 
-@pytest.mark.parametrize("spec", ["tkg_seed_matrix", "tkg_seed_matrix_fp8_row", "tkg_seed_matrix_fp8_static",
-                                  "llama4_scout"])
+@pytest.mark.parametrize(
+    "spec", ["tkg_seed_matrix", "tkg_seed_matrix_fp8_row", "tkg_seed_matrix_fp8_static", "llama4_scout"]
+)
 def test_buffers_list_every_on_chip_allocation(spec):
     """The plan's buffers (what the budget check counts) name exactly the kernel's SBUF/PSUM tensors."""
     import re

@@ -35,9 +35,7 @@ def check_dropless(index, aff, e, b, pad_with):
         toks = slots[owned].reshape(-1)
         real = toks[toks != pad]
         assert np.all(np.diff(real) > 0), "ascending token ids"
-        assert np.all(toks[: real.size] != pad) and np.all(toks[real.size :] == pad), (
-            "padding only at the end"
-        )
+        assert np.all(toks[: real.size] != pad) and np.all(toks[real.size :] == pad), "padding only at the end"
     real_blocks = np.array([np.any(s != pad) for s in slots])
     assert blocks.conditions.tolist() == real_blocks.astype(int).tolist() + [0]
     assert np.all(experts[~real_blocks] == e - 1), "padding blocks go to the last expert"
@@ -125,9 +123,7 @@ def test_dropping_layout(pad_with):
     assert table[3, 0] == 0.5 and table[4, 0] == 0 and table[9, 0] == 0 and table[9, 2] == 0.5
     assert blocks.conditions.tolist() == [1, 1, 1, 0]
     # an expert with no token: a block of padding, condition 0
-    blocks = build_blocks_dropping(
-        np.zeros((3, 1), np.int32), np.ones((3, 2), np.float32), 2, 4, pad_with=pad_with
-    )
+    blocks = build_blocks_dropping(np.zeros((3, 1), np.int32), np.ones((3, 2), np.float32), 2, 4, pad_with=pad_with)
     pad = 3 if pad_with == "T" else -1
     assert blocks.token_position_to_id.tolist() == [0, 1, 2, pad, pad, pad, pad, pad]
     assert blocks.conditions.tolist() == [1, 0, 0]

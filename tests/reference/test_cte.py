@@ -45,9 +45,7 @@ def test_hand_computed_blocks():
     b2e = np.array([[0], [1]], np.int32)
     hidden = np.concatenate([x, np.zeros((1, 1), np.float32)])
     table = np.concatenate([aff, np.zeros((1, 2), np.float32)]).reshape(-1, 1)
-    out = moe_cte(
-        hidden, table, gu, dn, blocks_slots, b2e, 2, activation_function="relu", output_dtype="fp32"
-    )
+    out = moe_cte(hidden, table, gu, dn, blocks_slots, b2e, 2, activation_function="relu", output_dtype="fp32")
     # expert 0: y = relu(x) * x = x^2; expert 1: y = relu(2x) * 2x = 4x^2
     assert out[:3, 0].tolist() == [0.5 * 1, 1.0 * 16, 0.25 * 9 + 0.75 * 36]
 
@@ -126,9 +124,7 @@ def test_contributions_rounded_before_adding():
     )
     assert out[0, 0] == 0.5
     # the plain MoE sums in fp32 and rounds once: 0.5 + 0.8 ulp(0.5) -> 0.5 + 2^-8
-    per_token = moe_per_token(
-        x, np.array([[0, 1]]), aff, gu, dn, activation_function="relu", output_dtype="bf16"
-    )
+    per_token = moe_per_token(x, np.array([[0, 1]]), aff, gu, dn, activation_function="relu", output_dtype="bf16")
     assert per_token[0, 0] == 0.5 + 2.0**-8
 
 
@@ -147,9 +143,7 @@ def test_dropping_matches_per_token_with_keep(rng):
         12,
         output_dtype="fp32",
     )
-    want = moe_per_token(
-        m["x"], m["index"], m["aff"], m["gu"], m["dn"], keep=~blocks.dropped, output_dtype="fp32"
-    )
+    want = moe_per_token(m["x"], m["index"], m["aff"], m["gu"], m["dn"], keep=~blocks.dropped, output_dtype="fp32")
     assert compare("out", got[:40], want, kind="fp32")
 
 
@@ -192,9 +186,7 @@ def test_checkpoints(rng, pad_with):
                 mlp=ExpertMLP(gate_clamp_upper_limit=0.1),
                 checkpoints=ck,
             )
-            assert np.array_equal(
-                gate_up[blk, :, :, s], round_to(ck["gate_up"][0], "bf16")
-            )  # before the clamp
+            assert np.array_equal(gate_up[blk, :, :, s], round_to(ck["gate_up"][0], "bf16"))  # before the clamp
             assert np.array_equal(down[blk, s], round_to(y[0], "bf16"))
     assert gate_up[:, 0].max() > 0.1
 

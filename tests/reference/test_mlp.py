@@ -91,9 +91,10 @@ def test_each_clamp_alone():
     assert expert_mlp(x, gu, dn, mlp=relu.with_(gate_clamp_upper_limit=3.0)).tolist() == [[30.0], [30.0]]
     assert expert_mlp(x, gu, dn, mlp=relu.with_(up_clamp_upper_limit=2.0)).tolist() == [[20.0], [20.0]]
     assert expert_mlp(-x, gu, dn, mlp=relu.with_(gate_clamp_lower_limit=1.0)).tolist() == [[-10.0], [-10.0]]
-    assert expert_mlp(
-        -x, gu, dn, mlp=relu.with_(gate_clamp_lower_limit=1.0, up_clamp_lower_limit=-4.0)
-    ).tolist() == [[-4.0], [-4.0]]
+    assert expert_mlp(-x, gu, dn, mlp=relu.with_(gate_clamp_lower_limit=1.0, up_clamp_lower_limit=-4.0)).tolist() == [
+        [-4.0],
+        [-4.0],
+    ]
 
 
 def test_non_gated():

@@ -6,9 +6,7 @@ import pytest
 from moegen.reference.router import router_topk
 
 
-def brute_router(
-    x, w, b, *, act_fn, k, pre_norm, norm, sel_bias=None, n_group=None, topk_group=None, scale=None
-):
+def brute_router(x, w, b, *, act_fn, k, pre_norm, norm, sel_bias=None, n_group=None, topk_group=None, scale=None):
     """Token-by-token loops with Python sorting: an independent statement of the same rules."""
     logits = (
         np.asarray(x, np.float64) @ np.asarray(w, np.float64)
@@ -96,9 +94,7 @@ def test_layout_and_bias():
 def test_selection_bias_changes_choice_not_weights():
     logits_w = np.array([[0.0, 0.1, 0.2, 0.3]], np.float32)
     bias = np.array([1.0, 0.0, 0.0, 0.0])
-    _, index, aff = router_topk(
-        np.ones((1, 1), np.float32), logits_w, None, act_fn="sigmoid", k=2, selection_bias=bias
-    )
+    _, index, aff = router_topk(np.ones((1, 1), np.float32), logits_w, None, act_fn="sigmoid", k=2, selection_bias=bias)
     assert index.tolist() == [[0, 3]]
     assert np.allclose(aff[0, [0, 3]], [0.5, 1 / (1 + math.exp(-0.3))])
 
@@ -160,9 +156,7 @@ def test_against_brute_force(case):
 def test_group_limit_excludes_dropped_groups():
     # groups {0,1} {2,3}; group 1 has the best single expert but the worse top-2 sum
     w = np.array([[0.6, 0.6, 0.9, 0.0]], np.float32)
-    _, index, _ = router_topk(
-        np.ones((1, 1), np.float32), w, None, act_fn="sigmoid", k=2, n_group=2, topk_group=1
-    )
+    _, index, _ = router_topk(np.ones((1, 1), np.float32), w, None, act_fn="sigmoid", k=2, n_group=2, topk_group=1)
     assert index.tolist() == [[0, 1]]
 
 

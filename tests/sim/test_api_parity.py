@@ -40,11 +40,7 @@ def _render_default(value) -> str:
         return repr(value)
     if value is Ellipsis:
         return "..."
-    if (
-        hasattr(value, "__class__")
-        and value.__class__.__module__.startswith("moegen.sim")
-        and hasattr(value, "name")
-    ):
+    if hasattr(value, "__class__") and value.__class__.__module__.startswith("moegen.sim") and hasattr(value, "name"):
         if isinstance(value, str):  # dtypes are strings
             return value
         owner = type(value).__name__

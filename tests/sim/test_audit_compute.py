@@ -1,6 +1,6 @@
 """SIM AUDIT: Vector / Scalar / GpSimd instructions of moegen.sim against the official NKI docs.
 
-Independent audit (see /work/main/SIM_AUDIT.md). Each test states one documented fact and its page:
+Independent audit (see /work/main/docs/sim_audit.md). Each test states one documented fact and its page:
 the API pages are the docstrings of the NKI 0.6 stub `nki/api/nki/isa/__init__.py`
 (aws-neuron/aws-neuron-sdk; rendered .../nki/api/generated/nki.isa.<name>.html); "Arch guide" is
 nki/guides/architecture/trainium_inferentia2_arch.rst ("Trainium/Inferentia2 Architecture Guide for
@@ -567,10 +567,6 @@ def test_iota_negative_step_to_fp32():
     np.testing.assert_array_equal(d.read(), np.arange(3)[:, None] - np.arange(4)[None, :])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SIM_AUDIT #16: iota accepts a float offset / channel_multiplier; the page says int32",
-)
 def test_iota_offset_must_be_int():
     """nki.isa.iota: 'offset: an int32 offset value'; 'channel_multiplier: an int32 multiplier'."""
     with pytest.raises(NkiSimError):

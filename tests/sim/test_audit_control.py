@@ -1,6 +1,6 @@
 """SIM AUDIT: kernel launch, LNC=2, registers and runtime loops of moegen.sim against the NKI docs.
 
-Independent audit (see /work/main/SIM_AUDIT.md). Pages: the NKI 0.6 stub docstrings
+Independent audit (see /work/main/docs/sim_audit.md). Pages: the NKI 0.6 stub docstrings
 (`nki/api/nki/isa/__init__.py`, `nki/api/nki/language/__init__.py` of aws-neuron/aws-neuron-sdk:
 nki.isa.core_barrier, sendrecv, register_*, VirtualRegister, nki.language.fori_loop / while_loop /
 program_id), the NKI CPU Simulator guide (nki/guides/nki_simulator.rst) and the migration guide.

@@ -1,6 +1,6 @@
 """SIM AUDIT: memory, views, access patterns and DMA of moegen.sim against the official NKI docs.
 
-Independent audit (see /work/main/SIM_AUDIT.md). Pages: the NKI 0.6 stub docstrings
+Independent audit (see /work/main/docs/sim_audit.md). Pages: the NKI 0.6 stub docstrings
 (`nki/api/nki/isa/__init__.py` of aws-neuron/aws-neuron-sdk: nki.isa.dma_copy, dma_transpose, ...),
 "NKI Access Patterns" (nki/deep-dives/nki-aps.rst), the Trainium/Inferentia2 and Trainium2
 architecture guides. xfail(strict=True) marks a discrepancy.

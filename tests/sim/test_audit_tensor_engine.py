@@ -1,6 +1,6 @@
 """SIM AUDIT: TensorE (nc_matmul, nc_transpose, PSUM) of moegen.sim against the official NKI docs.
 
-Independent audit (see /work/main/SIM_AUDIT.md). Each test states one documented fact and the page it
+Independent audit (see /work/main/docs/sim_audit.md). Each test states one documented fact and the page it
 comes from; the page text is the docstring of the NKI 0.6 stub `nki/api/nki/isa/__init__.py`
 (aws-neuron/aws-neuron-sdk), rendered as .../nki/api/generated/nki.isa.<name>.html.
 Tests marked xfail(strict=True) are discrepancies: the simulator differs from the page.

@@ -505,9 +505,7 @@ def test_select_reduce_max():
     x = RNG.standard_normal((4, 6)).astype(np.float32)
     pred = (RNG.random((4, 6)) > 0.5).astype(np.uint8)
     dst, res = empty((4, 6)), empty((4, 1))
-    nisa.select_reduce(
-        dst, tile(pred, "uint8"), tile(x), -5.0, reduce_res=res, reduce_cmd=nisa.reduce_cmd.reset_reduce
-    )
+    nisa.select_reduce(dst, tile(pred, "uint8"), tile(x), -5.0, reduce_res=res, reduce_cmd=nisa.reduce_cmd.reset_reduce)
     expected = np.where(pred != 0, x, -5.0)
     np.testing.assert_array_equal(f32(dst), expected)
     np.testing.assert_array_equal(f32(res)[:, 0], expected.max(axis=1))
@@ -521,9 +519,7 @@ def test_range_select():
     x = RNG.standard_normal((2, 8)).astype(np.float32)
     lo, hi = np.array([[2.0], [0.0]], np.float32), np.array([[5.0], [3.0]], np.float32)
     dst, res = empty((2, 8)), empty((2, 1))
-    nisa.range_select(
-        dst, tile(x), nl.greater_equal, nl.less, tile(lo), tile(hi), reduce_res=res, range_start=1
-    )
+    nisa.range_select(dst, tile(x), nl.greater_equal, nl.less, tile(lo), tile(hi), reduce_res=res, range_start=1)
     j = 1 + np.arange(8)
     keep = (j >= lo) & (j < hi)
     expected = np.where(keep, x, np.finfo(np.float32).min)
@@ -666,9 +662,7 @@ def test_nc_n_gather():
     idx = RNG.integers(0, 10, (4, 3)).astype(np.uint32)
     dst = empty((4, 3))
     nisa.nc_n_gather(dst, tile(data), tile(idx, "uint32"))
-    np.testing.assert_array_equal(
-        f32(dst), np.take_along_axis(data.reshape(4, 10), idx.astype(np.int64), axis=1)
-    )
+    np.testing.assert_array_equal(f32(dst), np.take_along_axis(data.reshape(4, 10), idx.astype(np.int64), axis=1))
 
 
 def test_isa_namespace_exports_compute_and_stubs_the_rest():
@@ -711,9 +705,7 @@ def test_tensor_scalar_cumulative_running_sum_and_continue():
     nisa.tensor_scalar_cumulative(dst, tile(x), nl.multiply, nl.add, 2.0)
     np.testing.assert_allclose(f32(dst), np.cumsum(2 * x, axis=1), rtol=1e-6)
     nisa.tensor_scalar_cumulative(dst, tile(x), nl.add, nl.maximum, 0.0, reduce_cmd=nisa.reduce_cmd.reduce)
-    expected = np.maximum.accumulate(
-        np.concatenate([np.sum(2 * x, axis=1, keepdims=True), x], axis=1), axis=1
-    )
+    expected = np.maximum.accumulate(np.concatenate([np.sum(2 * x, axis=1, keepdims=True), x], axis=1), axis=1)
     np.testing.assert_allclose(f32(dst), expected[:, 1:], rtol=1e-6)
     with pytest.raises(NkiSimError, match="no int32/uint32 I/O"):
         nisa.tensor_scalar_cumulative(empty((4, 5), "int32"), tile(x), nl.add, nl.add, 0.0)

@@ -234,9 +234,7 @@ def test_nl_reductions_softmax_where_copy():
     x = RNG.standard_normal((4, 3, 5)).astype(np.float32)
     t = tile(x)
     np.testing.assert_allclose(f32(nl.sum(t, axis=2)), x.sum(axis=2), rtol=1e-6)
-    np.testing.assert_array_equal(
-        f32(nl.max(t, axis=(1, 2), keepdims=True)), x.max(axis=(1, 2), keepdims=True)
-    )
+    np.testing.assert_array_equal(f32(nl.max(t, axis=(1, 2), keepdims=True)), x.max(axis=(1, 2), keepdims=True))
     np.testing.assert_allclose(f32(nl.mean(t, axis=2)), x.mean(axis=2), rtol=1e-6)
     np.testing.assert_allclose(f32(nl.var(t, axis=2)), x.var(axis=2, keepdims=True), rtol=1e-5)
     sm = f32(nl.softmax(t, axis=-1))

@@ -63,9 +63,7 @@ def test_dma_copy_checks(core):
     with pytest.raises(NkiSimError, match="src 'psum|is in psum"):
         nisa.dma_copy(nl.ndarray((4, 4), nl.float32), p)
     with pytest.raises(NkiSimError, match="hwdge src dtype float32 must equal dst dtype bfloat16"):
-        nisa.dma_copy(
-            nl.ndarray((4, 4), nl.bfloat16), hbm(np.zeros((4, 4), np.float32)), dge_mode=nisa.dge_mode.hwdge
-        )
+        nisa.dma_copy(nl.ndarray((4, 4), nl.bfloat16), hbm(np.zeros((4, 4), np.float32)), dge_mode=nisa.dge_mode.hwdge)
     with pytest.raises(NkiSimError, match="oob_mode must be a nki.isa.oob_mode"):
         nisa.dma_copy(nl.ndarray((4, 4), nl.float32), hbm(np.zeros((4, 4), np.float32)), oob_mode=0)
 
@@ -82,9 +80,7 @@ def test_indirect_gather_and_oob_modes(core):
     with pytest.raises(NkiSimError, match="out of bounds at partition 1"):
         nisa.dma_copy(dst, src.ap([[6, 4], [1, 6]], vector_offset=idx, indirect_dim=0))
     dst.write(0.0)
-    nisa.dma_copy(
-        dst, src.ap([[6, 4], [1, 6]], vector_offset=idx, indirect_dim=0), oob_mode=nisa.oob_mode.skip
-    )
+    nisa.dma_copy(dst, src.ap([[6, 4], [1, 6]], vector_offset=idx, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
     np.testing.assert_array_equal(dst.read(), np.stack([table[3], np.zeros(6), table[1], np.zeros(6)]))
 
 

@@ -12,7 +12,7 @@ from moegen.sim import isa as nisa
 from moegen.sim import language as nl
 
 
-# -- BLAS threads (SIM_REQUESTS tkg/cte: OpenBLAS threads make small matmuls ~80x slower under load) ----
+# -- BLAS threads (OpenBLAS threads make small matmuls ~80x slower under load) ----
 def test_blas_limited_to_one_thread_while_a_kernel_runs(monkeypatch):
     if blas.get_threads() is None:
         pytest.skip("BLAS library not controllable here")

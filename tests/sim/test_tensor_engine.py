@@ -87,9 +87,7 @@ def test_matmul_limits_trn2(trn2):
     with pytest.raises(NkiSimError, match="dtype int8 not supported"):
         nisa.nc_matmul(nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k, nl.zeros((128, 128), nl.int8))
     with pytest.raises(NkiSimError, match="float8_e4m3fn not supported on trn2"):
-        nisa.nc_matmul(
-            nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k, nl.zeros((128, 128), nl.float8_e4m3fn)
-        )
+        nisa.nc_matmul(nl.ndarray((128, 128), nl.float32, buffer=nl.psum), k, nl.zeros((128, 128), nl.float8_e4m3fn))
 
 
 def test_matmul_trn3_limits_and_bf16_dst():

@@ -15,7 +15,6 @@ def indirect_gather(table, ids):
     nisa.dma_copy(idx, ids)
     rows = nl.ndarray((T, H), dtype=table.dtype, buffer=nl.sbuf)
     nisa.memset(rows, 0.0)
-    nisa.dma_copy(rows, table.ap([[H, T], [1, H]], vector_offset=idx, indirect_dim=0),
-                  oob_mode=nisa.oob_mode.skip)
+    nisa.dma_copy(rows, table.ap([[H, T], [1, H]], vector_offset=idx, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
     nisa.dma_copy(out, rows)
     return out

@@ -18,16 +18,16 @@ def tiled_matmul(lhsT, rhs):
     for n in range(N // TN):
         # rhs[:, n-block] as [128, KT, TN]: partition = row inside a K tile
         rhs_sb = nl.ndarray((TK, KT, TN), dtype=rhs.dtype, buffer=nl.sbuf)
-        rhs_blk = rhs[:, n * TN:(n + 1) * TN].reshape_dim(0, (KT, TK)).permute((1, 0, 2))
+        rhs_blk = rhs[:, n * TN : (n + 1) * TN].reshape_dim(0, (KT, TK)).permute((1, 0, 2))
         nisa.dma_copy(rhs_sb, rhs_blk)
         for m in range(M // TM):
             lhs_sb = nl.ndarray((TK, KT, TM), dtype=lhsT.dtype, buffer=nl.sbuf)
-            lhs_blk = lhsT[:, m * TM:(m + 1) * TM].reshape_dim(0, (KT, TK)).permute((1, 0, 2))
+            lhs_blk = lhsT[:, m * TM : (m + 1) * TM].reshape_dim(0, (KT, TK)).permute((1, 0, 2))
             nisa.dma_copy(lhs_sb, lhs_blk)
             acc = nl.ndarray((TM, TN), dtype=nl.float32, buffer=nl.psum)
             for k in range(KT):
                 nisa.nc_matmul(acc, lhs_sb[:, k, :], rhs_sb[:, k, :], accumulate=(k > 0))
             res = nl.ndarray((TM, TN), dtype=nl.float32, buffer=nl.sbuf)
             nisa.tensor_copy(res, acc)
-            nisa.dma_copy(out[m * TM:(m + 1) * TM, n * TN:(n + 1) * TN], res)
+            nisa.dma_copy(out[m * TM : (m + 1) * TM, n * TN : (n + 1) * TN], res)
     return out

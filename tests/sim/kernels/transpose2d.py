@@ -13,8 +13,8 @@ def transpose2d(x):
     nisa.dma_copy(xt, x)
     for j in range(F // 128):
         tp = nl.ndarray((128, P), dtype=x.dtype, buffer=nl.psum)
-        nisa.nc_transpose(tp, xt[:, j * 128:(j + 1) * 128])
+        nisa.nc_transpose(tp, xt[:, j * 128 : (j + 1) * 128])
         sb = nl.ndarray((128, P), dtype=x.dtype, buffer=nl.sbuf)
         nisa.tensor_copy(sb, tp)
-        nisa.dma_copy(out[j * 128:(j + 1) * 128, :], sb)
+        nisa.dma_copy(out[j * 128 : (j + 1) * 128, :], sb)
     return out
