@@ -21,6 +21,7 @@ from moegen.compare import compare
 from moegen.compiler import generate
 from moegen.reference import cte as cte_reference
 from moegen.verify import cte as harness
+from tests.families.support import build_spec, layer_spec
 
 SEED = 20261123
 REPO = Path(__file__).resolve().parents[2]
@@ -37,10 +38,15 @@ def cte_spec(
     expert: str = "gate_up -> silu -> down -> scale",
     quant: str = "",
 ) -> str:
-    quant_line = f"  quant {quant}\n" if quant else ""
-    return (
-        f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
-        f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+    return layer_spec(
+        kernels,
+        hidden=hidden,
+        intermediate=intermediate,
+        experts=experts,
+        top_k=top_k,
+        dtype=dtype,
+        expert=expert,
+        quant=quant,
     )
 
 
@@ -50,16 +56,8 @@ _BUILD_DIR: list[Path] = []
 @cache
 def build(text: str):
     """({kernel name: plan}, {kernel name: loaded module}) for a spec text, built once per module."""
-    from moegen import sim
-
-    root = _BUILD_DIR[0] / f"spec{len(list(_BUILD_DIR[0].iterdir()))}"
-    root.mkdir()
-    (root / "t.moe").write_text(text)
-    generated = generate(root / "t.moe")
-    folder = write(generated, root / "generated")
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    modules = {name: sim.load_module(folder / f"{name}.py") for name in plans}
-    return plans, modules
+    generated, modules = build_spec(text, _BUILD_DIR[0])
+    return {plan.kernel_name: plan for plan in generated.plans}, modules
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,6 +19,7 @@ from moegen.compare import compare
 from moegen.compiler import generate, load_spec
 from moegen.diagnostics import SpecError
 from moegen.verify import router as harness
+from tests.families.support import build_spec, layer_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
@@ -33,9 +34,8 @@ def router_spec(
     kernels: str = "kernel route : router { }",
     dtype: str = "bf16",
 ) -> str:
-    return (
-        f"moe t {{\n  dims hidden={hidden} intermediate=128 experts={experts} top_k={top_k}\n"
-        f"  dtype {dtype}\n  router = {router}\n  {kernels}\n}}\n"
+    return layer_spec(
+        kernels, hidden=hidden, intermediate=128, experts=experts, top_k=top_k, dtype=dtype, router=router
     )
 
 
@@ -45,16 +45,7 @@ _BUILD_DIR: list[Path] = []
 @cache
 def build(text: str):
     """(GeneratedSpec, {kernel name: loaded module}) for a spec text; built once per test session."""
-    from moegen import sim
-
-    root = _BUILD_DIR[0] / f"spec{len(list(_BUILD_DIR[0].iterdir()))}"
-    root.mkdir()
-    path = root / "t.moe"
-    path.write_text(text)
-    generated = generate(path)
-    folder = write(generated, root / "generated")
-    modules = {plan.kernel_name: sim.load_module(folder / f"{plan.kernel_name}.py") for plan in generated.plans}
-    return generated, modules
+    return build_spec(text, _BUILD_DIR[0])
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -19,6 +19,7 @@ from moegen.compare import compare
 from moegen.compiler import generate
 from moegen.reference.tkg import moe_tkg
 from moegen.verify import tkg as harness
+from tests.families.support import build_spec, layer_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
@@ -37,10 +38,15 @@ def spec_text(
     dtype: str = "bf16",
     quant: str = "",
 ) -> str:
-    quant_line = f"  quant {quant}\n" if quant else ""
-    return (
-        f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
-        f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+    return layer_spec(
+        kernels,
+        hidden=hidden,
+        intermediate=intermediate,
+        experts=experts,
+        top_k=top_k,
+        dtype=dtype,
+        expert=expert,
+        quant=quant,
     )
 
 
@@ -50,17 +56,9 @@ _BUILD_DIR: list[Path] = []
 @cache
 def build(text: str):
     """({kernel name: plan}, {kernel name: kernel function}) for a spec text, built once per session."""
-    from moegen import sim
-
-    root = _BUILD_DIR[0] / f"spec{len(list(_BUILD_DIR[0].iterdir()))}"
-    root.mkdir()
-    path = root / "t.moe"
-    path.write_text(text)
-    generated = generate(path)
-    folder = write(generated, root / "generated")
+    generated, modules = build_spec(text, _BUILD_DIR[0])
     plans = {plan.kernel_name: plan for plan in generated.plans}
-    kernels = {name: getattr(sim.load_module(folder / f"{name}.py"), name) for name in plans}
-    return plans, kernels
+    return plans, {name: getattr(modules[name], name) for name in plans}
 
 
 @pytest.fixture(scope="module", autouse=True)

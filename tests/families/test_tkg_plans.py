@@ -13,6 +13,7 @@ from moegen.compiler import generate
 from moegen.diagnostics import SpecError
 from moegen.plan.expert import expert_mlp_plan
 from moegen.plan.tkg import TkgPlan
+from tests.families.support import layer_spec
 
 REPO = Path(__file__).resolve().parents[2]
 SILU = "gate_up -> silu -> down -> scale"
@@ -29,10 +30,15 @@ def spec_text(
     dtype: str = "bf16",
     quant: str = "",
 ) -> str:
-    quant_line = f"  quant {quant}\n" if quant else ""
-    return (
-        f"moe t {{\n  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}\n"
-        f"  dtype {dtype}\n{quant_line}  expert = {expert}\n  {kernels}\n}}\n"
+    return layer_spec(
+        kernels,
+        hidden=hidden,
+        intermediate=intermediate,
+        experts=experts,
+        top_k=top_k,
+        dtype=dtype,
+        expert=expert,
+        quant=quant,
     )
 
 

@@ -1,0 +1,47 @@
+"""What the family kernel tests share: a small layer spec as text, and building it into loaded kernels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from moegen import sim
+from moegen.codegen.build import write
+from moegen.compiler import GeneratedSpec, generate
+
+
+def layer_spec(
+    kernels: str,
+    *,
+    hidden: int,
+    intermediate: int,
+    experts: int,
+    top_k: int,
+    dtype: str = "bf16",
+    router: str | None = None,
+    expert: str | None = None,
+    quant: str = "",
+) -> str:
+    """The text of a one-layer spec `t` with the given pipelines and kernel lines."""
+    lines = [
+        "moe t {",
+        f"  dims hidden={hidden} intermediate={intermediate} experts={experts} top_k={top_k}",
+        f"  dtype {dtype}",
+    ]
+    lines += [f"  quant {quant}"] if quant else []
+    lines += [f"  router = {router}"] if router else []
+    lines += [f"  expert = {expert}"] if expert else []
+    lines += [f"  {kernels}", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def build_spec(text: str, builds: Path) -> tuple[GeneratedSpec, dict[str, ModuleType]]:
+    """Write `text` as t.moe in a fresh folder under `builds`, build it, load every kernel in the simulator."""
+    root = builds / f"spec{len(list(builds.iterdir()))}"
+    root.mkdir()
+    path = root / "t.moe"
+    path.write_text(text)
+    generated = generate(path)
+    folder = write(generated, root / "generated")
+    modules = {plan.kernel_name: sim.load_module(folder / f"{plan.kernel_name}.py") for plan in generated.plans}
+    return generated, modules
