@@ -24,6 +24,7 @@ from moegen.plan.common import (
 )
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
+from moegen.spec.validate import GROUP_SCORES
 
 MAX_TOP_K = 16  # two max8 rounds
 MAX8_WIDTH = 8  # max8 / nc_find_index8 read at least 8 values per partition and return 8
@@ -79,6 +80,7 @@ class RouterPlan(KernelPlan):
     n_group: int | None
     topk_group: int | None
     group_size: int | None
+    group_score: str | None  # 'top2_sum' | 'max' (moegen.spec.validate.GROUP_SCORES)
     # Contraction: H = h_tiles * 128 + h_rest; full tiles map h = p * h_tiles + j (p the partition).
     h_tiles: int
     h_rest: int
@@ -144,7 +146,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     group_size = None
     if router.n_group is not None:
         group_size = experts // router.n_group
-        if group_size < 2:
+        if group_size < 2 and router.group_score == "top2_sum":
             problems.append(
                 (
                     None,
@@ -309,9 +311,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         decisions.append(
             (
                 "group limit",
-                f"{router.n_group} groups of {group_size}: group score = sum of the "
-                f"group's max8 top-2; the {router.topk_group} best groups (same tie rule) "
-                "stay, the others get NEG_BIG added before the expert top-K",
+                f"{router.n_group} groups of {group_size}: group score ({router.group_score}) = "
+                f"{GROUP_SCORES[router.group_score]}, read from the group's max8; the {router.topk_group} "
+                "best groups (same tie rule) stay, the others get NEG_BIG added before the expert top-K",
             )
         )
 
@@ -340,6 +342,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         n_group=router.n_group,
         topk_group=router.topk_group,
         group_size=group_size,
+        group_score=router.group_score,
         h_tiles=h_tiles,
         h_rest=h_rest,
         token_tile=TOKEN_TILE,

@@ -28,11 +28,21 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
 
 
-def select_experts(scores: np.ndarray, k: int, n_group: int | None = None, topk_group: int | None = None) -> np.ndarray:
+GROUP_SCORE_RULES = ("top2_sum", "max")
+
+
+def select_experts(
+    scores: np.ndarray,
+    k: int,
+    n_group: int | None = None,
+    topk_group: int | None = None,
+    group_score: str = "top2_sum",
+) -> np.ndarray:
     """Top-k expert indices [T, k] int32 of selection scores [T, E] (fp64), optionally group-limited.
 
-    Group-limited (DeepSeek-V3): experts split into n_group contiguous groups of E/n_group; a group's
-    score is the sum of its two best scores (its only score if groups have one expert); the topk_group
+    Group-limited: experts split into n_group contiguous groups of E/n_group; a group's score is, by
+    `group_score`, 'top2_sum' (DeepSeek-V3's noaux_tc): the sum of its two best scores (its only score if
+    groups have one expert), or 'max' (DeepSeek-V2's group_limited_greedy): its best score; the topk_group
     best groups are kept (ties to the lower group) and the top-k is taken among their experts. Experts
     of dropped groups are excluded outright (HF's DeepSeek-V3 code masks them to 0.0 instead, which
     would let them back in if every kept score were negative).
@@ -47,13 +57,14 @@ def select_experts(scores: np.ndarray, k: int, n_group: int | None = None, topk_
             f"group-limited top-K needs E={e} divisible by n_group={n_group} "
             f"and 1 <= topk_group={topk_group} <= n_group"
         )
+    if group_score not in GROUP_SCORE_RULES:
+        raise ValueError(f"group_score must be one of {GROUP_SCORE_RULES}, not {group_score!r}")
     per = e // n_group
     if k > topk_group * per:
         raise ValueError(f"k={k} exceeds the {topk_group * per} experts of the kept groups")
     grouped = scores.reshape(t, n_group, per)
-    best2 = -np.sort(-grouped, axis=-1)[:, :, : min(2, per)]
-    group_score = best2.sum(axis=-1)
-    kept_groups = _top(group_score, topk_group)
+    best = -np.sort(-grouped, axis=-1)[:, :, : (1 if group_score == "max" else min(2, per))]
+    kept_groups = _top(best.sum(axis=-1), topk_group)
     keep = np.zeros((t, n_group), dtype=bool)
     np.put_along_axis(keep, kept_groups, True, axis=1)
     masked = np.where(np.repeat(keep, per, axis=1), scores, -np.inf)
@@ -73,6 +84,7 @@ def router_topk(
     selection_bias: np.ndarray | None = None,
     n_group: int | None = None,
     topk_group: int | None = None,
+    group_score: str = "top2_sum",
     routed_scaling_factor: float | None = None,
     return_eager_affi: bool = False,
 ) -> tuple[np.ndarray, ...]:
@@ -89,6 +101,7 @@ def router_topk(
       logits, or sigmoid of each.
     - norm_topk_prob divides the K weights by their sum; routed_scaling_factor multiplies them last.
     - selection_bias [E] (DeepSeek-V3 e_score_correction_bias) changes the choice, not the weights.
+    - n_group / topk_group / group_score: group-limited choice (see `select_experts`).
     expert_index is sorted by descending selection score, ties to the lower expert index.
     """
     if act_fn not in ROUTER_ACTIVATIONS:
@@ -107,7 +120,7 @@ def router_topk(
 
     probs = (_softmax(lg) if act_fn == "softmax" else _sigmoid(lg)) if router_pre_norm else lg
     choice = probs if selection_bias is None else probs + np.asarray(selection_bias, np.float64).reshape(1, e)
-    index = select_experts(choice, k, n_group, topk_group)
+    index = select_experts(choice, k, n_group, topk_group, group_score)
 
     picked = np.take_along_axis(probs, index, axis=1)
     if not router_pre_norm:

@@ -145,6 +145,7 @@ class Router:
     selection_bias: bool  # per-expert bias used only to choose experts
     n_group: int | None
     topk_group: int | None
+    group_score: str | None  # 'top2_sum' (DeepSeek-V3) | 'max' (DeepSeek-V2), with n_group
     scaling_factor: float | None
     span: Span
 

@@ -255,9 +255,9 @@ def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router
             report.error(stages[name].span, f"'{name}' changes which experts are chosen: put it before topk")
     if "select_bias" in at and not pre_norm:
         report.error(stages["select_bias"].span, "a selection bias applies to activated scores: activate before topk")
-    n_group = topk_group = None
+    n_group = topk_group = group_score = None
     if "group_limit" in at:
-        n_group, topk_group = _group_limit(stages["group_limit"], dims, report)
+        n_group, topk_group, group_score = _group_limit(stages["group_limit"], dims, report)
         if not pre_norm:
             report.error(stages["group_limit"].span, "group-limited top-K ranks activated scores: activate before topk")
     scaling = None
@@ -275,29 +275,51 @@ def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router
         selection_bias="select_bias" in at,
         n_group=n_group,
         topk_group=topk_group,
+        group_score=group_score,
         scaling_factor=scaling,
         span=pipeline.span,
     )
 
 
-def _group_limit(stage: Stage, dims: Dims | None, report: _Collector) -> tuple[int | None, int | None]:
+GROUP_SCORES = {
+    "top2_sum": "the sum of the group's two best scores (DeepSeek-V3, topk_method noaux_tc)",
+    "max": "the group's best score (DeepSeek-V2, topk_method group_limited_greedy)",
+}
+GROUP_LIMIT_USAGE = "group_limit reads 'group_limit(groups=G, keep=N, score=top2_sum|max)'"
+
+
+def _group_limit(stage: Stage, dims: Dims | None, report: _Collector) -> tuple[int | None, int | None, str | None]:
+    """(groups, keep, score) of `group_limit(groups=G, keep=N, score=top2_sum|max)`; the score rule is required."""
     args = {arg.name: arg for arg in stage.args}
-    if set(args) != {"groups", "keep"} or len(stage.args) != 2:
-        report.error(stage.span, "group_limit reads 'group_limit(groups=G, keep=K)'")
-        return None, None
+    if set(args) - {"groups", "keep", "score"} or not {"groups", "keep"} <= set(args) or len(stage.args) != len(args):
+        report.error(stage.span, GROUP_LIMIT_USAGE)
+        return None, None, None
+    if "score" not in args:
+        report.error(
+            stage.span,
+            "group_limit needs the group score rule: 'score=top2_sum' (DeepSeek-V3: sum of the group's two best "
+            "scores) or 'score=max' (DeepSeek-V2: the group's best score)",
+        )
+        return None, None, None
+    score = args["score"].value
+    if score is None or score.value not in GROUP_SCORES:
+        where = score.span if score is not None else stage.span
+        shown = score.value if score is not None else "?"
+        report.error(where, f"unknown group score '{shown}': use one of {', '.join(GROUP_SCORES)}")
+        return None, None, None
     groups, keep = args["groups"].value, args["keep"].value
     if groups is None or keep is None or not isinstance(groups.value, int) or not isinstance(keep.value, int):
-        report.error(stage.span, "group_limit takes whole numbers: 'group_limit(groups=8, keep=4)'")
-        return None, None
+        report.error(stage.span, "group_limit takes whole numbers: 'group_limit(groups=8, keep=4, score=top2_sum)'")
+        return None, None, None
     if groups.value < 1 or keep.value < 1 or keep.value > groups.value:
         report.error(keep.span, f"keep {keep.value}: must be between 1 and groups ({groups.value})")
-        return None, None
+        return None, None, None
     if dims is not None:
         if dims.experts % groups.value:
             report.error(groups.span, f"groups {groups.value}: experts {dims.experts} is not divisible by it")
         elif keep.value * (dims.experts // groups.value) < dims.top_k:
             report.error(keep.span, f"keep {keep.value}: the kept groups hold fewer than top_k {dims.top_k} experts")
-    return groups.value, keep.value
+    return groups.value, keep.value, score.value
 
 
 def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:

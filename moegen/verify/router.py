@@ -63,6 +63,7 @@ def expected(plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
         selection_bias=inputs.get("selection_bias"),
         n_group=plan.n_group,
         topk_group=plan.topk_group,
+        group_score=plan.group_score or "top2_sum",
         routed_scaling_factor=plan.scaling_factor,
         return_eager_affi=True,
     )

@@ -234,7 +234,7 @@ def test_deepseek_style_group_limit_selection_bias_and_scaling():
     text = router_spec(
         experts=64,
         top_k=6,
-        router="linear -> sigmoid -> select_bias -> group_limit(groups=8, keep=3) -> topk -> renormalize -> scale(2.5)",
+        router="linear -> sigmoid -> select_bias -> group_limit(groups=8, keep=3, score=top2_sum) -> topk -> renormalize -> scale(2.5)",
         kernels="kernel route : router { lnc=2 eager }",
     )
     assert_matches(text, tokens=131)
@@ -242,8 +242,58 @@ def test_deepseek_style_group_limit_selection_bias_and_scaling():
 
 def test_group_limit_with_small_groups_and_no_selection_bias():
     """16 experts in 4 groups of 4 (max8 rows padded to 8), keep 2, top-3, softmax pre-norm."""
-    text = router_spec(experts=16, top_k=3, router="linear -> softmax -> group_limit(groups=4, keep=2) -> topk")
+    text = router_spec(
+        experts=16, top_k=3, router="linear -> softmax -> group_limit(groups=4, keep=2, score=top2_sum) -> topk"
+    )
     assert_matches(text, tokens=9)
+
+
+def _published_group_limited_topk(scores: np.ndarray, n_group: int, topk_group: int, k: int, rule: str):
+    """The published HF MoEGate selection, written out independently of moegen.reference.
+
+    DeepSeek-V2 (topk_method group_limited_greedy): group score = max of the group; DeepSeek-V3
+    (noaux_tc): sum of the group's top-2. Kept groups by top-k of group scores, experts of the other
+    groups masked to 0.0, then top-k over all experts (scores here are softmax probabilities > 0, so
+    masking to 0 equals excluding them).
+    """
+    t, e = scores.shape
+    grouped = scores.reshape(t, n_group, e // n_group)
+    ordered = np.sort(grouped, axis=-1)[:, :, ::-1]
+    group_scores = ordered[:, :, 0] if rule == "max" else ordered[:, :, 0] + ordered[:, :, 1]
+    kept = np.argsort(-group_scores, axis=-1, kind="stable")[:, :topk_group]
+    mask = np.zeros((t, n_group), bool)
+    np.put_along_axis(mask, kept, True, axis=1)
+    masked = np.where(np.repeat(mask, e // n_group, axis=1), scores, 0.0)
+    return np.sort(np.argsort(-masked, axis=-1, kind="stable")[:, :k], axis=-1)
+
+
+@pytest.mark.parametrize("rule", ["max", "top2_sum"])
+def test_group_score_rule_matches_the_published_definition(rule):
+    """DeepSeek-V2 ranks groups by their best expert, V3 by the sum of the top two: the kernel follows the
+    rule the spec names, checked against the published definition (not only our reference), on inputs
+    where the two rules choose different experts."""
+    experts, groups, keep, top_k, tokens = 32, 8, 2, 3, 40
+    text = router_spec(
+        experts=experts,
+        top_k=top_k,
+        router=f"linear -> softmax -> group_limit(groups={groups}, keep={keep}, score={rule}) -> topk",
+    )
+    _, inputs, got, want = run_kernel(text, "route", tokens)
+    logits = inputs["x"].astype(np.float64) @ inputs["w"].astype(np.float64)
+    scores = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    scores /= scores.sum(axis=-1, keepdims=True)
+    published = {r: _published_group_limited_topk(scores, groups, keep, top_k, r) for r in ("max", "top2_sum")}
+    assert (published["max"] != published["top2_sum"]).any(), "the inputs must tell the two rules apart"
+    assert (np.sort(got["expert_index"], axis=-1) == published[rule]).all()
+    assert (got["expert_index"] == want["expert_index"]).all()
+
+
+def test_group_score_max_allows_one_expert_groups():
+    """With score=max a group of one expert is meaningful (its score is that expert's): not refused."""
+    text = router_spec(
+        experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=16, keep=4, score=max) -> topk"
+    )
+    assert_matches(text, tokens=5)
 
 
 def test_selection_bias_chooses_but_does_not_weigh():
@@ -352,8 +402,22 @@ def test_variant_overrides_of_the_pipeline_are_explained():
         (router_spec(experts=64, top_k=17), "top_k 17: at most 16"),
         (router_spec(experts=8, top_k=9), "top_k 9: a token cannot pick more than the 8 experts"),
         (
-            router_spec(experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=16, keep=4) -> topk"),
+            router_spec(
+                experts=16,
+                top_k=2,
+                router="linear -> sigmoid -> group_limit(groups=16, keep=4, score=top2_sum) -> topk",
+            ),
             "1 expert per group",
+        ),
+        (
+            router_spec(experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=4, keep=2) -> topk"),
+            "group_limit needs the group score rule: 'score=top2_sum' (DeepSeek-V3",
+        ),
+        (
+            router_spec(
+                experts=16, top_k=2, router="linear -> sigmoid -> group_limit(groups=4, keep=2, score=sum) -> topk"
+            ),
+            "unknown group score 'sum': use one of top2_sum, max",
         ),
         (
             router_spec(

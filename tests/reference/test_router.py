@@ -160,6 +160,16 @@ def test_group_limit_excludes_dropped_groups():
     assert index.tolist() == [[0, 1]]
 
 
+def test_group_score_rules_differ_where_the_best_expert_and_the_top2_sum_disagree():
+    """Same input as above: DeepSeek-V2's rule (group score = its best expert) keeps group {2,3}."""
+    w = np.array([[0.6, 0.6, 0.9, 0.0]], np.float32)
+    x = np.ones((1, 1), np.float32)
+    _, index, _ = router_topk(x, w, None, act_fn="sigmoid", k=2, n_group=2, topk_group=1, group_score="max")
+    assert index.tolist() == [[2, 3]]
+    with pytest.raises(ValueError, match="group_score"):
+        router_topk(x, w, None, act_fn="sigmoid", k=2, n_group=2, topk_group=1, group_score="sum")
+
+
 def test_invalid_arguments():
     x = np.ones((1, 4), np.float32)
     w = np.ones((4, 8), np.float32)

@@ -74,7 +74,7 @@ moe m {
 """,
     "every_stage_argument_form": """\
 moe m {
-  router = linear(bias) -> sigmoid -> select_bias -> group_limit(groups=8, keep=4) -> topk -> scale(2.5)
+  router = linear(bias) -> sigmoid -> select_bias -> group_limit(groups=8, keep=4, score=top2_sum) -> topk -> scale(2.5)
   expert = gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7.5, up >= -1e3) -> swish(alpha=1.702) -> down(bias)
 }
 """,

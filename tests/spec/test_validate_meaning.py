@@ -68,7 +68,7 @@ def test_router_norm_position(router, pre_norm, renormalize, toy_family):
 
 def test_deepseek_style_router(toy_family):
     router = check(
-        "router = linear(bias) -> sigmoid -> select_bias -> group_limit(groups=4, keep=2) -> topk -> scale(2.5)\n"
+        "router = linear(bias) -> sigmoid -> select_bias -> group_limit(groups=4, keep=2, score=top2_sum) -> topk -> scale(2.5)\n"
         "  kernel a : toy",
         toy_family,
     ).layer.router
