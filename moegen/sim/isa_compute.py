@@ -762,7 +762,8 @@ def _activation_input(instr: str, data, bias, scale) -> np.ndarray:
         b = _scalar_or_vector(instr, "bias", bias, P, fp32_only=False)
     else:
         b = _scalar_or_vector(instr, "bias", bias, P)
-    return (x * s + b).astype(F32)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf / NaN data propagate as on the engine
+        return (x * s + b).astype(F32)
 
 
 def _scalar_engine_reduce(instr: str, values: np.ndarray, reduce_op, reduce_res, cmd, partitions: int) -> None:
