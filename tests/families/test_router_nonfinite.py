@@ -196,3 +196,48 @@ def test_post_norm_inf_logits_win_ties_go_to_the_lower_expert(build_root):
     minus = [e for e in range(plan.experts) if PATTERN[e % len(PATTERN)] == -4.0]
     assert got["expert_index"][1, : len(plus)].tolist() == plus[: plan.top_k]
     assert got["expert_index"][2, : len(minus)].tolist() == minus[: plan.top_k]
+
+
+# ------------------------------------------------------------------ end to end: router -> tkg
+
+
+def test_a_nan_token_poisons_only_its_own_tkg_output_row(build_root):
+    """The router's ids for a NaN token are valid, so the selective tkg kernel runs the whole batch: the
+    NaN token's output row is NaN, every other row equals the reference (before: expert 2147483647
+    failed the tkg call for every token)."""
+    from moegen.verify import tkg as tkg_harness
+
+    text = layer_spec(
+        "kernel route : router { }\n  kernel decode : tkg { }",
+        hidden=128,
+        intermediate=128,
+        experts=8,
+        top_k=2,
+        router="linear -> softmax -> topk -> renormalize",
+        expert="gate_up -> silu -> down -> scale",
+    )
+    path = build_root / "end_to_end.moe"
+    path.write_text(text)
+    generated = generate(path)
+    folder = write(generated, build_root / "end_to_end")
+    plans = {p.kernel_name: p for p in generated.plans}
+    route = sim.load_module(folder / "route.py").route
+    decode = sim.load_module(folder / "decode.py").decode
+
+    inputs = tkg_harness.make_inputs(plans["decode"], 5, np.random.default_rng(SEED))
+    hidden = inputs["hidden_input"].astype(np.float32)
+    hidden[2, 7] = np.nan
+    inputs["hidden_input"] = hidden.astype(inputs["hidden_input"].dtype)
+    router_inputs = harness.make_inputs(plans["route"], 5, np.random.default_rng(SEED))
+    routed = harness.run(route, plans["route"], dict(router_inputs, x=inputs["hidden_input"]))
+    assert routed["expert_index"][2].tolist() == [0, 1]
+    inputs["expert_index"] = routed["expert_index"]
+    inputs["expert_affinities"] = routed["expert_affinities"]
+
+    got = tkg_harness.run(decode, plans["decode"], inputs)["output"]
+    want = tkg_harness.expected(plans["decode"], inputs)["output"]
+    assert np.isnan(got[2]).all()
+    others = np.ones(got.shape, bool)
+    others[2] = False
+    result = compare("output", got, want, kind=tkg_harness.tolerance(plans["decode"], "output"), mask=others)
+    assert result.ok, str(result)
