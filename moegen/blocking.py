@@ -57,16 +57,34 @@ def dropless_block_budget(tokens: int, top_k: int, num_experts: int, block_size:
 
 
 def _check_index(expert_index: np.ndarray, num_experts: int) -> np.ndarray:
+    """expert_index as int64 [T, K] after checking it; ValueError names the bad element and its value."""
+    if isinstance(num_experts, bool) or not isinstance(num_experts, (int, np.integer)) or num_experts < 1:
+        raise ValueError(f"num_experts must be a positive int, got {num_experts!r}")
     index = np.asarray(expert_index)
     if index.ndim != 2:
         raise ValueError(f"expert_index must be [T, K], got shape {index.shape}")
+    if index.dtype.kind not in "iu":
+        raise ValueError(f"expert_index must hold integer expert ids, got dtype {index.dtype}")
     index = index.astype(np.int64)
-    if index.size and (index.min() < 0 or index.max() >= num_experts):
-        raise ValueError(f"expert_index values must be in [0, {num_experts})")
+    bad = (index < 0) | (index >= num_experts)
+    if bad.any():
+        t, k = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"expert_index[{t}, {k}] = {index[t, k]}: expert ids must be in [0, {num_experts}) "
+            f"({int(bad.sum())} bad id(s))"
+        )
     ordered = np.sort(index, axis=1)
-    if np.any(ordered[:, 1:] == ordered[:, :-1]):
-        raise ValueError("expert_index selects the same expert twice for a token")
+    repeated = np.argwhere(ordered[:, 1:] == ordered[:, :-1])
+    if repeated.size:
+        t, k = (int(i) for i in repeated[0])
+        raise ValueError(f"expert_index row {t} selects expert {ordered[t, k]} twice")
     return index
+
+
+def _check_block_size(block_size) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    return int(block_size)
 
 
 def masked_affinities(
@@ -79,7 +97,7 @@ def masked_affinities(
     expert_index's experts, in its order; when K == E the [T, E] reading is used). The result keeps
     the affinities' dtype.
     """
-    index = np.asarray(expert_index).astype(np.int64)
+    index = _check_index(expert_index, num_experts)
     aff = np.asarray(expert_affinities)
     t, k = index.shape
     if aff.shape == (t, num_experts):
@@ -123,7 +141,7 @@ def build_blocks(
     index = _check_index(expert_index, num_experts)
     t, k = index.shape
     pad = _pad_id(pad_with, t)
-    b = block_size
+    b = _check_block_size(block_size)
     counts = np.bincount(index.reshape(-1), minlength=num_experts)
     blocks_per_expert = -(-counts // b)
     real = int(blocks_per_expert.sum())
@@ -171,7 +189,7 @@ def build_blocks_dropping(
     index = _check_index(expert_index, num_experts)
     t, k = index.shape
     pad = _pad_id(pad_with, t)
-    b = block_size
+    b = _check_block_size(block_size)
     counts = np.bincount(index.reshape(-1), minlength=num_experts)
     slots = np.full(num_experts * b, pad, dtype=np.int32)
     dropped = np.zeros((t, k), dtype=bool)

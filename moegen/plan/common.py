@@ -67,6 +67,13 @@ class KernelPlan:
     def template(self) -> str:
         return f"{self.family}.py.j2"
 
+    @property
+    def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
+        """(argument, low, high) per integer argument whose values index something: each element must be
+        in [low, high); high is an int or (other argument, axis), that argument's size along axis. The
+        generated kernel carries them as ARGUMENT_RANGES; moegen.sim refuses a call that breaks one."""
+        return ()
+
     def sbuf_bytes(self) -> int:
         return sum(b.total_per_partition for b in self.buffers if b.memory == "sbuf")
 

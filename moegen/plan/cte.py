@@ -176,6 +176,16 @@ class CtePlan(KernelPlan):
         return self.mlp.has_gate_clamp or self.mlp.has_up_clamp
 
     @property
+    def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
+        """block_to_expert indexes the weights; token_position_to_id the rows of hidden_states (and of the
+        affinity table), -1 allowed only where padding is skipped; conditions are flags."""
+        ranges = (
+            ("token_position_to_id", -1 if self.pad_skip else 0, ("hidden_states", 0)),
+            ("block_to_expert", 0, self.experts),
+        )
+        return ranges + ((("conditions", 0, 2),) if self.hybrid else ())
+
+    @property
     def arguments(self) -> tuple[str, ...]:
         """The kernel's parameters: the seed's tensor arguments in its order, those this variant reads."""
         names = [

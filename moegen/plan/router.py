@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from moegen.plan.common import (
     DTYPE_BYTES,
     MATMUL_CONTRACTION_MAX,
@@ -29,9 +31,12 @@ from moegen.spec.validate import GROUP_SCORES
 MAX_TOP_K = 16  # two max8 rounds
 MAX8_WIDTH = 8  # max8 / nc_find_index8 read at least 8 values per partition and return 8
 TOKEN_TILE = PARTITIONS  # tokens per tile: the logits tile has tokens on partitions
-# Masks a chosen (or excluded) entry so max8 / nc_find_index8 never see it again: finite, so that
-# 0 * NEG_BIG = 0 leaves every other entry bit-exact, and below any real logit or score.
-NEG_BIG = -3.0e38
+# Selection keys (docs/routing_semantics.md): a NaN score ranks as NAN_KEY, the lowest finite fp32
+# value, below every number; scores at or below KEY_FLOOR, the second-lowest (-inf included), rank as
+# KEY_FLOOR. -inf is then free to mark chosen, dropped-group and padding columns: below every key and
+# never equal to one, so nc_find_index8 cannot return such a column.
+NAN_KEY = float(np.finfo(np.float32).min)
+KEY_FLOOR = float(np.nextafter(np.float32(NAN_KEY), np.float32(0)))
 
 OPTIONS = (
     OptionSpec("layout", "choice", "x in HBM as [T, H] (th) or [H, T] (ht)", default="th", choices=("th", "ht")),
@@ -89,10 +94,11 @@ class RouterPlan(KernelPlan):
     full_scores: bool  # the activation over all E is materialised
     weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by one-hot)
     topk_rounds: int  # max8 rounds: ceil(K / 8)
-    work_width: int  # selection row width: max(E, 8), padded with NEG_BIG
+    work_width: int  # selection row width: max(E, 8), padded with -inf
     group_width: int  # group score row width: max(n_group, 8)
     group_pad: int  # per-group width read by max8: max(group_size, 8)
-    neg_big: float
+    nan_key: float  # what a NaN score ranks as
+    key_floor: float  # what scores at or below it (-inf too) rank as
     verify_tokens: int | None = None
 
 
@@ -174,7 +180,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         Buffer("logits", "psum", TOKEN_TILE, experts * f32),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
-        Buffer("one-hot masks", "sbuf", TOKEN_TILE, top_k * work_width * f32),
+        Buffer("one-hot masks (uint8)", "sbuf", TOKEN_TILE, top_k * work_width),
+        # NaN mask of the keys (uint8), the gather row, the K raw values of the chosen experts
+        Buffer("key and gather rows", "sbuf", TOKEN_TILE, experts * (1 + f32) + top_k * f32),
         # top values, same8, found8, column, index, weights, weights in the output dtype, row sums
         Buffer(
             "top-K rows",
@@ -204,23 +212,24 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             Buffer("selection bias row and ones", "sbuf", 1, (experts + TOKEN_TILE) * f32),
             Buffer("selection bias rows", "sbuf", TOKEN_TILE, experts * f32),
             Buffer("selection bias broadcast", "psum", TOKEN_TILE, experts * f32),
-            Buffer("gather product", "sbuf", TOKEN_TILE, experts * f32),
         ]
     if router.n_group is not None:
         buffers += [
             Buffer("group top-8", "sbuf", TOKEN_TILE, router.n_group * MAX8_WIDTH * f32),
-            # padded group rows, group scores, kept-group values/index/one-hots, keep mask, penalty
+            # padded group rows, halved top-2, group scores, kept-group values/index, keep row; uint8 masks
             Buffer(
                 "group rows",
                 "sbuf",
                 TOKEN_TILE,
                 (
-                    router.n_group * group_pad
-                    + 3 * group_width
+                    router.n_group * (group_pad + 2)
+                    + 2 * group_width
                     + ceil_div(router.topk_group, 8) * 8
-                    + router.topk_group * (1 + group_width)
+                    + router.topk_group
                 )
-                * f32,
+                * f32
+                + router.topk_group * group_width
+                + experts,
             ),
         ]
     if scatter == "onehot":
@@ -279,13 +288,20 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             "ties",
             "each of the K steps takes the next max8 value v, finds its first column with nc_find_index8 "
             "(all 8 vals equal to v, only column 0 used: the first occurrence in any duplicate "
-            "convention), records it and masks that column with NEG_BIG: the lower expert wins a tie "
+            "convention), records it and overwrites that column with -inf: the lower expert wins a tie "
             "and no expert is chosen twice",
+        ),
+        (
+            "non-finite scores",
+            "max8 ranks selection keys: NaN -> the lowest finite fp32 value (below every number), -inf -> the "
+            "second-lowest; the K weights come from the raw values of the chosen experts (gathered with "
+            "select_reduce), so a NaN score never wins a slot, the experts stay in range and distinct, and "
+            "a NaN weight stays NaN in its own expert's column",
         ),
         (
             "top-k rounds",
             f"K={top_k}: {rounds} max8 round(s) over a {work_width}-wide row"
-            + (f" (E={experts} padded with NEG_BIG to max8's minimum of 8)" if work_width > experts else ""),
+            + (f" (E={experts} padded with -inf to max8's minimum of 8)" if work_width > experts else ""),
         ),
         (
             "scatter",
@@ -312,8 +328,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             (
                 "group limit",
                 f"{router.n_group} groups of {group_size}: group score ({router.group_score}) = "
-                f"{GROUP_SCORES[router.group_score]}, read from the group's max8; the {router.topk_group} "
-                "best groups (same tie rule) stay, the others get NEG_BIG added before the expert top-K",
+                f"{GROUP_SCORES[router.group_score]}, read from the group's max8 keys"
+                + (
+                    " (computed as top1/2 + top2/2 in fp32: the same order, no overflow)"
+                    if router.group_score == "top2_sum"
+                    else ""
+                )
+                + f"; the {router.topk_group} best groups (same tie rule) stay, the others' experts become -inf "
+                "before the expert top-K",
             )
         )
 
@@ -353,7 +375,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         work_width=work_width,
         group_width=group_width,
         group_pad=group_pad,
-        neg_big=NEG_BIG,
+        nan_key=NAN_KEY,
+        key_floor=KEY_FLOOR,
         verify_tokens=variant.options.get("verify_tokens"),
     )
 

@@ -163,6 +163,13 @@ class TkgPlan(KernelPlan):
     verify_tokens: int | None = None
 
     @property
+    def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
+        """expert_index holds global expert ids (all-expert kernels only compare them, but an id outside
+        [0, E) is still a bad routing); rank_id a rank of the EP group."""
+        ranges = (("expert_index", 0, self.experts),)
+        return ranges + ((("rank_id", 0, self.ep),) if self.uses_rank else ())
+
+    @property
     def work_items_per_tile(self) -> str:
         return "T*K" if self.mode == "selective" else str(self.local_experts)
 

@@ -13,7 +13,10 @@ Every instruction writes into a ``dst`` the kernel allocated and follows its doc
 Tie and miss behaviour of the routing instructions (documented on the NKI 0.6 pages):
 
 * ``max8``: the 8 largest values per partition in descending order; equal values simply repeat
-  (values only, no indices). NaN (e.g. unwritten memory) ranks above every number here so it surfaces.
+  (values only, no indices).
+* NaN: the pages define neither max8's order of NaN nor whether nc_find_index8 / nc_match_replace8
+  match it, so a NaN operand of these three is refused (naming the operand and the first NaN) instead
+  of being given an invented answer; it is also how a read of unwritten memory (NaN sentinel) shows.
 * ``nc_find_index8``: for each of the 8 values, the index of its first occurrence in ``data``; when a
   value repeats within ``vals``, its k-th repetition (left to right) takes the k-th occurrence in
   ``data`` (ascending pairing); a value absent from ``data`` gives all-ones (0xFFFFFFFF / 0xFFFF).
@@ -762,7 +765,8 @@ def _activation_input(instr: str, data, bias, scale) -> np.ndarray:
         b = _scalar_or_vector(instr, "bias", bias, P, fp32_only=False)
     else:
         b = _scalar_or_vector(instr, "bias", bias, P)
-    return (x * s + b).astype(F32)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf / NaN data propagate as on the engine
+        return (x * s + b).astype(F32)
 
 
 def _scalar_engine_reduce(instr: str, values: np.ndarray, reduce_op, reduce_res, cmd, partitions: int) -> None:
@@ -1260,17 +1264,29 @@ def _check_eight(instr: str, param: str, t, partitions: int) -> None:
         raise NkiSimError(f"{instr}: {param} must have shape ({partitions}, 8), got {tuple(t.shape)}")
 
 
+def _refuse_nan(instr: str, param: str, values: np.ndarray) -> None:
+    """NaN in a top-8 operand: its order / matching is not documented (see the module docstring)."""
+    nan = np.isnan(values)
+    if nan.any():
+        p, i = (int(v) for v in np.argwhere(nan)[0])
+        raise NkiSimError(
+            f"{instr}: {param} holds NaN (partition {p}, element {i}; {int(nan.sum())} in all): the NKI docs "
+            "do not define how this instruction orders or matches NaN (replace NaN first, or it is unwritten memory)"
+        )
+
+
 def max8(dst, src, name=None):
     """dst[p, :] = the 8 largest values of src[p] in descending order (fp32 compare, cast to dst.dtype).
 
-    src: SBUF/PSUM, <= 3-D, 8..16384 elements per partition; dst: [P, 8]. Equal values repeat; NaN ranks
-    highest (undocumented; chosen so reads of unwritten memory surface)."""
+    src: SBUF/PSUM, <= 3-D, 8..16384 elements per partition, no NaN; dst: [P, 8]. Equal values repeat."""
     instr = "max8"
     _check_top8_data(instr, "src", src)
     _check_eight(instr, "dst", dst, src.shape[0])
     _check_rank(instr, "dst", dst, 2)
     P = src.shape[0]
-    ascending = np.sort(_read_f32(src).reshape(P, -1), axis=1)  # NaN sorts last
+    values = _read_f32(src).reshape(P, -1)
+    _refuse_nan(instr, "src", values)
+    ascending = np.sort(values, axis=1)
     _write(dst, ascending[:, :-9:-1])
     return _record(instr, "vector", dst, {"src": src}, name)
 
@@ -1311,6 +1327,8 @@ def nc_find_index8(dst, data, vals, name=None):
     _check_dtype(instr, "dst", dst, tuple(_INDEX_DTYPES))
     values = _read_f32(data).reshape(P, -1)
     wanted = _read_f32(vals).reshape(P, 8)
+    _refuse_nan(instr, "data", values)
+    _refuse_nan(instr, "vals", wanted)
     positions, found = _occurrence_positions(values, wanted, _duplicate_rank(wanted, from_left=True))
     np_dtype, miss = _INDEX_DTYPES[_dtype_name(dst)]
     _write(dst, np.where(found, positions, miss).astype(np_dtype))
@@ -1332,6 +1350,8 @@ def nc_match_replace8(dst, data, vals, imm, dst_idx=None, name=None):
         raise NkiSimError(f"{instr}: imm must be a float scalar, got {imm!r}")
     values = _read_f32(data).reshape(P, -1)
     wanted = _read_f32(vals).reshape(P, 8)
+    _refuse_nan(instr, "data", values)
+    _refuse_nan(instr, "vals", wanted)
     positions, found = _occurrence_positions(values, wanted, _duplicate_rank(wanted, from_left=False))
     hit = np.zeros(values.shape, dtype=bool)
     rows = np.broadcast_to(np.arange(P)[:, None], positions.shape)

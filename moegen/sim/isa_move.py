@@ -23,7 +23,7 @@ from moegen.sim.checks import check_buffer, check_tensor
 from moegen.sim.enums import NkiInstruction, check_enum, dge_mode, dma_engine, engine, oob_mode
 from moegen.sim.errors import NkiSimError
 from moegen.sim.registers import VirtualRegister, value_of
-from moegen.sim.tensor import MemoryRegion, NkiTensor
+from moegen.sim.tensor import MemoryRegion, NkiTensor, origin_at, origin_of, record_origin
 
 # The enum classes, under names that instruction parameters (oob_mode=, engine=, ...) do not shadow.
 _OOB = oob_mode
@@ -62,6 +62,13 @@ def _dyn_in_bounds(t: NkiTensor) -> bool:
     return True
 
 
+def _named_by_origin(view: NkiTensor, partition: int) -> str:
+    """'arg[i] = v, used as a row index: ' when the vector_offset row of `partition` was DMA-loaded from a
+    kernel argument (an id read from HBM), else ''."""
+    origin = origin_at(view._vec[0], partition)
+    return f"{origin}, used as a row index: " if origin else ""
+
+
 def _gather(src: NkiTensor, mode, instr: str):
     """Read src: (values in src storage dtype, element mask of valid values or None)."""
     if src._vec is not None:
@@ -69,7 +76,8 @@ def _gather(src: NkiTensor, mode, instr: str):
         if mode is _OOB.error and not valid.all():
             bad = int(np.flatnonzero(~valid)[0])
             raise NkiSimError(
-                f"{instr}: src '{src.name}' indirect row index out of bounds at partition {bad} "
+                _named_by_origin(src, bad)
+                + f"{instr}: src '{src.name}' indirect row index out of bounds at partition {bad} "
                 f"(limit: 0..{src._vec[2] - 1}, oob_mode=error)"
             )
         src._note_access("r", instr)
@@ -101,7 +109,8 @@ def _scatter(dst: NkiTensor, values: np.ndarray, mask, mode, instr: str) -> None
         if mode is _OOB.error and not valid.all():
             bad = int(np.flatnonzero(~valid)[0])
             raise NkiSimError(
-                f"{instr}: dst '{dst.name}' indirect row index out of bounds at partition {bad} "
+                _named_by_origin(dst, bad)
+                + f"{instr}: dst '{dst.name}' indirect row index out of bounds at partition {bad} "
                 f"(limit: 0..{dst._vec[2] - 1}, oob_mode=error)"
             )
         ok &= valid.reshape((-1,) + (1,) * (dst.ndim - 1))
@@ -163,7 +172,9 @@ def dma_copy(
         vals = vals.reshape(dst.shape)
         if mask is not None:
             mask = np.asarray(mask).reshape(dst.shape)
+    version_before = dst._alloc.version
     _scatter(dst, vals, mask, mode, instr)
+    record_origin(dst, src, version_before)
     return NkiInstruction(instr)
 
 
@@ -327,6 +338,7 @@ def register_move(dst, src):
         raise NkiSimError(f"register_move: src must be an int or VirtualRegister, got {type(src).__name__}")
     runtime.current().record("sync", "register_move", {"src": src if isinstance(src, int) else "register"})
     dst._set(value_of(src, "register_move", "src"), "register_move")
+    dst.origin = src.origin if isinstance(src, VirtualRegister) else None
     return NkiInstruction("register_move")
 
 
@@ -348,6 +360,7 @@ def register_load(dst, src):
     _check_scalar_tensor("register_load", "src", src)
     runtime.current().record("sync", "register_load", {"src": src})
     dst._set(value_of(src, "register_load", "src"), "register_load")
+    dst.origin = origin_of(src)
     return NkiInstruction("register_load")
 
 

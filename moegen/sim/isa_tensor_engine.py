@@ -233,14 +233,15 @@ def _runs(sts: list, mvs: list) -> list:
 
 
 def _product(sts: list, mvs: list) -> np.ndarray:
-    """sum_i sts[i].T @ mvs[i] as one fp32 product."""
-    if len(sts) == 1:
-        return sts[0].T @ mvs[0]
-    st = _stack(sts)
-    mv = _stack(mvs) if st is not None else None
-    if st is None or mv is None:
-        st, mv = np.concatenate(sts, axis=0), np.concatenate(mvs, axis=0)
-    return st.T @ mv
+    """sum_i sts[i].T @ mvs[i] as one fp32 product (inf / NaN operands propagate without a warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if len(sts) == 1:
+            return sts[0].T @ mvs[0]
+        st = _stack(sts)
+        mv = _stack(mvs) if st is not None else None
+        if st is None or mv is None:
+            st, mv = np.concatenate(sts, axis=0), np.concatenate(mvs, axis=0)
+        return st.T @ mv
 
 
 def _stack(arrs: list) -> np.ndarray | None:

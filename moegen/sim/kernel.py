@@ -9,7 +9,9 @@
 * `last_run()` returns the `RunResult` of the most recent simulation in this process: outputs,
   trace, written_args (positions / keyword names of the argument arrays the kernel wrote),
   written_names (their parameter names), target, precise, lnc; `assert_wrote_only(*names)`.
-* Arguments: every NumPy array becomes a simulated HBM tensor, copy-on-write (read-only inputs are
+* Arguments: every NumPy array becomes a simulated HBM tensor (an int64 / uint64 array is refused,
+  naming the argument: NKI has no 64-bit integer tensors and narrowing would change ids; float64 is
+  rounded to float32), copy-on-write (read-only inputs are
   never copied; the first write copies, so the kernel never writes the caller's memory); after a
   successful run, arrays whose tensor the kernel wrote are updated in place
   (the official simulator: "Input arrays are updated in-place if the kernel modified the
@@ -303,7 +305,45 @@ def _run_real(kernel: Kernel, args, kwargs, target, precise) -> RunResult:
     return res
 
 
+# 64-bit integer arrays have no NKI dtype (NKI 0.6 tensors are at most 32-bit integers): converting one
+# would silently change the ids it holds (2**32 + 1 becomes 2147483647), so it is refused.
+_NO_NKI_DTYPE = {np.dtype(np.int64): "int32", np.dtype(np.uint64): "uint32"}
+
+
+def _check_arguments(fn, args, kwargs) -> None:
+    """Refuse, before any conversion, a 64-bit integer array argument and an integer argument breaking the
+    kernel's ARGUMENT_RANGES (module-level {name: (low, high)}: every element in [low, high), high an int
+    or (other argument, axis)), naming the argument, the element and the value."""
+    names = _param_names(fn, len(args))
+    values = {**dict(zip(names, args)), **kwargs}
+    for name, value in values.items():
+        narrower = _NO_NKI_DTYPE.get(getattr(value, "dtype", None))
+        if narrower is not None:
+            raise NkiSimError(
+                f"simulate: argument {name} has dtype {value.dtype}, which no NKI tensor has (expected a "
+                f"32-bit integer dtype such as {narrower}); convert it before the call, checking its values fit"
+            )
+    ranges = getattr(fn, "__globals__", {}).get("ARGUMENT_RANGES") or {}
+    for name, (low, high) in ranges.items():
+        ids = values.get(name)
+        if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
+            continue  # absent or not integer: the kernel's own dtype check reports it
+        if isinstance(high, tuple):
+            other, axis = high
+            if not isinstance(values.get(other), np.ndarray) or values[other].ndim <= axis:
+                continue  # the kernel's shape checks report it
+            high = values[other].shape[axis]
+        bad = (ids < low) | (ids >= high)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise NkiSimError(
+                f"{getattr(fn, '__name__', 'kernel')}: {name}[{', '.join(map(str, where))}] = {ids[where]}: "
+                f"out of range [{low}, {high}) ({int(bad.sum())} bad value(s); the hardware would not check)"
+            )
+
+
 def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
+    _check_arguments(kernel.fn, args, kwargs)
     run = runtime.Run(
         target=runtime.resolve_target(target),
         precise=runtime.resolve_precise(precise),

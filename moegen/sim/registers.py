@@ -32,6 +32,7 @@ class VirtualRegister:
     def __init__(self, state=None, frozen=False):
         self._value = wrap_int32(0 if state is None else _as_int(state, "register_alloc", "x"))
         self.frozen = bool(frozen)
+        self.origin = None  # "arg[i, j] = v" when the value was register_load-ed from a kernel argument's id
 
     def _get(self) -> int:
         return self._value
@@ -40,6 +41,7 @@ class VirtualRegister:
         if self.frozen:
             raise NkiSimError(f"{instr}: dst is a read-only loop induction register (limit: writable register)")
         self._value = wrap_int32(value)
+        self.origin = None
 
     def __bool__(self):
         f = sys._getframe(1)

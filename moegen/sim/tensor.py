@@ -128,6 +128,7 @@ class Allocation:
         "_f32_miss",
         "_f32_uses",
         "_f32_waste",
+        "origin",
         "__weakref__",
     )
 
@@ -165,6 +166,9 @@ class Allocation:
         # kernel argument still aliasing the caller's array: copied on the first write (copy-on-write),
         # so read-only inputs are never copied and the caller's array is never written during the run
         self.cow = False
+        # integer tile DMA-loaded from an integer kernel argument: (argument name, argument shape, flat
+        # argument index per storage element or -1, version it holds for); see record_origin
+        self.origin = None
 
     def unshare(self) -> None:
         """Copy-on-write: give an argument allocation its own storage before its first write."""
@@ -600,7 +604,13 @@ class NkiTensor:
         for src, mult in self._dyn:
             off += value_of(src, instr, "dynamic offset") * mult
         if self._dyn:
-            self._check_bounds(off, instr, operand)
+            try:
+                self._check_bounds(off, instr, operand)
+            except NkiSimError as error:
+                sources = [s for s in (origin_of(src) for src, _ in self._dyn) if s]
+                if not sources:
+                    raise
+                raise NkiSimError(f"{', '.join(sources)}, used as a dynamic offset: {error}") from None
         return off
 
     # -- raw access (for instructions) ---------------------------------------------------------
@@ -1188,6 +1198,48 @@ def from_numpy(
     data = dt.convert(arr, d, core.precise) if not same else arr.copy()
     shape = arr.shape if arr.shape else (1,)
     return allocate(shape, d, buffer, name=name, data=np.ascontiguousarray(data).reshape(shape))
+
+
+def record_origin(dst: NkiTensor, src: NkiTensor, version_before: int) -> None:
+    """After a DMA dst <- src: if src is an integer kernel argument and dst an on-chip integer tile (plain
+    views, no reinterpretation), remember which argument element each written element came from, so
+    that a value later used as a dynamic offset can be named (`origin_of`). Any other write to the tile
+    makes the record stale (it holds for one allocation version)."""
+    a, s = dst._alloc, src._alloc
+    plain = dst.dtype == a.dtype and src.dtype == s.dtype and dst._vec is None and src._vec is None
+    if not (plain and s.arg_index is not None and dst.on_chip and not dst.dtype.is_float and not src.dtype.is_float):
+        return
+    if a.origin is not None and a.origin[3] == version_before:
+        flat = a.origin[2]
+    else:
+        flat = np.full(a.data.size * a.data.itemsize // dst.dtype.itemsize, -1, np.int64)
+    dst_index, _ = dst._flat_index("dma_copy", "dst")
+    src_index, _ = src._flat_index("dma_copy", "src")
+    flat[dst_index.reshape(-1)] = src_index.reshape(-1)
+    a.origin = (s.name, s.shape, flat, a.version)
+
+
+def origin_of(x) -> str | None:
+    """'arg[i, j] = v' for a register or 1-element tile holding an id DMA-loaded from kernel argument arg."""
+    if isinstance(x, VirtualRegister):
+        return x.origin
+    if isinstance(x, NkiTensor) and x.size == 1:
+        return origin_at(x, 0)
+    return None
+
+
+def origin_at(t: NkiTensor, k: int) -> str | None:
+    """The origin of the k-th element (row-major) of view t, or None."""
+    a = t._alloc
+    if a.origin is None or a.origin[3] != a.version or t._vec is not None:
+        return None
+    name, shape, flat, _ = a.origin
+    position = int(t._flat_index("origin")[0].reshape(-1)[k])
+    source = int(flat[position]) if 0 <= position < flat.size else -1
+    if source < 0:
+        return None
+    where = ", ".join(str(int(i)) for i in np.unravel_index(source, shape))
+    return f"{name}[{where}] = {t.read('origin').reshape(-1)[k]}"
 
 
 def ceil_div(a: int, b: int) -> int:

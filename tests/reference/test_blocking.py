@@ -127,3 +127,29 @@ def test_dropping_layout(pad_with):
     pad = 3 if pad_with == "T" else -1
     assert blocks.token_position_to_id.tolist() == [0, 1, 2, pad, pad, pad, pad, pad]
     assert blocks.conditions.tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda index, aff: build_blocks(index, aff, 8, 4),
+        lambda index, aff: build_blocks(index, aff, 8, 4, dropless=False),
+        lambda index, aff: masked_affinities(index, aff, 8),
+    ],
+    ids=["dropless", "dropping", "masked_affinities"],
+)
+@pytest.mark.parametrize("bad", [2147483647, 8, -1])
+def test_an_out_of_range_expert_id_is_a_value_error_naming_it(call, bad):
+    """A router's 'not found' sentinel (2147483647), E and -1: a ValueError naming the element and the
+    value, never an IndexError from NumPy (nor -1 silently wrapping to the last expert)."""
+    index = np.array([[0, 1], [2, bad]], np.int32)
+    with pytest.raises(ValueError, match=rf"expert_index\[1, 1\] = {bad}: expert ids must be in \[0, 8\)"):
+        call(index, np.ones((2, 8), np.float32))
+
+
+def test_non_integer_ids_and_a_bad_block_size_are_refused():
+    aff = np.ones((1, 8), np.float32)
+    with pytest.raises(ValueError, match="integer expert ids, got dtype float64"):
+        build_blocks(np.array([[0.5, 1.0]]), aff, 8, 4)
+    with pytest.raises(ValueError, match="block_size must be a positive int, got 0"):
+        build_blocks(np.array([[0, 1]]), aff, 8, 0)

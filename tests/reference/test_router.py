@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from moegen.reference.router import router_topk
+from moegen.reference.router import router_topk, select_experts
 
 
 def brute_router(x, w, b, *, act_fn, k, pre_norm, norm, sel_bias=None, n_group=None, topk_group=None, scale=None):
@@ -179,3 +179,47 @@ def test_invalid_arguments():
         router_topk(x, w, None, act_fn="softmax", k=4, n_group=4, topk_group=1)  # only 2 experts kept
     with pytest.raises(ValueError):
         router_topk(x, w, None, act_fn="relu", k=1)
+
+
+# ------------------------------------------------------------------ NaN and inf scores (docs/routing_semantics.md)
+
+
+def test_selection_keys_put_nan_below_every_number_and_keep_plus_inf():
+    from moegen.reference.router import KEY_FLOOR, NAN_KEY, selection_keys
+
+    keys = selection_keys(np.array([[np.nan, -np.inf, NAN_KEY, 0.0, np.inf]]))
+    assert keys.tolist() == [[NAN_KEY, KEY_FLOOR, KEY_FLOOR, 0.0, np.inf]]
+    assert NAN_KEY == float(np.finfo(np.float32).min) and NAN_KEY < KEY_FLOOR < -3.4e38
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+@pytest.mark.parametrize("act_fn", ["softmax", "sigmoid"])
+def test_nan_logits_never_win_and_inf_logits_rank_as_values(pre_norm, act_fn):
+    """Expert 1's logit is NaN, expert 3's -inf, expert 2's +inf: the +inf comes first, the NaN last."""
+    w = np.zeros((1, 5), np.float32)
+    w[0] = [1.0, np.nan, np.inf, -np.inf, 2.0]
+    x = np.ones((1, 1), np.float32)
+    _, index, aff = router_topk(x, w, None, act_fn=act_fn, k=5, router_pre_norm=pre_norm)
+    assert index.tolist() == [[2, 4, 0, 3, 1]]
+    assert np.isnan(aff[0, 1])  # a NaN logit gives a NaN weight, in its own column
+
+
+def test_an_all_nan_token_gets_the_lowest_experts_and_others_are_untouched():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    x[1] = np.nan
+    _, index, aff = router_topk(x, w, None, act_fn="softmax", k=2, router_pre_norm=False)
+    _, clean_index, clean_aff = router_topk(x[[0, 2]], w, None, act_fn="softmax", k=2, router_pre_norm=False)
+    assert index[1].tolist() == [0, 1]
+    assert np.isnan(aff[1, :2]).all() and (aff[1, 2:] == 0).all()
+    assert (index[[0, 2]] == clean_index).all() and (aff[[0, 2]] == clean_aff).all()
+
+
+def test_group_limit_with_nan_scores_keeps_k_distinct_in_range_experts():
+    scores = np.full((2, 8), np.nan)
+    scores[1, 5] = 0.5  # one number: its group wins, then it wins
+    index = select_experts(scores, 3, n_group=4, topk_group=2)
+    assert index[0].tolist() == [0, 1, 2]
+    assert index[1].tolist()[0] == 5 and len(set(index[1].tolist())) == 3
+    assert ((index >= 0) & (index < 8)).all()

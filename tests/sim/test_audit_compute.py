@@ -363,7 +363,7 @@ def test_tensor_scalar_unary_abs_operand_none():
 
 def test_scalar_tensor_tensor_semantics():
     """nki.isa.scalar_tensor_tensor: '(data <op0> operand0) <op1> operand1'; operand0 scalar or
-    (P, 1); operand1 a full tile; reverse flags swap operands (topk.j2: work += one_hot * NEG_BIG)."""
+    (P, 1); operand1 a full tile; reverse flags swap operands."""
     data = RNG.standard_normal((4, 8)).astype(np.float32)
     o1 = RNG.standard_normal((4, 8)).astype(np.float32)
     v = np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)

@@ -575,6 +575,29 @@ def test_nc_find_index8_first_occurrence_duplicates_ascending_and_misses():
         nisa.nc_find_index8(empty((1, 8), "int32"), tile(data), tile(vals))
 
 
+@pytest.mark.parametrize(
+    "call, param",
+    [
+        (lambda d, v: nisa.max8(empty((1, 8)), d), "src"),
+        (lambda d, v: nisa.nc_find_index8(empty((1, 8), "uint32"), d, v), "data"),
+        (lambda d, v: nisa.nc_match_replace8(empty((1, 10)), d, v, imm=0.0), "data"),
+    ],
+    ids=["max8", "nc_find_index8", "nc_match_replace8"],
+)
+def test_top8_instructions_refuse_nan(call, param):
+    """The nki.isa.max8, nc_find_index8 and nc_match_replace8 pages say the values are compared in fp32
+    and define duplicates and misses, but not how NaN is ordered or matched: a NaN operand is refused
+    (it used to rank highest in max8 and never match in nc_find_index8, which is how a NaN router row
+    came out as expert 2147483647), naming the operand and the first NaN."""
+    data = np.array([[3, 8, 1, np.nan, 8, 2, 7, 6, 0, 8]], np.float32)
+    vals = np.full((1, 8), 8.0, np.float32)
+    with pytest.raises(NkiSimError, match=rf"{param} holds NaN \(partition 0, element 3; 1 in all\)"):
+        call(tile(data), tile(vals))
+    clean = np.nan_to_num(data, nan=-np.inf)  # -inf is an ordinary value
+    with pytest.raises(NkiSimError, match=r"vals holds NaN"):
+        nisa.nc_find_index8(empty((1, 8), "uint32"), tile(clean), tile(np.full((1, 8), np.nan, np.float32)))
+
+
 def test_nc_match_replace8_documented_duplicate_example():
     data = np.array([[1, 2, 3, 4, 8, 8, 8, 8, 8, 8, 8]], np.float32)
     vals = np.array([[3, 8, 8, 8, 8, 8, 8, 8]], np.float32)
