@@ -153,13 +153,13 @@ INLINE = {
     "groups_softmax_ht_lnc2": dict(
         experts=16,
         top_k=3,
-        router="linear -> softmax -> group_limit(groups=4, keep=2) -> topk",
+        router="linear -> softmax -> group_limit(groups=4, keep=2, score=max) -> topk",
         options="layout=ht lnc=2 eager",
     ),
     "bias_groups_k9_fp32": dict(
         experts=64,
         top_k=9,
-        router="linear(bias) -> sigmoid -> select_bias -> group_limit(groups=8, keep=3) -> topk -> scale(2.5)",
+        router="linear(bias) -> sigmoid -> select_bias -> group_limit(groups=8, keep=3, score=top2_sum) -> topk -> scale(2.5)",
         options="eager",
         dtype="fp32",
     ),
