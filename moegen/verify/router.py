@@ -65,6 +65,7 @@ def expected(plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
         topk_group=plan.topk_group,
         routed_scaling_factor=plan.scaling_factor,
         return_eager_affi=True,
+        affinities=plan.affinities,
     )
     out = {}
     if plan.store_logits:
