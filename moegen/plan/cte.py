@@ -83,7 +83,9 @@ OPTIONS = (
     OptionSpec(
         "padding",
         "choice",
-        "empty block slots hold T (the zero row of hidden_states) or -1 (skipped by out-of-bounds DMA)",
+        "empty block slots hold T (row: hidden_states [T+1, H] with a zero row T, out [T+1, H]) or -1 "
+        "(skip: skipped by out-of-bounds DMA; AWS's shapes hidden_states [T, H], expert_affinities_masked "
+        "[T*E, 1], out [T, H])",
         default="row",
         choices=("row", "skip"),
     ),
@@ -575,7 +577,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         ),
         (
             "padding",
-            "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip)"
+            "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip); AWS's shapes: "
+            "hidden_states [T, H], expert_affinities_masked [T*E, 1] and out [T, H], no padding row"
             if pad_skip
             else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
             "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end",

@@ -56,11 +56,12 @@ def make_inputs(
         dropless=not plan.dropping,
         num_blocks=None if plan.dropping else num_blocks,
     )
-    hidden = np.zeros((tokens + 1, h), dtype=dt)
+    rows = tokens if plan.pad_skip else tokens + 1  # padding=skip: AWS's shapes, no zero row T
+    hidden = np.zeros((rows, h), dtype=dt)
     hidden[:tokens] = quant.cast(rng.standard_normal((tokens, h)), plan.dtype)
     inputs: dict[str, np.ndarray] = {
         "hidden_states": hidden,
-        "expert_affinities_masked": blocks.expert_affinities_masked,
+        "expert_affinities_masked": blocks.expert_affinities_masked[: rows * e],
         "token_position_to_id": blocks.token_position_to_id,
         "block_to_expert": blocks.block_to_expert,
         "conditions": blocks.conditions,
@@ -126,7 +127,7 @@ def reference_precision(plan: CtePlan) -> Precision:
 
 
 def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The blockwise reference on the same metadata; row T of out is 0 (the kernel zeroes it)."""
+    """The blockwise reference on the same metadata; with padding=row, row T of out is 0 (the kernel zeroes it)."""
     mlp = plan.mlp
     shift = mlp.up_constant
     result = cte_reference.moe_cte(
@@ -162,7 +163,8 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     )
     outputs = dict(zip(OUTPUTS, result if plan.checkpoint else (result,)))
     outputs["out"] = np.array(outputs["out"], dtype=np.float32)
-    outputs["out"][-1] = 0.0
+    if not plan.pad_skip:
+        outputs["out"][-1] = 0.0  # the padding row T
     return outputs
 
 
