@@ -37,9 +37,12 @@ def make_inputs(
     *,
     expert_index: np.ndarray | None = None,
     num_blocks: int | None = None,
+    aws_forms: bool = False,
 ) -> dict[str, np.ndarray]:
     """Kernel arguments by name (plan.arguments), plus `expert_index`, `expert_affinities` [T, K] and
-    `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget."""
+    `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget.
+    aws_forms: the forms AWS's moe_cte tests pass (block_to_expert [N], fp8 row scales [E, 1, 2I] and
+    [E, 1, H]), same values."""
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
     dt = quant.np_dtype(plan.dtype)
     if expert_index is None:
@@ -74,6 +77,11 @@ def make_inputs(
         inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, 2, i)), plan.dtype)
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
+    if aws_forms:
+        inputs["block_to_expert"] = inputs["block_to_expert"].reshape(-1)
+        if plan.gate_scale == "row":
+            inputs["gate_up_proj_scale"] = inputs["gate_up_proj_scale"].reshape(e, 1, 2 * i)
+            inputs["down_proj_scale"] = inputs["down_proj_scale"].reshape(e, 1, h)
     return inputs
 
 

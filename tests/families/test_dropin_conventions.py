@@ -181,3 +181,58 @@ def test_cte_checkpoint_stores_gate_up_after_the_clamp(tmp_path):
     for name in ("out", "gate_up_activations_T", "down_activations"):
         result = compare(name, got[name], want[name], kind="bf16")
         assert result.ok, result
+
+
+# ------------------------------------------------------------------ index and scale forms (item 5)
+
+
+@pytest.mark.parametrize("mode", ["selective", "all_experts mask_unselected"])
+def test_tkg_takes_aws_index_and_row_scale_forms(tmp_path, mode):
+    """uint32 expert_index and fp8 row scales [E_L, 1, 2I] / [E_L, 1, H]: same output as int32 and
+    [E_L, 2, I] / [E_L, H] (identical memory layout), both equal to the reference."""
+    from moegen.verify import tkg as tkg_harness
+
+    text = layer_spec(
+        f"kernel decode : tkg {{ mode={mode} }}",
+        hidden=256,
+        intermediate=192,
+        experts=8,
+        top_k=2,
+        quant="weights=fp8_row",
+        expert="gate_up -> silu -> down -> scale",
+    )
+    generated, modules = build_spec(text, tmp_path)
+    plan = generated.plans[0]
+    aws = tkg_harness.make_inputs(plan, 5, np.random.default_rng(SEED), aws_forms=True)
+    ours = tkg_harness.make_inputs(plan, 5, np.random.default_rng(SEED))
+    assert aws["expert_index"].dtype == np.uint32 and aws["expert_gate_up_weights_scale"].shape == (8, 1, 384)
+    got_aws = tkg_harness.run(modules["decode"].decode, plan, aws)["output"]
+    got_ours = tkg_harness.run(modules["decode"].decode, plan, ours)["output"]
+    assert np.array_equal(got_aws, got_ours)
+    want = tkg_harness.expected(plan, ours)["output"]
+    assert compare("output", got_aws, want, kind=tkg_harness.tolerance(plan, "output")).ok
+
+
+@pytest.mark.parametrize("options", ["shard=block", "shard=intermediate lnc=2 loop=hybrid"])
+def test_cte_takes_aws_block_to_expert_and_row_scale_forms(tmp_path, options):
+    """block_to_expert [N] and fp8 row scales [E, 1, 2I] / [E, 1, H]: the same output as [N, 1] and
+    [E, 2, I] / [E, H], equal to the reference."""
+    from moegen.verify import cte as cte_harness
+
+    text = layer_spec(
+        f"kernel prefill : cte {{ block=128 {options} }}",
+        hidden=256,
+        intermediate=128,
+        experts=4,
+        top_k=2,
+        quant="weights=fp8_row",
+        expert="gate_up -> silu -> down -> scale",
+    )
+    generated, modules = build_spec(text, tmp_path)
+    plan, kernel = generated.plans[0], modules["prefill"].prefill
+    aws = cte_harness.make_inputs(plan, 40, np.random.default_rng(SEED), aws_forms=True)
+    ours = cte_harness.make_inputs(plan, 40, np.random.default_rng(SEED))
+    assert aws["block_to_expert"].ndim == 1 and aws["gate_up_proj_scale"].shape == (4, 1, 256)
+    got_aws = cte_harness.run(kernel, plan, aws)["out"]
+    assert np.array_equal(got_aws, cte_harness.run(kernel, plan, ours)["out"])
+    assert compare("out", got_aws, cte_harness.expected(plan, ours)["out"], kind="bf16").ok
