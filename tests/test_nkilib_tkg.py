@@ -14,7 +14,7 @@ from moegen.nkilib import ActFnType, ExpertAffinityScaleMode, UnsupportedCall
 from moegen.verify import tkg as harness
 from tests.families.support import build_spec, layer_spec
 
-H, I, E, K, T = 256, 192, 8, 2, 5
+H, INTER, E, K, T = 256, 192, 8, 2, 5
 NO, POST, PRE = ExpertAffinityScaleMode.NO_SCALE, ExpertAffinityScaleMode.POST_SCALE, ExpertAffinityScaleMode.PRE_SCALE
 
 # (AWS flags, the hand-written spec: expert pipeline, kernel options, quant, dtype)
@@ -54,7 +54,7 @@ def _spec(expected) -> str:
     return layer_spec(
         f"kernel decode : tkg {{ {options} }}",
         hidden=H,
-        intermediate=I,
+        intermediate=INTER,
         experts=E,
         top_k=K,
         dtype=dtype,
@@ -113,7 +113,13 @@ def test_moe_tkg_unsupported_flags_name_the_flag(tmp_path, monkeypatch, flag, va
     x = np.zeros((T, H), np.float32)
     with pytest.raises(UnsupportedCall, match=flag):
         nkilib.moe_tkg(
-            x, np.zeros((E, H, 2, I)), np.zeros((E, I, H)), np.zeros((T, E)), np.zeros((T, K)), False, **{flag: value}
+            x,
+            np.zeros((E, H, 2, INTER)),
+            np.zeros((E, INTER, H)),
+            np.zeros((T, E)),
+            np.zeros((T, K)),
+            False,
+            **{flag: value},
         )
 
 
@@ -123,8 +129,8 @@ def test_moe_tkg_eager_in_all_expert_mode_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UnsupportedCall, match="expert_affinities_eager"):
         nkilib.moe_tkg(
             x,
-            np.zeros((E, H, 2, I)),
-            np.zeros((E, I, H)),
+            np.zeros((E, H, 2, INTER)),
+            np.zeros((E, INTER, H)),
             np.zeros((T, E)),
             np.zeros((T, K)),
             True,
