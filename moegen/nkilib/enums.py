@@ -25,3 +25,18 @@ class ExpertAffinityScaleMode(Enum):
     POST_SCALE = 1
     PRE_SCALE = 2
     PRE_SCALE_DELAYED = 3
+
+
+class MoECTEImplementation(Enum):
+    shard_on_block = 0
+    shard_on_i = 1
+    shard_on_i_hybrid = 2
+    shard_on_i_dropping = 3
+    shard_on_block_mx = 4
+    shard_on_i_mx = 5
+    shard_on_i_mx_hybrid = 6
+
+
+class BlockShardStrategy(Enum):
+    HI_LO = 0
+    PING_PONG = 1

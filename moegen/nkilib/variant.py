@@ -80,3 +80,20 @@ def variant(name: str, text: str) -> Variant:
     loaded = Variant(plan=generated.plans[0], kernel=getattr(module, KERNEL_NAME), path=path)
     _LOADED[folder] = loaded
     return loaded
+
+
+class Launchable:
+    """A host function launched like an @nki.jit kernel: `f(...)` on one core, `f[2](...)` on LNC=2."""
+
+    def __init__(self, function, lnc: int = 1):
+        self.function, self.lnc = function, lnc
+        self.__doc__, self.__name__ = function.__doc__, function.__name__
+
+    def __getitem__(self, grid) -> Launchable:
+        lnc = grid[0] if isinstance(grid, tuple) else grid
+        if lnc not in (1, 2):
+            raise UnsupportedCall(f"{self.__name__}[{grid}]: moegen's kernels run on 1 or 2 logical cores")
+        return Launchable(self.function, lnc)
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, lnc=self.lnc, **kwargs)

@@ -190,6 +190,8 @@ def run(kernel, plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     launch = kernel[2] if plan.lnc == 2 else kernel
     result = sim.simulate(launch, trace=False)(*kernel_arguments(plan, inputs))  # no trace: tiles freed per block
     outputs = dict(zip(OUTPUTS, result if isinstance(result, tuple) else (result,)))
+    if plan.per_core_output:  # [rows, 2, H]: the caller adds the cores' partial sums
+        outputs["out"] = np.asarray(outputs["out"], dtype=np.float32).sum(axis=1)
     return {
         name: mask_unspecified(plan, inputs, name, np.asarray(value, dtype=np.float32))
         for name, value in outputs.items()

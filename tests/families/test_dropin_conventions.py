@@ -236,3 +236,31 @@ def test_cte_takes_aws_block_to_expert_and_row_scale_forms(tmp_path, options):
     got_aws = cte_harness.run(kernel, plan, aws)["out"]
     assert np.array_equal(got_aws, cte_harness.run(kernel, plan, ours)["out"])
     assert compare("out", got_aws, cte_harness.expected(plan, ours)["out"], kind="bf16").ok
+
+
+# ------------------------------------------------------------------ cte per-core partial outputs (item 5)
+
+
+@pytest.mark.parametrize("lnc", [1, 2])
+def test_cte_per_core_output_returns_aws_partials(tmp_path, lnc):
+    """output=per_core: out [T+1, 2, H], core c's accumulation in [:, c, :] (AWS's shard_on_block
+    form); the two slots add up to the reference, and at lnc=1 slot 0 is the finished sum."""
+    from moegen import sim
+
+    plan, kernel, cte_harness = _cte_kernel(tmp_path, f"output=per_core lnc={lnc}")
+    inputs = cte_harness.make_inputs(plan, 100, np.random.default_rng(SEED))
+    launch = kernel[2] if lnc == 2 else kernel
+    raw = np.asarray(sim.simulate(launch)(*cte_harness.kernel_arguments(plan, inputs)), dtype=np.float32)
+    assert raw.shape == (101, 2, plan.hidden)
+    assert not raw[100].any()  # the padding row T, both slots
+    if lnc == 1:
+        assert not raw[:, 1].any()
+    else:
+        assert raw[:100, 0].any() and raw[:100, 1].any()  # both cores contributed
+    want = cte_harness.expected(plan, inputs)["out"]
+    assert compare("out", raw.sum(axis=1), want, kind="bf16").ok
+
+
+def test_cte_per_core_output_needs_block_sharding_and_accumulation(tmp_path):
+    with pytest.raises(SpecError, match="output=per_core"):
+        _cte_kernel(tmp_path, "output=per_core shard=intermediate")
