@@ -53,7 +53,7 @@ CASES = [
     ),
     (
         (Impl.shard_on_i_dropping, 1, dict(mode=NO, act=ActFnType.GELU)),
-        (2, "shard=intermediate dropping", "gate_up -> gelu -> down", ""),
+        (2, "shard=intermediate dropping checkpoint", "gate_up -> gelu -> down", ""),
     ),
     ((Impl.shard_on_i, 1, dict(quant=True)), (2, "shard=intermediate", SILU, "weights=fp8_row")),
     (

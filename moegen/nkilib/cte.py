@@ -134,7 +134,10 @@ def cte_variant(
         strategy = BlockShardStrategy(spec.shard_on_block.block_sharding_strategy)
         options += [f"distribute={DISTRIBUTIONS[strategy]}"] if lnc == 2 and strategy != strategy.PING_PONG else []
         options += ["output=per_core"] if accumulate else []  # AWS returns [rows, 2, H] per-core partials
-    if spec.shard_on_I.checkpoint_activation and implementation != MoECTEImplementation.shard_on_block:
+    # AWS's dropping kernel always returns its checkpoints; shard_on_block has none (spec.shard_on_I unused).
+    if implementation == MoECTEImplementation.shard_on_i_dropping or (
+        spec.shard_on_I.checkpoint_activation and implementation != MoECTEImplementation.shard_on_block
+    ):
         options.append("checkpoint")
     options.append("update=accumulate" if accumulate else "update=overwrite")
     options += ["padding=skip"] if skip_token else []
