@@ -190,3 +190,18 @@ def test_variant_is_cached_as_moegen_build_writes_it(tmp_path, monkeypatch):
     assert (kernel_file.read_bytes(), kernel_file.stat().st_mtime_ns) == before
     for a, b in zip(first, second):
         assert np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_variant_build_is_deterministic(tmp_path, monkeypatch):
+    """Two caches built from scratch hold byte-identical spec and kernel files."""
+    from moegen.nkilib import variant as variant_module
+
+    x, w = _inputs(np.random.default_rng(4))
+    trees = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("MOEGEN_NKILIB_CACHE", str(tmp_path / name))
+        monkeypatch.setattr(variant_module, "_LOADED", {})
+        _call(x, w, router_pre_norm=False)
+        root = tmp_path / name
+        trees.append({str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()})
+    assert trees[0] == trees[1] and len(trees[0]) == 2
