@@ -52,8 +52,6 @@ def router_variant(
     skip_store_router_logits: bool,
 ) -> tuple[str, str]:
     """(layer name, spec text) of the variant an AWS call maps to (docs/nkilib.md)."""
-    if x_hbm_layout not in (0, 1):
-        raise UnsupportedCall(f"x_hbm_layout={x_hbm_layout}: 0 ([H, T]) or 1 ([T, H])")
     act = RouterActFnType(act_fn).name.lower()
     linear = "linear(bias)" if w_bias else "linear"
     if router_pre_norm:
@@ -105,7 +103,11 @@ def router_topk(
     for flag, value in flags.items():
         if value:
             raise UnsupportedCall(f"{flag}=True: {UNSUPPORTED_FLAGS[flag]}")
+    if x_hbm_layout not in (0, 1):
+        raise UnsupportedCall(f"x_hbm_layout={x_hbm_layout}: 0 ([H, T]) or 1 ([T, H])")
     x, w = np.asarray(x), np.asarray(w)
+    if x.ndim != 2:
+        raise UnsupportedCall(f"x: expected [H, T] or [T, H] in HBM, got shape {x.shape}")
     if w.ndim != 2:
         raise UnsupportedCall(f"w: expected [H, E], got shape {w.shape}")
     hidden, experts = w.shape

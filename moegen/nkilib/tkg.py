@@ -157,6 +157,11 @@ def moe_tkg(
             f"expert_gate_up_weights: expected [E_L, H, 2, I], got shape {np.shape(expert_gate_up_weights)}"
         )
     local_experts, hidden, _, intermediate = np.shape(expert_gate_up_weights)
+    if np.ndim(expert_affinities) != 2 or np.ndim(expert_index) != 2:
+        raise UnsupportedCall(
+            f"expert_affinities, expert_index: expected [T, E] and [T, K], got {np.shape(expert_affinities)} "
+            f"and {np.shape(expert_index)}"
+        )
     tokens, experts = np.shape(expert_affinities)
     in_dtype = spec_dtype(hidden_input, "hidden_input")
     name, text = tkg_variant(

@@ -281,7 +281,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         )
 
     overrides = [
-        f"{name}={variant.options[name]}" for name in ("act", "norm", "renormalize") if name in variant.options
+        f"{name}={variant.options[name]}"
+        for name in ("act", "norm", "renormalize", "affinities")
+        if name in variant.options
     ]
     decisions = [
         (
