@@ -83,9 +83,19 @@ OPTIONS = (
     OptionSpec(
         "padding",
         "choice",
-        "empty block slots hold T (the zero row of hidden_states) or -1 (skipped by out-of-bounds DMA)",
+        "empty block slots hold T (row: hidden_states [T+1, H] with a zero row T, out [T+1, H]) or -1 "
+        "(skip: skipped by out-of-bounds DMA; AWS's shapes hidden_states [T, H], expert_affinities_masked "
+        "[T*E, 1], out [T, H])",
         default="row",
         choices=("row", "skip"),
+    ),
+    OptionSpec(
+        "output",
+        "choice",
+        "sum: out [rows, H] holds the finished sum; per_core: out [rows, 2, H] holds core c's partial sum "
+        "in [:, c, :] for the caller to add (AWS's shard_on_block with accumulation; at lnc=1 [:, 1, :] is 0)",
+        default="sum",
+        choices=("sum", "per_core"),
     ),
     OptionSpec(
         "checkpoint",
@@ -157,6 +167,7 @@ class CtePlan(KernelPlan):
     mlp: ExpertMLPPlan
     zero_output: bool  # zero-fill out before the blocks (accumulation, or dropped tokens never written)
     partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
+    per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
 
     @property
     def quantized(self) -> bool:
@@ -256,12 +267,15 @@ class CtePlan(KernelPlan):
         else:
             lines.append("    y = h @ Wd[e]" + dq + (" + bd[e]" if mlp.down_bias else ""))
         if self.checkpoint:
-            lines.append("    gate_up_activations_T[b] = [g, u]^T (before clamp); down_activations[b] = y")
+            lines.append("    gate_up_activations_T[b] = [g, u]^T (after clamp); down_activations[b] = y")
         scaled = "y * affinity[ids, e]" if self.affinity == "post" else "y"
         lines.append(f"    out[ids] {'+=' if self.accumulate else '='} round_{self.out_dtype}({scaled})")
+        if self.per_core_output:
+            lines[-1] = lines[-1].replace("out[ids]", "out[ids, core]")
         if self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
-        lines.append("out[T] = 0")
+        if not self.pad_skip:
+            lines.append("out[T] = 0")
         return tuple(lines)
 
 
@@ -342,6 +356,15 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
                 "update",
                 f"update=overwrite needs top_k 1 (top_k is {layer.dims.top_k}): a token's "
                 "results from its several experts must be added",
+            )
+        )
+    accumulates = variant["update"] == "accumulate" or (variant["update"] == "auto" and layer.dims.top_k > 1)
+    if variant["output"] == "per_core" and not (shard == "block" and accumulates):
+        problems.append(
+            (
+                "output",
+                "output=per_core returns each core's accumulated partial sums: it needs shard=block and "
+                "update=accumulate (top_k > 1)",
             )
         )
     if shard == "intermediate" and lnc == 2 and layer.dims.intermediate_tp % 32:
@@ -555,7 +578,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     chunk_cols = max(cols for _, cols, _, _ in gate_up_chunks)
 
     zero_output = accumulate or dropping
-    partial_output = shard == "block" and lnc == 2 and accumulate
+    per_core_output = variant["output"] == "per_core"
+    partial_output = shard == "block" and lnc == 2 and accumulate and not per_core_output
     decisions += [
         (
             "sharding",
@@ -567,7 +591,9 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
                     else "core c runs the c-th half of the blocks; "
                 )
                 + (
-                    "each core accumulates into its own copy of the output, the two are added after a core barrier"
+                    "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
+                    if per_core_output
+                    else "each core accumulates into its own copy of the output, the two are added after a core barrier"
                     if partial_output
                     else "top-1: each token row is written by one core"
                 ),
@@ -585,7 +611,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         ),
         (
             "padding",
-            "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip)"
+            "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip); AWS's shapes: "
+            "hidden_states [T, H], expert_affinities_masked [T*E, 1] and out [T, H], no padding row"
             if pad_skip
             else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
             "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end",
@@ -651,6 +678,7 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         max_tokens=T_MAX,
         zero_output=zero_output,
         partial_output=partial_output,
+        per_core_output=per_core_output,
         mlp=mlp,
     )
 

@@ -60,6 +60,15 @@ OPTIONS = (
     OptionSpec(
         "renormalize", "choice", "override the pipeline's L1 renormalisation of the K weights", choices=("yes", "no")
     ),
+    OptionSpec(
+        "affinities",
+        "choice",
+        "what expert_affinities [T, E] holds: the activated scores of all E experts (all; AWS's pre-norm "
+        "pipeline without L1 norm, which has no scatter) or the K selected weights at their experts and 0 "
+        "elsewhere (selected). Default: all for a plain pre-norm pipeline without renormalize, "
+        "select_bias, group_limit or scale; selected otherwise",
+        choices=("all", "selected"),
+    ),
 )
 
 
@@ -90,6 +99,7 @@ class RouterPlan(KernelPlan):
     h_tiles: int
     h_rest: int
     token_tile: int
+    affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
     select_on: str  # 'logits' | 'scores': what max8 ranks
     full_scores: bool  # the activation over all E is materialised
     weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by one-hot)
@@ -130,6 +140,38 @@ def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tup
     return act, pre_norm, renormalize, problems
 
 
+def _affinities(layer: Layer, variant: Variant, pre_norm: bool, renormalize: bool) -> tuple[str, list]:
+    """The affinities form (see the `affinities` option) and the problems an explicit choice raises."""
+    router = layer.router
+    extras = [
+        name
+        for name, present in (
+            ("renormalize", renormalize),
+            ("select_bias", router.selection_bias),
+            ("group_limit", router.n_group is not None),
+            ("scale", router.scaling_factor is not None),
+        )
+        if present
+    ]
+    chosen = variant.options.get("affinities")
+    if chosen is None:
+        return ("all" if pre_norm and not extras else "selected"), []
+    problems = []
+    if chosen == "all" and not pre_norm:
+        problems.append(
+            ("affinities", "affinities=all stores the activated scores of all E experts: it needs pre-norm")
+        )
+    elif chosen == "all" and extras:
+        problems.append(
+            (
+                "affinities",
+                f"affinities=all stores the plain activated scores of all E experts, which {', '.join(extras)} "
+                "would not change: use affinities=selected",
+            )
+        )
+    return chosen, problems
+
+
 def plan(layer: Layer, variant: Variant) -> RouterPlan:
     """Resolve one router variant to numbers; PlanError names the option and the reason."""
     if layer.router is None:
@@ -137,6 +179,16 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     dims, router = layer.dims, layer.router
     hidden, experts, top_k = dims.hidden, dims.experts, dims.top_k
     act, pre_norm, renormalize, problems = _pipeline(layer, variant)
+    affinities, affinity_problems = _affinities(layer, variant, pre_norm, renormalize)
+    problems += affinity_problems
+    if affinities == "all" and variant.options["scatter"] == "dma":
+        problems.append(
+            (
+                "scatter",
+                "scatter=dma: expert_affinities holds all E scores (affinities=all), nothing is scattered; "
+                "use affinities=selected to scatter the K weights",
+            )
+        )
     if experts > MATMUL_MOVING_FREE_MAX:
         problems.append(
             (
@@ -165,7 +217,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
 
     h_tiles, h_rest = divmod(hidden, MATMUL_CONTRACTION_MAX)
     select_on = "scores" if (router.selection_bias or router.n_group is not None) else "logits"
-    full_scores = select_on == "scores"
+    full_scores = select_on == "scores" or affinities == "all"
     weights_from = "scores" if router.selection_bias else "selected"
     store_logits = not variant.options.get("skip_logits", False)
     scatter = variant.options["scatter"]
@@ -232,7 +284,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                 + experts,
             ),
         ]
-    if scatter == "onehot":
+    if scatter == "onehot" or affinities == "all":
         buffers.append(Buffer("affinities tile", "sbuf", TOKEN_TILE, experts * out_bytes))
     else:
         buffers.append(
@@ -240,7 +292,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         )
 
     overrides = [
-        f"{name}={variant.options[name]}" for name in ("act", "norm", "renormalize") if name in variant.options
+        f"{name}={variant.options[name]}"
+        for name in ("act", "norm", "renormalize", "affinities")
+        if name in variant.options
     ]
     decisions = [
         (
@@ -305,7 +359,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "scatter",
-            "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile"
+            f"none: expert_affinities holds the {act} scores of all E experts (AWS's pre-norm pipeline "
+            "without L1 norm), one DMA per tile"
+            if affinities == "all"
+            else "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile"
             if scatter == "onehot"
             else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
             "(vector_offset on the flattened [T*E, 1] view)",
@@ -365,6 +422,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         topk_group=router.topk_group,
         group_size=group_size,
         group_score=router.group_score,
+        affinities=affinities,
         h_tiles=h_tiles,
         h_rest=h_rest,
         token_tile=TOKEN_TILE,

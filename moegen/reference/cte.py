@@ -107,7 +107,7 @@ def moe_cte(
     slots' contributions (zero unless 'none'/'pre' scaling with biases): compare rows [:T].
 
     checkpoint=True returns (out, gate_up_activations_T [N, 2, I, B], down_activations [N, B, H]):
-    per block the gate/up projections after dequant and bias, before the clamp, and the down
+    per block the gate/up projections after dequant, bias and clamp (as AWS stores them), and the down
     projection output after its bias, before affinity scaling, both rounded to output_dtype; slots
     with id -1 and skipped blocks hold 0 there (a kernel leaves them unspecified: mask them out).
     """

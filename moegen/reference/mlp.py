@@ -167,7 +167,8 @@ def expert_mlp(
     broadcasts to [2, I] (row [2, I], static [2, 1]) and down_scale to [H]. Static input scales
     quantize the matmul input to fp8 first: x_q = fp8(x / s) and the result is multiplied back by s.
     If `checkpoints` is a dict it receives 'gate_up' [M, 2, I] (or [M, 1, I]): the projections after
-    dequant and bias (with the +1 of up_plus_one), before the clamp, at the gate_up rounding.
+    dequant, bias (with the +1 of up_plus_one) and clamp, at the gate_up rounding: what AWS's cte
+    kernel stores in gate_up_activations_T for the backward pass.
     """
     p = Precision.of(precision)
     x = np.asarray(x, dtype=np.float32)
@@ -193,8 +194,6 @@ def expert_mlp(
         gu = gu + np.asarray(gate_up_bias, dtype=np.float32).reshape(parts, inter)
     if mlp.up_plus_one:
         gu[:, 1] += np.float32(1.0)
-    if checkpoints is not None:
-        checkpoints["gate_up"] = round_to(gu, p.gate_up)
     g = round_to(_clamp(gu[:, 0], mlp.gate_clamp_lower_limit, mlp.gate_clamp_upper_limit), p.gate_up)
 
     # Activation and gating product.
@@ -207,6 +206,8 @@ def expert_mlp(
         h = round_to(a.astype(np.float64) * u, p.h)
     else:
         h = a
+    if checkpoints is not None:
+        checkpoints["gate_up"] = np.stack([g, u], axis=1) if mlp.gated else g[:, None, :]
     h = round_to(h, p.matmul_in)
 
     # Down projection.

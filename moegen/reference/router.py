@@ -105,6 +105,7 @@ def router_topk(
     group_score: str = "top2_sum",
     routed_scaling_factor: float | None = None,
     return_eager_affi: bool = False,
+    affinities: str = "selected",
 ) -> tuple[np.ndarray, ...]:
     """Router logits, top-K expert indices and scattered affinities.
 
@@ -121,9 +122,13 @@ def router_topk(
     - norm_topk_prob divides the K weights by their sum; routed_scaling_factor multiplies them last.
     - selection_bias [E] (DeepSeek-V3 e_score_correction_bias) changes the choice, not the weights.
     - n_group / topk_group / group_score: group-limited choice (see `select_experts`).
+    - affinities 'selected': expert_affinities holds the K weights at their experts, 0 elsewhere;
+      'all' (pre-norm only; AWS's pre-norm pipeline without L1 norm): the activated scores P of all E.
     expert_index is sorted by descending selection key, ties to the lower expert index; NaN / inf
     scores follow the module docstring's rule.
     """
+    if affinities not in ("selected", "all") or (affinities == "all" and not router_pre_norm):
+        raise ValueError(f"affinities must be 'selected', or 'all' with pre-norm, not {affinities!r}")
     if act_fn not in ROUTER_ACTIVATIONS:
         raise ValueError(f"act_fn must be one of {ROUTER_ACTIVATIONS}, not {act_fn!r}")
     xs = np.asarray(x, dtype=np.float64)
@@ -156,8 +161,9 @@ def router_topk(
         if routed_scaling_factor is not None:
             picked = picked * routed_scaling_factor
         eager = picked.astype(np.float32)
-        affinities = np.zeros((t, e), dtype=np.float32)
-        np.put_along_axis(affinities, index, eager, axis=1)
+        scattered = np.zeros((t, e), dtype=np.float32)
+        np.put_along_axis(scattered, index, eager, axis=1)
+        expert_affinities = probs.astype(np.float32) if affinities == "all" else scattered
     if return_eager_affi:
-        return logits, index, affinities, eager
-    return logits, index, affinities
+        return logits, index, expert_affinities, eager
+    return logits, index, expert_affinities

@@ -37,9 +37,12 @@ def make_inputs(
     *,
     expert_index: np.ndarray | None = None,
     num_blocks: int | None = None,
+    aws_forms: bool = False,
 ) -> dict[str, np.ndarray]:
     """Kernel arguments by name (plan.arguments), plus `expert_index`, `expert_affinities` [T, K] and
-    `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget."""
+    `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget.
+    aws_forms: the forms AWS's moe_cte tests pass (block_to_expert [N], fp8 row scales [E, 1, 2I] and
+    [E, 1, H]), same values."""
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
     dt = quant.np_dtype(plan.dtype)
     if expert_index is None:
@@ -56,11 +59,12 @@ def make_inputs(
         dropless=not plan.dropping,
         num_blocks=None if plan.dropping else num_blocks,
     )
-    hidden = np.zeros((tokens + 1, h), dtype=dt)
+    rows = tokens if plan.pad_skip else tokens + 1  # padding=skip: AWS's shapes, no zero row T
+    hidden = np.zeros((rows, h), dtype=dt)
     hidden[:tokens] = quant.cast(rng.standard_normal((tokens, h)), plan.dtype)
     inputs: dict[str, np.ndarray] = {
         "hidden_states": hidden,
-        "expert_affinities_masked": blocks.expert_affinities_masked,
+        "expert_affinities_masked": blocks.expert_affinities_masked[: rows * e],
         "token_position_to_id": blocks.token_position_to_id,
         "block_to_expert": blocks.block_to_expert,
         "conditions": blocks.conditions,
@@ -73,6 +77,11 @@ def make_inputs(
         inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, 2, i)), plan.dtype)
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
+    if aws_forms:
+        inputs["block_to_expert"] = inputs["block_to_expert"].reshape(-1)
+        if plan.gate_scale == "row":
+            inputs["gate_up_proj_scale"] = inputs["gate_up_proj_scale"].reshape(e, 1, 2 * i)
+            inputs["down_proj_scale"] = inputs["down_proj_scale"].reshape(e, 1, h)
     return inputs
 
 
@@ -126,7 +135,7 @@ def reference_precision(plan: CtePlan) -> Precision:
 
 
 def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The blockwise reference on the same metadata; row T of out is 0 (the kernel zeroes it)."""
+    """The blockwise reference on the same metadata; with padding=row, row T of out is 0 (the kernel zeroes it)."""
     mlp = plan.mlp
     shift = mlp.up_constant
     result = cte_reference.moe_cte(
@@ -162,7 +171,8 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     )
     outputs = dict(zip(OUTPUTS, result if plan.checkpoint else (result,)))
     outputs["out"] = np.array(outputs["out"], dtype=np.float32)
-    outputs["out"][-1] = 0.0
+    if not plan.pad_skip:
+        outputs["out"][-1] = 0.0  # the padding row T
     return outputs
 
 
@@ -180,6 +190,8 @@ def run(kernel, plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     launch = kernel[2] if plan.lnc == 2 else kernel
     result = sim.simulate(launch, trace=False)(*kernel_arguments(plan, inputs))  # no trace: tiles freed per block
     outputs = dict(zip(OUTPUTS, result if isinstance(result, tuple) else (result,)))
+    if plan.per_core_output:  # [rows, 2, H]: the caller adds the cores' partial sums
+        outputs["out"] = np.asarray(outputs["out"], dtype=np.float32).sum(axis=1)
     return {
         name: mask_unspecified(plan, inputs, name, np.asarray(value, dtype=np.float32))
         for name, value in outputs.items()

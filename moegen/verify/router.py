@@ -66,6 +66,7 @@ def expected(plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
         group_score=plan.group_score or "top2_sum",
         routed_scaling_factor=plan.scaling_factor,
         return_eager_affi=True,
+        affinities=plan.affinities,
     )
     out = {}
     if plan.store_logits:

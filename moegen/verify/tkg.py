@@ -40,8 +40,12 @@ def argument_names(plan: TkgPlan) -> list[str]:
     return names
 
 
-def make_inputs(plan: TkgPlan, tokens: int, rng: np.random.Generator, rank: int | None = None) -> dict:
-    """Seeded inputs for `tokens` tokens; `rank` (EP) defaults to the last rank."""
+def make_inputs(
+    plan: TkgPlan, tokens: int, rng: np.random.Generator, rank: int | None = None, *, aws_forms: bool = False
+) -> dict:
+    """Seeded inputs for `tokens` tokens; `rank` (EP) defaults to the last rank. aws_forms: the forms
+    AWS's moe_tkg callers pass (uint32 expert_index, fp8 row scales [E_L, 1, 2I] and [E_L, 1, H]),
+    same values."""
     t, h, i = tokens, plan.hidden, plan.intermediate
     e, el, k = plan.experts, plan.local_experts, plan.top_k
     m = plan.mlp
@@ -92,6 +96,11 @@ def make_inputs(plan: TkgPlan, tokens: int, rng: np.random.Generator, rank: int 
     if plan.eager:
         affinities = np.asarray(inputs["expert_affinities"], dtype=np.float32)
         inputs["expert_affinities_eager"] = cast(np.take_along_axis(affinities, index, axis=1), dtype)
+    if aws_forms:
+        inputs["expert_index"] = inputs["expert_index"].astype(np.uint32)
+        if mode == "row":
+            inputs["expert_gate_up_weights_scale"] = gate_up_scale.reshape(el, 1, 2 * i)
+            inputs["expert_down_weights_scale"] = down_scale.reshape(el, 1, h)
     return {name: inputs[name] for name in argument_names(plan)}
 
 

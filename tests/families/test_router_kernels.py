@@ -129,6 +129,8 @@ def pairwise_cases() -> list[dict]:
 def sweep_spec(case: dict) -> str:
     hidden = 192 if case["layout"] == "ht" else 256  # 192 = 128 + 64: a partial contraction tile
     options = f"layout={case['layout']} scatter={case['scatter']} lnc={case['lnc']}"
+    if (case["act"], case["norm"]) == ("sigmoid", "pre"):
+        options += " affinities=selected"  # the scattered form, so that both scatters are swept (all: below)
     return router_spec(
         hidden=hidden,
         experts=case["experts"],
@@ -189,7 +191,8 @@ def test_equal_logits_pick_the_lowest_experts_once_each():
 @pytest.mark.parametrize("scatter", ["onehot", "dma"])
 def test_repeated_scores_match_the_reference(router, scatter):
     """Each expert's w column is one of E/4 columns: many tokens have equal scores for several experts."""
-    text = router_spec(experts=32, top_k=8, router=router, kernels=f"kernel route : router {{ scatter={scatter} }}")
+    options = f"scatter={scatter}" + (" affinities=selected" if router.endswith("-> topk") else "")
+    text = router_spec(experts=32, top_k=8, router=router, kernels=f"kernel route : router {{ {options} }}")
     plan, inputs, got, want = run_kernel(text, "route", 40, ties=True)
     logits = harness.expected(plan, inputs)["router_logits"]
     tied_rows = [t for t in range(40) if len(np.unique(logits[t])) < 32]
@@ -324,7 +327,7 @@ def test_fewer_than_eight_experts_pad_the_max8_row(experts, top_k):
         experts=experts,
         top_k=top_k,
         router="linear -> softmax -> topk",
-        kernels="kernel route : router { scatter=dma eager }",
+        kernels="kernel route : router { scatter=dma eager affinities=selected }",
     )
     assert_matches(text, tokens=5)
 
