@@ -15,6 +15,8 @@ import pytest
 
 import moegen.sim as sim
 from moegen.sim import NkiSimError
+from moegen.sim import isa as sim_isa
+from moegen.sim import language as sim_nl
 
 KERNELS = """
 import nki
@@ -565,6 +567,39 @@ def test_fori_loop_rules():
             sim.language.fori_loop(0, 2, lambda i: 1)
         sim.language.fori_loop(3, 1, lambda i: calls.append(i))
     assert calls == []
+
+
+def _nine_psum_tiles(i=None):
+    """Nine one-bank PSUM tiles allocated one after another under the same name (8 banks per core)."""
+    for _ in range(9):
+        tile = sim_nl.ndarray((128, 512), dtype=sim_nl.float32, buffer=sim_nl.psum)
+        sim_isa.memset(dst=tile, value=0.0)
+
+
+def test_dynamic_loop_body_allocations_hold_their_slots_for_the_whole_loop():
+    """NKI Dynamic Loops (nki/deep-dives/nki-dynamic-loops): the body of a dynamic loop is emitted once
+    and the tensors it allocates are allocated once and reused across iterations, so every allocation in
+    the body holds its own slot for the whole loop. Nine one-bank PSUM tiles fit one after another in
+    unrolled Python (each is released when its name is rebound) but not in a fori_loop / while_loop /
+    dynamic_range body: the simulator refuses the body and says why."""
+    nl = sim_nl
+    with sim.context(target="trn2"):
+        _nine_psum_tiles()  # Python code: the tiles reuse banks
+        with pytest.raises(NkiSimError, match="PSUM full.*dynamic-loop body"):
+            nl.fori_loop(0, 2, _nine_psum_tiles)
+        for _ in nl.dynamic_range(1):
+            with pytest.raises(NkiSimError, match="PSUM full.*dynamic-loop body"):
+                _nine_psum_tiles()
+        flag = sim_isa.register_alloc(1)
+
+        def body(r):
+            _nine_psum_tiles()
+            return r
+
+        with pytest.raises(NkiSimError, match="PSUM full.*dynamic-loop body"):
+            nl.while_loop(flag, body)
+        # after the loops, their tiles are released again
+        _nine_psum_tiles()
 
 
 def test_register_load_needs_one_element(k):
