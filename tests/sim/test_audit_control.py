@@ -638,6 +638,11 @@ class Good(nl.NKIObject):
     pass
 
 
+CHUNKS_BY_START = {0: (0, 512), 512: (512, 512)}
+CHUNKS = ((0, 512), (512, 512))
+NAMES = {"gate": 0, "up": 1}
+
+
 @nki.jit
 def helper_jit(x):
     return x
@@ -683,7 +688,41 @@ def bad_class(x):
 
 
 @nki.jit
+def bad_module_dict(x):
+    first = CHUNKS_BY_START[0]
+    return None
+
+
+@nki.jit
+def bad_raise(x):
+    if x.shape[0] != 4:
+        raise ValueError("x: 4 rows")
+    return None
+
+
+def allocating_helper():
+    return nl.ndarray((1, 1), dtype=nl.float32, buffer=nl.sbuf)
+
+
+@nki.jit
+def bad_loop_alloc(x):
+    def body(i):
+        scratch = nl.ndarray((1, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nl.fori_loop(0, 2, body)
+
+    def body_via_helper(i):
+        scratch = allocating_helper()
+    nl.fori_loop(0, 2, body_via_helper)
+    for i in nl.dynamic_range(2):
+        other = nl.zeros((1, 1), dtype=nl.float32, buffer=nl.sbuf)
+    return None
+
+
+@nki.jit
 def good(x, shape=(1, 2)):
+    assert x.shape[0] == 4, f"x: 4 rows, got {x.shape[0]}"
+    first = CHUNKS[0]
+    gate = NAMES["gate"]
     g = Good()
     d = {"a": 1}
     helper(x)
@@ -722,3 +761,27 @@ def test_static_check_flags_documented_subset_violations(tmp_path):
         assert line_of(text) in lines, (text, sorted(lines))
     good_start = line_of("def good(")
     assert not [f for f in errors if f.line >= good_start]
+
+
+def test_static_check_flags_module_dicts_raise_and_loop_allocations(tmp_path):
+    """Rules the generated kernels once broke (issue 9):
+    - NKI language guide (NOTES 1.1): dictionary keys must be strings -- also for a module-level dict a
+      kernel reads (the compiler sees its value), not only for one written inside it;
+    - raise is not documented inside kernels; nki-library checks arguments with assert;
+    - NKI Dynamic Loops (nki/deep-dives/nki-dynamic-loops): a dynamic-loop body is emitted once and the
+      tensors it allocates are allocated once for the whole loop: no nl.ndarray / nl.zeros / ... inside a
+      nl.fori_loop / nl.while_loop body, a helper it calls, or a nl.dynamic_range loop."""
+    p = tmp_path / "subset_kernels.py"
+    p.write_text(SUBSET)
+    errors = [f for f in sim.static_check(p) if f.severity == "error"]
+    src = SUBSET.splitlines()
+
+    def line_of(text):
+        return next(i for i, ln in enumerate(src, 1) if text in ln)
+
+    by_line = {(f.line, f.rule) for f in errors}
+    assert (line_of("first = CHUNKS_BY_START[0]"), "dict") in by_line
+    assert (line_of('raise ValueError("x: 4 rows")'), "raise") in by_line
+    assert (line_of("        scratch = nl.ndarray((1, 1)"), "loop-alloc") in by_line
+    assert (line_of("    return nl.ndarray((1, 1)"), "loop-alloc") in by_line
+    assert (line_of("other = nl.zeros("), "loop-alloc") in by_line

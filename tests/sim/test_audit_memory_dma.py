@@ -858,9 +858,7 @@ def test_runtime_offset_access_pattern_feeds_dma_only():
         acc = nl.ndarray((2, 4), nl.float32)
         nisa.memset(acc, 0.0)
         with pytest.raises(NkiSimError, match="scalar_tensor_tensor: operand0 .*runtime offset"):
-            nisa.scalar_tensor_tensor(
-                dst=acc, data=acc, op0=nl.multiply, operand0=column, op1=nl.add, operand1=acc
-            )
+            nisa.scalar_tensor_tensor(dst=acc, data=acc, op0=nl.multiply, operand0=column, op1=nl.add, operand1=acc)
         with pytest.raises(NkiSimError, match="tensor_scalar: operand0 .*runtime offset"):
             nisa.tensor_scalar(dst=acc, data=acc, op0=nl.multiply, operand0=column)
         ids = nl.ndarray((1, 4), nl.int32)
