@@ -418,8 +418,10 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "so N <= 64 tokens cost what one does) and its scale column keeps "
                 "row t, so no partition shuffle is needed. The T * K items "
                 f"(<= {tokens * dims.top_k}) run in one device loop (nl.fori_loop): "
-                "the item index is a register, the expert id is register-loaded "
-                "from expert_ids[item] and the scale column read at that offset",
+                "the item index is a register; a DMA at that offset copies the "
+                "item's expert id into a (1, 1) tile (the scalar_offset of the "
+                "weight DMAs) and its scale column into a fixed tile (runtime "
+                "offsets address DMAs only)",
             )
         )
         if tokens * dims.top_k > local_experts:
