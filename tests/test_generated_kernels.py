@@ -20,6 +20,9 @@ def test_there_are_generated_kernels():
 
 @pytest.mark.parametrize("path", KERNELS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_generated_kernel_is_in_the_nki_python_subset(path: Path):
+    """moegen.sim.static_check finds no error: among its rules (each with its doc page in
+    moegen/sim/subset_check.py), no dict with non-string keys read by a kernel, no raise, and no
+    allocation inside a dynamic-loop body."""
     errors = [f for f in sim.static_check(path) if f.severity == "error"]
     assert not errors, "\n".join(f"{path.name}:{f.line}:{f.col}: {f.rule}: {f.message}" for f in errors)
 

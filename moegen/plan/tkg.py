@@ -173,6 +173,15 @@ class TkgPlan(KernelPlan):
     def work_items_per_tile(self) -> str:
         return "T*K" if self.mode == "selective" else str(self.local_experts)
 
+    @property
+    def down_group_table(self) -> tuple[tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...], ...]:
+        """Per core: (first column, columns, chunks) of each down group, chunks = ((first column,
+        columns), ...) of its matmuls: tuples, since NKI dict keys must be strings."""
+        return tuple(
+            tuple((start, columns, chunks) for (start, columns), chunks in zip(groups, core_chunks))
+            for groups, core_chunks in zip(self.down_groups, self.down_chunks)
+        )
+
 
 def _tiles(n: int) -> tuple[int, int]:
     tiles = ceil_div(n, PARTITIONS)
@@ -416,8 +425,10 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "so N <= 64 tokens cost what one does) and its scale column keeps "
                 "row t, so no partition shuffle is needed. The T * K items "
                 f"(<= {tokens * dims.top_k}) run in one device loop (nl.fori_loop): "
-                "the item index is a register, the expert id is register-loaded "
-                "from expert_ids[item] and the scale column read at that offset",
+                "the item index is a register; a DMA at that offset copies the "
+                "item's expert id into a (1, 1) tile (the scalar_offset of the "
+                "weight DMAs) and its scale column into a fixed tile (runtime "
+                "offsets address DMAs only)",
             )
         )
         if tokens * dims.top_k > local_experts:
@@ -554,7 +565,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     if selective or scale == "pre" or (p.input == "sbuf" and p.output == "sbuf"):
         buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
     if selective:
-        buffers.append(Buffer("expert_ids", "sbuf", 1, tt * k * 4))
+        buffers.append(Buffer("expert_id", "sbuf", 1, 4))
         if scale != "none":
             buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * k * 4)]
         if scale != "post":
@@ -563,6 +574,10 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         buffers.append(Buffer("index + index_f", "sbuf", tt, k * 4, count=2))
     if selective and p.uses_affinities:
         buffers.append(Buffer("affinities + expert_iota + onehot", "sbuf", tt, p.experts * 4, count=3))
+    if scale != "none" or (selective and scale != "post"):
+        # the current item's [n, 1] columns, copied by DMA from item_scales / item_rows / affinities
+        count = (scale != "none") + (selective and scale != "post")
+        buffers.append(Buffer("item_scale" if count == 1 else "item_scale + item_row", "sbuf", tt, 4, count=count))
     if p.uses_rank:
         buffers += [
             Buffer("rank + rank_offset", "sbuf", tt, 4, count=2),

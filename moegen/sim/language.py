@@ -240,13 +240,28 @@ def dynamic_range(start, stop=None, step=1):
         start, stop = 0, start
     step = _check_step(step, "dynamic_range")
     lo, hi = _bound(start, "dynamic_range"), _bound(stop, "dynamic_range")
-    _runtime.current().record("sync", "dynamic_range", {"start": lo, "stop": hi, "step": step})
+    core = _runtime.current()
+    core.record("sync", "dynamic_range", {"start": lo, "stop": hi, "step": step})
 
     def gen():
         for i in range(lo, hi, step):
-            yield _Reg(i, frozen=True)
+            with _loop_iteration(core):
+                yield _Reg(i, frozen=True)
 
     return gen()
+
+
+@contextlib.contextmanager
+def _loop_iteration(core):
+    """One iteration of a dynamic loop body: every on-chip tile it allocates stays allocated until the
+    iteration ends (NKI Dynamic Loops: tensors allocated in the body are allocated once and reused
+    across iterations, so each allocation holds its own slot for the whole loop; a body whose
+    allocations together exceed SBUF / PSUM is refused)."""
+    core.loop_pins.append([])
+    try:
+        yield
+    finally:
+        core.loop_pins.pop()
 
 
 def fori_loop(lower, upper, body_fun, step=1):
@@ -256,9 +271,11 @@ def fori_loop(lower, upper, body_fun, step=1):
     lo, hi = _bound(lower, "fori_loop"), _bound(upper, "fori_loop")
     if not callable(body_fun):
         raise NkiSimError("fori_loop: body_fun must be callable")
-    _runtime.current().record("sync", "fori_loop", {"lower": lo, "upper": hi, "step": step})
+    core = _runtime.current()
+    core.record("sync", "fori_loop", {"lower": lo, "upper": hi, "step": step})
     for i in range(lo, hi, step):
-        ret = body_fun(_Reg(i, frozen=True))
+        with _loop_iteration(core):
+            ret = body_fun(_Reg(i, frozen=True))
         if ret is not None:
             raise NkiSimError(
                 f"fori_loop: body_fun must return None, returned {type(ret).__name__} "
@@ -270,11 +287,13 @@ def while_loop(init, body_fun):
     """Runtime loop: `r = init; while r != 0: r = body_fun(r)` on registers."""
     if not isinstance(init, _Reg):
         raise NkiSimError(f"while_loop: init must be a VirtualRegister, got {type(init).__name__}")
-    _runtime.current().record("sync", "while_loop", {})
+    core = _runtime.current()
+    core.record("sync", "while_loop", {})
     r = init
     n = 0
     while r._get() != 0:
-        r = body_fun(r)
+        with _loop_iteration(core):
+            r = body_fun(r)
         if not isinstance(r, _Reg):
             raise NkiSimError(f"while_loop: body_fun must return the condition VirtualRegister, got {type(r).__name__}")
         n += 1

@@ -95,6 +95,10 @@ class Core:
         self.psum_banks = [0] * PSUM_NUM_BANKS  # bytes used per bank (per partition)
         self.psum_live: dict[int, tuple] = {}  # alloc id -> (name, bank, bytes)
         self.shared_count = 0  # shared_hbm allocations made so far
+        # On-chip allocations of the dynamic-loop (fori_loop / while_loop) iteration under way, kept
+        # alive until the iteration ends: the compiler gives each allocation in a loop body its own
+        # slot for the whole loop (NKI dynamic loops: allocated once, reused across iterations).
+        self.loop_pins: list[list] = []
         self.next_id = 0
         self.instr_count = 0
         self.cur_instr = "?"
@@ -125,6 +129,8 @@ class Core:
         operands: name -> NkiTensor (summarised as shape/dtype/buffer) or plain value.
         """
         self.instr_count += 1
+        if engine != "dma" and opcode not in RUNTIME_OFFSET_COMPUTE:
+            _refuse_runtime_offsets(opcode, operands)
         line = source_line if source_line is not None else _caller_line()
         self.cur_instr = f"{opcode} at {line} (core {self.program_id})"
         if not self.run.trace_enabled:
@@ -147,6 +153,25 @@ class Core:
     def new_id(self) -> int:
         self.next_id += 1
         return self.next_id
+
+
+# The one compute instruction documented with a runtime-offset access pattern: NKI 0.4.0 release
+# notes, tensor_copy_dynamic_src/dst removed, "use tensor_copy with .ap(scalar_offset=...)".
+RUNTIME_OFFSET_COMPUTE = frozenset({"tensor_copy"})
+
+
+def _refuse_runtime_offsets(opcode: str, operands: dict) -> None:
+    """Runtime-offset access patterns (``.ap(..., scalar_offset=...)`` / ``vector_offset=``) feed DMA
+    instructions (and ``tensor_copy``) only: the NKI Access Patterns page describes scalar / vector
+    offsets as DMA addressing (every use in nki-library is a DMA operand), and compute-engine
+    indirection is ``NkiTensor.indirect`` (NeuronCore-v4). Copy the data into a fixed tile with a DMA
+    and pass that tile instead. (``NkiTensor.select`` with a 1x1 index tensor is a separate view.)"""
+    for name, value in operands.items():
+        if getattr(value, "_ap", False) and (value._dyn or value._vec is not None):
+            raise NkiSimError(
+                f"{opcode}: {name} '{value.name}' is an access pattern with a runtime offset (scalar_offset / "
+                "vector_offset): only DMA instructions take one (limit: DMA it into a fixed tile first)"
+            )
 
 
 _PLAIN = (int, float, str, bool, type(None))

@@ -14,7 +14,13 @@ inlined by the compiler):
 * constructs of the 0.3-0.6 parser frontend that fail to compile: keyword-only ``*`` separators,
   ``*args`` / ``**kwargs`` in the kernel signature, ``is`` / ``is not``, ``try``, ``with`` (other than
   ``nl.no_reorder()``), ``yield``, ``async``, classes not derived from ``nl.NKIObject``, dict literals
-  with non-string keys, list default arguments, a jit kernel calling another jit kernel;
+  with non-string keys (in a kernel, or a module-level dict a kernel reads), list default arguments, a
+  jit kernel calling another jit kernel;
+* ``raise`` in a kernel (not documented inside kernels; nki-library checks arguments with ``assert``);
+* an allocation (``nl.ndarray``, ``nl.zeros``, ...) inside a dynamic-loop body (a function passed to
+  ``nl.fori_loop`` / ``nl.while_loop``, or a ``nl.dynamic_range`` loop), or in a helper it calls: the
+  body is emitted once and its tensors are allocated once for the whole loop (NKI Dynamic Loops), so
+  the body's tiles are allocated outside it;
 * API conformance: any ``nki.*`` / ``nl.*`` / ``nisa.*`` name or keyword argument that api.json does not
   list (a finding of severity "error"); uses of deprecated APIs (``nl.dynamic_range``, ``affine_range``,
   ``sequential_range``, ``static_range``) are findings of severity "warning".
@@ -55,6 +61,7 @@ TENSOR_MAKERS = {
     "register_alloc",
 }
 LOOP_BODY_TAKERS = {"fori_loop", "while_loop"}
+ALLOCATORS = TENSOR_MAKERS - {"register_alloc"}  # calls that allocate SBUF / PSUM / HBM memory
 
 _EXTRA_NAMES = {
     "nki.language": {
@@ -155,6 +162,7 @@ class _Checker(ast.NodeVisitor):
 
     # -- module level -------------------------------------------------------------------------------
     def run(self) -> list[Finding]:
+        self.module_dicts = self.non_string_key_dicts()
         for node in self.tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 self.check_import(node)
@@ -190,8 +198,69 @@ class _Checker(ast.NodeVisitor):
                         )
                     elif callee in self.functions:
                         todo.append(self.functions[callee])
+        self.check_loop_bodies(kernels)
         self.check_api_names()
         return sorted(self.findings, key=lambda f: (f.line, f.col, f.rule))
+
+    def non_string_key_dicts(self) -> dict[str, ast.AST]:
+        """Module-level names bound to a dict (literal, comprehension or dict() call) whose keys are not
+        all string constants."""
+        found = {}
+        for node in self.tree.body:
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            v = node.value
+            bad = (
+                (isinstance(v, ast.Dict) and not _string_keys(v))
+                or isinstance(v, ast.DictComp)
+                or (isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "dict")
+            )
+            if bad:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    if isinstance(t, ast.Name):
+                        found[t.id] = node
+        return found
+
+    # -- dynamic-loop bodies -------------------------------------------------------------------------
+    def check_loop_bodies(self, kernels: list[ast.FunctionDef]) -> None:
+        """No allocation inside a dynamic-loop body (or a helper it calls)."""
+        for kernel in kernels:
+            local_fns = {n.name: n for n in ast.walk(kernel) if isinstance(n, ast.FunctionDef) and n is not kernel}
+            for node in ast.walk(kernel):
+                if isinstance(node, ast.For) and self.is_dynamic_range(node.iter):
+                    self.check_no_allocation(node, "nl.dynamic_range loop", local_fns, set())
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                    continue
+                if node.func.attr not in LOOP_BODY_TAKERS or self.resolve(node.func) is None:
+                    continue
+                for arg in list(node.args) + [k.value for k in node.keywords]:
+                    if isinstance(arg, ast.Name):
+                        body = local_fns.get(arg.id) or self.functions.get(arg.id)
+                        if body is not None:
+                            what = f"nl.{node.func.attr} body '{body.name}'"
+                            self.check_no_allocation(body, what, local_fns, set())
+
+    def is_dynamic_range(self, it: ast.AST) -> bool:
+        return isinstance(it, ast.Call) and self.resolve(it.func) == ("nki.language", "dynamic_range")
+
+    def check_no_allocation(self, scope: ast.AST, what: str, local_fns: dict, seen: set) -> None:
+        for node in ast.walk(scope):
+            if not isinstance(node, ast.Call):
+                continue
+            r = self.resolve(node.func)
+            if r is not None and r[0] == "nki.language" and r[1] in ALLOCATORS:
+                self.add(
+                    node,
+                    "loop-alloc",
+                    f"nl.{r[1]} inside the {what}: a dynamic-loop body is emitted once and its tensors are "
+                    "allocated once for the whole loop (NKI Dynamic Loops); allocate the tile outside the loop",
+                )
+            elif isinstance(node.func, ast.Name) and node.func.id not in seen:
+                callee = local_fns.get(node.func.id) or self.functions.get(node.func.id)
+                if callee is not None and callee is not scope:
+                    seen.add(node.func.id)
+                    self.check_no_allocation(callee, what, local_fns, seen)
 
     def check_import(self, node) -> None:
         if isinstance(node, ast.Import):
@@ -349,10 +418,23 @@ class _Checker(ast.NodeVisitor):
                 f"'{type(node).__name__.lower()}' statements are not supported in NKI kernels",
             )
         elif isinstance(node, ast.Dict):
-            for k in node.keys:
-                if k is not None and not (isinstance(k, ast.Constant) and isinstance(k.value, str)):
-                    self.add(node, "dict", "dict keys in NKI kernels must be string constants")
-                    break
+            if not _string_keys(node):
+                self.add(node, "dict", "dict keys in NKI kernels must be string constants")
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in self.module_dicts:
+            self.add(
+                node,
+                "dict",
+                f"kernel '{fn.name}' reads module-level dict '{node.id}' (line "
+                f"{self.module_dicts[node.id].lineno}) whose keys are not all string constants: NKI dict keys "
+                "must be strings (use a tuple)",
+            )
+        elif isinstance(node, ast.Raise):
+            self.add(
+                node,
+                "raise",
+                f"raise in kernel code '{fn.name}': not documented inside NKI kernels; check arguments with "
+                "assert (the nki-library idiom)",
+            )
         elif isinstance(node, ast.ClassDef):
             self.check_class(node)
         elif isinstance(node, (ast.Lambda, ast.FunctionDef)) and node is not fn:
@@ -435,6 +517,11 @@ class _Checker(ast.NodeVisitor):
                 for kw in node.keywords:
                     if kw.arg is not None and kw.arg not in allowed:
                         self.add(kw.value, "api", f"{r[0]}.{r[1]} has no parameter '{kw.arg}'")
+
+
+def _string_keys(node: ast.Dict) -> bool:
+    """Every key of the dict literal is a string constant (``**other`` entries count as not)."""
+    return all(isinstance(k, ast.Constant) and isinstance(k.value, str) for k in node.keys)
 
 
 def static_check(source_or_path, filename: str | None = None, strict: bool = False) -> list[Finding]:

@@ -302,6 +302,8 @@ def allocate(
         _reserve_sbuf(core, alloc, address)
     elif buffer is MemoryRegion.psum:
         _reserve_psum(core, alloc, address)
+    if on_chip and core.loop_pins:
+        core.loop_pins[-1].append(alloc)
     return NkiTensor._make(alloc, dtype, shape, _contig(shape), 0, name=name)
 
 
@@ -340,7 +342,7 @@ def _reserve_sbuf(core, alloc: Allocation, address) -> None:
             f"nl.ndarray: SBUF capacity exceeded allocating '{alloc.name}' ({nbytes} bytes per partition): "
             f"live {core.sbuf_used} + {nbytes} = {core.sbuf_used + nbytes} bytes per partition exceeds "
             f"limit {cap} "
-            f"({core.target}); largest live: {_describe_live(core.sbuf_live)}"
+            f"({core.target}); largest live: {_describe_live(core.sbuf_live)}{_in_loop(core)}"
         )
     core.sbuf_used += nbytes
     core.sbuf_live[alloc.id] = (alloc.name, nbytes)
@@ -395,6 +397,17 @@ def _reserve_psum(core, alloc: Allocation, address) -> None:
     raise NkiSimError(
         f"nl.ndarray: PSUM full allocating '{alloc.name}' ({nbytes} bytes per partition): "
         f"{live} of limit {len(banks)} banks (2 KiB each) in use; live: {_describe_live(core.psum_live)}"
+        f"{_in_loop(core)}"
+    )
+
+
+def _in_loop(core) -> str:
+    """Why a dynamic-loop body's tiles are all live at once (for capacity errors)."""
+    if not core.loop_pins:
+        return ""
+    return (
+        f" (inside a dynamic-loop body: each of its {len(core.loop_pins[-1])} allocations so far holds its own "
+        "slot for the whole loop; allocate the body's tiles once, outside the loop)"
     )
 
 
@@ -459,7 +472,7 @@ class NkiTensor:
         t._dyn = dyn
         t._vec = vec
         t._np = None
-        t._ap = False  # True: produced by .ap() (or a view of such a tensor); .ap() on it is an error
+        t._ap = False  # True: produced by .ap() (or a view of such a tensor)
         if check and not dyn and vec is None:
             t._check_bounds(t.offset, "view")
         return t
@@ -1098,11 +1111,12 @@ class NkiTensor:
         scalar_offset (register / 1-element tensor) adds value * prod(self.shape[indirect_dim+1:]).
         vector_offset ((P,1) int tensor, HBM only, indirect_dim 0): row i reads row idx[i].
         """
-        if self._ap:
+        if self._ap and (self._dyn or self._vec is not None):
+            # NKI Access Patterns: .ap() on a view overrides its pattern; what becomes of the inner
+            # view's runtime offset is not documented, so that case is refused.
             raise NkiSimError(
-                f"ap: '{self.name}' was produced by .ap() (limit: .ap is only allowed on a tensor from "
-                "nl.ndarray, not on a tile produced by it: NKI Access Patterns, 'Restriction on Nested "
-                "Indexing')"
+                f"ap: '{self.name}' is an access pattern with a runtime offset (limit: .ap() on it is not "
+                "documented; apply .ap() to the tensor itself)"
             )
         try:
             pairs = [(int(p[0]), int(p[1])) for p in pattern]

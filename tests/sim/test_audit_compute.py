@@ -631,7 +631,11 @@ def test_max8_limits():
 
 def test_nc_find_index8_first_occurrence_and_duplicates():
     """nki.isa.nc_find_index8: index of the first occurrence of each val; NKI 0.6 release notes:
-    duplicate vals map to successive occurrences in ascending order; dst uint32 by default."""
+    duplicate vals map to successive occurrences in ascending order; dst uint32 by default. The 0.6
+    nki.isa.nc_match_replace8 page says the same of nc_find_index8 in so many words ("pairs duplicate
+    vals with their matching positions in ascending order across dst_idx columns", the opposite of
+    nc_match_replace8's descending order), so a repeated val does not return the first occurrence
+    again. moegen's top-k reads only column 0 of a find over 8 equal vals, correct either way."""
     d = out((1, 8), nl.uint32)
     nisa.nc_find_index8(d, sb(ROW, nl.float32), sb([[9, 8, 6, 5, 5, 5, 4, 3]], nl.float32))
     np.testing.assert_array_equal(d.read(), [[5, 11, 7, 4, 8, 10, 2, 0]])

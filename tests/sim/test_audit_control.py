@@ -15,6 +15,8 @@ import pytest
 
 import moegen.sim as sim
 from moegen.sim import NkiSimError
+from moegen.sim import isa as sim_isa
+from moegen.sim import language as sim_nl
 
 KERNELS = """
 import nki
@@ -567,6 +569,39 @@ def test_fori_loop_rules():
     assert calls == []
 
 
+def _nine_psum_tiles(i=None):
+    """Nine one-bank PSUM tiles allocated one after another under the same name (8 banks per core)."""
+    for _ in range(9):
+        tile = sim_nl.ndarray((128, 512), dtype=sim_nl.float32, buffer=sim_nl.psum)
+        sim_isa.memset(dst=tile, value=0.0)
+
+
+def test_dynamic_loop_body_allocations_hold_their_slots_for_the_whole_loop():
+    """NKI Dynamic Loops (nki/deep-dives/nki-dynamic-loops): the body of a dynamic loop is emitted once
+    and the tensors it allocates are allocated once and reused across iterations, so every allocation in
+    the body holds its own slot for the whole loop. Nine one-bank PSUM tiles fit one after another in
+    unrolled Python (each is released when its name is rebound) but not in a fori_loop / while_loop /
+    dynamic_range body: the simulator refuses the body and says why."""
+    nl = sim_nl
+    with sim.context(target="trn2"):
+        _nine_psum_tiles()  # Python code: the tiles reuse banks
+        with pytest.raises(NkiSimError, match="PSUM full.*dynamic-loop body"):
+            nl.fori_loop(0, 2, _nine_psum_tiles)
+        for _ in nl.dynamic_range(1):
+            with pytest.raises(NkiSimError, match="PSUM full.*dynamic-loop body"):
+                _nine_psum_tiles()
+        flag = sim_isa.register_alloc(1)
+
+        def body(r):
+            _nine_psum_tiles()
+            return r
+
+        with pytest.raises(NkiSimError, match="PSUM full.*dynamic-loop body"):
+            nl.while_loop(flag, body)
+        # after the loops, their tiles are released again
+        _nine_psum_tiles()
+
+
 def test_register_load_needs_one_element(k):
     """nki.isa.register_load: 'The source must be a NKI tensor with exactly one element (shape [1] or
     [1, 1])'."""
@@ -601,6 +636,11 @@ class Cfg:
 
 class Good(nl.NKIObject):
     pass
+
+
+CHUNKS_BY_START = {0: (0, 512), 512: (512, 512)}
+CHUNKS = ((0, 512), (512, 512))
+NAMES = {"gate": 0, "up": 1}
 
 
 @nki.jit
@@ -648,7 +688,41 @@ def bad_class(x):
 
 
 @nki.jit
+def bad_module_dict(x):
+    first = CHUNKS_BY_START[0]
+    return None
+
+
+@nki.jit
+def bad_raise(x):
+    if x.shape[0] != 4:
+        raise ValueError("x: 4 rows")
+    return None
+
+
+def allocating_helper():
+    return nl.ndarray((1, 1), dtype=nl.float32, buffer=nl.sbuf)
+
+
+@nki.jit
+def bad_loop_alloc(x):
+    def body(i):
+        scratch = nl.ndarray((1, 1), dtype=nl.float32, buffer=nl.sbuf)
+    nl.fori_loop(0, 2, body)
+
+    def body_via_helper(i):
+        scratch = allocating_helper()
+    nl.fori_loop(0, 2, body_via_helper)
+    for i in nl.dynamic_range(2):
+        other = nl.zeros((1, 1), dtype=nl.float32, buffer=nl.sbuf)
+    return None
+
+
+@nki.jit
 def good(x, shape=(1, 2)):
+    assert x.shape[0] == 4, f"x: 4 rows, got {x.shape[0]}"
+    first = CHUNKS[0]
+    gate = NAMES["gate"]
     g = Good()
     d = {"a": 1}
     helper(x)
@@ -687,3 +761,27 @@ def test_static_check_flags_documented_subset_violations(tmp_path):
         assert line_of(text) in lines, (text, sorted(lines))
     good_start = line_of("def good(")
     assert not [f for f in errors if f.line >= good_start]
+
+
+def test_static_check_flags_module_dicts_raise_and_loop_allocations(tmp_path):
+    """Rules the generated kernels once broke (issue 9):
+    - NKI language guide (NOTES 1.1): dictionary keys must be strings -- also for a module-level dict a
+      kernel reads (the compiler sees its value), not only for one written inside it;
+    - raise is not documented inside kernels; nki-library checks arguments with assert;
+    - NKI Dynamic Loops (nki/deep-dives/nki-dynamic-loops): a dynamic-loop body is emitted once and the
+      tensors it allocates are allocated once for the whole loop: no nl.ndarray / nl.zeros / ... inside a
+      nl.fori_loop / nl.while_loop body, a helper it calls, or a nl.dynamic_range loop."""
+    p = tmp_path / "subset_kernels.py"
+    p.write_text(SUBSET)
+    errors = [f for f in sim.static_check(p) if f.severity == "error"]
+    src = SUBSET.splitlines()
+
+    def line_of(text):
+        return next(i for i, ln in enumerate(src, 1) if text in ln)
+
+    by_line = {(f.line, f.rule) for f in errors}
+    assert (line_of("first = CHUNKS_BY_START[0]"), "dict") in by_line
+    assert (line_of('raise ValueError("x: 4 rows")'), "raise") in by_line
+    assert (line_of("        scratch = nl.ndarray((1, 1)"), "loop-alloc") in by_line
+    assert (line_of("    return nl.ndarray((1, 1)"), "loop-alloc") in by_line
+    assert (line_of("other = nl.zeros("), "loop-alloc") in by_line

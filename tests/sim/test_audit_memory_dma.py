@@ -101,10 +101,14 @@ def ap_every_other_partition(x):
 
 
 @nki.jit
-def ap_nested(x):
-    t = nl.ndarray((128, 256), dtype=nl.float32, buffer=nl.sbuf)
-    v = t.ap(pattern=[[256, 128], [1, 256]], offset=0).ap(pattern=[[256, 64], [1, 64]], offset=0)
-    return None
+def ap_chained(x):
+    t = nl.ndarray((4, 8), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=t, src=x)
+    inner = t.ap(pattern=[[8, 4], [1, 8]], offset=0)
+    v = inner.ap(pattern=[[8, 4], [2, 3]], offset=1)  # overrides the inner pattern
+    out = nl.ndarray((4, 3), dtype=x.dtype, buffer=nl.shared_hbm)
+    nisa.dma_copy(dst=out, src=v)
+    return out
 
 
 @nki.jit
@@ -501,12 +505,13 @@ def test_ap_on_chip_partition_stride_must_be_free_size(k):
         run(k.ap_every_other_partition, np.zeros((16, 32), np.float32))
 
 
-# SIM_AUDIT #6: fixed in moegen.sim during the audit; kept as a regression test.
-def test_ap_cannot_be_nested(k):
-    """NKI Access Patterns ('Restriction on Nested Indexing'): '.ap is only allowed on nl.ndarray and
-    cannot be called on a tile produced by it' -- t.ap(...).ap(...) is an error."""
-    with pytest.raises(NkiSimError):
-        run(k.ap_nested, X48)
+def test_ap_can_be_chained(k):
+    """NKI Access Patterns (current page, nki/deep-dives/nki-aps): NkiTensor.ap() is the low-level
+    access pattern override and every view primitive is built on it, so .ap() on a view -- including one
+    produced by .ap() -- is allowed and its pattern overrides the inner one. (The older 'Restriction on
+    Nested Indexing' that refused t.ap(...).ap(...) is no longer on the page; SIM_AUDIT #6 followed it.)"""
+    got = run(k.ap_chained, X48)
+    np.testing.assert_array_equal(got, X48[:, 1:7:2])
 
 
 def test_ap_dtype_reinterpret_cast(k):
@@ -837,6 +842,32 @@ def test_sbuf_ap_scalar_offset_replaces_tensor_copy_dynamic():
         d = nl.ndarray((2, 4), nl.float32)
         nisa.tensor_copy(d, t.ap([[12, 2], [1, 4]], offset=0, scalar_offset=r, indirect_dim=1))
         np.testing.assert_array_equal(d.read(), VX[:, 2, :])
+
+
+def test_runtime_offset_access_pattern_feeds_dma_only():
+    """NKI Access Patterns: scalar_offset / vector_offset are DMA addressing (nki-library uses them only
+    as DMA operands; compute-engine indirection is NkiTensor.indirect, NeuronCore-v4); the one
+    documented compute exception is tensor_copy (NKI 0.4.0 release notes). A runtime-offset view as an
+    operand of another instruction is refused naming the instruction and the operand; a DMA of the same
+    view into a fixed tile is the supported form."""
+    with context(target="trn2"):
+        t = nl.ndarray((2, 12), nl.float32)
+        t.write(VX.reshape(2, 12))
+        r = nisa.register_alloc(2)
+        column = t.ap([[12, 2], [1, 1]], offset=0, scalar_offset=r, indirect_dim=1)
+        acc = nl.ndarray((2, 4), nl.float32)
+        nisa.memset(acc, 0.0)
+        with pytest.raises(NkiSimError, match="scalar_tensor_tensor: operand0 .*runtime offset"):
+            nisa.scalar_tensor_tensor(dst=acc, data=acc, op0=nl.multiply, operand0=column, op1=nl.add, operand1=acc)
+        with pytest.raises(NkiSimError, match="tensor_scalar: operand0 .*runtime offset"):
+            nisa.tensor_scalar(dst=acc, data=acc, op0=nl.multiply, operand0=column)
+        ids = nl.ndarray((1, 4), nl.int32)
+        ids.write(np.array([[5, 6, 7, 8]], np.int32))
+        with pytest.raises(NkiSimError, match="register_load: src .*runtime offset"):
+            nisa.register_load(r, ids.ap([[4, 1], [1, 1]], offset=0, scalar_offset=r, indirect_dim=1))
+        fixed = nl.ndarray((2, 1), nl.float32)
+        nisa.dma_copy(dst=fixed, src=column)
+        np.testing.assert_array_equal(fixed.read(), VX.reshape(2, 12)[:, 2:3])
 
 
 def test_gather_with_offset_and_vector_offset(k):
