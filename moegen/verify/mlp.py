@@ -1,0 +1,117 @@
+"""MXFP8 MLP harness for `moegen verify` and the mlp tests (see moegen/verify/__init__.py).
+
+Inputs sit on grids that MX-quantize without loss: x holds multiples of 1/8 in [-1, 1] and the weights
+integers in [-8, 8] times 2^-s, so every block of 32 maps onto fp8 elements exactly (e4m3fn and e5m2)
+and the gate/up sums are exact in fp32. Pre-quantized operands are made on the host with the OCP
+sample rule (a different rule from the kernel's quantize_mx, as host tools may use), packed into
+uint32 words (value q of a word in byte q) with uint8 E8M0 scales per 32 consecutive values.
+Rounding the reference shares with the kernel: act(g) in fp32, h in the input dtype, h quantized by
+quantize_mx, out and the checkpoints in the output dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from moegen.plan.mlp import MlpPlan
+from moegen.reference import dense_mlp_mx, np_dtype, quantize_mx
+
+CHECKPOINT_OUTPUTS = {
+    "save_gate_pre": "gate_pre",
+    "save_gate_act": "gate_act",
+    "save_up": "up",
+    "save_hidden": "hidden",
+}
+
+
+def _weight_exponent(contraction: int) -> int:
+    """s such that sums of `contraction` grid products have a standard deviation near 2."""
+    return max(0, round(math.log2(1.5 * math.sqrt(contraction))))
+
+
+def _packed(values: np.ndarray, elem: str) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side MXFP8 of values [rows, K] (OCP sample rule): uint32 words [rows, K/4], uint8 scales."""
+    elements, scales = quantize_mx(values, elem, "ocp", axis=-1)
+    words = np.ascontiguousarray(elements.astype(np_dtype(elem))).view(np.uint32)
+    return words, scales.astype(np.uint8)
+
+
+def _unpacked(words: np.ndarray, elem: str) -> np.ndarray:
+    """uint32 words [rows, K/4] -> element values [rows, K] float32."""
+    return np.ascontiguousarray(words).view(np_dtype(elem)).astype(np.float32)
+
+
+def make_inputs(plan: MlpPlan, tokens: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Seeded grid inputs by kernel argument name."""
+    dtype = np_dtype(plan.in_dtype)
+    hidden, inter = plan.hidden, plan.intermediate
+    x = rng.integers(-8, 9, size=(tokens, hidden)) / 8.0
+    gate_up = rng.integers(-8, 9, size=(2 * inter, hidden)) * 2.0 ** -_weight_exponent(hidden)
+    down = rng.integers(-8, 9, size=(hidden, inter)) * 2.0 ** -_weight_exponent(inter)
+    inputs = {}
+    if plan.input_mx:
+        inputs["x"], inputs["x_scales"] = _packed(x, plan.elem)
+    else:
+        inputs["x"] = x.astype(dtype)
+    if plan.weights_mx:
+        inputs["gate_up"], inputs["gate_up_scales"] = _packed(gate_up, plan.elem)
+        inputs["down"], inputs["down_scales"] = _packed(down, plan.elem)
+    else:
+        inputs["gate_up"], inputs["down"] = gate_up.astype(dtype), down.astype(dtype)
+    return inputs
+
+
+def _logical(inputs: dict[str, np.ndarray], name: str, plan: MlpPlan) -> tuple[np.ndarray, np.ndarray | None]:
+    scales = inputs.get(f"{name}_scales")
+    if scales is None:
+        return inputs[name].astype(np.float32), None
+    return _unpacked(inputs[name], plan.elem), scales
+
+
+def expected(plan: MlpPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reference outputs the kernel returns, by name."""
+    x, xs = _logical(inputs, "x", plan)
+    gu, gus = _logical(inputs, "gate_up", plan)
+    dn, dns = _logical(inputs, "down", plan)
+    ref = dense_mlp_mx(
+        x,
+        gu,
+        dn,
+        act=plan.act,
+        elem=plan.elem,
+        h_dtype=plan.in_dtype,
+        out_dtype=plan.out_dtype,
+        x_scales=xs,
+        gate_up_scales=gus,
+        down_scales=dns,
+    )
+    return {name: ref[name] for name in output_names(plan)}
+
+
+def output_names(plan: MlpPlan) -> tuple[str, ...]:
+    """The names of the kernel's returned tensors, in return order."""
+    return ("out", *(CHECKPOINT_OUTPUTS[name] for name in plan.checkpoints))
+
+
+def run(kernel, plan: MlpPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the kernel in the simulator on trn3; outputs by name."""
+    from moegen.sim import last_run, simulate
+
+    order = ("x", "x_scales", "gate_up", "gate_up_scales", "down", "down_scales")
+    args = [inputs[name] for name in order if name in inputs]
+    launched = kernel[plan.lnc] if plan.lnc > 1 else kernel
+    results = simulate(launched, target=plan.target)(*args)
+    last_run().assert_wrote_only()
+    if not isinstance(results, (tuple, list)):
+        results = (results,)
+    names = output_names(plan)
+    if len(results) != len(names):
+        raise AssertionError(f"the kernel returned {len(results)} tensors, expected {len(names)}: {', '.join(names)}")
+    return {name: np.asarray(value) for name, value in zip(names, results)}
+
+
+def tolerance(plan: MlpPlan, name: str) -> str:
+    """Every output within the rounding of its dtype: the reference rounds where the kernel rounds."""
+    return plan.out_dtype
