@@ -52,6 +52,22 @@ def test_odd_token_count_splits_19_and_18_rows_over_two_cores(matrix):
         assert all(check.ok for check in verify_plan(plan, folder / "mlp_lnc2_odd.py", tokens=tokens))
 
 
+def test_out_tolerance_still_catches_a_swapped_gate_and_up(matrix):
+    """The per-row allowance for an h element flipping one MXFP8 step (moegen.verify.mlp.data_tolerance)
+    is far below what a layout bug does: swapping the gate and up halves fails the comparison."""
+    from moegen.compare import compare
+
+    plans_, _ = matrix
+    plan = plans_["mlp_bf16_auto"]
+    inputs = harness.make_inputs(plan, 16, np.random.default_rng(SEED))
+    want = harness.expected(plan, inputs)["out"]
+    swapped = dict(inputs, gate_up=np.concatenate([inputs["gate_up"][384:], inputs["gate_up"][:384]]))
+    wrong = harness.expected(plan, swapped)["out"]
+    tol = harness.data_tolerance(plan, "out", inputs)
+    assert compare("out", want, want, kind=tol).ok
+    assert not compare("out", wrong, want, kind=tol).ok
+
+
 # ------------------------------------------------------------------ plans and refusals
 
 
