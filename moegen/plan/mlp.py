@@ -47,9 +47,17 @@ CHECKPOINT_DOC = {
     "save_up": "up projection x Wu^T",
     "save_hidden": "act(gate) * up (the intermediate)",
 }
-# Activations of the MoE families a plain ScalarE activation computes (NKI op name); the rest need
-# parameters or a clamp this family does not implement.
-ACTIVATION_OPS = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_apprx_tanh", "relu": "relu"}
+# Activations of the MoE families as one ScalarE activation (NKI op name); squared_relu squares the
+# relu on VectorE; swish only with NKI's fixed alpha (gelu_apprx_sigmoid = x * sigmoid(1.702 x)).
+ACTIVATION_OPS = {
+    "silu": "silu",
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_apprx_tanh",
+    "relu": "relu",
+    "squared_relu": "relu",
+    "swish": "gelu_apprx_sigmoid",
+}
+SWISH_ALPHA = 1.702
 FP8 = {"e4m3fn": ("nl.float8_e4m3fn_x4", "fp8_e4m3fn"), "e5m2": ("nl.float8_e5m2_x4", "fp8_e5m2")}
 OUT_DTYPES = ("bf16", "fp16", "fp32")
 # SBUF kept free for the tiles the plan does not count exactly (DMA staging of partial tiles).
@@ -76,6 +84,21 @@ OPTIONS = (
         "gate_up / down weights as bf16/fp16 quantized on chip, or pre-quantized MXFP8 with scales",
         default="bf16",
         choices=("bf16", "mxfp8"),
+    ),
+    OptionSpec(
+        "x_layout",
+        "choice",
+        "bf16 x as [S, H] (natural) or pre-swizzled [H/4, S*4] (swizzled: x_sw[k // 4, 4s + k % 4] = x[s, k])",
+        default="natural",
+        choices=("natural", "swizzled"),
+    ),
+    OptionSpec(
+        "weights_layout",
+        "choice",
+        "bf16 weights as gate_up [2I, H] / down [H, I] (natural) or pre-swizzled gate_up [H/4, 2I*4] / "
+        "down [I/4, H*4] (swizzled: 4 consecutive contraction values of a row side by side)",
+        default="natural",
+        choices=("natural", "swizzled"),
     ),
     OptionSpec("fp8", "choice", "MXFP8 element type", default="e4m3fn", choices=tuple(FP8)),
     OptionSpec("out", "choice", "dtype of the output and of the checkpoints", choices=OUT_DTYPES),
@@ -116,6 +139,9 @@ class MlpPlan(KernelPlan):
     fp8: str  # e4m3fn | e5m2
     mx_dtype: str  # nl.float8_*_x4
     elem: str  # moegen.reference.quant element name
+    square_act: bool  # squared_relu: act = relu(g)^2
+    x_swizzled: bool
+    weights_swizzled: bool
     intermediate_in: str  # hbm | sbuf
     block_tokens: int
     h_slabs: tuple[tuple[int, int], ...]  # (first contraction index, partitions) per slab of H
@@ -172,13 +198,18 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
     if not expert.gated:
         problems.append((None, "the mlp family is the gated (SwiGLU-style) MLP: use 'gate_up' in the expert pipeline"))
     if expert.activation not in ACTIVATION_OPS:
+        problems.append((None, f"activation {expert.activation}: the mlp family runs {', '.join(ACTIVATION_OPS)}"))
+    if expert.activation == "swish" and expert.alpha not in (None, SWISH_ALPHA):
         problems.append(
             (
                 None,
-                f"activation {expert.activation}: the mlp family runs silu, gelu, gelu_tanh or relu as one "
-                "ScalarE activation (swish needs its alpha, squared_relu a second instruction)",
+                f"swish({expert.alpha:g}): the ScalarE swish (gelu_apprx_sigmoid) has alpha {SWISH_ALPHA}; "
+                "another alpha needs a scaled sigmoid and a multiply",
             )
         )
+    for name, kind in (("x_layout", "input"), ("weights_layout", "weights")):
+        if opts[name] == "swizzled" and opts[kind] != "bf16":
+            problems.append((name, f"{name}=swizzled is a bf16 layout; {kind}={opts[kind]} is pre-quantized"))
     extras = [
         name
         for name, on in (
@@ -257,7 +288,8 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
             + (
                 "weights pre-quantized: gate_up [2I, H/4] + [2I, H/32], down [H, I/4] + [H, I/32]"
                 if opts["weights"] == "mxfp8"
-                else f"weights {layer.dtype}, quantized on chip per tile (again for every token block)"
+                else f"weights {layer.dtype} ({opts['weights_layout']}), quantized on chip per tile (again for every "
+                "token sub-tile)"
             ),
         ),
         (
@@ -294,6 +326,9 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
         out_dtype=out_dtype,
         act=expert.activation,
         act_op=act_op,
+        square_act=expert.activation == "squared_relu",
+        x_swizzled=opts["x_layout"] == "swizzled",
+        weights_swizzled=opts["weights_layout"] == "swizzled",
         input_mx=opts["input"] == "mxfp8",
         weights_mx=opts["weights"] == "mxfp8",
         fp8=opts["fp8"],

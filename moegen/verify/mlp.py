@@ -44,6 +44,18 @@ def _unpacked(words: np.ndarray, elem: str) -> np.ndarray:
     return np.ascontiguousarray(words).view(np_dtype(elem)).astype(np.float32)
 
 
+def swizzle(values: np.ndarray) -> np.ndarray:
+    """[rows, K] -> [K/4, rows*4] with out[k // 4, 4r + k % 4] = values[r, k] (the seed's swizzled layout)."""
+    rows, k = values.shape
+    return np.ascontiguousarray(values.reshape(rows, k // 4, 4).transpose(1, 0, 2).reshape(k // 4, rows * 4))
+
+
+def unswizzle(values: np.ndarray) -> np.ndarray:
+    """The inverse of `swizzle`."""
+    k4, rows4 = values.shape
+    return np.ascontiguousarray(values.reshape(k4, rows4 // 4, 4).transpose(1, 0, 2).reshape(rows4 // 4, 4 * k4))
+
+
 def make_inputs(plan: MlpPlan, tokens: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Seeded grid inputs by kernel argument name."""
     dtype = np_dtype(plan.in_dtype)
@@ -55,10 +67,12 @@ def make_inputs(plan: MlpPlan, tokens: int, rng: np.random.Generator) -> dict[st
     if plan.input_mx:
         inputs["x"], inputs["x_scales"] = _packed(x, plan.elem)
     else:
-        inputs["x"] = x.astype(dtype)
+        inputs["x"] = (swizzle(x) if plan.x_swizzled else x).astype(dtype)
     if plan.weights_mx:
         inputs["gate_up"], inputs["gate_up_scales"] = _packed(gate_up, plan.elem)
         inputs["down"], inputs["down_scales"] = _packed(down, plan.elem)
+    elif plan.weights_swizzled:
+        inputs["gate_up"], inputs["down"] = swizzle(gate_up).astype(dtype), swizzle(down).astype(dtype)
     else:
         inputs["gate_up"], inputs["down"] = gate_up.astype(dtype), down.astype(dtype)
     return inputs
@@ -67,7 +81,9 @@ def make_inputs(plan: MlpPlan, tokens: int, rng: np.random.Generator) -> dict[st
 def _logical(inputs: dict[str, np.ndarray], name: str, plan: MlpPlan) -> tuple[np.ndarray, np.ndarray | None]:
     scales = inputs.get(f"{name}_scales")
     if scales is None:
-        return inputs[name].astype(np.float32), None
+        swizzled = plan.x_swizzled if name == "x" else plan.weights_swizzled
+        values = inputs[name].astype(np.float32)
+        return (unswizzle(values) if swizzled else values), None
     return _unpacked(inputs[name], plan.elem), scales
 
 

@@ -77,6 +77,15 @@ def layer_spec(kernels: str, *, dims: str = "hidden=1024 intermediate=512 expert
     return f"moe t {{\n  dims {dims}\n  dtype {dtype}\n  expert = {expert}\n  {kernels}\n}}\n"
 
 
+SMALL_DIMS = "hidden=640 intermediate=384 experts=1 top_k=1"
+
+
+def generate_text(tmp_path: Path, text: str):
+    path = tmp_path / "t.moe"
+    path.write_text(text)
+    return generate(path)
+
+
 def plans(tmp_path: Path, text: str):
     path = tmp_path / "t.moe"
     path.write_text(text)
@@ -108,8 +117,7 @@ def test_cli_refuses_trn2_without_a_traceback(tmp_path, capsys):
 @pytest.mark.parametrize(
     "setting, needle",
     [
-        (dict(expert="gate_up -> swish(1.702) -> down"), "activation swish"),
-        (dict(expert="gate_up -> squared_relu -> down"), "activation squared_relu"),
+        (dict(expert="gate_up -> swish(1.5) -> down"), "swish(1.5): the ScalarE swish"),
         (dict(expert="up -> relu -> down"), "gated"),
         (dict(expert="gate_up(bias) -> silu -> down"), "gate_up bias"),
         (dict(expert="gate_up -> silu -> down -> scale"), "affinity scaling"),
@@ -120,6 +128,22 @@ def test_cli_refuses_trn2_without_a_traceback(tmp_path, capsys):
 )
 def test_refused_layers_say_why(tmp_path, setting, needle):
     assert needle in refusal(tmp_path, layer_spec("kernel p : mlp { }", **setting))
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu", "squared_relu", "swish(1.702)"])
+def test_other_activations_match_reference(tmp_path, activation):
+    """The MoE families' activations the ScalarE computes in one instruction (squared_relu: plus a square)."""
+    generated = generate_text(
+        tmp_path, layer_spec("kernel p : mlp { lnc=2 }", dims=SMALL_DIMS, expert=f"gate_up -> {activation} -> down")
+    )
+    folder = write(generated, tmp_path / "gen")
+    (plan,) = generated.plans
+    assert all(check.ok for check in verify_plan(plan, folder / "p.py", tokens=21))
+
+
+def test_swizzled_layout_of_pre_quantized_operand_is_refused(tmp_path):
+    message = refusal(tmp_path, layer_spec("kernel p : mlp { input=mxfp8 x_layout=swizzled }"))
+    assert "x_layout=swizzled is a bf16 layout" in message and "t.moe:5:" in message
 
 
 def test_block_that_does_not_fit_on_chip_is_refused_with_sbuf(tmp_path):
