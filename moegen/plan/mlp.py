@@ -120,6 +120,36 @@ OPTIONS = (
         multiple_of=2,
         reason="phase 2 multiplies even token counts (nc_matmul_mx stationary free size)",
     ),
+    OptionSpec(
+        "gu_tokens",
+        "int",
+        "tokens per gate/up matmul (the moving free size; the seed's gate/up N tile)",
+        default=PHASE1_TOKENS,
+        minimum=2,
+        maximum=PHASE1_TOKENS,
+        multiple_of=2,
+        reason="an nc_matmul_mx moving tile with an fp32 PSUM dst is at most 512 wide; even for phase 2's padding",
+    ),
+    OptionSpec(
+        "down_tokens",
+        "int",
+        "tokens per down matmul (the stationary free size; the seed's down M tile)",
+        default=PHASE2_TOKENS,
+        minimum=2,
+        maximum=PHASE2_TOKENS,
+        multiple_of=2,
+        reason="an nc_matmul_mx stationary tile is even and at most 128 wide",
+    ),
+    OptionSpec(
+        "down_columns",
+        "int",
+        "H columns per down matmul and PSUM tile (the seed's down N tile)",
+        default=DOWN_COLUMNS,
+        minimum=32,
+        maximum=DOWN_COLUMNS,
+        multiple_of=32,
+        reason="an nc_matmul_mx moving tile with an fp32 PSUM dst is at most 512 wide",
+    ),
     *(OptionSpec(name, "flag", f"also write the {doc} to an [S, I] output") for name, doc in CHECKPOINT_DOC.items()),
 )
 
@@ -144,6 +174,9 @@ class MlpPlan(KernelPlan):
     weights_swizzled: bool
     intermediate_in: str  # hbm | sbuf
     block_tokens: int
+    gu_tokens: int  # phase 1 sub-tile: tokens per gate/up matmul
+    down_tokens: int  # phase 2 tile: tokens per down matmul
+    down_columns: int  # phase 2 tile: H columns per down matmul
     h_slabs: tuple[tuple[int, int], ...]  # (first contraction index, partitions) per slab of H
     i_slabs: tuple[tuple[int, int], ...]  # the same over I
     checkpoints: tuple[str, ...]
@@ -154,9 +187,19 @@ def _slabs(size: int) -> tuple[tuple[int, int], ...]:
     return tuple((start, min(MX_SLAB, size - start) // 4) for start in range(0, size, MX_SLAB))
 
 
-def _sbuf_bytes(hidden: int, inter: int, block: int, in_bytes: int, out_bytes: int, keep: bool, saves: int) -> list:
-    """The buffers of one token block (bytes per partition)."""
-    t1 = min(block, PHASE1_TOKENS)
+def _sbuf_bytes(
+    hidden: int,
+    inter: int,
+    block: int,
+    tiles: tuple[int, int, int],
+    in_bytes: int,
+    out_bytes: int,
+    keep: bool,
+    saves: int,
+) -> list:
+    """The buffers of one token block (bytes per partition); tiles = (gu_tokens, down_tokens, down_columns)."""
+    gu_tokens, down_tokens, down_columns = tiles
+    t1 = min(block, gu_tokens)
     n_h, n_i = ceil_div(hidden, MX_SLAB), ceil_div(inter, MX_SLAB)
     buffers = [
         Buffer("x staging (one H slab, interleaved)", "sbuf", PARTITIONS, t1 * 4 * in_bytes, 2),
@@ -164,10 +207,10 @@ def _sbuf_bytes(hidden: int, inter: int, block: int, in_bytes: int, out_bytes: i
         Buffer("gate/up weight staging + quantized + scales", "sbuf", PARTITIONS, PARTITIONS * (4 * in_bytes + 5), 4),
         Buffer("gate, up, act (fp32)", "sbuf", PARTITIONS, 3 * t1 * 4),
         Buffer("h interleaved [kp, T, 4]", "sbuf", PARTITIONS, t1 * 4 * in_bytes, 2),
-        Buffer("down weight staging + quantized + scales", "sbuf", PARTITIONS, DOWN_COLUMNS * (4 * in_bytes + 5), 2),
-        Buffer("output tile", "sbuf", PARTITIONS, DOWN_COLUMNS * out_bytes, 2),
-        Buffer("gate, up (PSUM)", "psum", PARTITIONS, t1 * 4, 2),
-        Buffer("down (PSUM)", "psum", PARTITIONS, DOWN_COLUMNS * 4, 2),
+        Buffer("down weight staging + quantized + scales", "sbuf", PARTITIONS, down_columns * (4 * in_bytes + 5), 2),
+        Buffer("output tile", "sbuf", down_tokens, down_columns * out_bytes, 2),
+        Buffer("gate, up (PSUM)", "psum", PARTITIONS, t1 * 4, 4),
+        Buffer("down (PSUM)", "psum", down_tokens, down_columns * 4, 2),
     ]
     if saves:
         buffers.append(Buffer("checkpoint tiles", "sbuf", PARTITIONS, t1 * out_bytes, 2))
@@ -175,7 +218,7 @@ def _sbuf_bytes(hidden: int, inter: int, block: int, in_bytes: int, out_bytes: i
         buffers.append(Buffer("h quantized for the block + scales", "sbuf", PARTITIONS, n_i * block * 5))
     else:
         buffers.append(
-            Buffer("h read back (one I slab) + quantized", "sbuf", PARTITIONS, PHASE2_TOKENS * (4 * in_bytes + 5), 2)
+            Buffer("h read back (all I slabs) + quantized", "sbuf", PARTITIONS, n_i * down_tokens * (4 * in_bytes + 5))
         )
     return buffers
 
@@ -245,7 +288,8 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
     block = opts["block_tokens"]
     saves = tuple(name for name in CHECKPOINTS if opts.get(name))
     capacity = SBUF_BYTES["trn3"] - SBUF_MARGIN
-    keep_buffers = _sbuf_bytes(hidden, inter, block, in_bytes, out_bytes, True, len(saves))
+    tiles = (opts["gu_tokens"], opts["down_tokens"], opts["down_columns"])
+    keep_buffers = _sbuf_bytes(hidden, inter, block, tiles, in_bytes, out_bytes, True, len(saves))
     keep_bytes = sum(b.total_per_partition for b in keep_buffers if b.memory == "sbuf")
     choice = opts["intermediate"]
     if choice == "auto":
@@ -265,7 +309,7 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
     buffers = (
         keep_buffers
         if intermediate_in == "sbuf"
-        else _sbuf_bytes(hidden, inter, block, in_bytes, out_bytes, False, len(saves))
+        else _sbuf_bytes(hidden, inter, block, tiles, in_bytes, out_bytes, False, len(saves))
     )
     mx_dtype, elem = FP8[opts["fp8"]]
     act_op = ACTIVATION_OPS[expert.activation]
@@ -282,7 +326,7 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
             (
                 "x pre-quantized: [S, H/4] MXFP8 words + [S, H/32] E8M0 scales"
                 if opts["input"] == "mxfp8"
-                else f"x {layer.dtype}, quantized on chip per H slab"
+                else f"x {layer.dtype} ({opts['x_layout']}), quantized on chip per H slab"
             )
             + "; "
             + (
@@ -294,14 +338,15 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
         ),
         (
             "phase 1",
-            f"per sub-tile of up to {PHASE1_TOKENS} tokens: gate and up with I on partitions (weight rows "
+            f"per sub-tile of up to {tiles[0]} tokens: gate and up with I on partitions (weight rows "
             f"slab*512 + 4p + q for the q-th matmul), {expert.activation}(g) * u written as packed position q "
             "of an interleaved [kp, T, 4] tile: the down projection's contraction layout, no transpose",
         ),
         ("intermediate", f"{intermediate_in}: " + why),
         (
             "phase 2",
-            f"per {PHASE2_TOKENS} tokens (odd counts padded with a zero token) x {DOWN_COLUMNS} H columns, accumulated over the I slabs in fp32 PSUM",
+            f"per {tiles[1]} tokens (odd counts padded with a zero token) x {tiles[2]} H columns, accumulated "
+            "over the I slabs in fp32 PSUM",
         ),
         (
             "sharding",
@@ -336,6 +381,9 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
         elem=elem,
         intermediate_in=intermediate_in,
         block_tokens=block,
+        gu_tokens=tiles[0],
+        down_tokens=tiles[1],
+        down_columns=tiles[2],
         h_slabs=_slabs(hidden),
         i_slabs=_slabs(inter),
         checkpoints=saves,

@@ -146,6 +146,20 @@ def test_swizzled_layout_of_pre_quantized_operand_is_refused(tmp_path):
     assert "x_layout=swizzled is a bf16 layout" in message and "t.moe:5:" in message
 
 
+@pytest.mark.parametrize(
+    "option, needle",
+    [
+        ("gu_tokens=1024", "gu_tokens 1024: must be at most 512"),
+        ("down_tokens=130", "down_tokens 130: must be at most 128"),
+        ("down_tokens=7", "down_tokens 7: must be a multiple of 2"),
+        ("down_columns=100", "down_columns 100: must be a multiple of 32"),
+        ("block_tokens=9", "block_tokens 9: must be a multiple of 2"),
+    ],
+)
+def test_tile_options_are_checked(tmp_path, option, needle):
+    assert needle in refusal(tmp_path, layer_spec(f"kernel p : mlp {{ {option} }}"))
+
+
 def test_block_that_does_not_fit_on_chip_is_refused_with_sbuf(tmp_path):
     text = layer_spec(
         "kernel p : mlp { block_tokens=8192 intermediate=sbuf }", dims="hidden=8192 intermediate=3584 experts=1 top_k=1"
