@@ -383,3 +383,14 @@ def test_hand_written_mx_kernel_matches_ocp_numpy(mx_dtype, elem, emax):
     bound = 2 * (2 * u + u * u) * mag  # both results within (1+u)^2 of the exact product
     assert np.all(np.abs(out - sample_rule) <= bound)
     assert np.all(np.abs(out - a.T @ b) <= (2 * u + u * u) * mag * (1 + 1e-5))
+
+
+def test_hand_written_mx_kernel_same_with_precise_off():
+    """Simulator guide: NKI_PRECISE_FP=0 stores narrow floats as fp32; the packed x4 data keep their
+    bits and E8M0 scales their powers of two, so MX results do not change."""
+    lhsT = RNG.standard_normal((512, 32)).astype(BF16)
+    rhs = RNG.standard_normal((512, 64)).astype(BF16)
+    kernel = sim.load_module(KERNELS / "mx_matmul.py").mx_matmul
+    on = sim.simulate(kernel, target="trn3", precise=True)(lhsT, rhs, "float8_e4m3fn_x4")
+    off = sim.simulate(kernel, target="trn3", precise=False)(lhsT, rhs, "float8_e4m3fn_x4")
+    np.testing.assert_array_equal(on, off)
