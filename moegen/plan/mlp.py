@@ -150,6 +150,12 @@ OPTIONS = (
         multiple_of=32,
         reason="an nc_matmul_mx moving tile with an fp32 PSUM dst is at most 512 wide",
     ),
+    OptionSpec(
+        "scale_packing",
+        "flag",
+        "gate and up weight scales share one SBUF tile, at partitions 0..3 and 4..7 of each quadrant "
+        "(the quantize_mx page's scale packing; the seed's use_scale_packing)",
+    ),
     *(OptionSpec(name, "flag", f"also write the {doc} to an [S, I] output") for name, doc in CHECKPOINT_DOC.items()),
 )
 
@@ -170,6 +176,7 @@ class MlpPlan(KernelPlan):
     mx_dtype: str  # nl.float8_*_x4
     elem: str  # moegen.reference.quant element name
     square_act: bool  # squared_relu: act = relu(g)^2
+    scale_packing: bool  # gate/up weight scales in one tile (offsets 0 and 4 of each quadrant)
     x_swizzled: bool
     weights_swizzled: bool
     intermediate_in: str  # hbm | sbuf
@@ -344,6 +351,12 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
         ),
         ("intermediate", f"{intermediate_in}: " + why),
         (
+            "scales",
+            "gate and up weight scales packed in one tile per slab (partitions 0..3 and 4..7 of each quadrant)"
+            if opts.get("scale_packing")
+            else "one scale tile per operand (scale rows in partitions 0..3 of each quadrant)",
+        ),
+        (
             "phase 2",
             f"per {tiles[1]} tokens (odd counts padded with a zero token) x {tiles[2]} H columns, accumulated "
             "over the I slabs in fp32 PSUM",
@@ -372,6 +385,7 @@ def plan(layer: Layer, variant: Variant) -> MlpPlan:
         act=expert.activation,
         act_op=act_op,
         square_act=expert.activation == "squared_relu",
+        scale_packing=bool(opts.get("scale_packing")),
         x_swizzled=opts["x_layout"] == "swizzled",
         weights_swizzled=opts["weights_layout"] == "swizzled",
         input_mx=opts["input"] == "mxfp8",
