@@ -17,7 +17,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Tolerance:
     rtol: float
-    atol: float
+    atol: float  # or an array broadcast against the compared tensor (a per-row allowance)
 
 
 # Two units in the last place of the kind's significand (2 * 2^-p, p stored mantissa bits): one for the
@@ -57,7 +57,7 @@ class CompareResult:
     bad: int
     total: int
     rtol: float
-    atol: float
+    atol: float  # or an array broadcast against the compared tensor (a per-row allowance)
     first_bad: tuple[int, ...] | None = None
     actual_at_first_bad: float | None = None
     expected_at_first_bad: float | None = None
@@ -125,7 +125,7 @@ def compare(
             bad=0,
             total=int(want.size),
             rtol=tol.rtol,
-            atol=tol.atol,
+            atol=float(np.max(tol.atol)),  # a per-element atol array is reported by its largest value
         )
         base.update(fields)
         return CompareResult(**base)

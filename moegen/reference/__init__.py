@@ -3,7 +3,7 @@ names, plus dtype and quantization helpers. Knows nothing about tiles, and never
 or the simulator."""
 
 from moegen.reference.cte import moe_cte, moe_per_token
-from moegen.reference.mlp import ACTIVATIONS, ExpertMLP, Precision, activation, expert_mlp
+from moegen.reference.mlp import ACTIVATIONS, ExpertMLP, Precision, activation, dense_mlp_mx, expert_mlp
 from moegen.reference.quant import (
     cast,
     dequantize_down,
@@ -28,6 +28,7 @@ __all__ = [
     "Precision",
     "activation",
     "cast",
+    "dense_mlp_mx",
     "dequantize_down",
     "dequantize_gate_up",
     "dequantize_mx",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moegen.reference.quant import quantize_static_input, round_to
+from moegen.reference.quant import dequantize_mx, quantize_mx, quantize_static_input, round_to
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "swish", "relu", "squared_relu")
 SWISH_ALPHA = 1.702  # GPT-OSS; NKI's `gelu_apprx_sigmoid` is x * sigmoid(1.702 x)
@@ -226,3 +226,48 @@ def expert_mlp(
     if down_bias is not None:
         y = y + np.asarray(down_bias, dtype=np.float32).reshape(-1)
     return round_to(y, p.down)
+
+
+def dense_mlp_mx(
+    x: np.ndarray,
+    gate_up: np.ndarray,
+    down: np.ndarray,
+    *,
+    act: str = "silu",
+    elem: str = "fp8_e4m3fn",
+    h_dtype: str = "bf16",
+    out_dtype: str = "bf16",
+    x_scales: np.ndarray | None = None,
+    gate_up_scales: np.ndarray | None = None,
+    down_scales: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """The dense gated MLP with MXFP8 matmuls (SEMANTICS section 6, seed mlp_mxfp8).
+
+    x [S, H], gate_up [2I, H] (rows 0..I-1 gate, I..2I-1 up), down [H, I]. An operand given with its
+    scales (uint8, one per 32 consecutive values of its last axis) holds MXFP8 element values and is
+    only dequantized; one given without is quantized on chip by quantize_mx (the 'nki' rule, blocks
+    along the last axis). g, u: fp32 sums of the dequantized products; a = act(g) in fp32; h = a * u
+    stored in h_dtype, quantized again by quantize_mx for the down projection; out in out_dtype.
+    Returns out [S, H] and the checkpoints gate_pre, gate_act, up, hidden [S, I] in out_dtype.
+    """
+
+    def operand(values, scales):
+        if scales is None:
+            values, scales = quantize_mx(values, elem, "nki", axis=-1)
+        return dequantize_mx(values, scales, axis=-1).astype(np.float64)
+
+    xd = operand(x, x_scales)
+    w = operand(gate_up, gate_up_scales)
+    inter = w.shape[0] // 2
+    g = round_to(xd @ w[:inter].T, "fp32")
+    u = round_to(xd @ w[inter:].T, "fp32")
+    a = round_to(activation(g, act), "fp32")
+    h = round_to(a.astype(np.float64) * u, h_dtype)
+    y = operand(h, None) @ operand(down, down_scales).T
+    return {
+        "out": round_to(y, out_dtype),
+        "gate_pre": round_to(g, out_dtype),
+        "gate_act": round_to(a, out_dtype),
+        "up": round_to(u, out_dtype),
+        "hidden": round_to(h, out_dtype),
+    }

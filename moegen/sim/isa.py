@@ -35,7 +35,8 @@ from moegen.sim.isa_move import (  # noqa: F401
     register_store,
     sendrecv,
 )
-from moegen.sim.isa_tensor_engine import nc_matmul, nc_matmul_mx, nc_transpose, quantize_mx  # noqa: F401
+from moegen.sim.isa_mx import nc_matmul_mx, quantize_mx  # noqa: F401
+from moegen.sim.isa_tensor_engine import nc_matmul, nc_transpose  # noqa: F401
 from moegen.sim.registers import VirtualRegister  # noqa: F401
 
 try:  # the compute instructions (Vector / Scalar / GpSimd engines)

@@ -1,4 +1,4 @@
-"""TensorE instructions: nc_matmul, nc_transpose (Tensor or Vector engine); trn3 MX refusals.
+"""TensorE instructions: nc_matmul, nc_transpose (Tensor or Vector engine); MX instructions: isa_mx.py.
 
 nc_matmul (NKI 0.6 page): dst[M, N] = stationary[K, M].T @ moving[K, N], K on the partition dim of
 both inputs, fp32 accumulation. stationary/moving in SBUF, dst in PSUM.
@@ -20,7 +20,7 @@ import numpy as np
 
 from moegen.sim import dtypes as dt
 from moegen.sim import runtime
-from moegen.sim.checks import check_buffer, check_partition, check_target, check_tensor
+from moegen.sim.checks import check_buffer, check_partition, check_tensor
 from moegen.sim.enums import NkiInstruction, check_enum, engine, matmul_perf_mode
 from moegen.sim.errors import NkiSimError
 from moegen.sim.tensor import MemoryRegion, NkiTensor
@@ -417,25 +417,3 @@ def nc_transpose(dst, data, engine=engine.unknown, name=None):
     else:
         dst.write(vals.reshape(dst.shape), instr, "dst")
     return NkiInstruction(instr)
-
-
-def nc_matmul_mx(
-    dst,
-    stationary,
-    moving,
-    stationary_scale,
-    moving_scale,
-    tile_position=None,
-    tile_size=None,
-    accumulate=None,
-    name=None,
-):
-    """MX matmul (trn3 only). Not implemented yet beyond the target check."""
-    check_target("nc_matmul_mx", ("trn3",))
-    raise NotImplementedError("nki.isa.nc_matmul_mx is not implemented in moegen.sim yet (MX issue)")
-
-
-def quantize_mx(dst, src, dst_scale, name=None):
-    """MX quantization (trn3 only). Not implemented yet beyond the target check."""
-    check_target("quantize_mx", ("trn3",))
-    raise NotImplementedError("nki.isa.quantize_mx is not implemented in moegen.sim yet (MX issue)")

@@ -6,7 +6,9 @@ Each family has a harness module `moegen/verify/<family>.py` with:
 - `expected(plan, inputs) -> dict[str, np.ndarray]`: the reference outputs by name;
 - `run(kernel, plan, inputs) -> dict[str, np.ndarray]`: the kernel's outputs by the same names
   (it calls `moegen.sim.simulate`, with `kernel[2]` for LNC=2);
-- `tolerance(plan, name) -> str`: the compare kind of an output (`moegen.compare`).
+- `tolerance(plan, name) -> str`: the compare kind of an output (`moegen.compare`); a harness may
+  also define `data_tolerance(plan, name, inputs) -> Tolerance | None`, a tolerance that depends on
+  the inputs (None: use `tolerance`).
 This module is where the compiler, the simulator and the reference meet.
 """
 
@@ -57,8 +59,10 @@ def verify_plan(
     want = family.expected(plan, inputs)
     got = family.run(kernel, plan, inputs)
     checks = []
+    data_tolerance = getattr(family, "data_tolerance", None)
     for name in want:
-        result = compare(name, got[name], want[name], kind=family.tolerance(plan, name))
+        kind = data_tolerance(plan, name, inputs) if data_tolerance else None
+        result = compare(name, got[name], want[name], kind=kind or family.tolerance(plan, name))
         checks.append(OutputCheck(name, float(result.max_abs), float(result.max_rel), bool(result.ok), str(result)))
     return checks
 

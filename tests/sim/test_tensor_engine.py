@@ -154,8 +154,6 @@ def test_trn3_only_refused_on_trn2(trn2):
         nisa.nc_matmul_mx(None, None, None, None, None)
     with pytest.raises(NkiSimError, match="quantize_mx: not available on trn2"):
         nisa.quantize_mx(None, None, None)
-    with context(target="trn3"), pytest.raises(NotImplementedError, match="nki.isa.quantize_mx"):
-        nisa.quantize_mx(None, None, None)
 
 
 def test_only_dma_touches_hbm(trn2):
