@@ -31,6 +31,12 @@ def _load(path: Path):
         return None
 
 
+def _os_error(error: OSError) -> str:
+    """'Permission denied: generated/x' rather than '[Errno 13] Permission denied: ...'."""
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
 def cmd_build(args) -> int:
     from moegen.codegen.build import HandEditedError, write
 
@@ -46,11 +52,31 @@ def cmd_build(args) -> int:
             print(f"{path}: error: {error}", file=sys.stderr)
             status = max(status, EXIT_FAILED)
             continue
+        except OSError as error:
+            print(f"{path}: error: cannot write to '{args.out}': {_os_error(error)}", file=sys.stderr)
+            status = max(status, EXIT_FAILED)
+            continue
         print(f"{path}: {len(generated.files)} kernel(s) -> {target}")
     return status
 
 
 def cmd_check(args) -> int:
+    from moegen.codegen.build import locked, recover
+
+    out = Path(args.out)
+    if not out.is_dir():
+        return _check(args, out)
+    try:
+        with locked(out):  # no build of this folder runs meanwhile
+            for message in recover(out):
+                print(f"note: {message}", file=sys.stderr)
+            return _check(args, out)
+    except OSError as error:
+        print(f"error: cannot check '{args.out}': {_os_error(error)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _check(args, out: Path) -> int:
     from moegen.codegen.build import check, extra_spec_dirs
 
     paths = _spec_paths(args.specs)
@@ -61,9 +87,9 @@ def cmd_check(args) -> int:
         if generated is None:
             status = EXIT_SPEC_ERROR
             continue
-        problems += check(generated, Path(args.out))
+        problems += check(generated, out)
     if not args.specs:
-        problems += extra_spec_dirs(Path(args.out), names)
+        problems += extra_spec_dirs(out, names)
     for problem in problems:
         print(f"{problem.path}: {problem.problem}")
     if problems:

@@ -54,8 +54,25 @@ def _printable(line: str) -> str:
     return "".join(c if c.isprintable() else " " for c in line)
 
 
+# A source line longer than this is shown as a window around the caret, with '...' where it is cut.
+MAX_SHOWN = 100
+CONTEXT_BEFORE = 30
+
+
+def _window(source: str, column: int, width: int) -> tuple[str, int, int]:
+    """(shown text, caret column in it (1-based), underline width) for a source line of any length."""
+    if len(source) <= MAX_SHOWN:
+        return source, column, width
+    start = max(0, min(column - 1 - CONTEXT_BEFORE, len(source) - MAX_SHOWN))
+    end = start + MAX_SHOWN
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(source) else ""
+    caret = column - start + len(head)
+    return head + source[start:end] + tail, caret, max(1, min(width, end - (column - 1)))
+
+
 def render(diagnostics: Iterable[Diagnostic], text: str) -> str:
-    """Render diagnostics with the offending source line and a caret under the token."""
+    """Render diagnostics with the offending source line (or a window of a long one) and a caret under the token."""
     lines = source_lines(text) if text else []
     out = []
     for diag in diagnostics:
@@ -65,8 +82,9 @@ def render(diagnostics: Iterable[Diagnostic], text: str) -> str:
             source = _printable(lines[span.line - 1])
             width = span.end_column - span.column if span.end_line == span.line else 1
             width = max(1, min(width, len(source) - span.column + 1))
-            out.append(f"  {source}")
-            out.append("  " + " " * (span.column - 1) + "^" + "~" * (width - 1))
+            shown, caret, width = _window(source, span.column, width)
+            out.append(f"  {shown}")
+            out.append("  " + " " * (caret - 1) + "^" + "~" * (width - 1))
         if diag.hint:
             out.append(f"  hint: {diag.hint}")
     return "\n".join(out)
