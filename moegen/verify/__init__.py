@@ -33,6 +33,14 @@ class OutputCheck:
     max_rel: float
     ok: bool
     detail: str
+    criterion: str = ""  # what each element is judged by, e.g. "bf16: |got - want| <= 0.0156 + 0.0156*|want|"
+
+
+def criterion(kind: str, rtol: float, atol: float) -> str:
+    """The per-element pass rule of a comparison, in words: max_rel alone does not decide it."""
+    if rtol == 0 and atol == 0:
+        return f"{kind}: got == want"
+    return f"{kind}: |got - want| <= {atol:.3g} + {rtol:.3g}*|want|"
 
 
 def harness(family: str):
@@ -59,7 +67,16 @@ def verify_plan(
     checks = []
     for name in want:
         result = compare(name, got[name], want[name], kind=family.tolerance(plan, name))
-        checks.append(OutputCheck(name, float(result.max_abs), float(result.max_rel), bool(result.ok), str(result)))
+        checks.append(
+            OutputCheck(
+                name,
+                float(result.max_abs),
+                float(result.max_rel),
+                bool(result.ok),
+                str(result),
+                criterion(result.kind, result.rtol, result.atol),
+            )
+        )
     return checks
 
 
@@ -82,7 +99,7 @@ def verify_plans(
             status = "ok  " if check.ok else "FAIL"
             out(
                 f"    {status} {check.name:<24} max_abs={check.max_abs:.3e} max_rel={check.max_rel:.3e}"
-                + ("" if check.ok else f"  {check.detail}")
+                f"  [per element, {check.criterion}]" + ("" if check.ok else f"  {check.detail}")
             )
             all_ok &= check.ok
         out(f"    {time.perf_counter() - start:.1f}s")
