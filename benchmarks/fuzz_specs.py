@@ -1,7 +1,7 @@
 """Mutation fuzz of every spec in specs/: each mutant must end in a build (exit 0, files written) or in
 located errors (exit 2, every error line `file:line:col: error: ...`), never in a traceback or another
 exit status. Mutants are token edits (delete, duplicate, swap, insert, huge numbers, odd characters,
-truncation, raw bytes), long names (253 characters to 5 MB), 5 MB padding (a comment, blank lines, one
+truncation, raw bytes, another number or name of the spec in a token's place), long names (253 characters to 5 MB), 5 MB padding (a comment, blank lines, one
 long line, repeated kernels) and specs of 3,000 kernels. Each runs `moegen build` in this process.
 
     .venv/bin/python benchmarks/fuzz_specs.py [--mutants 1000] [--seed 1] [--big-every 250]
@@ -28,6 +28,8 @@ from moegen import cli
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = re.compile(r"\s+|#[^\n]*|->|<=|>=|[A-Za-z_][A-Za-z0-9_]*|[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|.", re.S)
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+NUMBERS = ["0", "1", "2", "3", "7", "8", "64", "127", "128", "129", "256", "1000", "4096", "65536", "2147483648", "0.5"]
 HUGE = ["1" + "0" * 400, "1e999", "-1e999", "9" * 5000, "0", "-0", "99999999999999999999", "1e-999", "0.5", "-1"]
 NASTY = [
     "\x00",
@@ -66,7 +68,9 @@ def token_mutant(text: str, rng: random.Random) -> bytes:
         if not tokens:
             tokens = [""]
         index = rng.randrange(len(tokens))
-        kind = rng.choice(["delete", "duplicate", "swap", "insert", "huge", "nasty", "truncate", "name"])
+        kind = rng.choice(
+            ["delete", "duplicate", "swap", "insert", "huge", "nasty", "truncate", "name", "number", "word"]
+        )
         if kind == "delete":
             del tokens[index]
         elif kind == "duplicate":
@@ -82,6 +86,12 @@ def token_mutant(text: str, rng: random.Random) -> bytes:
             tokens.insert(index, rng.choice(NASTY))
         elif kind == "truncate":
             del tokens[index:]
+        elif kind in ("number", "word"):  # a value or name the syntax still accepts: reaches validation and plans
+            pattern = NUMBER if kind == "number" else NAME
+            spots = [i for i, t in enumerate(tokens) if pattern.fullmatch(t)]
+            choices = NUMBERS if kind == "number" else sorted({t for t in tokens if NAME.fullmatch(t)})
+            if spots:
+                tokens[rng.choice(spots)] = rng.choice(choices)
         else:  # a name made long: a kernel, family, option, stage or setting name
             names = [i for i, t in enumerate(tokens) if NAME.fullmatch(t)]
             if names:

@@ -96,26 +96,32 @@ def _top_level_names(source: str) -> list[str]:
     return names
 
 
-def _kernel_file_top_level_names(source: str, kernel: str) -> list[str]:
-    """`_top_level_names(source)`, parsing only the part before the kernel's `def` when the kernel
-    function is the file's last top-level statement (every generated file today): a full parse
-    costs more than rendering the file. Any other layout is parsed whole."""
+def _kernel_name_bound_twice(source: str, kernel: str) -> bool:
+    """True when the module binds `kernel` at top level besides the kernel's own def.
+
+    A full parse costs more than rendering the file, so when the kernel function is the file's last
+    top-level statement (every generated file today) only the part before its `def` is read, and
+    only parsed when the name occurs in it. Any other layout is parsed whole.
+    """
     lines = source.split("\n")
     header = f"def {kernel}("
     at = next((i for i, line in enumerate(lines) if line.startswith(header)), None)
     if at is None or any(line[:1] not in ("", " ", "\t", "#") for line in lines[at + 1 :]):
-        return _top_level_names(source)
+        return _top_level_names(source).count(kernel) > 1
     while at > 0 and lines[at - 1].startswith("@"):  # the decorators belong to the def
         at -= 1
+    before = "\n".join(lines[:at])
+    if not re.search(rf"\b{re.escape(kernel)}\b", before):
+        return False
     try:
-        return _top_level_names("\n".join(lines[:at])) + [kernel]
+        return kernel in _top_level_names(before)
     except SyntaxError:  # the def line was inside a string of the part before it
-        return _top_level_names(source)
+        return _top_level_names(source).count(kernel) > 1
 
 
 def _name_clash(variant: Variant, family: str, source: str) -> Diagnostic | None:
     """The kernel function's name must not rebind a name the template defines (a helper, a constant)."""
-    if _kernel_file_top_level_names(source, variant.name).count(variant.name) <= 1:
+    if not _kernel_name_bound_twice(source, variant.name):
         return None
     return Diagnostic(
         variant.span,

@@ -14,7 +14,7 @@ import pytest
 import moegen.codegen.render as render_module
 from moegen import cli
 from moegen.codegen import build as build_module
-from moegen.compiler import _kernel_file_top_level_names, _top_level_names, generate
+from moegen.compiler import _kernel_name_bound_twice, _top_level_names, generate
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -204,4 +204,35 @@ def test_the_spec_is_hashed_once_per_build(toy_project, toy_family, monkeypatch)
 @pytest.mark.parametrize("path", sorted((REPO / "generated").rglob("*.py")), ids=lambda p: p.stem)
 def test_the_quick_name_clash_scan_agrees_with_a_full_parse(path):
     source = path.read_text()
-    assert _kernel_file_top_level_names(source, path.stem) == _top_level_names(source)
+    assert _kernel_name_bound_twice(source, path.stem) == (_top_level_names(source).count(path.stem) > 1)
+
+
+HELPER_THEN_KERNEL = """\
+\"\"\"k: a kernel (its name in the docstring binds nothing).\"\"\"
+import nki
+
+TILE = 128
+
+
+def {helper}(x):
+    return x
+
+
+@nki.jit
+def k(x):
+    return {helper}(x)
+"""
+
+
+@pytest.mark.parametrize(
+    "source, bound_twice",
+    [
+        (HELPER_THEN_KERNEL.format(helper="helper"), False),
+        (HELPER_THEN_KERNEL.format(helper="k"), True),
+        (HELPER_THEN_KERNEL.format(helper="helper").replace("TILE", "k"), True),
+        (HELPER_THEN_KERNEL.format(helper="helper") + "k = 1\n", True),  # after the kernel: parsed whole
+        ('S = """\ndef k(x):\n"""\n' + HELPER_THEN_KERNEL.format(helper="helper"), False),  # a def inside a string
+    ],
+)
+def test_the_quick_name_clash_scan_on_every_layout(source, bound_twice):
+    assert _kernel_name_bound_twice(source, "k") == bound_twice == (_top_level_names(source).count("k") > 1)
