@@ -1,4 +1,4 @@
-"""The `moegen` command: build | check | explain | verify."""
+"""The `moegen` command: build | check | explain | verify | conformance."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ def _load(path: Path):
         return None
 
 
+def _os_error(error: OSError) -> str:
+    """'Permission denied: generated/x' rather than '[Errno 13] Permission denied: ...'."""
+    where = f": {error.filename}" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
 def cmd_build(args) -> int:
     from moegen.codegen.build import HandEditedError, write
 
@@ -46,11 +52,31 @@ def cmd_build(args) -> int:
             print(f"{path}: error: {error}", file=sys.stderr)
             status = max(status, EXIT_FAILED)
             continue
+        except OSError as error:
+            print(f"{path}: error: cannot write to '{args.out}': {_os_error(error)}", file=sys.stderr)
+            status = max(status, EXIT_FAILED)
+            continue
         print(f"{path}: {len(generated.files)} kernel(s) -> {target}")
     return status
 
 
 def cmd_check(args) -> int:
+    from moegen.codegen.build import locked, recover
+
+    out = Path(args.out)
+    if not out.is_dir():
+        return _check(args, out)
+    try:
+        with locked(out):  # no build of this folder runs meanwhile
+            for message in recover(out):
+                print(f"note: {message}", file=sys.stderr)
+            return _check(args, out)
+    except OSError as error:
+        print(f"error: cannot check '{args.out}': {_os_error(error)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _check(args, out: Path) -> int:
     from moegen.codegen.build import check, extra_spec_dirs
 
     paths = _spec_paths(args.specs)
@@ -61,9 +87,9 @@ def cmd_check(args) -> int:
         if generated is None:
             status = EXIT_SPEC_ERROR
             continue
-        problems += check(generated, Path(args.out))
+        problems += check(generated, out)
     if not args.specs:
-        problems += extra_spec_dirs(Path(args.out), names)
+        problems += extra_spec_dirs(out, names)
     for problem in problems:
         print(f"{problem.path}: {problem.problem}")
     if problems:
@@ -74,38 +100,76 @@ def cmd_check(args) -> int:
     return status
 
 
+def _plans_named(spec: Path, generated, variant: str | None):
+    """The spec's plans, or only the kernel `variant` (None after naming the valid kernels when there is none)."""
+    plans = [p for p in generated.plans if variant in (None, p.kernel_name)]
+    if not plans:
+        names = ", ".join(p.kernel_name for p in generated.plans)
+        print(f"{spec}: error: no kernel named '{variant}'; the kernels are: {names}", file=sys.stderr)
+        return None
+    return plans
+
+
 def cmd_explain(args) -> int:
     from moegen.explain import explain
 
     generated = _load(Path(args.spec))
     if generated is None:
         return EXIT_SPEC_ERROR
-    plans = [p for p in generated.plans if args.variant in (None, p.kernel_name)]
-    if not plans:
-        print(f"{args.spec}: error: no kernel named '{args.variant}'", file=sys.stderr)
+    plans = _plans_named(Path(args.spec), generated, args.variant)
+    if plans is None:
         return EXIT_FAILED
     print(explain(plans))
     return EXIT_OK
 
 
 def cmd_verify(args) -> int:
+    status, chosen = EXIT_OK, []
+    for path in _spec_paths(args.specs):
+        generated = _load(path)
+        if generated is None:
+            status = EXIT_SPEC_ERROR
+            continue
+        chosen.append((path, generated, [p for p in generated.plans if args.variant in (None, p.kernel_name)]))
+    if chosen and not any(plans for _, _, plans in chosen):  # --variant names no kernel of any spec
+        where = f"{chosen[0][0]}: " if len(chosen) == 1 else ""
+        names = ", ".join(p.kernel_name for _, generated, _ in chosen for p in generated.plans)
+        print(f"{where}error: no kernel named '{args.variant}'; the kernels are: {names}", file=sys.stderr)
+        return EXIT_FAILED
+    for path, generated, plans in chosen:
+        if plans:  # with --variant, the specs that have such a kernel
+            status = max(status, _verify_spec(path, generated, plans, args))
+    return status
+
+
+def _verify_spec(path: Path, generated, plans, args) -> int:
     from moegen.verify import verify_plans
 
-    generated = _load(Path(args.spec))
-    if generated is None:
-        return EXIT_SPEC_ERROR
-    plans = [p for p in generated.plans if args.variant in (None, p.kernel_name)]
-    if not plans:
-        print(f"{args.spec}: error: no kernel named '{args.variant}'", file=sys.stderr)
-        return EXIT_FAILED
     kernel_dir = Path(args.out) / generated.name
     missing = [p.kernel_name for p in plans if not (kernel_dir / f"{p.kernel_name}.py").exists()]
     if missing:
-        print(f"{args.spec}: error: not built: {', '.join(missing)} (run 'moegen build {args.spec}')", file=sys.stderr)
+        print(f"{path}: error: not built: {', '.join(missing)} (run 'moegen build {path}')", file=sys.stderr)
         return EXIT_FAILED
     ok = verify_plans(plans, kernel_dir, tokens=args.tokens)
-    print(f"{args.spec}: {'all kernels match the reference' if ok else 'MISMATCH'}")
+    print(f"{path}: {'all kernels match the reference' if ok else 'MISMATCH'}")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_conformance(args) -> int:
+    from moegen.conformance import main as conformance
+
+    return conformance(args.paths)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -145,11 +209,24 @@ def parser() -> argparse.ArgumentParser:
         help="run generated kernels in the simulator against the reference",
         description="Seeded random inputs, simulator vs NumPy reference, per element.",
     )
-    verify.add_argument("spec", metavar="SPEC")
-    verify.add_argument("--variant", metavar="V", help="only this kernel")
-    verify.add_argument("--tokens", type=int, help="token count (default: each kernel's verify_tokens)")
+    verify.add_argument("specs", nargs="*", metavar="SPEC")
+    verify.add_argument("--variant", metavar="V", help="only the kernel of this name")
+    verify.add_argument(
+        "--tokens",
+        type=_positive_int,
+        metavar="T",
+        help="token count, at least 1 (default: each kernel's verify_tokens)",
+    )
     verify.add_argument("--out", default="generated", help="generated folder (default: generated)")
     verify.set_defaults(run=cmd_verify)
+
+    conformance = sub.add_parser(
+        "conformance",
+        help="exit 1 if generated kernels use a name or keyword the real NKI API lacks",
+        description="Check .py files against the NKI 0.6 API table shipped with moegen (moegen/nki_api.json).",
+    )
+    conformance.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: generated)")
+    conformance.set_defaults(run=cmd_conformance)
     return top
 
 

@@ -42,6 +42,8 @@ def read_spec_text(path: Path) -> str:
 
 
 SPEC_FILE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.moe")
+# The build's staging folder `.<name>.old.XXXXXXXX` must fit the 255-byte file name limit.
+MAX_SPEC_NAME = 255 - len("..old.XXXXXXXX")
 
 
 def spec_label(path: Path) -> str:
@@ -94,9 +96,32 @@ def _top_level_names(source: str) -> list[str]:
     return names
 
 
+def _kernel_name_bound_twice(source: str, kernel: str) -> bool:
+    """True when the module binds `kernel` at top level besides the kernel's own def.
+
+    A full parse costs more than rendering the file, so when the kernel function is the file's last
+    top-level statement (every generated file today) only the part before its `def` is read, and
+    only parsed when the name occurs in it. Any other layout is parsed whole.
+    """
+    lines = source.split("\n")
+    header = f"def {kernel}("
+    at = next((i for i, line in enumerate(lines) if line.startswith(header)), None)
+    if at is None or any(line[:1] not in ("", " ", "\t", "#") for line in lines[at + 1 :]):
+        return _top_level_names(source).count(kernel) > 1
+    while at > 0 and lines[at - 1].startswith("@"):  # the decorators belong to the def
+        at -= 1
+    before = "\n".join(lines[:at])
+    if not re.search(rf"\b{re.escape(kernel)}\b", before):
+        return False
+    try:
+        return kernel in _top_level_names(before)
+    except SyntaxError:  # the def line was inside a string of the part before it
+        return _top_level_names(source).count(kernel) > 1
+
+
 def _name_clash(variant: Variant, family: str, source: str) -> Diagnostic | None:
     """The kernel function's name must not rebind a name the template defines (a helper, a constant)."""
-    if _top_level_names(source).count(variant.name) <= 1:
+    if not _kernel_name_bound_twice(source, variant.name):
         return None
     return Diagnostic(
         variant.span,
@@ -116,6 +141,17 @@ def generate(path: Path) -> GeneratedSpec:
                     span,
                     f"spec file name {path.name!r}: it names the generated folder, "
                     "so it must be NAME.moe with NAME in [A-Za-z_][A-Za-z0-9_]*",
+                )
+            ]
+        )
+    if len(path.stem) > MAX_SPEC_NAME:
+        span = Span(str(path), 1, 1, 1, 1)
+        raise SpecError(
+            [
+                Diagnostic(
+                    span,
+                    f"spec file name of {len(path.stem)} characters before '.moe': it names the generated "
+                    f"folder, whose build folders must fit the 255-byte file name limit (at most {MAX_SPEC_NAME})",
                 )
             ]
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,7 +37,10 @@ class SpecError(Exception):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A hint naming the closest known name, or None when nothing is close."""
-    close = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    choices = sorted(set(choices))
+    if not choices or len(word) > 2 * max(map(len, choices)):  # cannot be close; difflib would index all of it
+        return None
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
 
@@ -54,19 +58,47 @@ def _printable(line: str) -> str:
     return "".join(c if c.isprintable() else " " for c in line)
 
 
+# A source line longer than this is shown as a window around the caret, with '...' where it is cut.
+MAX_SHOWN = 100
+CONTEXT_BEFORE = 30
+
+
+def _window(source: str, column: int, width: int) -> tuple[str, int, int]:
+    """(shown text, caret column in it (1-based), underline width) for a source line of any length."""
+    if len(source) <= MAX_SHOWN:
+        return source, column, width
+    start = max(0, min(column - 1 - CONTEXT_BEFORE, len(source) - MAX_SHOWN))
+    end = start + MAX_SHOWN
+    head = "..." if start > 0 else ""
+    tail = "..." if end < len(source) else ""
+    caret = column - start + len(head)
+    return head + source[start:end] + tail, caret, max(1, min(width, end - (column - 1)))
+
+
+# A word of the spec quoted in a message (an unknown name, a value) is cut to this many characters.
+MAX_QUOTED = 60
+_LONG_WORD = re.compile(r"[^\s'\"]{" + str(MAX_QUOTED + 1) + ",}")
+
+
+def _shorten(message: str) -> str:
+    """The message with every word longer than MAX_QUOTED cut, saying how long it was."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:MAX_QUOTED]}... ({len(m[0])} characters)", message)
+
+
 def render(diagnostics: Iterable[Diagnostic], text: str) -> str:
-    """Render diagnostics with the offending source line and a caret under the token."""
+    """Render diagnostics with the offending source line (or a window of a long one) and a caret under the token."""
     lines = source_lines(text) if text else []
     out = []
     for diag in diagnostics:
         span = diag.span
-        out.append(f"{span.path}:{span.line}:{span.column}: error: {diag.message}")
+        out.append(f"{span.path}:{span.line}:{span.column}: error: {_shorten(diag.message)}")
         if 1 <= span.line <= len(lines):
-            source = _printable(lines[span.line - 1])
+            source = lines[span.line - 1]
             width = span.end_column - span.column if span.end_line == span.line else 1
             width = max(1, min(width, len(source) - span.column + 1))
-            out.append(f"  {source}")
-            out.append("  " + " " * (span.column - 1) + "^" + "~" * (width - 1))
+            shown, caret, width = _window(source, span.column, width)
+            out.append(f"  {_printable(shown)}")
+            out.append("  " + " " * (caret - 1) + "^" + "~" * (width - 1))
         if diag.hint:
-            out.append(f"  hint: {diag.hint}")
+            out.append(f"  hint: {_shorten(diag.hint)}")
     return "\n".join(out)

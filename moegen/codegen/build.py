@@ -1,12 +1,27 @@
-"""Writing generated/ atomically, and checking it against what a build would write."""
+"""Writing generated/ atomically, and checking it against what a build would write.
+
+A build replaces `out/<spec>/` by two renames: `out/<spec>` -> `out/.<spec>.old.XXXXXXXX`, then the
+staging folder `out/.<spec>.XXXXXXXX` -> `out/<spec>`. Builds and checks of one output folder hold
+an exclusive `flock` on that folder, so two builds never interleave their renames; on entry they
+`recover` what an interrupted build (a kill between or after the renames) left behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: builds are not locked
+    fcntl = None
 
 from moegen.codegen.render import is_hand_edited
 from moegen.compiler import GeneratedSpec
@@ -42,22 +57,78 @@ def _umask() -> int:
     return mask
 
 
+# Folders a build leaves only when it is interrupted: `.<spec>.XXXXXXXX` (staging, mkdtemp's suffix)
+# and `.<spec>.old.XXXXXXXX` (the previous build, moved aside).
+_STAGING = re.compile(r"\.(?P<spec>[A-Za-z_][A-Za-z0-9_]*)\.(?P<old>old\.)?[a-z0-9_]{8}")
+
+
+@contextlib.contextmanager
+def locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the folder out_dir (created if missing) for the block.
+
+    The folder itself is locked, so no lock file appears among the generated folders.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def recover(out_dir: Path) -> list[str]:
+    """Undo what interrupted builds left in out_dir; call with the lock held. Returns what was done.
+
+    A staging folder is deleted. A moved-aside `.old.` folder is renamed back when its spec folder
+    is missing (the kill fell between the two renames: the build did not happen), else deleted.
+    """
+    done = []
+    debris = sorted(
+        (p for p in out_dir.iterdir() if _STAGING.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,  # newest first: if several old folders wait for one spec, the newest is restored
+    )
+    for path in debris:
+        match = _STAGING.fullmatch(path.name)
+        target = out_dir / match["spec"]
+        if match["old"] and not target.exists():
+            os.rename(path, target)
+            done.append(f"restored {target} from {path.name}, left by an interrupted build")
+        else:
+            shutil.rmtree(path)
+            done.append(f"removed {path}, left by an interrupted build")
+    return done
+
+
 def write(generated: GeneratedSpec, out_dir: Path, force: bool = False) -> Path:
     """Replace `out_dir/<spec>/` with exactly the generated files, or change nothing.
 
     Files are written to a temporary folder beside the target, which is then renamed
-    into place, so a failure leaves the old folder as it was.
+    into place, so a failure leaves the old folder as it was. Raises OSError when out_dir
+    cannot be written, HandEditedError when a build would lose a hand edit.
     """
     target = out_dir / generated.name
-    if target.is_dir() and not force:
-        edited = _hand_edited_files(generated, target)
-        if edited:
-            raise HandEditedError(
-                "refusing to overwrite hand-edited generated file(s): "
-                + ", ".join(edited)
-                + " (their content no longer matches the recorded hash; use --force to overwrite)"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir):
+        for message in recover(out_dir):
+            print(f"note: {message}", file=sys.stderr)
+        if target.is_dir() and not force:
+            edited = _hand_edited_files(generated, target)
+            if edited:
+                raise HandEditedError(
+                    "refusing to overwrite hand-edited generated file(s): "
+                    + ", ".join(edited)
+                    + " (their content no longer matches the recorded hash; use --force to overwrite)"
+                )
+        _replace(generated, out_dir, target)
+    return target
+
+
+def _replace(generated: GeneratedSpec, out_dir: Path, target: Path) -> None:
+    """Write the files into a staging folder and rename it to target (the lock is held)."""
     staging = Path(tempfile.mkdtemp(prefix=f".{generated.name}.", dir=out_dir))
     try:
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a build makes a normal folder
@@ -74,7 +145,6 @@ def write(generated: GeneratedSpec, out_dir: Path, force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import weakref
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -53,9 +54,21 @@ def nki_dtype(name: str) -> str:
     return NKI_DTYPES[name]
 
 
+class _ParseOnceEnvironment(jinja2.Environment):
+    """A Jinja2 environment that parses each template source once: `templates_hash` reads the syntax
+    tree for the templates a template imports, and compiling the template needs the same tree."""
+
+    def _parse(self, source: str, name: str | None, filename: str | None):
+        trees = self.__dict__.setdefault("_moegen_trees", {})
+        key = (name, source)
+        if key not in trees:
+            trees[key] = super()._parse(source, name, filename)
+        return trees[key]
+
+
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
+    env = _ParseOnceEnvironment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
@@ -74,32 +87,49 @@ def _referenced(name: str, seen: set[str]) -> None:
     seen.add(name)
     env = environment()
     source = env.loader.get_source(env, name)[0]
-    for child in meta.find_referenced_templates(env.parse(source)):
+    for child in meta.find_referenced_templates(env.parse(source, name)):
         if child:
             _referenced(child, seen)
 
 
+# templates_hash per environment and template: parsing a template to find what it imports costs far
+# more than rendering it, and the template files do not change while a build runs.
+_HASHES: weakref.WeakKeyDictionary[jinja2.Environment, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
 def templates_hash(template: str) -> str:
-    """sha256 over the template and every template it imports or includes, in name order."""
-    names: set[str] = set()
-    _referenced(template, names)
-    digest = hashlib.sha256()
+    """sha256 over the template and every template it imports or includes, in name order.
+
+    Computed once per template and process (per Jinja2 environment).
+    """
     env = environment()
-    for name in sorted(names):
-        source = env.loader.get_source(env, name)[0].replace("\r\n", "\n")  # same hash from a CRLF checkout
-        digest.update(name.encode() + b"\0" + source.encode() + b"\0")
-    return digest.hexdigest()
+    known = _HASHES.setdefault(env, {})
+    if template not in known:
+        names: set[str] = set()
+        _referenced(template, names)
+        digest = hashlib.sha256()
+        for name in sorted(names):
+            source = env.loader.get_source(env, name)[0].replace("\r\n", "\n")  # same hash from a CRLF checkout
+            digest.update(name.encode() + b"\0" + source.encode() + b"\0")
+        known[template] = digest.hexdigest()
+    return known[template]
 
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@lru_cache(maxsize=8)
+def spec_sha256(spec_text: str) -> str:
+    """The spec's hash for the header, computed once per spec (every variant's header records it)."""
+    return sha256(spec_text.replace("\r\n", "\n"))  # a CRLF checkout of the spec hashes alike
+
+
 def render(plan: KernelPlan, spec_label: str, spec_text: str) -> str:
     """The full generated file: header (spec, templates and content hashes) and the rendered body."""
     body = environment().get_template(plan.template).render(plan=plan)
     body = "\n".join(line.rstrip() for line in body.splitlines()) + "\n"
-    spec_hash = sha256(spec_text.replace("\r\n", "\n"))  # a CRLF checkout of the spec hashes alike
+    spec_hash = spec_sha256(spec_text)
     header = (
         f"{HEADER_PREFIX} from {spec_label} (kernel '{plan.kernel_name}', family {plan.family}): do not edit.\n"
         f"# Regenerate with: moegen build {spec_label}\n"

@@ -47,6 +47,9 @@ EXPERT_STAGES = ("scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACT
 # Names a kernel may not take: Python keywords, builtins (a module-level `def range` would
 # shadow the builtin the kernel body calls) and the module aliases of generated code.
 RESERVED_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"nki", "nl", "nisa", "np", "numpy"}
+# A kernel's file is generated/<spec>/<kernel>.py, and file systems cap a file name at 255 bytes
+# (names are ASCII, one byte a character).
+MAX_KERNEL_NAME = 255 - len(".py")
 
 
 def _to_float(value: int | float) -> float:
@@ -454,31 +457,41 @@ def _variants(
             continue
         defaults[block.family] = _resolve_options(block.options, schemas[block.family], block.family, report)
     declared: dict[str, tuple[str, dict, dict]] = {}
+    lowered: dict[str, str] = {}  # lower-case name -> the declared kernel (names that differ only in case collide)
+    all_names = {k.name for k in syntax.kernels}
     variants = []
     for decl in syntax.kernels:
-        resolved = _kernel(decl, families, schemas, defaults, declared, report, {k.name for k in syntax.kernels})
+        resolved = _kernel(decl, families, schemas, defaults, declared, lowered, report, all_names)
         if resolved is None:
             continue
         family, values, spans = resolved
         declared[decl.name] = resolved
+        lowered[decl.name.lower()] = decl.name
         variants.append(Variant(decl.name, family, values, spans, decl.span))
     if not syntax.kernels:
         report.error(syntax.name_span, "the layer declares no kernel: add 'kernel NAME : FAMILY { ... }'")
     return tuple(variants)
 
 
-def _kernel(decl: KernelDecl, families, schemas, defaults, declared, report: _Collector, all_names: set[str]):
+def _kernel(decl: KernelDecl, families, schemas, defaults, declared, lowered, report: _Collector, all_names: set[str]):
     if decl.name in RESERVED_NAMES or decl.name in families or decl.name.startswith("__"):
         report.error(decl.name_span, f"'{decl.name}' cannot name a kernel: it is a reserved word")
+        return None
+    if len(decl.name) > MAX_KERNEL_NAME:
+        report.error(
+            decl.name_span,
+            f"kernel name of {len(decl.name)} characters: its file '<name>.py' would exceed the "
+            f"255-byte file name limit (at most {MAX_KERNEL_NAME} characters)",
+        )
         return None
     if decl.name in declared:
         report.error(decl.name_span, f"kernel '{decl.name}' is declared twice")
         return None
-    same_file = [name for name in declared if name.lower() == decl.name.lower()]
+    same_file = lowered.get(decl.name.lower())
     if same_file:
         report.error(
             decl.name_span,
-            f"kernel '{decl.name}' differs from kernel '{same_file[0]}' only in case: "
+            f"kernel '{decl.name}' differs from kernel '{same_file}' only in case: "
             "their files would collide on case-insensitive file systems",
         )
         return None

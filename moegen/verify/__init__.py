@@ -35,6 +35,18 @@ class OutputCheck:
     max_rel: float
     ok: bool
     detail: str
+    criterion: str = ""  # what each element is judged by, e.g. "bf16: |got - want| <= 0.0156 + 0.0156*|want|"
+
+
+def criterion(kind: str, rtol: float, atol: float | np.ndarray) -> str:
+    """The per-element pass rule of a comparison, in words: max_rel alone does not decide it.
+
+    atol is a number, or an array of per-element allowances (shown by its largest value)."""
+    if np.ndim(atol):
+        return f"{kind}: |got - want| <= atol[i] (per element, up to {float(np.max(atol)):.3g}) + {rtol:.3g}*|want|"
+    if rtol == 0 and atol == 0:
+        return f"{kind}: got == want"
+    return f"{kind}: |got - want| <= {atol:.3g} + {rtol:.3g}*|want|"
 
 
 def harness(family: str):
@@ -63,7 +75,16 @@ def verify_plan(
     for name in want:
         kind = data_tolerance(plan, name, inputs) if data_tolerance else None
         result = compare(name, got[name], want[name], kind=kind or family.tolerance(plan, name))
-        checks.append(OutputCheck(name, float(result.max_abs), float(result.max_rel), bool(result.ok), str(result)))
+        checks.append(
+            OutputCheck(
+                name,
+                float(result.max_abs),
+                float(result.max_rel),
+                bool(result.ok),
+                str(result),
+                criterion(result.kind, result.rtol, result.atol),
+            )
+        )
     return checks
 
 
@@ -86,7 +107,7 @@ def verify_plans(
             status = "ok  " if check.ok else "FAIL"
             out(
                 f"    {status} {check.name:<24} max_abs={check.max_abs:.3e} max_rel={check.max_rel:.3e}"
-                + ("" if check.ok else f"  {check.detail}")
+                f"  [per element, {check.criterion}]" + ("" if check.ok else f"  {check.detail}")
             )
             all_ok &= check.ok
         out(f"    {time.perf_counter() - start:.1f}s")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import re
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks import fuzz_specs
 from moegen import cli
 from moegen.compiler import generate
 from moegen.diagnostics import SpecError
@@ -136,3 +139,32 @@ def test_cli_on_mutants_exits_2_without_traceback(tmp_path, monkeypatch, capsys,
         assert err.startswith(f"{name}.moe:") and ": error: " in err, err
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+# -- the mutants of benchmarks/fuzz_specs.py (thousands there, a few here), through `moegen build` --------
+
+
+@pytest.mark.parametrize("spec", sorted(SPECS_DIR.glob("*.moe")), ids=lambda p: p.stem)
+def test_random_mutants_of_every_spec_build_or_fail_with_located_errors(spec, tmp_path):
+    rng = random.Random(f"test:{spec.name}")
+    (tmp_path / "specs").mkdir()
+    text = first_kernels(spec.read_text(), keep=2)
+    outcomes = [fuzz_specs.build(fuzz_specs.token_mutant(text, rng), tmp_path) for _ in range(12)]
+    assert [detail for outcome, detail in outcomes if outcome == "FAIL"] == []
+
+
+def test_five_megabyte_specs_and_names_end_in_a_build_or_a_located_error(tmp_path):
+    """A 5 MB comment builds; a 5 MB kernel name and a 5 MB line of an unknown word are located errors,
+    shown as a window of the line, not 5 MB of it."""
+    (tmp_path / "specs").mkdir()
+    text = (SPECS_DIR / "gpt_oss_120b.moe").read_text()
+    big_comment = text + "# " + "x" * fuzz_specs.FIVE_MB + "\n"
+    assert fuzz_specs.build(big_comment.encode(), tmp_path) == ("built", "")
+    huge_name = "k" * fuzz_specs.FIVE_MB
+    for mutant in (text.replace("kernel router_topk", f"kernel {huge_name}"), text.replace("dtype", huge_name)):
+        path = tmp_path / "specs" / "mutant.moe"
+        path.write_text(mutant)
+        with pytest.raises(SpecError) as error:
+            generate(path)
+        assert_located(error.value, path, mutant.encode())
+        assert len(str(error.value)) < 1000
