@@ -59,8 +59,8 @@ def _printable(line: str) -> str:
 
 
 # A source line longer than this is shown as a window around the caret, with '...' where it is cut.
-MAX_SHOWN = 100
-CONTEXT_BEFORE = 30
+MAX_SHOWN = 160
+CONTEXT_BEFORE = 60
 
 
 def _window(source: str, column: int, width: int) -> tuple[str, int, int]:
