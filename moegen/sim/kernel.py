@@ -235,6 +235,21 @@ def nki_simulate(kernel):
     return simulate(kernel)
 
 
+_recording = threading.local()
+
+
+@contextlib.contextmanager
+def recording():
+    """Every `simulate` call in this block (this thread) records the trace, even one made with
+    trace=False (a harness that normally skips it; `moegen profile` needs it)."""
+    prev = getattr(_recording, "on", False)
+    _recording.on = True
+    try:
+        yield
+    finally:
+        _recording.on = prev
+
+
 def simulate(
     kernel,
     target: str | None = None,
@@ -254,7 +269,8 @@ def simulate(
             return _run_real(kernel, args, kwargs, target, precise).outputs
         if trace_only and _resolve_backend(backend) == "real":
             raise NkiSimError("simulate: trace_only needs backend='sim' (the real simulator has no trace)")
-        return _run(kernel, args, kwargs, target, precise, trace or trace_only, trace_only).outputs
+        traced = trace or trace_only or getattr(_recording, "on", False)
+        return _run(kernel, args, kwargs, target, precise, traced, trace_only).outputs
 
     run.__name__ = f"simulate({kernel.__name__})"
     return run

@@ -351,25 +351,37 @@ def _reserve_sbuf(core, alloc: Allocation, address) -> None:
             f"({core.target}); largest live: {_describe_live(core.sbuf_live)}"
         )
     core.sbuf_used += nbytes
-    alloc.addr = _first_fit(core.sbuf_live, nbytes, address)
+    alloc.addr = _next_fit(core, nbytes, address)
     core.sbuf_live[alloc.id] = (alloc.name, alloc.addr, nbytes)
     weakref.finalize(alloc, _release_sbuf, core, alloc.id, nbytes)
 
 
-def _first_fit(live: dict, nbytes: int, address) -> int:
-    """Byte address per partition of a new SBUF tile: the given `address` free offset, else the lowest
-    gap between live tiles that fits (the trace's memory regions; capacity is checked separately)."""
+def _next_fit(core, nbytes: int, address) -> int:
+    """Byte address per partition of a new SBUF tile, for the trace's memory regions: the given `address`
+    free offset, else the first gap between live tiles that fits, searched from where the previous tile
+    ended and wrapping around (an allocator that rotates addresses, so a freed tile's bytes are not
+    reused at once; capacity is checked separately)."""
     if address is not None:
         try:
             return int(address[1])
         except (TypeError, IndexError):
             return 0
-    at = 0
-    for start, size in sorted((v[1], v[2]) for v in live.values()):
-        if start - at >= nbytes:
+    live = sorted((v[1], v[1] + v[2]) for v in core.sbuf_live.values())
+    cap = core.sbuf_capacity
+    cursor = getattr(core, "sbuf_cursor", 0)
+    for lo_bound in (cursor, 0):
+        at = lo_bound
+        for start, end in live:
+            if end <= at:
+                continue
+            if start - at >= nbytes:
+                break
+            at = max(at, end)
+        if at + nbytes <= cap:
+            core.sbuf_cursor = at + nbytes
             return at
-        at = max(at, start + size)
-    return at
+    core.sbuf_cursor = 0
+    return live[-1][1] if live else 0
 
 
 def _release_sbuf(core, alloc_id: int, nbytes: int) -> None:

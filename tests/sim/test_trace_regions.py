@@ -64,7 +64,7 @@ def test_trace_only_records_the_same_stream_without_values():
 
 def test_trace_only_skips_the_products_of_a_large_matmul():
     def k(a, b):
-        for i in range(64):
+        for _i in range(64):
             s = nl.ndarray((128, 128), nl.float32, buffer=nl.sbuf)
             m = nl.ndarray((128, 512), nl.float32, buffer=nl.sbuf)
             nisa.dma_copy(dst=s, src=a[0:128, 0:128])
