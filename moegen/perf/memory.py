@@ -6,36 +6,16 @@ write), writes for overlapping writes and reads (write after write, write after 
 covers earlier accesses replaces them (anything later that would wait for those waits for it), and a
 region accessed again replaces its own entry, so the lists stay short. Memory no instruction writes
 needs no tracking at all (read-only weights and inputs).
+
+An access is a list [p0, p1, b0, b1, done, instr] (done: the time it completes; instr: trace index).
 """
 
 from __future__ import annotations
 
-ON_CHIP_BUCKET_SHIFT = 9  # 512-byte buckets of the per-partition address space
+ON_CHIP_BUCKET_SHIFT = 12  # 4 KiB buckets of the per-partition address space
 HBM_BUCKET_SHIFT = 20  # 1 MiB buckets of an HBM allocation
 MAX_BUCKETS = 64  # a wider span is tracked in one coarse bucket per allocation
-
-
-class Access:
-    """One tracked access: region and the time it completes, with the instruction that made it."""
-
-    __slots__ = ("p0", "p1", "b0", "b1", "done", "instr")
-
-    def __init__(self, p0: int, p1: int, b0: int, b1: int, done: float, instr: int):
-        self.p0, self.p1, self.b0, self.b1, self.done, self.instr = p0, p1, b0, b1, done, instr
-
-    def overlaps(self, p0: int, p1: int, b0: int, b1: int) -> bool:
-        return self.b0 < b1 and b0 < self.b1 and self.p0 < p1 and p0 < self.p1
-
-    def within(self, p0: int, p1: int, b0: int, b1: int) -> bool:
-        return p0 <= self.p0 and self.p1 <= p1 and b0 <= self.b0 and self.b1 <= b1
-
-
-def _buckets(mem: str, b0: int, b1: int) -> list:
-    shift = HBM_BUCKET_SHIFT if mem.startswith("hbm") else ON_CHIP_BUCKET_SHIFT
-    lo, hi = b0 >> shift, (max(b1, b0 + 1) - 1) >> shift
-    if hi - lo >= MAX_BUCKETS:
-        return [(mem, -1)]
-    return [(mem, b) for b in range(lo, hi + 1)]
+COARSE = -1
 
 
 class MemoryTracker:
@@ -43,79 +23,79 @@ class MemoryTracker:
 
     def __init__(self, written_mems: set):
         self.written = written_mems  # mem keys some instruction writes (others: read-only, untracked)
-        self.writes: dict = {}  # (mem, bucket) -> list[Access]
+        self.writes: dict = {}  # (mem, bucket) -> list of accesses
         self.reads: dict = {}
-        self.coarse: set = set()  # mems with a coarse (whole-allocation) bucket in use
+        self.buckets: dict = {}  # mem -> set of buckets in use (for coarse accesses)
+        self.coarse: set = set()  # mems with a coarse (whole-allocation) access
 
-    def _keys(self, mem: str, b0: int, b1: int) -> list:
-        keys = _buckets(mem, b0, b1)
-        if keys[0][1] == -1:
-            self.coarse.add(mem)
-        elif mem in self.coarse:
-            keys = keys + [(mem, -1)]
-        return keys
+    def prepare(self, regions: list, skip_read_only: bool) -> list:
+        """[(keys, p0, p1, b0, b1)] of the tracked regions."""
+        out = []
+        for r in regions:
+            mem = r["mem"]
+            if skip_read_only and mem not in self.written:
+                continue
+            (p0, p1), (b0, b1) = r["parts"], r["bytes"]
+            shift = HBM_BUCKET_SHIFT if mem[0] == "h" else ON_CHIP_BUCKET_SHIFT
+            lo, hi = b0 >> shift, (max(b1, b0 + 1) - 1) >> shift
+            if hi - lo >= MAX_BUCKETS:
+                self.coarse.add(mem)
+                keys = [(mem, b) for b in self.buckets.get(mem, ())] + [(mem, COARSE)]
+                self.buckets.setdefault(mem, set()).add(COARSE)
+            else:
+                keys = [(mem, b) for b in range(lo, hi + 1)]
+                used = self.buckets.setdefault(mem, set())
+                used.update(range(lo, hi + 1))
+                if mem in self.coarse:
+                    keys.append((mem, COARSE))
+            out.append((keys, p0, p1, b0, b1))
+        return out
 
     def wait_for(self, reads: list, writes: list) -> tuple[float, int, str, str]:
         """(time the instruction may start, producer instruction index or -1, kind, mem) over all its
-        read-after-write, write-after-write and write-after-read dependencies."""
+        read-after-write, write-after-write and write-after-read dependencies (prepared regions)."""
         best, who, kind, where = 0.0, -1, "", ""
-        for r in reads:
-            mem = r["mem"]
-            if mem not in self.written:
-                continue
-            (p0, p1), (b0, b1) = r["parts"], r["bytes"]
-            keys = self._keys(mem, b0, b1) if mem not in self.coarse else _all_keys(self.writes, mem)
+        wt, rt = self.writes, self.reads
+        for keys, p0, p1, b0, b1 in reads:
             for key in keys:
-                for a in self.writes.get(key, ()):
-                    if a.done > best and a.overlaps(p0, p1, b0, b1):
-                        best, who, kind, where = a.done, a.instr, "RAW", mem
-        for w in writes:
-            mem = w["mem"]
-            (p0, p1), (b0, b1) = w["parts"], w["bytes"]
-            keys = self._keys(mem, b0, b1) if mem not in self.coarse else _all_keys(self.writes, mem, self.reads)
+                for a in wt.get(key, ()):
+                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1]:
+                        best, who, kind, where = a[4], a[5], "RAW", key[0]
+        for keys, p0, p1, b0, b1 in writes:
             for key in keys:
-                for a in self.writes.get(key, ()):
-                    if a.done > best and a.overlaps(p0, p1, b0, b1):
-                        best, who, kind, where = a.done, a.instr, "WAW", mem
-                for a in self.reads.get(key, ()):
-                    if a.done > best and a.overlaps(p0, p1, b0, b1):
-                        best, who, kind, where = a.done, a.instr, "WAR", mem
+                for a in wt.get(key, ()):
+                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1]:
+                        best, who, kind, where = a[4], a[5], "WAW", key[0]
+                for a in rt.get(key, ()):
+                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1]:
+                        best, who, kind, where = a[4], a[5], "WAR", key[0]
         return best, who, kind, where
 
     def record(self, reads: list, writes: list, done: float, instr: int) -> None:
-        """Note the accesses of an instruction that completes at `done`."""
-        for r in reads:
-            mem = r["mem"]
-            if mem not in self.written:
-                continue
-            (p0, p1), (b0, b1) = r["parts"], r["bytes"]
-            for key in self._keys(mem, b0, b1):
-                lst = self.reads.setdefault(key, [])
+        """Note the accesses (prepared regions) of an instruction that completes at `done`."""
+        rt, wt = self.reads, self.writes
+        for keys, p0, p1, b0, b1 in reads:
+            for key in keys:
+                lst = rt.get(key)
+                if lst is None:
+                    rt[key] = [[p0, p1, b0, b1, done, instr]]
+                    continue
                 for a in lst:
-                    if a.p0 == p0 and a.p1 == p1 and a.b0 == b0 and a.b1 == b1:
-                        if done > a.done:
-                            a.done, a.instr = done, instr
+                    if a[2] == b0 and a[3] == b1 and a[0] == p0 and a[1] == p1:
+                        if done > a[4]:
+                            a[4], a[5] = done, instr
                         break
                 else:
-                    lst.append(Access(p0, p1, b0, b1, done, instr))
-        for w in writes:
-            mem = w["mem"]
-            (p0, p1), (b0, b1) = w["parts"], w["bytes"]
-            for key in self._keys(mem, b0, b1):
-                lst = self.writes.get(key)
+                    lst.append([p0, p1, b0, b1, done, instr])
+        for keys, p0, p1, b0, b1 in writes:
+            entry = [p0, p1, b0, b1, done, instr]
+            for key in keys:
+                lst = wt.get(key)
                 if lst:
-                    lst[:] = [a for a in lst if not a.within(p0, p1, b0, b1)]
+                    lst[:] = [a for a in lst if not (b0 <= a[2] and a[3] <= b1 and p0 <= a[0] and a[1] <= p1)]
+                    lst.append(entry)
                 else:
-                    lst = self.writes.setdefault(key, [])
-                lst.append(Access(p0, p1, b0, b1, done, instr))
-                rl = self.reads.get(key)
-                if rl:
-                    rl[:] = [a for a in rl if not a.within(p0, p1, b0, b1)]
-
-
-def _all_keys(table: dict, mem: str, other: dict | None = None) -> list:
-    """Every bucket of `mem` in use (a coarse access overlaps them all)."""
-    keys = {k for k in table if k[0] == mem}
-    if other is not None:
-        keys |= {k for k in other if k[0] == mem}
-    return sorted(keys, key=lambda k: k[1])
+                    wt[key] = [entry]
+                lst = rt.get(key)
+                if lst:
+                    lst[:] = [a for a in lst if not (b0 <= a[2] and a[3] <= b1 and p0 <= a[0] and a[1] <= p1)]

@@ -85,6 +85,21 @@ class Calendar:
         ends[i:j] = [e]
 
 
+def _union_length(intervals: list) -> float:
+    """Total length covered by (start, end) intervals."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
 def _free(shape) -> int:
     n = 1
     for d in shape[1:]:
@@ -162,7 +177,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
     dma_cal = [Calendar() for _ in range(cores)]
     hbm_cal = Calendar()  # one HBM stack (LNC=2 pairs share it)
     busy: dict = {}
-    dma_active = [Calendar() for _ in range(cores)]
+    dma_active = [[] for _ in range(cores)]  # (start, end) of every DMA, merged at the end
     done_at = [0.0] * len(trace)
     events: list = []
     stalls: list = []  # heap of (stall ns, seq, dict)
@@ -190,7 +205,11 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
         c = rec["core"]
         engine = rec["engine"]
         reads, writes = rec.get("reads", ()), rec.get("writes", ())
-        dep, who, kind, where = mem.wait_for(reads, writes) if (reads or writes) else (0.0, -1, "", "")
+        if reads or writes:
+            tracked_reads, tracked_writes = mem.prepare(reads, True), mem.prepare(writes, False)
+            dep, who, kind, where = mem.wait_for(tracked_reads, tracked_writes)
+        else:
+            dep, who, kind, where = 0.0, -1, "", ""
         if engine == "dma":
             # the queue that frees first takes it (a DMA waiting for its data holds only its own queue)
             frees = dma_free[c]
@@ -217,7 +236,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             end = s + dur
             if dur > 0:
                 dma_cal[c].book(s, end)
-            dma_active[c].book(ready, end)
+            dma_active[c].append((ready, end))
             dma_free[c][q] = end
             done = end
             track = f"dma{q}"
@@ -241,7 +260,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             track = eng
         done_at[idx] = done
         if reads or writes:
-            mem.record(reads, writes, done, idx)
+            mem.record(tracked_reads, tracked_writes, done, idx)
         if keep_events:
             events.append(Event(c, track, rec["opcode"], rec["line"], start, end))
 
@@ -278,7 +297,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
     for c in range(cores):
         end_ns = max(end_ns, max(queues[c].values()), max(dma_free[c]))
     for c in range(cores):
-        busy[(c, "dma")] = sum(e - s for s, e in zip(dma_active[c].starts, dma_active[c].ends))
+        busy[(c, "dma")] = _union_length(dma_active[c])
     longest = []
     seen = set()
     for (stall, _idx), rec, who, kind, where in sorted(stalls, reverse=True):
