@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared
 STAMP := $(VENV)/.moegen-installed
 
-.PHONY: demo test install lint build check clean
+.PHONY: demo test install lint build check clean modeled
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 	$(VENV)/bin/moegen check
 	$(PY) $(SHARED)/tools/nki_conformance.py generated
+
+# every kernel in specs/ at its model's real shape, modeled on trn2 / trn3 (slow: simulates each one)
+modeled: $(STAMP)
+	$(PY) benchmarks/modeled.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

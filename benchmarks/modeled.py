@@ -1,0 +1,109 @@
+"""Modeled performance of every kernel in specs/ at its model's real shape (moegen.perf timeline model).
+
+Decode kernels (tkg) at T = 1, 8, 32, 128 (up to the plan's token bound), prefill kernels (cte) at
+T = 4096, routers at T = 1, 8, 32, 128, 4096. Each kernel is simulated once on the verify harness's
+seeded inputs and its trace modeled on trn2 and on trn3. Writes one Markdown table (every figure
+modeled, not measured) and prints, for the Mixtral-8x7B prefill at T = 4096, the time of modeling its
+trace over the time of the simulation that produced it (the model's budget: at most 1x):
+
+    .venv/bin/python benchmarks/modeled.py [--specs specs/mixtral_8x7b.moe ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads (see benchmarks/cte_prefill.py)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import moegen.perf as perf  # noqa: E402
+from moegen import sim  # noqa: E402
+from moegen.compiler import generate  # noqa: E402
+from moegen.verify.profile import algorithmic_macs, profile_plan  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DECODE_TOKENS = (1, 8, 32, 128)
+PREFILL_TOKENS = 4096
+ROUTER_TOKENS = (1, 8, 32, 128, 4096)
+HEADER = (
+    "| spec | kernel | family | LNC | T | trn2 modeled us | trn2 roofline | trn2 bound | HBM actual / min "
+    "| MACs issued / algorithmic | busy T/V/S/G/DMA % | trn3 modeled us | trn3 roofline | sim s | model s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def token_counts(plan) -> tuple[int, ...]:
+    if plan.family == "cte":
+        return (PREFILL_TOKENS,)
+    if plan.family == "router":
+        return ROUTER_TOKENS
+    bound = getattr(plan, "token_bound", None) or max(DECODE_TOKENS)
+    return tuple(t for t in DECODE_TOKENS if t <= bound)
+
+
+def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
+    report, sim_s, model_s = profile_plan(plan, REPO / "generated" / spec / f"{plan.kernel_name}.py", tokens)
+    trace = sim.last_run().trace
+    trn3 = perf.model(trace, "trn3", report.lnc, macs_algorithmic=algorithmic_macs(plan, tokens), keep_events=False)
+    busy = "/".join(f"{100 * report.engine_busy[e]:.0f}" for e in ("tensor", "vector", "scalar", "gpsimd", "dma"))
+    text = (
+        f"| {spec} | {plan.kernel_name} | {plan.family} | {report.lnc} | {tokens} | {report.modeled_us:.1f} "
+        f"| {report.roofline_fraction:.3f} | {report.bound} | {report.hbm_bytes / 1e6:.1f} MB / "
+        f"{report.hbm_min_bytes / 1e6:.1f} MB ({report.hbm_bytes / max(1, report.hbm_min_bytes):.2f}x) "
+        f"| {report.macs_issued / max(1, report.macs_algorithmic):.2f}x | {busy} | {trn3.modeled_us:.1f} "
+        f"| {trn3.roofline_fraction:.3f} | {sim_s:.1f} | {model_s:.2f} |\n"
+    )
+    return text, sim_s, model_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", nargs="*", default=None, help="spec files (default: specs/*.moe)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "modeled.md"))
+    args = parser.parse_args()
+    specs = [Path(s) for s in args.specs] if args.specs else sorted((REPO / "specs").glob("*.moe"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ratio_line = ""
+    with out.open("w") as table:
+        table.write(
+            "# Modeled kernel performance (moegen.perf)\n\n"
+            "Every figure below is **modeled** by the timeline model (docs/perf_model.md) from the simulator's "
+            "instruction trace, not measured on Trainium. Regenerate with `make modeled`.\n\n"
+            "Roofline = max(compute bound, HBM bound) / modeled time; HBM min = every distinct HBM byte the "
+            "kernel touched, once; algorithmic MACs = T x K x 3 x H x I (router T x H x E).\n\n" + HEADER
+        )
+        table.flush()
+        for spec_path in specs:
+            generated = generate(spec_path)
+            for plan in generated.plans:
+                for tokens in token_counts(plan):
+                    start = time.perf_counter()
+                    try:
+                        text, sim_s, model_s = row(generated.name, plan, tokens)
+                    except Exception as error:  # a kernel the simulator cannot run at this size: say so
+                        text = f"| {generated.name} | {plan.kernel_name} | {plan.family} | {plan.lnc} | {tokens} "
+                        text += f"| failed: {type(error).__name__}: {str(error)[:80]} |" + " |" * 10 + "\n"
+                        sim_s = model_s = 0.0
+                    table.write(text)
+                    table.flush()
+                    print(f"{generated.name} {plan.kernel_name} T={tokens}: {time.perf_counter() - start:.1f}s")
+                    if generated.name == "mixtral_8x7b" and plan.kernel_name == "prefill" and tokens == 4096:
+                        ratio = model_s / sim_s if sim_s else float("nan")
+                        line = (
+                            f"Mixtral-8x7B prefill T=4096: simulation {sim_s:.1f} s, modeling {model_s:.1f} s, "
+                            f"model / simulation = {ratio:.3f}"
+                        )
+                        print(line)
+                        ratio_line = line
+                    gc.collect()
+        table.write(f"\n{ratio_line}\n" if ratio_line else "\n(Mixtral-8x7B prefill T=4096 not in this run)\n")
+
+
+if __name__ == "__main__":
+    main()
