@@ -37,13 +37,17 @@ HEADER = (
 )
 
 
-def token_counts(plan) -> tuple[int, ...]:
+def token_counts(plan, decode=DECODE_TOKENS, router=ROUTER_TOKENS) -> tuple[int, ...]:
     if plan.family == "cte":
         return (PREFILL_TOKENS,)
     if plan.family == "router":
-        return ROUTER_TOKENS
-    bound = getattr(plan, "token_bound", None) or max(DECODE_TOKENS)
-    return tuple(t for t in DECODE_TOKENS if t <= bound)
+        return router
+    bound = getattr(plan, "token_bound", None) or max(decode)
+    return tuple(t for t in decode if t <= bound)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
 
 
 def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
@@ -65,14 +69,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--specs", nargs="*", default=None, help="spec files (default: specs/*.moe)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "modeled.md"))
+    parser.add_argument("--kernels", nargs="*", default=None, help="only these kernel names")
+    parser.add_argument("--decode-tokens", type=_ints, default=DECODE_TOKENS, help="e.g. 1,32")
+    parser.add_argument("--router-tokens", type=_ints, default=ROUTER_TOKENS, help="e.g. 1,4096")
+    parser.add_argument("--append", action="store_true", help="add rows to an existing table")
     args = parser.parse_args()
     specs = [Path(s) for s in args.specs] if args.specs else sorted((REPO / "specs").glob("*.moe"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ratio_line = ""
-    with out.open("w") as table:
+    with out.open("a" if args.append else "w") as table:
         table.write(
-            "# Modeled kernel performance (moegen.perf)\n\n"
+            ""
+            if args.append
+            else "# Modeled kernel performance (moegen.perf)\n\n"
             "Every figure below is **modeled** by the timeline model (docs/perf_model.md) from the simulator's "
             "instruction trace, not measured on Trainium. Regenerate with `make modeled`.\n\n"
             "Roofline = max(compute bound, HBM bound) / modeled time; HBM min = every distinct HBM byte the "
@@ -82,7 +92,9 @@ def main() -> None:
         for spec_path in specs:
             generated = generate(spec_path)
             for plan in generated.plans:
-                for tokens in token_counts(plan):
+                if args.kernels and plan.kernel_name not in args.kernels:
+                    continue
+                for tokens in token_counts(plan, args.decode_tokens, args.router_tokens):
                     start = time.perf_counter()
                     try:
                         text, sim_s, model_s = row(generated.name, plan, tokens)
@@ -102,7 +114,8 @@ def main() -> None:
                         print(line)
                         ratio_line = line
                     gc.collect()
-        table.write(f"\n{ratio_line}\n" if ratio_line else "\n(Mixtral-8x7B prefill T=4096 not in this run)\n")
+        if ratio_line:
+            table.write(f"\n{ratio_line}\n")
 
 
 if __name__ == "__main__":
