@@ -127,14 +127,13 @@ def compute_cycles(rec: dict, costs: Costs) -> tuple[float, int, float]:
     if opcode.startswith("nc_matmul") and "stationary" in ops:
         k, m, n, double = matmul_shape(ops)
         fp32 = "float32" in (ops["stationary"]["dtype"], ops["moving"]["dtype"])
-        passes = costs.matmul_fp32_passes if fp32 else (0.5 if double else 1.0)
-        # one pass streams the moving tensor's columns through the array: max(64, N) cycles (FP8
-        # double_row streams two rows per cycle: 2x throughput over a 256-row contraction)
-        cycles = max(costs.matmul_min_cycles, n) * (costs.matmul_fp32_passes if fp32 else 1.0)
-        if double:
-            cycles = max(costs.matmul_min_cycles, n)
+        # a pass streams the moving tensor's N columns through the 128 x 128 array: max(64, N) cycles;
+        # fp32 takes 4 passes; FP8 double_row contracts 256 rows in one pass (2x throughput)
+        passes = costs.matmul_fp32_passes if fp32 else 1.0
+        cycles = max(costs.matmul_min_cycles, n) * passes
         macs = k * m * n
-        ideal = macs * passes / (128 * 128) / costs.clock_ghz["tensor"]
+        rows_per_pass = 256 if double else 128
+        ideal = macs * passes / (rows_per_pass * 128) / costs.clock_ghz["tensor"]
         return cycles, macs, ideal
     tensors = _tensors(ops)
     n = max((_free(t["shape"]) for t in tensors), default=1)
@@ -152,7 +151,7 @@ def compute_cycles(rec: dict, costs: Costs) -> tuple[float, int, float]:
     return cycles, 0, 0.0
 
 
-def dma_transfer(rec: dict, costs: Costs) -> tuple[int, int, bool]:
+def dma_transfer(rec: dict) -> tuple[int, int, bool]:
     """(bytes, descriptors, touches HBM) of a DMA record."""
     nbytes = int(rec["bytes"])
     regions = rec["reads"] + rec["writes"]
@@ -216,7 +215,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             q = min(range(len(frees)), key=frees.__getitem__)
             ready = max(dma_free[c][q], dep)
             note_stall(rec, idx, dma_free[c][q], dep, who, kind, where)
-            nbytes, desc, on_hbm = dma_transfer(rec, costs)
+            nbytes, desc, on_hbm = dma_transfer(rec)
             dur = (nbytes + desc * costs.dma_descriptor_overhead_bytes) / costs.dma_bytes_per_ns
             t = ready + costs.dma_latency_ns
             s = dma_cal[c].earliest(t, dur)
