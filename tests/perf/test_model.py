@@ -216,3 +216,25 @@ def test_perfetto_file_has_one_track_per_engine_and_dma_queue(tmp_path):
     for e in spans:
         assert set(e) >= {"name", "ph", "ts", "dur", "pid", "tid"} and e["dur"] >= 0
         assert "test_model.py:" in e["name"]
+
+
+def test_fp8_double_row_contracts_256_rows_in_one_pass():
+    """nc_matmul perf_mode=double_row: FP8 [128, 2, M] x [128, 2, N] in max(64, N) cycles, 2x the MACs."""
+
+    @jit
+    def kernel(a, b):
+        s = nl.ndarray((128, 2, 128), nl.float8_e4m3, buffer=nl.sbuf)
+        m = nl.ndarray((128, 2, 512), nl.float8_e4m3, buffer=nl.sbuf)
+        nisa.dma_copy(dst=s, src=a)
+        nisa.dma_copy(dst=m, src=b)
+        p = nl.ndarray((128, 512), nl.float32, buffer=nl.psum)
+        nisa.nc_matmul(dst=p, stationary=s, moving=m, perf_mode=nisa.matmul_perf_mode.double_row)
+        return None
+
+    rep = perf.profile(
+        kernel, np.zeros((128, 2, 128), np.float32), np.zeros((128, 2, 512), np.float32), trace_only=True
+    )
+    (mm,) = _events(rep, "tensor")
+    assert (mm.end - mm.start) * COSTS.clock_ghz["tensor"] == pytest.approx(512)
+    assert rep.macs_issued == 256 * 128 * 512
+    assert rep.compute_bound_us == pytest.approx(512 / COSTS.clock_ghz["tensor"] / 1000)
