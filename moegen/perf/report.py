@@ -80,6 +80,16 @@ def union_bytes(ranges: list) -> int:
     return total
 
 
+def touched_hbm_bytes(trace: list) -> dict:
+    """Distinct bytes each HBM allocation of a trace was touched in (mem key -> bytes)."""
+    ranges: dict = {}
+    for rec in trace:
+        for r in (*rec.get("reads", ()), *rec.get("writes", ())):
+            if r["mem"].startswith("hbm"):
+                ranges.setdefault(r["mem"], []).append(r["bytes"])
+    return {mem: union_bytes(rs) for mem, rs in ranges.items()}
+
+
 def build(
     tl: Timeline,
     costs: Costs,
