@@ -113,3 +113,12 @@ def test_trace_only_refuses_a_runtime_offset_held_in_a_tensor():
 
     with pytest.raises(sim.NkiSimError, match="trace-only"):
         sim.simulate(k, target="trn2", trace_only=True)(np.zeros((16, 8), np.float32), np.zeros((1, 1), np.int32))
+
+
+def test_recording_forces_the_trace_of_a_run_that_skips_it():
+    x = np.ones((256, 64), np.float32)
+    sim.simulate(_double, target="trn2", trace=False)(x)
+    assert sim.last_run().trace == []
+    with sim.recording():
+        sim.simulate(_double, target="trn2", trace=False)(x)
+    assert [e["opcode"] for e in sim.last_run().trace] == ["dma_copy", "tensor_scalar", "dma_copy"]
