@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--specs", nargs="*", default=None, help="spec files (default: specs/*.moe)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "modeled.md"))
     parser.add_argument("--kernels", nargs="*", default=None, help="only these kernel names")
+    parser.add_argument("--skip", nargs="*", default=(), help="not these kernel names")
     parser.add_argument("--decode-tokens", type=_ints, default=DECODE_TOKENS, help="e.g. 1,32")
     parser.add_argument("--router-tokens", type=_ints, default=ROUTER_TOKENS, help="e.g. 1,4096")
     parser.add_argument("--append", action="store_true", help="add rows to an existing table")
@@ -92,7 +93,7 @@ def main() -> None:
         for spec_path in specs:
             generated = generate(spec_path)
             for plan in generated.plans:
-                if args.kernels and plan.kernel_name not in args.kernels:
+                if (args.kernels and plan.kernel_name not in args.kernels) or plan.kernel_name in args.skip:
                     continue
                 for tokens in token_counts(plan, args.decode_tokens, args.router_tokens):
                     start = time.perf_counter()
