@@ -32,8 +32,8 @@ PREFILL_TOKENS = 4096
 ROUTER_TOKENS = (1, 8, 32, 128, 4096)
 HEADER = (
     "| spec | kernel | family | LNC | T | trn2 modeled us | trn2 roofline | trn2 bound | HBM actual / min "
-    "| MACs issued / algorithmic | busy T/V/S/G/DMA % | trn3 modeled us | trn3 roofline | sim s | model s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    "| MACs issued / algorithmic | busy T/V/S/G/DMA % | trn3 modeled us | sim s | model s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 )
 
 
@@ -53,14 +53,21 @@ def _ints(text: str) -> tuple[int, ...]:
 def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
     report, sim_s, model_s = profile_plan(plan, REPO / "generated" / spec / f"{plan.kernel_name}.py", tokens)
     trace = sim.last_run().trace
-    trn3 = perf.model(trace, "trn3", report.lnc, macs_algorithmic=algorithmic_macs(plan, tokens), keep_events=False)
+    trn3 = perf.model(
+        trace,
+        "trn3",
+        report.lnc,
+        hbm_min_bytes=report.hbm_min_bytes,
+        macs_algorithmic=report.macs_algorithmic,
+        keep_events=False,
+    )
     busy = "/".join(f"{100 * report.engine_busy[e]:.0f}" for e in ("tensor", "vector", "scalar", "gpsimd", "dma"))
     text = (
         f"| {spec} | {plan.kernel_name} | {plan.family} | {report.lnc} | {tokens} | {report.modeled_us:.1f} "
         f"| {report.roofline_fraction:.3f} | {report.bound} | {report.hbm_bytes / 1e6:.1f} MB / "
         f"{report.hbm_min_bytes / 1e6:.1f} MB ({report.hbm_bytes / max(1, report.hbm_min_bytes):.2f}x) "
         f"| {report.macs_issued / max(1, report.macs_algorithmic):.2f}x | {busy} | {trn3.modeled_us:.1f} "
-        f"| {trn3.roofline_fraction:.3f} | {sim_s:.1f} | {model_s:.2f} |\n"
+        f"| {sim_s:.1f} | {model_s:.2f} |\n"
     )
     return text, sim_s, model_s
 
@@ -86,8 +93,11 @@ def main() -> None:
             else "# Modeled kernel performance (moegen.perf)\n\n"
             "Every figure below is **modeled** by the timeline model (docs/perf_model.md) from the simulator's "
             "instruction trace, not measured on Trainium. Regenerate with `make modeled`.\n\n"
-            "Roofline = max(compute bound, HBM bound) / modeled time; HBM min = every distinct HBM byte the "
-            "kernel touched, once; algorithmic MACs = T x K x 3 x H x I (router T x H x E).\n\n" + HEADER
+            "Roofline = max(compute bound, HBM bound) / modeled time (trn2); HBM min = each needed expert's "
+            "weights once, every other input and each output once (routers: every byte touched once); "
+            "algorithmic MACs = T x K x 3 x H x I (router T x H x E). Busy: TensorE / VectorE / ScalarE / "
+            "GpSimd / DMA percent of the modeled time on trn2. sim s / model s: wall seconds of the "
+            "simulation and of modeling its trace (shared 2-core machine).\n\n" + HEADER
         )
         table.flush()
         for spec_path in specs:
@@ -101,7 +111,7 @@ def main() -> None:
                         text, sim_s, model_s = row(generated.name, plan, tokens)
                     except Exception as error:  # a kernel the simulator cannot run at this size: say so
                         text = f"| {generated.name} | {plan.kernel_name} | {plan.family} | {plan.lnc} | {tokens} "
-                        text += f"| failed: {type(error).__name__}: {str(error)[:80]} |" + " |" * 10 + "\n"
+                        text += f"| failed: {type(error).__name__}: {str(error)[:80]} |" + " |" * 9 + "\n"
                         sim_s = model_s = 0.0
                     table.write(text)
                     table.flush()
