@@ -24,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import moegen.perf as perf  # noqa: E402
 from moegen import sim  # noqa: E402
 from moegen.compiler import generate  # noqa: E402
-from moegen.verify.profile import algorithmic_macs, profile_plan  # noqa: E402
+from moegen.verify.profile import profile_plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DECODE_TOKENS = (1, 8, 32, 128)
