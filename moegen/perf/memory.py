@@ -7,7 +7,9 @@ covers earlier accesses replaces them (anything later that would wait for those 
 region accessed again replaces its own entry, so the lists stay short. Memory no instruction writes
 needs no tracking at all (read-only weights and inputs).
 
-An access is a list [p0, p1, b0, b1, done, instr] (done: the time it completes; instr: trace index).
+An access is a list [p0, p1, b0, b1, done, instr, pitch, row_bytes, rows] (done: the time it
+completes; instr: trace index; pitch 0 unless the region is `rows` runs of `row_bytes` every `pitch`
+bytes, as a strided HBM view is: two such regions of one pitch overlap only where their rows do).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class MemoryTracker:
                 used.update(range(lo, hi + 1))
                 if mem in self.coarse:
                     keys.append((mem, COARSE))
-            out.append((keys, p0, p1, b0, b1))
+            out.append((keys, p0, p1, b0, b1, r.get("pitch", 0), r.get("row_bytes", 0), r.get("rows", 0)))
         return out
 
     def wait_for(self, reads: list, writes: list) -> tuple[float, int, str, str]:
@@ -56,46 +58,62 @@ class MemoryTracker:
         read-after-write, write-after-write and write-after-read dependencies (prepared regions)."""
         best, who, kind, where = 0.0, -1, "", ""
         wt, rt = self.writes, self.reads
-        for keys, p0, p1, b0, b1 in reads:
+        for region in reads:
+            keys, p0, p1, b0, b1 = region[:5]
             for key in keys:
                 for a in wt.get(key, ()):
-                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1]:
+                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1] and _rows_meet(a, region):
                         best, who, kind, where = a[4], a[5], "RAW", key[0]
-        for keys, p0, p1, b0, b1 in writes:
+        for region in writes:
+            keys, p0, p1, b0, b1 = region[:5]
             for key in keys:
                 for a in wt.get(key, ()):
-                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1]:
+                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1] and _rows_meet(a, region):
                         best, who, kind, where = a[4], a[5], "WAW", key[0]
                 for a in rt.get(key, ()):
-                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1]:
+                    if a[4] > best and a[2] < b1 and b0 < a[3] and a[0] < p1 and p0 < a[1] and _rows_meet(a, region):
                         best, who, kind, where = a[4], a[5], "WAR", key[0]
         return best, who, kind, where
 
     def record(self, reads: list, writes: list, done: float, instr: int) -> None:
         """Note the accesses (prepared regions) of an instruction that completes at `done`."""
         rt, wt = self.reads, self.writes
-        for keys, p0, p1, b0, b1 in reads:
+        for keys, p0, p1, b0, b1, pitch, row, rows in reads:
             for key in keys:
                 lst = rt.get(key)
                 if lst is None:
-                    rt[key] = [[p0, p1, b0, b1, done, instr]]
+                    rt[key] = [[p0, p1, b0, b1, done, instr, pitch, row, rows]]
                     continue
                 for a in lst:
-                    if a[2] == b0 and a[3] == b1 and a[0] == p0 and a[1] == p1:
+                    if a[2] == b0 and a[3] == b1 and a[0] == p0 and a[1] == p1 and a[6] == pitch and a[7] == row:
                         if done > a[4]:
                             a[4], a[5] = done, instr
                         break
                 else:
-                    lst.append([p0, p1, b0, b1, done, instr])
-        for keys, p0, p1, b0, b1 in writes:
-            entry = [p0, p1, b0, b1, done, instr]
+                    lst.append([p0, p1, b0, b1, done, instr, pitch, row, rows])
+        for keys, p0, p1, b0, b1, pitch, row, rows in writes:
+            entry = [p0, p1, b0, b1, done, instr, pitch, row, rows]
             for key in keys:
                 lst = wt.get(key)
                 if lst:
-                    lst[:] = [a for a in lst if not (b0 <= a[2] and a[3] <= b1 and p0 <= a[0] and a[1] <= p1)]
+                    if not pitch:  # a row-structured write does not cover its whole span
+                        lst[:] = [a for a in lst if not (b0 <= a[2] and a[3] <= b1 and p0 <= a[0] and a[1] <= p1)]
                     lst.append(entry)
                 else:
                     wt[key] = [entry]
                 lst = rt.get(key)
-                if lst:
+                if lst and not pitch:
                     lst[:] = [a for a in lst if not (b0 <= a[2] and a[3] <= b1 and p0 <= a[0] and a[1] <= p1)]
+
+
+def _rows_meet(a: list, region: tuple) -> bool:
+    """Whether two accesses whose spans overlap share a byte, when both are rows of one pitch (else True).
+    Rows i of a and j of b meet when (j - i) * pitch lies in (-row_b - d, row_a - d), d = b0 - a0."""
+    pitch = a[6]
+    if not pitch or region[5] != pitch:
+        return True
+    d = region[3] - a[2]
+    row_a, row_b = a[7], region[6]
+    k_lo = (-row_b - d) // pitch + 1
+    k_hi = -((d - row_a) // pitch) - 1
+    return max(k_lo, -(a[8] - 1)) <= min(k_hi, region[7] - 1)

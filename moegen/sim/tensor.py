@@ -587,7 +587,9 @@ class NkiTensor:
         ``mem`` (`Allocation.region_key`), ``parts`` [first, last + 1) partitions (on-chip; HBM: [0, 1)),
         ``bytes`` [start, end) byte addresses per partition (on-chip) or within the HBM allocation,
         ``contig`` bytes of the innermost contiguous run (DMA descriptor size), ``offset`` the resolved
-        runtime offset in elements (dynamic views only). An indirect view spans its whole allocation."""
+        runtime offset in elements (dynamic views only); a strided HBM view also gives its rows: ``rows``
+        runs of ``row_bytes`` every ``pitch`` bytes from ``bytes[0]`` (so column tiles of one matrix do
+        not overlap). An indirect view spans its whole allocation."""
         a = self._alloc
         isz = self.dtype.itemsize
         region = {"mem": a.region_key()}
@@ -628,6 +630,11 @@ class NkiTensor:
             region["parts"] = [0, 1]
             region["bytes"] = [lo * isz, (hi + 1) * isz]
             dims = [(n, s) for n, s in zip(self.shape, self.strides) if n > 1]
+            if len(dims) >= 2 and all(s > 0 for _, s in dims):
+                # rows: `rows` runs of `row_bytes` (the inner dims' span) every `pitch` bytes from bytes[0]
+                row = (sum((n - 1) * s for n, s in dims[1:]) + 1) * isz
+                if dims[0][1] * isz >= row:
+                    region["pitch"], region["row_bytes"], region["rows"] = dims[0][1] * isz, row, dims[0][0]
         contig = 1
         for n, s in reversed(dims):
             if s != contig:

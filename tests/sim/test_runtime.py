@@ -173,7 +173,15 @@ def test_trace_is_plain_data_with_the_documented_fields():
         "dtype": "float32",
         "buffer": "private_hbm",
         "name": "x",
-        "region": {"mem": "hbm:x:0.1", "parts": [0, 1], "bytes": [0, 64], "contig": 64},
+        "region": {
+            "mem": "hbm:x:0.1",
+            "parts": [0, 1],
+            "bytes": [0, 64],
+            "pitch": 16,
+            "row_bytes": 16,
+            "rows": 4,
+            "contig": 64,
+        },
     }
     assert dma["reads"] == [dma["operands"]["src"]["region"]]
 

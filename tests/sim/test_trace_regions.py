@@ -122,3 +122,14 @@ def test_recording_forces_the_trace_of_a_run_that_skips_it():
     with sim.recording():
         sim.simulate(_double, target="trn2", trace=False)(x)
     assert [e["opcode"] for e in sim.last_run().trace] == ["dma_copy", "tensor_scalar", "dma_copy"]
+
+
+def test_a_strided_hbm_view_lists_its_rows():
+    def k(x):
+        t = nl.ndarray((128, 8), nl.float32, buffer=nl.sbuf)
+        nisa.dma_copy(dst=t, src=x[0:128, 4:12])
+        return None
+
+    sim.simulate(k, target="trn2")(np.zeros((128, 16), np.float32))
+    (src,) = sim.last_run().trace[0]["reads"]
+    assert (src["pitch"], src["row_bytes"], src["rows"]) == (16 * 4, 8 * 4, 128)
