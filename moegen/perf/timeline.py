@@ -5,8 +5,8 @@ and loop bookkeeping), and `dma_queues` DMA queues (each DMA goes to the queue t
 starts when its queue is free and every instruction it depends on (read-after-write, write-after-write,
 write-after-read on overlapping bytes, `moegen.perf.memory`) has completed. Compute instructions occupy
 their engine for their cost in cycles and complete `latency_cycles` later; a DMA waits its fixed
-latency, then moves its bytes through the core's DMA bandwidth and its HBM stack's bandwidth (both
-shared calendars: the two cores of an LNC=2 pair share the stack). `core_barrier` and `sendrecv` fence
+latency, then moves its bytes through the core's DMA bandwidth (a calendar shared by its queues), no
+faster than the core's share of its HBM stack (the two cores of an LNC=2 pair split the stack). `core_barrier` and `sendrecv` fence
 every queue of both cores at the later arrival. Times are in ns.
 """
 
@@ -174,7 +174,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
     queues = [{e: 0.0 for e in (*COMPUTE_ENGINES, "sync")} for _ in range(cores)]
     dma_free = [[0.0] * costs.dma_queues for _ in range(cores)]
     dma_cal = [Calendar() for _ in range(cores)]
-    hbm_cal = Calendar()  # one HBM stack (LNC=2 pairs share it)
+    hbm_share = costs.hbm_stack_bytes_per_ns / cores  # an LNC=2 pair shares one HBM stack
     busy: dict = {}
     dma_active = [[] for _ in range(cores)]  # (start, end) of every DMA, merged at the end
     done_at = [0.0] * len(trace)
@@ -217,16 +217,11 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             note_stall(rec, idx, dma_free[c][q], dep, who, kind, where)
             nbytes, desc, on_hbm = dma_transfer(rec)
             dur = (nbytes + desc * costs.dma_descriptor_overhead_bytes) / costs.dma_bytes_per_ns
+            if on_hbm:  # the cores of the launch share their HBM stack's bandwidth evenly
+                dur = max(dur, nbytes / hbm_share)
             t = ready + costs.dma_latency_ns
             s = dma_cal[c].earliest(t, dur)
             if on_hbm:
-                hdur = nbytes / costs.hbm_stack_bytes_per_ns
-                for _ in range(4):
-                    s2 = hbm_cal.earliest(s, hdur)
-                    if s2 == s:
-                        break
-                    s = dma_cal[c].earliest(s2, dur)
-                hbm_cal.book(s, s + hdur)
                 sides = sum(1 for r in (*reads, *writes) if r["mem"].startswith("hbm"))
                 hbm_bytes += nbytes * max(1, sides)
                 for r in (*reads, *writes):

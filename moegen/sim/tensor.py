@@ -589,19 +589,37 @@ class NkiTensor:
         ``contig`` bytes of the innermost contiguous run (DMA descriptor size), ``offset`` the resolved
         runtime offset in elements (dynamic views only); a strided HBM view also gives its rows: ``rows``
         runs of ``row_bytes`` every ``pitch`` bytes from ``bytes[0]`` (so column tiles of one matrix do
-        not overlap). An indirect view spans its whole allocation."""
+        not overlap). An indirect HBM view spans the rows from its lowest to its highest index (read now;
+        trace-only mode refuses it), an indirect on-chip view its whole tile."""
         a = self._alloc
         isz = self.dtype.itemsize
         region = {"mem": a.region_key()}
         if self._vec is not None:
+            region["contig"] = self.shape[-1] * isz if self.strides[-1] == 1 else isz
+            region["indirect"] = True
             if self.on_chip:
                 region["parts"] = [0, a.shape[0]]
                 region["bytes"] = [a.addr, a.addr + a.pstride * a.dtype.itemsize]
-            else:
-                region["parts"] = [0, 1]
-                region["bytes"] = [0, a.data.size * a.dtype.itemsize]
-            region["contig"] = self.shape[-1] * isz if self.strides[-1] == 1 else isz
-            region["indirect"] = True
+                return region
+            region["parts"] = [0, 1]
+            _, row_stride, nrows = self._vec
+            rows = self._vec_rows("trace", self.name)
+            rows = rows[(rows >= 0) & (rows < nrows)]
+            rest = sum((n - 1) * st for n, st in zip(self.shape[1:], self.strides[1:]))
+            if rows.size == 0 or row_stride <= 0 or any(st < 0 for st in self.strides[1:]):
+                region["bytes"] = [0, 0 if rows.size == 0 else a.data.size * a.dtype.itemsize]
+                return region
+            off = self.offset
+            for src, mult in self._dyn:
+                off += value_of(src, "trace", f"dynamic offset of '{self.name}'") * mult
+            first, last = int(rows.min()), int(rows.max())
+            region["bytes"] = [(off + first * row_stride) * isz, (off + last * row_stride + rest + 1) * isz]
+            if row_stride > rest:  # the rows between the first and the last one read (a conservative set)
+                region["pitch"], region["row_bytes"], region["rows"] = (
+                    row_stride * isz,
+                    (rest + 1) * isz,
+                    last - first + 1,
+                )
             return region
         off = self.offset  # resolved without the bounds check (an oob_mode=skip DMA may be out of range)
         for src, mult in self._dyn:
