@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SHARED ?= ../shared
 STAMP := $(VENV)/.moegen-installed
 
-.PHONY: demo test install lint build check clean
+.PHONY: demo test install lint build check clean modeled
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP)
 	$(VENV)/bin/moegen conformance generated
 	# the shared NKI conformance tool as a second opinion, where a ../shared checkout sits beside this one
 	if [ -f $(SHARED)/tools/nki_conformance.py ]; then $(PY) $(SHARED)/tools/nki_conformance.py generated; fi
+
+# every kernel in specs/ at its model's real shape, modeled on trn2 / trn3 (slow: simulates each one)
+modeled: $(STAMP)
+	$(PY) benchmarks/modeled.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -172,6 +172,50 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cmd_profile(args) -> int:
+    import json
+
+    from moegen.verify.profile import profile_plan
+
+    generated = _load(Path(args.spec))
+    if generated is None:
+        return EXIT_SPEC_ERROR
+    plans = [p for p in generated.plans if args.variant in (None, p.kernel_name)]
+    if not plans:
+        print(f"{args.spec}: error: no kernel named '{args.variant}'", file=sys.stderr)
+        return EXIT_FAILED
+    if (args.perfetto or args.plot) and len(plans) > 1:
+        names = ", ".join(p.kernel_name for p in plans)
+        print(f"{args.spec}: error: --perfetto / --plot need one kernel: pass --variant ({names})", file=sys.stderr)
+        return EXIT_FAILED
+    kernel_dir = Path(args.out) / generated.name
+    missing = [p.kernel_name for p in plans if not (kernel_dir / f"{p.kernel_name}.py").exists()]
+    if missing:
+        print(f"{args.spec}: error: not built: {', '.join(missing)} (run 'moegen build {args.spec}')", file=sys.stderr)
+        return EXIT_FAILED
+    results = {}
+    for plan in plans:
+        report, _, _ = profile_plan(plan, kernel_dir / f"{plan.kernel_name}.py", args.tokens, args.target)
+        results[plan.kernel_name] = report
+        if not args.json:
+            print(f"{plan.kernel_name}:")
+            print(report.text())
+        if args.perfetto:
+            from moegen.perf import perfetto
+
+            perfetto.write(report, args.perfetto)
+        if args.plot:
+            from moegen.perf import plot
+
+            plot.write(report, args.plot)
+    if args.json:
+        if len(results) == 1:
+            print(json.dumps(next(iter(results.values())).to_dict(), indent=1))
+        else:
+            print(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=1))
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moegen", description="Generate NKI MoE kernels from .moe specs.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -227,6 +271,22 @@ def parser() -> argparse.ArgumentParser:
     )
     conformance.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: generated)")
     conformance.set_defaults(run=cmd_conformance)
+
+    profile = sub.add_parser(
+        "profile",
+        help="model a generated kernel's time on Trainium (modeled, not measured)",
+        description="Simulate on the verify inputs, schedule the trace on the engines with documented costs: "
+        "modeled time, engine busy, roofline fraction, HBM traffic, MACs, longest stalls.",
+    )
+    profile.add_argument("spec", metavar="SPEC")
+    profile.add_argument("--variant", metavar="V", help="only this kernel")
+    profile.add_argument("--tokens", type=_positive_int, help="token count (default: each kernel's verify_tokens)")
+    profile.add_argument("--target", choices=("trn2", "trn3"), default="trn2", help="cost table (default: trn2)")
+    profile.add_argument("--json", action="store_true", help="print the report as JSON")
+    profile.add_argument("--perfetto", metavar="FILE", help="write the timeline as Chrome trace-event JSON")
+    profile.add_argument("--plot", metavar="FILE.png", help="write a roofline + engine utilisation chart")
+    profile.add_argument("--out", default="generated", help="generated folder (default: generated)")
+    profile.set_defaults(run=cmd_profile)
     return top
 
 

@@ -1,7 +1,8 @@
 """moegen.sim: a CPU simulator of NKI (Neuron Kernel Interface, NKI 0.6 API) faithful to the documented API.
 
 Public API (see README.md in this folder):
-    simulate(kernel, target=None, precise=None, trace=True, backend=None)(*arrays, **kwargs) -> outputs
+    simulate(kernel, target=None, precise=None, trace=True, backend=None, trace_only=False)(*arrays) -> outputs
+    recording()                      (context: every simulate in it records the trace)
     load_module(path) -> module      (executes a kernel file importing nki / nki.language / nki.isa)
     jit                              (nki.jit)
     last_run() -> RunResult          (outputs, trace, written_args of the latest simulation)
@@ -11,7 +12,7 @@ Public API (see README.md in this folder):
 """
 
 from moegen.sim.errors import NkiSimError
-from moegen.sim.kernel import Kernel, RunResult, jit, last_run, load_module, nki_modules, simulate
+from moegen.sim.kernel import Kernel, RunResult, jit, last_run, load_module, nki_modules, recording, simulate
 from moegen.sim.runtime import context
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "load_module",
     "nki_modules",
     "simulate",
+    "recording",
     "context",
     "static_check",
 ]

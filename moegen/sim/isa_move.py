@@ -164,6 +164,8 @@ def dma_copy(
         raise NkiSimError(f"{instr}: engine={eng.name} is only valid with dge_mode=hwdge, got {dge.name}")
     core = runtime.current()
     core.record("dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize)
+    if core.run.trace_only:
+        return _trace_only_dma(instr, dst, [src])
     vals, mask = _gather(src, mode, instr)
     if vals is None:  # whole transfer skipped (oob_mode.skip)
         return NkiInstruction(instr)
@@ -175,6 +177,15 @@ def dma_copy(
     version_before = dst._alloc.version
     _scatter(dst, vals, mask, mode, instr)
     record_origin(dst, src, version_before)
+    return NkiInstruction(instr)
+
+
+def _trace_only_dma(instr: str, dst: NkiTensor, srcs: list) -> NkiInstruction:
+    """Trace-only mode: no data moves; an address read from tensor values (indirect view) is an error."""
+    for t in (dst, *srcs):
+        if t._vec is not None:
+            t._vec_rows(instr, "dst" if t is dst else "src")  # raises in trace-only mode
+    dst._note_access("w", instr)
     return NkiInstruction(instr)
 
 
@@ -245,6 +256,8 @@ def dma_transpose(dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown,
         if src.shape[-1] > 128:
             raise NkiSimError(f"{instr}: hwdge src.shape[-1] {src.shape[-1]} exceeds maximum 128")
     runtime.current().record("dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize)
+    if runtime.current().run.trace_only:
+        return _trace_only_dma(instr, dst, [src])
     vals, mask = _gather(src, mode, instr)
     if vals is None:
         return NkiInstruction(instr)
@@ -282,6 +295,8 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
         {"dst": dst, **{f"srcs[{i}]": s for i, s in enumerate(srcs)}},
         bytes_moved=dst.size * dst.dtype.itemsize,
     )
+    if runtime.current().run.trace_only:
+        return _trace_only_dma(instr, dst, srcs)
     total = np.zeros(dst.shape, np.float32)
     mask_all = None
     for s in srcs:

@@ -148,6 +148,11 @@ def nc_matmul(
             f"and moving {moving.shape}"
         )
     core.record("tensor", instr, {"dst": dst, "stationary": stationary, "moving": moving})
+    if core.run.trace_only and not (accumulate is True and not dst._mm_state_view().all()):
+        # no values: keep the matmul state (it decides later accumulate rules), skip the product
+        dst._note_access("w", instr)
+        dst._mm_state_view()[...] = 1
+        return NkiInstruction(instr)
 
     if is_transpose:
         # bit-accurate data transpose (NeuronCore-v3+): dst = stationary.T, NaN/Inf carried as-is

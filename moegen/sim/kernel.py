@@ -5,7 +5,11 @@
   `simulate(kernel[2])` runs LNC=2: two threads (program ids 0 and 1) sharing HBM.
   Options: target ('trn2' | 'trn3', default NEURON_PLATFORM_TARGET_OVERRIDE else trn3), precise
   (default NKI_PRECISE_FP else True), trace (record the instruction trace, default True), backend
-  ('sim' | 'real', default MOEGEN_SIM_BACKEND else 'sim').
+  ('sim' | 'real', default MOEGEN_SIM_BACKEND else 'sim'), trace_only (record the trace without
+  computing any value: no products, no data moved, no sentinel fills; outputs are meaningless. A
+  value the kernel's addresses or control flow read from a tensor (register_load, a runtime offset
+  held in a tensor, an indirect vector_offset) raises NkiSimError, so a trace it returns is always
+  the real instruction stream).
 * `last_run()` returns the `RunResult` of the most recent simulation in this process: outputs,
   trace, written_args (positions / keyword names of the argument arrays the kernel wrote),
   written_names (their parameter names), target, precise, lnc; `assert_wrote_only(*names)`.
@@ -233,12 +237,28 @@ def nki_simulate(kernel):
     return simulate(kernel)
 
 
+_recording = threading.local()
+
+
+@contextlib.contextmanager
+def recording():
+    """Every `simulate` call in this block (this thread) records the trace, even one made with
+    trace=False (a harness that normally skips it; `moegen profile` needs it)."""
+    prev = getattr(_recording, "on", False)
+    _recording.on = True
+    try:
+        yield
+    finally:
+        _recording.on = prev
+
+
 def simulate(
     kernel,
     target: str | None = None,
     precise: bool | None = None,
     trace: bool = True,
     backend: str | None = None,
+    trace_only: bool = False,
 ):
     """Return a callable running `kernel` on NumPy arrays and returning NumPy outputs (see module doc)."""
     if not isinstance(kernel, Kernel):
@@ -249,7 +269,10 @@ def simulate(
     def run(*args, **kwargs):
         if _resolve_backend(backend) == "real":
             return _run_real(kernel, args, kwargs, target, precise).outputs
-        return _run(kernel, args, kwargs, target, precise, trace).outputs
+        if trace_only and _resolve_backend(backend) == "real":
+            raise NkiSimError("simulate: trace_only needs backend='sim' (the real simulator has no trace)")
+        traced = trace or trace_only or getattr(_recording, "on", False)
+        return _run(kernel, args, kwargs, target, precise, traced, trace_only).outputs
 
     run.__name__ = f"simulate({kernel.__name__})"
     return run
@@ -342,13 +365,14 @@ def _check_arguments(fn, args, kwargs) -> None:
             )
 
 
-def _run(kernel: Kernel, args, kwargs, target, precise, trace) -> RunResult:
+def _run(kernel: Kernel, args, kwargs, target, precise, trace, trace_only=False) -> RunResult:
     _check_arguments(kernel.fn, args, kwargs)
     run = runtime.Run(
         target=runtime.resolve_target(target),
         precise=runtime.resolve_precise(precise),
         num_programs=kernel.lnc,
         trace_enabled=trace,
+        trace_only=trace_only,
     )
     lnc = kernel.lnc
     buffer = MemoryRegion.shared_hbm if lnc > 1 else MemoryRegion.hbm

@@ -79,6 +79,12 @@ def value_of(x, instr: str = "dynamic offset", operand: str = "offset") -> int:
         return x._get()
     read = getattr(x, "read", None)
     if read is not None:
+        alloc = getattr(x, "_alloc", None)
+        if alloc is not None and alloc.core is not None and alloc.core.run.trace_only:
+            raise NkiSimError(
+                f"{instr}: {operand} is the runtime value of tensor '{x.name}'; trace-only mode cannot know "
+                "it (limit: run the full simulation)"
+            )
         if x.size != 1:
             raise NkiSimError(
                 f"{instr}: {operand} must hold 1 element (limit: shape [1] or [1,1]), got shape {x.shape}"

@@ -12,7 +12,10 @@ Trace entries (plain dicts, appended in program order per core)::
      "operands": {"dst": {"shape": (128, 512), "dtype": "float32", "buffer": "psum"}, ...},
      "bytes": 0, "line": "kernel.py:42"}
 
-``bytes`` is the number of bytes a DMA moved (0 for compute instructions).
+``bytes`` is the number of bytes a DMA moved (0 for compute instructions). Each tensor operand's
+summary carries its memory ``region`` (`NkiTensor._region`), and ``reads`` / ``writes`` list the
+regions the instruction reads and writes (``dst``, ``reduce_res``, ``dst_idx`` are written), so a
+timeline model can derive read-after-write, write-after-read and write-after-write dependencies.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class Run:
     num_programs: int = 1
     trace: list = field(default_factory=list)
     trace_enabled: bool = True
+    # trace-only: record the instruction stream without computing values (see kernel.simulate)
+    trace_only: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
     barrier: threading.Barrier | None = None
     shared_allocs: list = field(default_factory=list)  # k-th shared_hbm allocation, same for all cores
@@ -91,7 +96,7 @@ class Core:
         self.program_id = program_id
         self.epoch = 0  # barrier / sendrecv epoch (race detection)
         self.sbuf_used = 0  # live SBUF bytes per partition
-        self.sbuf_live: dict[int, tuple] = {}  # alloc id -> (name, bytes)
+        self.sbuf_live: dict[int, tuple] = {}  # alloc id -> (name, address, bytes)
         self.psum_banks = [0] * PSUM_NUM_BANKS  # bytes used per bank (per partition)
         self.psum_live: dict[int, tuple] = {}  # alloc id -> (name, bank, bytes)
         self.shared_count = 0  # shared_hbm allocations made so far
@@ -146,6 +151,8 @@ class Core:
             "operands": ops,
             "bytes": int(bytes_moved),
             "line": line,
+            "reads": [ops[k]["region"] for k in operands if k not in WRITTEN_OPERANDS and _has_region(ops[k])],
+            "writes": [ops[k]["region"] for k in operands if k in WRITTEN_OPERANDS and _has_region(ops[k])],
         }
         self.run.trace.append(entry)
         return entry
@@ -175,6 +182,13 @@ def _refuse_runtime_offsets(opcode: str, operands: dict) -> None:
 
 
 _PLAIN = (int, float, str, bool, type(None))
+
+# operands an instruction writes (every other tensor operand is read)
+WRITTEN_OPERANDS = frozenset(("dst", "reduce_res", "dst_idx"))
+
+
+def _has_region(summary) -> bool:
+    return type(summary) is dict and "region" in summary
 
 
 def _plain(value):

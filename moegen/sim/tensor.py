@@ -125,6 +125,7 @@ class Allocation:
         "_f32",
         "pending",
         "cow",
+        "addr",
         "_f32_miss",
         "_f32_uses",
         "_f32_waste",
@@ -169,6 +170,8 @@ class Allocation:
         # integer tile DMA-loaded from an integer kernel argument: (argument name, argument shape, flat
         # argument index per storage element or -1, version it holds for); see record_origin
         self.origin = None
+        # byte address per partition of an on-chip tile (SBUF first fit / PSUM bank), for the trace
+        self.addr = 0
 
     def unshare(self) -> None:
         """Copy-on-write: give an argument allocation its own storage before its first write."""
@@ -194,10 +197,19 @@ class Allocation:
             p.flush()
 
     def materialize(self) -> None:
-        """Perform the pending sentinel fill of a new allocation."""
+        """Perform the pending sentinel fill of a new allocation (not in trace-only mode: values unused)."""
         if self.fresh:
             self.fresh = False
-            self.data.fill(dt.sentinel(self.dtype))
+            if self.core is None or not self.core.run.trace_only:
+                self.data.fill(dt.sentinel(self.dtype))
+
+    def region_key(self) -> str:
+        """The memory this allocation lives in, for the trace: 'sbuf<core>' / 'psum<core>' (addressed by
+        `addr`), or one key per HBM allocation ('hbm:<name>:<core>.<id>', unique in a run)."""
+        pid = self.core.program_id if self.core is not None else 0
+        if self.pstride is not None:
+            return f"{self.buffer.name}{pid}"
+        return f"hbm:{self.name}:{pid}.{self.id}"
 
     def f32_flat(self) -> np.ndarray:
         """Flat float32 copy of the storage, cached until the next write."""
@@ -345,8 +357,37 @@ def _reserve_sbuf(core, alloc: Allocation, address) -> None:
             f"({core.target}); largest live: {_describe_live(core.sbuf_live)}{_in_loop(core)}"
         )
     core.sbuf_used += nbytes
-    core.sbuf_live[alloc.id] = (alloc.name, nbytes)
+    alloc.addr = _next_fit(core, nbytes, address)
+    core.sbuf_live[alloc.id] = (alloc.name, alloc.addr, nbytes)
     weakref.finalize(alloc, _release_sbuf, core, alloc.id, nbytes)
+
+
+def _next_fit(core, nbytes: int, address) -> int:
+    """Byte address per partition of a new SBUF tile, for the trace's memory regions: the given `address`
+    free offset, else the first gap between live tiles that fits, searched from where the previous tile
+    ended and wrapping around (an allocator that rotates addresses, so a freed tile's bytes are not
+    reused at once; capacity is checked separately)."""
+    if address is not None:
+        try:
+            return int(address[1])
+        except (TypeError, IndexError):
+            return 0
+    live = sorted((v[1], v[1] + v[2]) for v in core.sbuf_live.values())
+    cap = core.sbuf_capacity
+    cursor = getattr(core, "sbuf_cursor", 0)
+    for lo_bound in (cursor, 0):
+        at = lo_bound
+        for start, end in live:
+            if end <= at:
+                continue
+            if start - at >= nbytes:
+                break
+            at = max(at, end)
+        if at + nbytes <= cap:
+            core.sbuf_cursor = at + nbytes
+            return at
+    core.sbuf_cursor = 0
+    return live[-1][1] if live else 0
 
 
 def _release_sbuf(core, alloc_id: int, nbytes: int) -> None:
@@ -388,6 +429,7 @@ def _reserve_psum(core, alloc: Allocation, address) -> None:
             fits = 0 <= b and b + nbanks <= len(banks) and not any(banks[b : b + nbanks])
             use = [(b + i, bank_bytes) for i in range(nbanks)]
         if fits:
+            alloc.addr = b * bank_bytes + (banks[b] if nbanks == 1 else 0)
             for bank, n in use:
                 banks[bank] += n
             core.psum_live[alloc.id] = (alloc.name, b, nbytes)
@@ -549,7 +591,92 @@ class NkiTensor:
         return f"NkiTensor({self.name!r}, shape={self.shape}, dtype={self.dtype.name}, {buf}{dyn}{ind})"
 
     def _summary(self) -> dict:
-        return {"shape": self.shape, "dtype": self.dtype.name, "buffer": self.buffer.name, "name": self.name}
+        return {
+            "shape": self.shape,
+            "dtype": self.dtype.name,
+            "buffer": self.buffer.name,
+            "name": self.name,
+            "region": self._region(),
+        }
+
+    def _region(self) -> dict:
+        """The bytes this view touches, for dependency tracking (plain data; a conservative span):
+        ``mem`` (`Allocation.region_key`), ``parts`` [first, last + 1) partitions (on-chip; HBM: [0, 1)),
+        ``bytes`` [start, end) byte addresses per partition (on-chip) or within the HBM allocation,
+        ``contig`` bytes of the innermost contiguous run (DMA descriptor size), ``offset`` the resolved
+        runtime offset in elements (dynamic views only); a strided HBM view also gives its rows: ``rows``
+        runs of ``row_bytes`` every ``pitch`` bytes from ``bytes[0]`` (so column tiles of one matrix do
+        not overlap). An indirect HBM view spans the rows from its lowest to its highest index (read now;
+        trace-only mode refuses it), an indirect on-chip view its whole tile."""
+        a = self._alloc
+        isz = self.dtype.itemsize
+        region = {"mem": a.region_key()}
+        if self._vec is not None:
+            region["contig"] = self.shape[-1] * isz if self.strides[-1] == 1 else isz
+            region["indirect"] = True
+            if self.on_chip:
+                region["parts"] = [0, a.shape[0]]
+                region["bytes"] = [a.addr, a.addr + a.pstride * a.dtype.itemsize]
+                return region
+            region["parts"] = [0, 1]
+            _, row_stride, nrows = self._vec
+            rows = self._vec_rows("trace", self.name)
+            rows = rows[(rows >= 0) & (rows < nrows)]
+            rest = sum((n - 1) * st for n, st in zip(self.shape[1:], self.strides[1:]))
+            if rows.size == 0 or row_stride <= 0 or any(st < 0 for st in self.strides[1:]):
+                region["bytes"] = [0, 0 if rows.size == 0 else a.data.size * a.dtype.itemsize]
+                return region
+            off = self.offset
+            for src, mult in self._dyn:
+                off += value_of(src, "trace", f"dynamic offset of '{self.name}'") * mult
+            first, last = int(rows.min()), int(rows.max())
+            region["bytes"] = [(off + first * row_stride) * isz, (off + last * row_stride + rest + 1) * isz]
+            if row_stride > rest:  # the rows between the first and the last one read (a conservative set)
+                region["pitch"], region["row_bytes"], region["rows"] = (
+                    row_stride * isz,
+                    (rest + 1) * isz,
+                    last - first + 1,
+                )
+            return region
+        off = self.offset  # resolved without the bounds check (an oob_mode=skip DMA may be out of range)
+        for src, mult in self._dyn:
+            off += value_of(src, "trace", f"dynamic offset of '{self.name}'") * mult
+        if self._dyn:
+            region["offset"] = off
+        if self.on_chip:
+            ps = self._pstride()
+            p0, f0 = divmod(off, ps)
+            plo = phi = p0
+            flo = fhi = f0
+            for n, s in zip(self.shape, self.strides):
+                if n == 1 or s == 0:
+                    continue
+                if s % ps == 0:
+                    d = (n - 1) * (s // ps)
+                    plo, phi = (plo, phi + d) if d > 0 else (plo + d, phi)
+                else:
+                    d = (n - 1) * s
+                    flo, fhi = (flo, fhi + d) if d > 0 else (flo + d, fhi)
+            region["parts"] = [plo, phi + 1]
+            region["bytes"] = [a.addr + flo * isz, a.addr + (fhi + 1) * isz]
+            dims = [(n, s) for n, s in zip(self.shape[1:], self.strides[1:]) if n > 1]
+        else:
+            lo, hi = self._extent(off)
+            region["parts"] = [0, 1]
+            region["bytes"] = [lo * isz, (hi + 1) * isz]
+            dims = [(n, s) for n, s in zip(self.shape, self.strides) if n > 1]
+            if len(dims) >= 2 and all(s > 0 for _, s in dims):
+                # rows: `rows` runs of `row_bytes` (the inner dims' span) every `pitch` bytes from bytes[0]
+                row = (sum((n - 1) * s for n, s in dims[1:]) + 1) * isz
+                if dims[0][1] * isz >= row:
+                    region["pitch"], region["row_bytes"], region["rows"] = dims[0][1] * isz, row, dims[0][0]
+        contig = 1
+        for n, s in reversed(dims):
+            if s != contig:
+                break
+            contig *= n
+        region["contig"] = contig * isz
+        return region
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -663,6 +790,12 @@ class NkiTensor:
 
     def _vec_rows(self, instr: str = "access", operand: str = "") -> np.ndarray:
         """The row indices of an indirect (vector_offset) view, read now."""
+        core = self._alloc.core
+        if core is not None and core.run.trace_only:
+            raise NkiSimError(
+                f"{instr}: {operand} '{self.name}' is addressed by tensor values (indirect vector_offset); "
+                "trace-only mode cannot know them (limit: run the full simulation)"
+            )
         rows = self._vec[0].read().reshape(-1).astype(np.int64)
         if rows.size != self.shape[0]:
             raise NkiSimError(
@@ -693,7 +826,7 @@ class NkiTensor:
         """Bookkeeping for every access: written kernel inputs, LNC=2 shared-HBM race log."""
         a = self._alloc
         if kind == "w":
-            if a.cow:
+            if a.cow and not (a.core is not None and a.core.run.trace_only):
                 a.unshare()
             a.written = True
             a.version += 1
@@ -798,6 +931,11 @@ class NkiTensor:
                     f"{instr}: {operand} '{self.name}' has shape {self.shape}, value shape {vals.shape} does not match"
                 ) from None
         core = self._alloc.core
+        if core is not None and core.run.trace_only:  # no values: bounds and bookkeeping only
+            if self._dyn or self._vec is not None:
+                self._flat_index(instr, operand)
+            self._note_access("w", instr)
+            return
         conv = dt.convert(vals, self.dtype, core.precise if core else True)
         if self._alloc.fresh and self._covers_allocation():
             self._alloc.fresh = False

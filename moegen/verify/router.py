@@ -97,7 +97,7 @@ def run(kernel, plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np
     if plan.selection_bias:
         args.append(inputs["selection_bias"])
     launched = kernel[plan.lnc] if plan.lnc > 1 else kernel
-    results = simulate(launched, target=plan.target)(*args)
+    results = simulate(launched, target=plan.target, trace=False)(*args)  # trace only under sim.recording()
     if not isinstance(results, (tuple, list)):
         results = (results,)
     names = output_names(plan)

@@ -14,7 +14,7 @@ from moegen import cli
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO = TESTS_DIR.parent
-COMMANDS = ("build", "check", "explain", "verify")
+COMMANDS = ("build", "check", "explain", "verify", "profile")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

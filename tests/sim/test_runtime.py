@@ -164,11 +164,26 @@ def test_trace_is_plain_data_with_the_documented_fields():
     trace = sim.last_run().trace
     assert json.loads(json.dumps(trace))  # only builtins
     for e in trace:
-        assert set(e) == {"core", "engine", "opcode", "operands", "bytes", "line"}
+        assert set(e) == {"core", "engine", "opcode", "operands", "bytes", "line", "reads", "writes"}
         assert e["line"].startswith("test_runtime.py:")
     dma = trace[0]
     assert dma["engine"] == "dma" and dma["bytes"] == 64
-    assert dma["operands"]["src"] == {"shape": (4, 4), "dtype": "float32", "buffer": "private_hbm", "name": "x"}
+    assert dma["operands"]["src"] == {
+        "shape": (4, 4),
+        "dtype": "float32",
+        "buffer": "private_hbm",
+        "name": "x",
+        "region": {
+            "mem": "hbm:x:0.1",
+            "parts": [0, 1],
+            "bytes": [0, 64],
+            "pitch": 16,
+            "row_bytes": 16,
+            "rows": 4,
+            "contig": 64,
+        },
+    }
+    assert dma["reads"] == [dma["operands"]["src"]["region"]]
 
 
 # -- backend switch: the real nki.simulate when the real package is importable ------------------------

@@ -1,0 +1,133 @@
+"""Modeled performance of every kernel in specs/ at its model's real shape (moegen.perf timeline model).
+
+Decode kernels (tkg) at T = 1, 8, 32, 128 (up to the plan's token bound), prefill kernels (cte) at
+T = 4096, routers at T = 1, 8, 32, 128, 4096. Each kernel is simulated once on the verify harness's
+seeded inputs and its trace modeled on trn2 and on trn3. Writes one Markdown table (every figure
+modeled, not measured) and prints, for the Mixtral-8x7B prefill at T = 4096, the time of modeling its
+trace over the time of the simulation that produced it (the model's budget: at most 1x):
+
+    .venv/bin/python benchmarks/modeled.py [--specs specs/mixtral_8x7b.moe ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads (see benchmarks/cte_prefill.py)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import moegen.perf as perf  # noqa: E402
+from moegen import sim  # noqa: E402
+from moegen.compiler import generate  # noqa: E402
+from moegen.verify.profile import profile_plan  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DECODE_TOKENS = (1, 8, 32, 128)
+PREFILL_TOKENS = 4096
+ROUTER_TOKENS = (1, 8, 32, 128, 4096)
+HEADER = (
+    "| spec | kernel | family | LNC | T | trn2 modeled us | trn2 roofline | trn2 bound | HBM actual / min "
+    "| MACs issued / algorithmic | busy T/V/S/G/DMA % | trn3 modeled us | sim s | model s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def token_counts(plan, decode=DECODE_TOKENS, router=ROUTER_TOKENS) -> tuple[int, ...]:
+    if plan.family == "cte":
+        return (PREFILL_TOKENS,)
+    if plan.family == "router":
+        return router
+    bound = getattr(plan, "token_bound", None) or max(decode)
+    return tuple(t for t in decode if t <= bound)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
+    report, sim_s, model_s = profile_plan(plan, REPO / "generated" / spec / f"{plan.kernel_name}.py", tokens)
+    trace = sim.last_run().trace
+    trn3 = perf.model(
+        trace,
+        "trn3",
+        report.lnc,
+        hbm_min_bytes=report.hbm_min_bytes,
+        macs_algorithmic=report.macs_algorithmic,
+        keep_events=False,
+    )
+    busy = "/".join(f"{100 * report.engine_busy[e]:.0f}" for e in ("tensor", "vector", "scalar", "gpsimd", "dma"))
+    text = (
+        f"| {spec} | {plan.kernel_name} | {plan.family} | {report.lnc} | {tokens} | {report.modeled_us:.1f} "
+        f"| {report.roofline_fraction:.3f} | {report.bound} | {report.hbm_bytes / 1e6:.1f} MB / "
+        f"{report.hbm_min_bytes / 1e6:.1f} MB ({report.hbm_bytes / max(1, report.hbm_min_bytes):.2f}x) "
+        f"| {report.macs_issued / max(1, report.macs_algorithmic):.2f}x | {busy} | {trn3.modeled_us:.1f} "
+        f"| {sim_s:.1f} | {model_s:.2f} |\n"
+    )
+    return text, sim_s, model_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--specs", nargs="*", default=None, help="spec files (default: specs/*.moe)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "modeled.md"))
+    parser.add_argument("--kernels", nargs="*", default=None, help="only these kernel names")
+    parser.add_argument("--skip", nargs="*", default=(), help="not these kernel names")
+    parser.add_argument("--decode-tokens", type=_ints, default=DECODE_TOKENS, help="e.g. 1,32")
+    parser.add_argument("--router-tokens", type=_ints, default=ROUTER_TOKENS, help="e.g. 1,4096")
+    parser.add_argument("--append", action="store_true", help="add rows to an existing table")
+    args = parser.parse_args()
+    specs = [Path(s) for s in args.specs] if args.specs else sorted((REPO / "specs").glob("*.moe"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ratio_line = ""
+    with out.open("a" if args.append else "w") as table:
+        table.write(
+            ""
+            if args.append
+            else "# Modeled kernel performance (moegen.perf)\n\n"
+            "Every figure below is **modeled** by the timeline model (docs/perf_model.md) from the simulator's "
+            "instruction trace, not measured on Trainium. Regenerate with `make modeled`.\n\n"
+            "Roofline = max(compute bound, HBM bound) / modeled time (trn2); HBM min = each needed expert's "
+            "weights once, every other input and each output once (routers: every byte touched once); "
+            "algorithmic MACs = T x K x 3 x H x I (router T x H x E). Busy: TensorE / VectorE / ScalarE / "
+            "GpSimd / DMA percent of the modeled time on trn2. sim s / model s: wall seconds of the "
+            "simulation and of modeling its trace (shared 2-core machine).\n\n" + HEADER
+        )
+        table.flush()
+        for spec_path in specs:
+            generated = generate(spec_path)
+            for plan in generated.plans:
+                if (args.kernels and plan.kernel_name not in args.kernels) or plan.kernel_name in args.skip:
+                    continue
+                for tokens in token_counts(plan, args.decode_tokens, args.router_tokens):
+                    start = time.perf_counter()
+                    try:
+                        text, sim_s, model_s = row(generated.name, plan, tokens)
+                    except Exception as error:  # a kernel the simulator cannot run at this size: say so
+                        text = f"| {generated.name} | {plan.kernel_name} | {plan.family} | {plan.lnc} | {tokens} "
+                        text += f"| failed: {type(error).__name__}: {str(error)[:80]} |" + " |" * 9 + "\n"
+                        sim_s = model_s = 0.0
+                    table.write(text)
+                    table.flush()
+                    print(f"{generated.name} {plan.kernel_name} T={tokens}: {time.perf_counter() - start:.1f}s")
+                    if generated.name == "mixtral_8x7b" and plan.kernel_name == "prefill" and tokens == 4096:
+                        ratio = model_s / sim_s if sim_s else float("nan")
+                        line = (
+                            f"Mixtral-8x7B prefill T=4096: simulation {sim_s:.1f} s, modeling {model_s:.1f} s, "
+                            f"model / simulation = {ratio:.3f}"
+                        )
+                        print(line)
+                        ratio_line = line
+                    gc.collect()
+        if ratio_line:
+            table.write(f"\n{ratio_line}\n")
+
+
+if __name__ == "__main__":
+    main()

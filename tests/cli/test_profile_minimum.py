@@ -1,0 +1,51 @@
+"""The MoE knowledge `moegen profile` passes to the model: algorithmic MACs and the HBM minimum."""
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from moegen.verify.profile import algorithmic_macs, minimum_hbm_bytes, needed_experts
+
+
+def _plan(**fields):
+    base = dict(family="tkg", experts=8, local_experts=8, ep=1, top_k=2, hidden=256, intermediate=64)
+    base.update(fields)
+    return SimpleNamespace(mlp=SimpleNamespace(gated=True), **base)
+
+
+def _trace(*regions):
+    return [{"reads": [{"mem": mem, "parts": [0, 1], "bytes": list(span)}], "writes": []} for mem, span in regions]
+
+
+def test_minimum_counts_only_the_selected_experts_weights():
+    plan = _plan()
+    inputs = {
+        "expert_gate_up_weights": np.zeros((8, 256, 2, 64), np.float16),
+        "expert_down_weights": np.zeros((8, 64, 256), np.float16),
+        "hidden_input": np.zeros((4, 256), np.float16),
+        "expert_index": np.array([[0, 3], [3, 5], [0, 5], [3, 0]], np.int32),  # experts 0, 3, 5
+    }
+    # an all-expert kernel touches every expert's weights and writes a [4, 256] fp32 output
+    trace = _trace(
+        ("hbm:expert_gate_up_weights:0.1", (0, inputs["expert_gate_up_weights"].nbytes)),
+        ("hbm:expert_down_weights:0.2", (0, inputs["expert_down_weights"].nbytes)),
+        ("hbm:hidden_input:0.3", (0, 4 * 256 * 2)),
+        ("hbm:output:0.9", (0, 4 * 256 * 4)),
+    )
+    weights = inputs["expert_gate_up_weights"].nbytes + inputs["expert_down_weights"].nbytes
+    assert needed_experts(plan, inputs) == (3, 8)
+    assert minimum_hbm_bytes(plan, inputs, trace) == weights * 3 // 8 + 4 * 256 * 2 + 4 * 256 * 4
+
+
+def test_expert_parallel_rank_needs_only_its_window():
+    plan = _plan(local_experts=4, ep=2)  # the harness runs the last rank: experts 4..7
+    inputs = {"expert_index": np.array([[0, 4], [6, 1]], np.int32)}
+    assert needed_experts(plan, inputs) == (2, 4)
+
+
+def test_algorithmic_macs():
+    assert algorithmic_macs(_plan(), 4) == 4 * 2 * 3 * 256 * 64
+    assert algorithmic_macs(_plan(local_experts=4, ep=2), 4) == 4 * 2 * 3 * 256 * 64 // 2
+    router = SimpleNamespace(family="router", hidden=256, experts=8)
+    assert algorithmic_macs(router, 4) == 4 * 256 * 8
+    assert needed_experts(router, {}) is None
