@@ -63,7 +63,6 @@ OPTIONS = (
         "hardware generation: quantize_mx exists only on trn3",
         choices=("trn2", "trn3"),
     ),
-    OptionSpec("verify_rows", "int", "buffer rows R `moegen verify` runs the kernel at", minimum=1),
 )
 
 
@@ -80,11 +79,7 @@ class ActivationPlan(KernelPlan):
     slabs: tuple[tuple[int, int, int], ...]  # mxfp8: (first F value, values, partitions padded to 32) per slab
     mx_dtype: str
     elem: str
-    verify_rows: int | None
-
-    @property
-    def verify_tokens(self) -> int | None:
-        return self.verify_rows
+    verify_tokens: int | None  # for this family: the buffer rows R `moegen verify` runs at
 
 
 def plan(layer: Layer, variant: Variant) -> ActivationPlan:
@@ -192,7 +187,7 @@ def plan(layer: Layer, variant: Variant) -> ActivationPlan:
         slabs=slabs if output == "mxfp8" else (),
         mx_dtype=mx_dtype,
         elem=elem,
-        verify_rows=opts.get("verify_rows"),
+        verify_tokens=opts.get("verify_tokens"),
     )
     if opts["lnc"] != 1:
         raise PlanError(("lnc", "the activation kernel runs on one core (lnc=1): its tiles are a runtime count"))

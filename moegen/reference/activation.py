@@ -64,4 +64,3 @@ def padded_activation_mxfp8(
         data[live] = np.ascontiguousarray(elements.astype(np_dtype(elem))).view(np.uint32)
         scales[live] = block_scales
     return data, scales
-

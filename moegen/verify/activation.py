@@ -49,7 +49,7 @@ def make_inputs(
     align = plan.alignment
     rows = max(align, -(-rows // align) * align)
     experts = max(1, min(8, rows // (2 * align)))
-    tokens = max(1, (rows - experts * (align - 1)) // TOP_K)
+    tokens = max(1, (rows - experts * (align - 1)) // (2 * TOP_K))  # about half the rows: some stay past n_used
     top_k = min(TOP_K, experts)
     index = np.stack([rng.permutation(experts)[:top_k] for _ in range(tokens)])
     layout = permuted_rows(index, experts, align, rows)
