@@ -129,17 +129,20 @@ def plan(layer: Layer, variant: Variant) -> ActivationPlan:
     )
     in_bytes = DTYPE_BYTES[layer.dtype]
     buffers = [
-        Buffer("row ids, live flags, n_used (fp32/int32 columns)", "sbuf", PARTITIONS, 4 * 8),
-        Buffer("permutation_map column", "sbuf", PARTITIONS, 4),
-        Buffer("x rows", "sbuf", PARTITIONS, in_bytes * features),
-        Buffer("act (fp32)", "sbuf", PARTITIONS, 4 * features),
+        Buffer("row state: n_used, row, row ids, skip flags, permutation_map (columns)", "sbuf", PARTITIONS, 4 * 9)
     ]
     if output == "bf16":
-        buffers.append(Buffer("out rows", "sbuf", PARTITIONS, in_bytes * features))
+        buffers += [
+            Buffer("x rows", "sbuf", PARTITIONS, in_bytes * features),
+            Buffer("act (fp32)", "sbuf", PARTITIONS, 4 * features),
+            Buffer("out rows", "sbuf", PARTITIONS, in_bytes * features),
+        ]
     else:
         buffers += [
-            Buffer("staged act [kp, 128, 4] per slab", "sbuf", PARTITIONS, in_bytes * 4 * PARTITIONS),
-            Buffer("data [kp, 128] x4", "sbuf", PARTITIONS, 4 * PARTITIONS),
+            Buffer("staged slab [kp, 128 rows, 4]", "sbuf", PARTITIONS, in_bytes * 4 * PARTITIONS),
+            Buffer("act (fp32) [kp, 128, 4]", "sbuf", PARTITIONS, 4 * 4 * PARTITIONS),
+            Buffer("act rounded [kp, 128, 4]", "sbuf", PARTITIONS, in_bytes * 4 * PARTITIONS),
+            Buffer("words [kp, 128] x4", "sbuf", PARTITIONS, 4 * PARTITIONS),
             Buffer("scales [kp, 128]", "sbuf", PARTITIONS, PARTITIONS),
         ]
     mx_dtype, elem = FP8[opts["fp8"]]
@@ -153,7 +156,8 @@ def plan(layer: Layer, variant: Variant) -> ActivationPlan:
         (
             "padding rows",
             "per tile a row-id column (row r if r < n_used and permutation_map[r] != -1, else r + 2^23) is the "
-            "vector offset of every row load and store, oob_mode=skip: padding rows are neither read nor written",
+            "vector offset of every row store (and, bf16, load), oob_mode=skip: padding rows are not written"
+            + (" (mxfp8 loads whole 128-row tiles: R is a multiple of 128)" if output == "mxfp8" else ""),
         ),
         ("alignment", f"output={output}: the producer aligns expert segments to {alignment} rows"),
     ]

@@ -117,3 +117,20 @@ def test_non_gated_kernels_hold_no_gate(tmp_path):
     cte = generated.files["cte_block.py"]
     assert not re.search(r"\bup_(psum|tile) = ", cte) and "(E, H, I_TP)" in cte
     assert str(generated.plans[0].mlp).startswith("not gated")
+
+
+@pytest.mark.slow
+def test_nemotron3_spec_verifies_without_gate_weights(tmp_path):
+    """specs/nemotron3_nano_30b_a3b.moe: router, tkg, cte and the padded activations verify, and no
+    kernel of it has gate weights ([E, H, I] up weights, no gate matmul)."""
+    from moegen.codegen.build import write
+    from moegen.compiler import generate
+    from moegen.verify import verify_plans
+
+    generated = generate(Path(__file__).resolve().parents[2] / "specs" / "nemotron3_nano_30b_a3b.moe")
+    assert {plan.family for plan in generated.plans} == {"router", "tkg", "cte", "activation"}
+    for plan in generated.plans:
+        if plan.family in ("tkg", "cte"):
+            assert not plan.mlp.gated and "up_psum = " not in generated.files[f"{plan.kernel_name}.py"]
+    folder = write(generated, tmp_path)
+    assert verify_plans(list(generated.plans), folder, out=lambda line: None)
