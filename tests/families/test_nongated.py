@@ -32,6 +32,7 @@ KERNELS = """
   kernel cte_i_hybrid  : cte { block=128 shard=intermediate loop=hybrid lnc=2 verify_tokens=150 }
   kernel cte_ckpt_drop : cte { block=128 checkpoint padding=skip verify_tokens=100 }
   kernel cte_dropping  : cte { block=128 dropping lnc=2 verify_tokens=100 }
+  kernel cte_stream    : cte { block=128 weights=stream lnc=2 distribute=halves output=per_core verify_tokens=150 }
 """
 EPILOGUES = {
     "squared_relu_post": dict(expert="up -> squared_relu -> down -> scale"),
@@ -92,7 +93,9 @@ def _verify(text: str, kernel: str) -> None:
 
 
 CELLS = [(e, k) for e in EPILOGUES for k in ("tkg_sel", "tkg_all_ep", "tkg_hidden", "tkg_sbuf")]
-CELLS += [(e, k) for e in EPILOGUES for k in ("cte_block", "cte_i_hybrid", "cte_ckpt_drop", "cte_dropping")]
+CELLS += [
+    (e, k) for e in EPILOGUES for k in ("cte_block", "cte_i_hybrid", "cte_ckpt_drop", "cte_dropping", "cte_stream")
+]
 
 
 @pytest.mark.parametrize("epilogue, kernel", CELLS, ids=[f"{e}-{k}" for e, k in CELLS])
@@ -104,6 +107,20 @@ def test_non_gated_cell_matches_reference(epilogue, kernel):
 def test_non_gated_static_fp8_inputs(kernel):
     tkg_kernels = "\n".join(line for line in KERNELS.splitlines() if ": tkg" in line)
     _verify(_spec(TKG_ONLY["relu_fp8_static_inputs"], tkg_kernels), kernel)
+
+
+@pytest.mark.parametrize("expert", ["up -> squared_relu -> down -> scale", "scale -> up(bias) -> silu -> down(bias)"])
+def test_non_gated_sbuf_input_and_output(expert):
+    """hidden_input in SBUF as [128, T, H / 128] (H a multiple of 128) and the result left in SBUF."""
+    text = layer_spec(
+        "kernel k : tkg { input=sbuf output=sbuf tokens<=32 verify_tokens=3 }",
+        hidden=256,
+        intermediate=224,
+        experts=8,
+        top_k=2,
+        expert=expert,
+    )
+    _verify(text, "k")
 
 
 def test_non_gated_kernels_hold_no_gate(tmp_path):
