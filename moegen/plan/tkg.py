@@ -205,7 +205,7 @@ def _chunks(group: tuple[int, int]) -> tuple[tuple[int, int], ...]:
 def plan(layer: Layer, variant: Variant) -> TkgPlan:
     options = variant.options
     problems: list[tuple[str | None, str]] = []
-    mlp = expert_mlp_plan(layer, weight_layout="[E_L, H, 2, I]")
+    mlp = expert_mlp_plan(layer)
     dims = layer.dims
     mode = options["mode"]
     lnc = options["lnc"]
@@ -540,25 +540,27 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes),
         ]
     buffers += [
-        Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
+        Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * m.projections * PARTITIONS * weight_bytes),
         Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
     ]
     if m.dequant:
         buffers += [
-            Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
+            Buffer("gate_up_scale", "sbuf", PARTITIONS, m.projections * 4),
             Buffer("down_scale", "sbuf", tt, p.group_columns * 4),
         ]
     if m.gate_up_bias:
-        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 2 * 4))
+        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, m.projections * 4))
     if m.down_bias:
         buffers.append(Buffer("down_bias", "sbuf", tt, p.group_columns * 4))
     if m.dequant or m.down_bias:
         buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
     buffers += [
-        Buffer("gate + up + act", "sbuf", PARTITIONS, tt * 4, count=3),
+        Buffer(
+            "gate + up + act" if m.gated else "projection + act", "sbuf", PARTITIONS, tt * 4, count=m.projections + 1
+        ),
         Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
         Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
-        Buffer("up_psum", "psum", PARTITIONS, tt * 4),
+        *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
         Buffer("acc", "sbuf", tt, acc_h * 4),
     ]
