@@ -39,11 +39,16 @@ DIMS = {
     "top_k": (True, 64, "top_k beyond 64 is outside every template"),
     "tp": (False, 64, "tensor parallelism beyond 64 ranks is not modelled"),
     "ep": (False, 1024, "expert parallelism beyond 1024 ranks is not modelled"),
+    "shared_experts": (False, 64, "more than 64 shared experts is outside every template"),
+    "shared_intermediate": (False, 262144, "intermediate sizes beyond 256K are outside every template's tiling"),
 }
 SETTINGS = ("dims", "dtype", "quant")
-PIPELINES = ("router", "expert")
+PIPELINES = ("router", "expert", "shared_expert")
 ROUTER_STAGES = ("linear", "softmax", "sigmoid", "select_bias", "group_limit", "topk", "renormalize", "scale")
 EXPERT_STAGES = ("scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACTIVATIONS
+# The shared experts' MLP: the expert stages without affinity scaling (every token runs them with
+# weight 1), and Qwen2-MoE's optional sigmoid gate on their output, last.
+SHARED_EXPERT_STAGES = tuple(s for s in EXPERT_STAGES if s != "scale") + ("sigmoid_gate",)
 # Names a kernel may not take: Python keywords, builtins (a module-level `def range` would
 # shadow the builtin the kernel body calls) and the module aliases of generated code.
 RESERVED_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"nki", "nl", "nisa", "np", "numpy"}
@@ -115,6 +120,18 @@ def _dims(syntax: SpecSyntax, report: _Collector) -> Dims | None:
         return None
     if dims.top_k > dims.experts:
         report.error(spans["top_k"], f"top_k {dims.top_k}: a token cannot pick more than the {dims.experts} experts")
+        return None
+    if ("shared_experts" in values) != ("shared_intermediate" in values):
+        given_name = "shared_experts" if "shared_experts" in values else "shared_intermediate"
+        report.error(
+            spans[given_name], "shared experts need both 'shared_experts=S' and 'shared_intermediate=I' in dims"
+        )
+        return None
+    if dims.shared_intermediate % dims.tp:
+        report.error(
+            spans.get("tp", spans["shared_intermediate"]),
+            f"tp {dims.tp}: shared_intermediate {dims.shared_intermediate} is not divisible by it",
+        )
         return None
     return dims
 
@@ -322,8 +339,9 @@ def _group_limit(stage: Stage, dims: Dims | None, report: _Collector) -> tuple[i
     return groups.value, keep.value, score.value
 
 
-def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
-    at = _check_order(pipeline, report, EXPERT_STAGES)
+def _expert(pipeline: Pipeline, report: _Collector, shared: bool = False) -> Expert | None:
+    """The routed expert (`expert = ...`) or, with shared=True, the shared experts' MLP (`shared_expert = ...`)."""
+    at = _check_order(pipeline, report, SHARED_EXPERT_STAGES if shared else EXPERT_STAGES)
     if at is None:
         return None
     stages = {s.name: s for s in pipeline.stages}
@@ -363,6 +381,14 @@ def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
                 stages["scale"].span,
                 "'scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)",
             )
+    if "sigmoid_gate" in at:
+        if stages["sigmoid_gate"].args:
+            report.error(stages["sigmoid_gate"].span, "'sigmoid_gate' takes no arguments")
+        if at["sigmoid_gate"] != len(pipeline.stages) - 1:
+            report.error(
+                stages["sigmoid_gate"].span, "'sigmoid_gate' multiplies the shared output: it is the last stage"
+            )
+        scale = "post"
     if "up_plus_one" in at:
         if not gated:
             report.error(stages["up_plus_one"].span, "'up_plus_one' needs a gated expert (gate_up)")
@@ -526,7 +552,8 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
     dims = _dims(syntax, report)
     dtypes = _dtypes(syntax, report)
     quant = _quant(syntax, report)
-    router = expert = None
+    router = expert = shared_expert = None
+    shared_pipeline = None
     for pipeline in syntax.pipelines:
         if pipeline.name not in PIPELINES:
             _unknown(report, pipeline.name_span, "pipeline", pipeline.name, PIPELINES)
@@ -534,10 +561,23 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
             report.error(pipeline.name_span, f"'{pipeline.name}' is given twice")
         elif pipeline.name == "router":
             router = _router(pipeline, dims, report)
+        elif pipeline.name == "shared_expert":
+            shared_pipeline = pipeline
+            shared_expert = _expert(pipeline, report, shared=True)
         else:
             expert = _expert(pipeline, report)
         if pipeline.name in PIPELINES:
             seen.add(pipeline.name)
+    if dims is not None and dims.shared_experts and shared_pipeline is None:
+        report.error(
+            syntax.name_span,
+            f"dims has shared_experts={dims.shared_experts}: add their MLP, e.g. 'shared_expert = gate_up -> silu -> down'",
+        )
+    if dims is not None and shared_pipeline is not None and not dims.shared_experts:
+        report.error(
+            shared_pipeline.name_span,
+            "'shared_expert' needs 'shared_experts=S shared_intermediate=I' in dims",
+        )
     variants = _variants(syntax, families, report)
     if report.diagnostics:
         raise SpecError(report.diagnostics, syntax.text)
@@ -551,5 +591,6 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
         expert=expert,
         quant=quant,
         span=syntax.name_span,
+        shared_expert=shared_expert,
     )
     return Spec(syntax.path, syntax.text, layer, variants)
