@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moegen.diagnostics import SpecError
+from moegen.diagnostics import SpecError, render
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC_ERROR = 0, 1, 2
 
@@ -25,10 +25,13 @@ def _load(path: Path):
         print(f"{path}: error: no such spec file", file=sys.stderr)
         return None
     try:
-        return generate(path)
+        generated = generate(path)
     except SpecError as error:
         print(error, file=sys.stderr)
         return None
+    if generated.spec.warnings:  # printed, the exit status stays what the command decides
+        print(render(generated.spec.warnings, generated.spec.text), file=sys.stderr)
+    return generated
 
 
 def cmd_build(args) -> int:

@@ -262,7 +262,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 (
                     "eager",
                     "eager affinities with no affinity scaling in the expert pipeline would "
-                    "be read and ignored: add 'scale' to the expert pipeline or drop eager",
+                    "be read and ignored: add 'affinity_scale' to the expert pipeline or drop eager",
                 )
             )
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from moegen.diagnostics import Span
+from moegen.diagnostics import Diagnostic, Span
 
 # ---------------------------------------------------------------- syntax
 
@@ -214,3 +214,4 @@ class Spec:
     text: str
     layer: Layer
     variants: tuple[Variant, ...]
+    warnings: tuple[Diagnostic, ...] = ()  # severity 'warning': printed, the spec still builds

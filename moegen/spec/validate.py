@@ -9,6 +9,7 @@ import builtins
 import keyword
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from moegen.diagnostics import Diagnostic, Span, SpecError, did_you_mean
 from moegen.spec.model import (
@@ -26,6 +27,7 @@ from moegen.spec.model import (
     Variant,
 )
 from moegen.spec.options import COMMON_OPTIONS, OptionSpec, convert
+from moegen.spec.printer import format_stage
 
 DTYPES = ("bf16", "fp16", "fp32")
 WEIGHT_QUANT = ("none", "fp8_row", "fp8_static", "mxfp4", "mxfp8")
@@ -44,11 +46,26 @@ DIMS = {
 }
 SETTINGS = ("dims", "dtype", "quant")
 PIPELINES = ("router", "expert", "shared_expert")
-ROUTER_STAGES = ("linear", "softmax", "sigmoid", "select_bias", "group_limit", "topk", "renormalize", "scale")
-EXPERT_STAGES = ("scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACTIVATIONS
+ROUTER_STAGES = (
+    "linear",
+    "softmax",
+    "sigmoid",
+    "select_bias",
+    "group_limit",
+    "topk",
+    "renormalize",
+    "scaling_factor",
+)
+EXPERT_STAGES = ("affinity_scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACTIVATIONS
 # The shared experts' MLP: the expert stages without affinity scaling (every token runs them with
 # weight 1), and Qwen2-MoE's optional sigmoid gate on their output, last.
-SHARED_EXPERT_STAGES = tuple(s for s in EXPERT_STAGES if s != "scale") + ("sigmoid_gate",)
+SHARED_EXPERT_STAGES = tuple(s for s in EXPERT_STAGES if s != "affinity_scale") + ("sigmoid_gate",)
+# Old stage spellings, per pipeline: still accepted, with a warning naming the new one. `scale` meant
+# the routed scaling factor in a router and the affinity-scaling position in an expert pipeline.
+RENAMED_STAGES = {
+    "router": {"scale": "scaling_factor"},
+    "expert": {"scale": "affinity_scale"},
+}
 # Names a kernel may not take: Python keywords, builtins (a module-level `def range` would
 # shadow the builtin the kernel body calls) and the module aliases of generated code.
 RESERVED_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"nki", "nl", "nisa", "np", "numpy"}
@@ -65,9 +82,13 @@ def _to_float(value: int | float) -> float:
 class _Collector:
     def __init__(self):
         self.diagnostics: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(span, message, hint))
+
+    def warn(self, span: Span, message: str, hint: str | None = None) -> None:
+        self.warnings.append(Diagnostic(span, message, hint, severity="warning"))
 
 
 def _unknown(report: _Collector, span: Span, what: str, name: str, known: Sequence[str]) -> None:
@@ -238,7 +259,25 @@ def _check_order(pipeline: Pipeline, report: _Collector, known: Sequence[str]) -
     return positions
 
 
+def _renamed(pipeline: Pipeline, report: _Collector) -> Pipeline:
+    """The pipeline with old stage spellings replaced by the new ones, each with a warning."""
+    renames = RENAMED_STAGES.get(pipeline.name, {})
+    stages = []
+    for stage in pipeline.stages:
+        new = renames.get(stage.name)
+        if new is not None:
+            example = format_stage(replace(stage, name=new))
+            report.warn(
+                stage.name_span,
+                f"'{stage.name}' in the {pipeline.name} pipeline is now spelled '{new}': write '{example}'",
+            )
+            stage = replace(stage, name=new)
+        stages.append(stage)
+    return replace(pipeline, stages=tuple(stages))
+
+
 def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router | None:
+    pipeline = _renamed(pipeline, report)
     at = _check_order(pipeline, report, ROUTER_STAGES)
     if at is None:
         return None
@@ -278,12 +317,13 @@ def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router
         if not pre_norm:
             report.error(stages["group_limit"].span, "group-limited top-K ranks activated scores: activate before topk")
     scaling = None
-    if "scale" in at:
-        if at["scale"] != len(pipeline.stages) - 1:
-            report.error(stages["scale"].span, "the routed scaling factor 'scale(F)' is the last router stage")
-        scaling = _number_arg(stages["scale"], report)
+    if "scaling_factor" in at:
+        stage = stages["scaling_factor"]
+        if at["scaling_factor"] != len(pipeline.stages) - 1:
+            report.error(stage.span, "the routed scaling factor 'scaling_factor(F)' is the last router stage")
+        scaling = _number_arg(stage, report)
         if scaling is not None and scaling <= 0:
-            report.error(stages["scale"].span, "the routed scaling factor must be positive")
+            report.error(stage.span, "the routed scaling factor must be positive")
     return Router(
         bias=bias,
         activation=activation,
@@ -341,6 +381,7 @@ def _group_limit(stage: Stage, dims: Dims | None, report: _Collector) -> tuple[i
 
 def _expert(pipeline: Pipeline, report: _Collector, shared: bool = False) -> Expert | None:
     """The routed expert (`expert = ...`) or, with shared=True, the shared experts' MLP (`shared_expert = ...`)."""
+    pipeline = _renamed(pipeline, report)
     at = _check_order(pipeline, report, SHARED_EXPERT_STAGES if shared else EXPERT_STAGES)
     if at is None:
         return None
@@ -369,17 +410,18 @@ def _expert(pipeline: Pipeline, report: _Collector, shared: bool = False) -> Exp
     elif stages[activation].args:
         report.error(stages[activation].span, f"'{activation}' takes no arguments")
     scale = "none"
-    if "scale" in at:
-        if stages["scale"].args:
-            report.error(stages["scale"].span, "'scale' takes no arguments: its position says pre or post")
-        if at["scale"] == 0:
+    if "affinity_scale" in at:
+        stage = stages["affinity_scale"]
+        if stage.args:
+            report.error(stage.span, "'affinity_scale' takes no arguments: its position says pre or post")
+        if at["affinity_scale"] == 0:
             scale = "pre"
-        elif at["scale"] == len(pipeline.stages) - 1:
+        elif at["affinity_scale"] == len(pipeline.stages) - 1:
             scale = "post"
         else:
             report.error(
-                stages["scale"].span,
-                "'scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)",
+                stage.span,
+                "'affinity_scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)",
             )
     if "sigmoid_gate" in at:
         if stages["sigmoid_gate"].args:
@@ -580,7 +622,7 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
         )
     variants = _variants(syntax, families, report)
     if report.diagnostics:
-        raise SpecError(report.diagnostics, syntax.text)
+        raise SpecError(report.diagnostics + report.warnings, syntax.text)
     layer = Layer(
         name=syntax.name,
         path=syntax.path,
@@ -593,4 +635,4 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
         span=syntax.name_span,
         shared_expert=shared_expert,
     )
-    return Spec(syntax.path, syntax.text, layer, variants)
+    return Spec(syntax.path, syntax.text, layer, variants, tuple(sorted(report.warnings, key=lambda d: d.span)))
