@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 from moegen.plan.common import (
     DTYPE_BYTES,
+    EP_OPTION,
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
     SBUF_BYTES,
+    TP_OPTION,
     Buffer,
     KernelPlan,
     PlanError,
     ceil_div,
+    kernel_layer,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
 from moegen.spec.model import Layer, Variant
@@ -111,6 +114,8 @@ OPTIONS = (
         default="auto",
         choices=("auto", "resident", "stream"),
     ),
+    EP_OPTION,
+    TP_OPTION,
 )
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
@@ -131,7 +136,9 @@ class CtePlan(KernelPlan):
     # layer
     hidden: int
     intermediate: int  # I_TP
-    experts: int  # E (local experts)
+    experts: int  # E_L (local experts: the kernel's weights and block_to_expert ids)
+    ep: int  # expert-parallel ranks: E_L = global_experts / ep (the host builds this rank's blocks)
+    global_experts: int  # E, the router's experts
     top_k: int
     dtype: str
     out_dtype: str
@@ -379,6 +386,14 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
                 "HBM bytes without a barrier)",
             )
         )
+    if variant.options.get("dropping") and layer.dims.ep > 1:
+        problems.append(
+            (
+                "dropping",
+                f"dropping with ep {layer.dims.ep}: the token-dropping layout of one rank's experts is not built "
+                "by moegen.blocking (only the dropless one, build_blocks_local)",
+            )
+        )
     if shard == "intermediate" and lnc == 2 and layer.dims.hidden % 32:
         problems.append(
             (
@@ -469,6 +484,8 @@ def _buffers(
 
 
 def plan(layer: Layer, variant: Variant) -> CtePlan:
+    global_experts = layer.dims.experts
+    layer = kernel_layer(layer, variant)
     problems = _layer_problems(layer, variant) + _variant_problems(layer, variant)
     try:
         mlp = expert_mlp_plan(layer)
@@ -516,6 +533,15 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
     # chunks of I tiles, the widest chunk that fits SBUF (two buffers, so loads overlap compute).
     decisions = list(mlp.decisions)
+    if dims.ep > 1:
+        decisions.append(
+            (
+                "expert parallelism",
+                f"ep {dims.ep}: this rank holds E_L = {dims.local_experts} of the {global_experts} experts; the host "
+                "builds blocks of the pairs routed to them only (moegen.blocking.build_blocks_local: local ids, the "
+                "rank's window of the affinities), so tokens routed elsewhere are in no block and add nothing",
+            )
+        )
     if i_overlap:
         decisions.append(
             (
@@ -664,6 +690,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         hidden=h,
         intermediate=i_tp,
         experts=dims.local_experts,
+        ep=dims.ep,
+        global_experts=global_experts,
         top_k=k,
         dtype=layer.dtype,
         out_dtype=layer.out_dtype,
