@@ -17,11 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "specs" / "hf").glob("*.json"))
 
 
+def without_span(part):
+    return None if part is None else replace(part, span=None)
+
+
 def layer_meaning(layer):
     """The layer without source positions, names and degrees."""
     dims = replace(layer.dims, tp=1, ep=1)
-    strip = (lambda part: None if part is None else replace(part, span=None))
-    return dims, layer.dtype, strip(layer.router), strip(layer.expert), strip(layer.shared_expert)
+    return dims, layer.dtype, without_span(layer.router), without_span(layer.expert), without_span(layer.shared_expert)
 
 
 def test_there_are_configs_of_six_model_types():
