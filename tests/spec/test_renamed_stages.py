@@ -10,7 +10,7 @@ import pytest
 
 from moegen import cli
 from moegen.compiler import load_spec
-from moegen.diagnostics import Diagnostic, Span
+from moegen.diagnostics import Diagnostic, Span, SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 OLD = """moe t {
@@ -78,3 +78,17 @@ def test_a_diagnostic_severity_is_error_or_warning():
     assert Diagnostic(span, "m").severity == "error"
     with pytest.raises(ValueError, match="severity"):
         Diagnostic(span, "m", severity="note")
+
+
+@pytest.mark.parametrize(
+    "old, new, hint",
+    [
+        ("scale(2.5)", "scaling(2.5)", "did you mean 'scaling_factor'?"),
+        ("= scale ->", "= affinity ->", "did you mean 'affinity_scale'?"),
+        ("top_k=2", "top_k=2 shared_expert=1", "did you mean 'shared_experts'?"),
+    ],
+)
+def test_hints_know_the_new_words(tmp_path, old, new, hint):
+    with pytest.raises(SpecError) as caught:
+        load_spec(write(tmp_path, OLD.replace(old, new)))
+    assert hint in str(caught.value)
