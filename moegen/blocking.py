@@ -140,12 +140,28 @@ def build_blocks(
         return build_blocks_dropping(expert_index, expert_affinities, num_experts, block_size, pad_with=pad_with)
     index = _check_index(expert_index, num_experts)
     t, k = index.shape
+    n = dropless_block_budget(t, k, num_experts, _check_block_size(block_size)) if num_blocks is None else num_blocks
+    flat_token = np.repeat(np.arange(t), k)
+    return _dropless(
+        flat_token,
+        index.reshape(-1),
+        t,
+        k,
+        num_experts,
+        block_size,
+        pad_with,
+        n,
+        masked_affinities(index, expert_affinities, num_experts),
+    )
+
+
+def _dropless(flat_token, flat_expert, t, k, num_experts, block_size, pad_with, n, affinities_masked) -> Blocks:
+    """The dropless layout of (token, expert) pairs over num_experts experts in n blocks."""
     pad = _pad_id(pad_with, t)
     b = _check_block_size(block_size)
-    counts = np.bincount(index.reshape(-1), minlength=num_experts)
+    counts = np.bincount(flat_expert, minlength=num_experts)
     blocks_per_expert = -(-counts // b)
     real = int(blocks_per_expert.sum())
-    n = dropless_block_budget(t, k, num_experts, b) if num_blocks is None else num_blocks
     if real > n:
         raise ValueError(f"routing needs {real} blocks, more than num_blocks={n}")
 
@@ -153,11 +169,9 @@ def build_blocks(
     block_to_expert[:real] = np.repeat(np.arange(num_experts, dtype=np.int32), blocks_per_expert)
     slots = np.full(n * b, pad, dtype=np.int32)
     # Tokens of each expert in ascending id order, packed from its first block's first slot.
-    flat_expert = index.reshape(-1)
-    flat_token = np.repeat(np.arange(t), k)
     order = np.lexsort((flat_token, flat_expert))
     first_slot = np.concatenate([[0], np.cumsum(blocks_per_expert)[:-1]]) * b
-    rank_in_expert = np.arange(t * k) - np.concatenate([[0], np.cumsum(counts)[:-1]])[flat_expert[order]]
+    rank_in_expert = np.arange(flat_expert.size) - np.concatenate([[0], np.cumsum(counts)[:-1]])[flat_expert[order]]
     slots[first_slot[flat_expert[order]] + rank_in_expert] = flat_token[order]
 
     conditions = np.zeros(n + 1, dtype=np.int32)
@@ -166,11 +180,45 @@ def build_blocks(
         token_position_to_id=slots,
         block_to_expert=block_to_expert.reshape(n, 1),
         conditions=conditions,
-        expert_affinities_masked=masked_affinities(index, expert_affinities, num_experts),
+        expert_affinities_masked=affinities_masked,
         dropped=np.zeros((t, k), dtype=bool),
         counts=counts,
         block_size=b,
     )
+
+
+def build_blocks_local(
+    expert_index: np.ndarray,
+    expert_affinities: np.ndarray,
+    num_experts: int,
+    block_size: int,
+    *,
+    rank: int,
+    local_experts: int,
+    pad_with: int | str = "T",
+    num_blocks: int | None = None,
+) -> Blocks:
+    """Expert parallelism: the dropless layout of this rank's experts only.
+
+    Rank r holds global experts [r * E_L, (r + 1) * E_L), E_L = local_experts; expert_index [T, K] holds
+    global ids. Only the pairs routed to a local expert are placed, under their local id (global id -
+    r * E_L); a token with no local expert appears in no block, so the kernel leaves its output row 0
+    (or untouched). expert_affinities_masked is the rank's window [(T+1) * E_L, 1] of the global table.
+    The block budget is dropless_block_budget(T, K, E_L, B): every pair may be local. counts [E_L].
+    """
+    index = _check_index(expert_index, num_experts)
+    t, k = index.shape
+    if num_experts % local_experts or not 0 <= rank < num_experts // local_experts:
+        raise ValueError(f"rank {rank} of {num_experts} experts in groups of {local_experts}: no such rank")
+    first = rank * local_experts
+    local = (index >= first) & (index < first + local_experts)
+    flat_token = np.repeat(np.arange(t), k)[local.reshape(-1)]
+    flat_expert = (index - first)[local]
+    table = masked_affinities(index, expert_affinities, num_experts).reshape(t + 1, num_experts)
+    window = np.ascontiguousarray(table[:, first : first + local_experts]).reshape(-1, 1)
+    b = _check_block_size(block_size)
+    n = dropless_block_budget(t, k, local_experts, b) if num_blocks is None else num_blocks
+    return _dropless(flat_token, flat_expert, t, k, local_experts, b, pad_with, n, window)
 
 
 def build_blocks_dropping(

@@ -1,4 +1,4 @@
-"""The `moegen` command: build | check | explain | verify | conformance."""
+"""The `moegen` command: build | check | explain | verify | profile | conformance | import-hf."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from moegen.diagnostics import SpecError
+from moegen.diagnostics import SpecError, render
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC_ERROR = 0, 1, 2
 
@@ -25,10 +25,13 @@ def _load(path: Path):
         print(f"{path}: error: no such spec file", file=sys.stderr)
         return None
     try:
-        return generate(path)
+        generated = generate(path)
     except SpecError as error:
         print(error, file=sys.stderr)
         return None
+    if generated.spec.warnings:  # printed, the exit status stays what the command decides
+        print(render(generated.spec.warnings, generated.spec.text), file=sys.stderr)
+    return generated
 
 
 def _os_error(error: OSError) -> str:
@@ -216,6 +219,31 @@ def cmd_profile(args) -> int:
     return EXIT_OK
 
 
+def cmd_import_hf(args) -> int:
+    import json
+
+    from moegen.import_hf import ConfigError, import_file
+
+    path = Path(args.config)
+    name = Path(args.output).stem if args.output else None
+    try:
+        text = import_file(path, tp=args.tp, ep=args.ep, name=name)
+    except FileNotFoundError:
+        print(f"{path}: error: no such config file", file=sys.stderr)
+        return EXIT_FAILED
+    except json.JSONDecodeError as error:
+        print(f"{path}:{error.lineno}:{error.colno}: error: not JSON: {error.msg}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    except ConfigError as error:
+        print(f"{path}: error: {error}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moegen", description="Generate NKI MoE kernels from .moe specs.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -287,6 +315,18 @@ def parser() -> argparse.ArgumentParser:
     profile.add_argument("--plot", metavar="FILE.png", help="write a roofline + engine utilisation chart")
     profile.add_argument("--out", default="generated", help="generated folder (default: generated)")
     profile.set_defaults(run=cmd_profile)
+
+    import_hf = sub.add_parser(
+        "import-hf",
+        help="write a .moe spec from a Hugging Face config.json",
+        description="The MoE layer of a Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, GPT-OSS or Llama-4 config as "
+        "a spec with a router, tkg and cte kernel (and the shared experts' kernel). A field it cannot state is an error.",
+    )
+    import_hf.add_argument("config", metavar="CONFIG")
+    import_hf.add_argument("-o", "--output", metavar="SPEC", help="write the spec here (default: stdout)")
+    import_hf.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (dims tp)")
+    import_hf.add_argument("--ep", type=int, default=1, help="expert-parallel degree (dims ep)")
+    import_hf.set_defaults(run=cmd_import_hf)
     return top
 
 

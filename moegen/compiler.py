@@ -78,7 +78,7 @@ def plan_spec(spec: Spec) -> tuple[KernelPlan, ...]:
             continue
         plans.append(plan)
     if diagnostics:
-        raise SpecError(diagnostics, spec.text)
+        raise SpecError(diagnostics + list(spec.warnings), spec.text)
     return tuple(plans)
 
 

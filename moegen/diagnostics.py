@@ -1,4 +1,7 @@
-"""Compiler-style diagnostics: `path:line:col: error: message`, the source line, a caret."""
+"""Compiler-style diagnostics: `path:line:col: error: message` (or `warning:`), the source line, a caret.
+
+An error stops the spec (SpecError, exit status 2); a warning is printed and changes nothing else.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +22,19 @@ class Span:
     end_column: int
 
 
+SEVERITIES = ("error", "warning")
+
+
 @dataclass(frozen=True)
 class Diagnostic:
     span: Span
     message: str
     hint: str | None = None
+    severity: str = "error"  # one of SEVERITIES
+
+    def __post_init__(self):
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
 
 
 class SpecError(Exception):
@@ -91,7 +102,7 @@ def render(diagnostics: Iterable[Diagnostic], text: str) -> str:
     out = []
     for diag in diagnostics:
         span = diag.span
-        out.append(f"{span.path}:{span.line}:{span.column}: error: {_shorten(diag.message)}")
+        out.append(f"{span.path}:{span.line}:{span.column}: {diag.severity}: {_shorten(diag.message)}")
         if 1 <= span.line <= len(lines):
             source = lines[span.line - 1]
             width = span.end_column - span.column if span.end_line == span.line else 1

@@ -144,7 +144,7 @@ moe toy_layer {
   dims   hidden=256 intermediate=512 experts=8 top_k=2
   dtype  bf16
   router = linear -> softmax -> topk -> renormalize
-  expert = gate_up -> silu -> down -> scale
+  expert = gate_up -> silu -> down -> affinity_scale
   defaults toy { block=128 }
   kernel small : toy { tokens<=256 }
   kernel large : small { tokens<=1024 block=512 mode=hybrid selective scale=0.5 }

@@ -46,16 +46,16 @@ def expert_pipeline(
     clamp: str | None,
     supported_scaling: tuple[ExpertAffinityScaleMode, ...],
 ) -> str:
-    """The spec's expert pipeline; NO_SCALE has no `scale`, POST_SCALE puts it last, PRE_SCALE first."""
+    """The spec's expert pipeline; NO_SCALE has no `affinity_scale`, POST_SCALE puts it last, PRE_SCALE first."""
     activation_fn, scaling_mode = ActFnType(activation_fn), ExpertAffinityScaleMode(scaling_mode)
     if scaling_mode not in supported_scaling:
         raise UnsupportedCall(
             f"expert_affinities_scaling_mode={scaling_mode.name}: moegen generates "
             + ", ".join(mode.name for mode in supported_scaling)
         )
-    stages = ["scale"] if scaling_mode == ExpertAffinityScaleMode.PRE_SCALE else []
+    stages = ["affinity_scale"] if scaling_mode == ExpertAffinityScaleMode.PRE_SCALE else []
     stages.append("gate_up(bias)" if gate_up_bias else "gate_up")
     stages += [clamp] if clamp else []
     stages += [ACTIVATIONS[activation_fn], "down(bias)" if down_bias else "down"]
-    stages += ["scale"] if scaling_mode == ExpertAffinityScaleMode.POST_SCALE else []
+    stages += ["affinity_scale"] if scaling_mode == ExpertAffinityScaleMode.POST_SCALE else []
     return " -> ".join(stages)

@@ -14,7 +14,7 @@ from moegen.plan.common import KernelPlan, PlanError
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
-FAMILY_MODULES = ("router", "tkg", "cte", "mlp", "activation")
+FAMILY_MODULES = ("router", "tkg", "cte", "mlp", "activation", "shared")
 
 
 @dataclass(frozen=True)

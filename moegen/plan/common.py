@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+
+from moegen.spec.model import Layer, Variant
+from moegen.spec.options import OptionSpec
 
 # Hardware facts (NKI docs, Trainium2/3 architecture guides). Per partition unless stated.
 PARTITIONS = 128
@@ -115,3 +118,35 @@ def check_budget(plan: KernelPlan) -> None:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+EP_OPTION = OptionSpec(
+    "ep",
+    "int",
+    "expert-parallel ranks for this kernel: it holds E_L = E / ep experts (default: the layer's dims ep)",
+    minimum=1,
+    maximum=1024,
+)
+TP_OPTION = OptionSpec(
+    "tp",
+    "int",
+    "tensor-parallel ranks for this kernel: it holds I_TP = I / tp of each expert (default: the layer's dims tp)",
+    minimum=1,
+    maximum=64,
+)
+
+
+def kernel_layer(layer: Layer, variant: Variant) -> Layer:
+    """The layer as one kernel sees it: dims tp / ep replaced by the kernel's own `tp=` / `ep=` options
+    (when the family has them and the kernel sets them). PlanError when they do not divide I / E."""
+    dims = layer.dims
+    tp = variant.options.get("tp") or dims.tp
+    ep = variant.options.get("ep") or dims.ep
+    problems = []
+    if dims.intermediate % tp:
+        problems.append(("tp", f"tp {tp}: intermediate {dims.intermediate} is not divisible by it"))
+    if dims.experts % ep:
+        problems.append(("ep", f"ep {ep}: experts {dims.experts} is not divisible by it"))
+    if problems:
+        raise PlanError(*problems)
+    return replace(layer, dims=replace(dims, tp=tp, ep=ep))

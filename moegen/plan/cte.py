@@ -21,13 +21,16 @@ from dataclasses import dataclass
 
 from moegen.plan.common import (
     DTYPE_BYTES,
+    EP_OPTION,
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
     SBUF_BYTES,
+    TP_OPTION,
     Buffer,
     KernelPlan,
     PlanError,
     ceil_div,
+    kernel_layer,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
 from moegen.spec.model import Layer, Variant
@@ -111,6 +114,8 @@ OPTIONS = (
         default="auto",
         choices=("auto", "resident", "stream"),
     ),
+    EP_OPTION,
+    TP_OPTION,
 )
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
@@ -124,13 +129,16 @@ class CtePlan(KernelPlan):
     """Everything a cte kernel needs, as plain numbers.
 
     Tiles are (offset, size) pairs. `i_*` ranges are relative to this core's share of I
-    (shard=intermediate at LNC=2 gives each core I_TP / 2 starting at core * I_TP / 2).
+    (shard=intermediate at LNC=2 gives each core I_CORE columns starting at core * (I_TP - I_CORE);
+    I_CORE = I_TP / 2 rounded up to 16, the shares overlapping in i_overlap columns).
     """
 
     # layer
     hidden: int
     intermediate: int  # I_TP
-    experts: int  # E (local experts)
+    experts: int  # E_L (local experts: the kernel's weights and block_to_expert ids)
+    ep: int  # expert-parallel ranks: E_L = global_experts / ep (the host builds this rank's blocks)
+    global_experts: int  # E, the router's experts
     top_k: int
     dtype: str
     out_dtype: str
@@ -153,6 +161,7 @@ class CtePlan(KernelPlan):
     h_tiles: tuple[tuple[int, int], ...]  # contraction tiles over H
     h_full_tiles: int  # number of full 128-row H tiles (a tail tile, if any, is h_tiles[-1])
     i_core: int  # I per core
+    i_overlap: int  # shard=intermediate with I_TP / 2 not a multiple of 16: columns both cores compute
     i_tiles: tuple[tuple[int, int], ...]  # intermediate tiles of this core's I share
     i_full_tiles: int
     gate_up_chunks: tuple[tuple[int, int, int, int], ...]  # (I offset, columns, first tile, tiles) per weight load
@@ -374,12 +383,22 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
                 "update=accumulate (top_k > 1)",
             )
         )
-    if shard == "intermediate" and lnc == 2 and layer.dims.intermediate_tp % 32:
+    if shard == "intermediate" and lnc == 2 and layer.dims.intermediate_tp % 32 and variant.options.get("checkpoint"):
         problems.append(
             (
-                "shard",
-                f"shard=intermediate at lnc=2 needs I_TP a multiple of 32 so each core gets a "
-                f"multiple of 16 (I_TP is {layer.dims.intermediate_tp})",
+                "checkpoint",
+                f"checkpoint with shard=intermediate at lnc=2 needs I_TP a multiple of 32 (I_TP is "
+                f"{layer.dims.intermediate_tp}): the cores' I shares overlap in 16 columns, and both cores "
+                "would write those columns of gate_up_activations_T (the two cores may not write the same "
+                "HBM bytes without a barrier)",
+            )
+        )
+    if variant.options.get("dropping") and layer.dims.ep > 1:
+        problems.append(
+            (
+                "dropping",
+                f"dropping with ep {layer.dims.ep}: the token-dropping layout of one rank's experts is not built "
+                "by moegen.blocking (only the dropless one, build_blocks_local)",
             )
         )
     if shard == "intermediate" and lnc == 2 and layer.dims.hidden % 32:
@@ -475,6 +494,8 @@ def _buffers(
 
 
 def plan(layer: Layer, variant: Variant) -> CtePlan:
+    global_experts = layer.dims.experts
+    layer = kernel_layer(layer, variant)
     problems = _layer_problems(layer, variant) + _variant_problems(layer, variant)
     try:
         mlp = expert_mlp_plan(layer)
@@ -486,7 +507,11 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     lnc, shard, b = variant["lnc"], variant["shard"], variant["block"]
     h, i_tp, k = dims.hidden, dims.intermediate_tp, dims.top_k
     exchange = shard == "intermediate" and lnc == 2
-    i_core = i_tp // 2 if exchange else i_tp
+    # Each core takes I_CORE = I_TP / 2 rounded up to 16 (the weights' DMA row multiple): with I_TP an odd
+    # multiple of 16 (gpt-oss at TP 4: 720) the shares [0, I_CORE) and [I_TP - I_CORE, I_TP) overlap in
+    # 16 columns, which core 1 zeroes in h so that the down projection counts them once.
+    i_core = ceil_div(i_tp, 32) * 16 if exchange else i_tp
+    i_overlap = 2 * i_core - i_tp if exchange else 0
     h_out = h // 2 if exchange else h
     accumulate = variant["update"] == "accumulate" or (variant["update"] == "auto" and k > 1)
     dropping = bool(variant.options.get("dropping"))
@@ -518,6 +543,25 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
     # chunks of I tiles, the widest chunk that fits SBUF (two buffers, so loads overlap compute).
     decisions = list(mlp.decisions)
+    if dims.ep > 1:
+        decisions.append(
+            (
+                "expert parallelism",
+                f"ep {dims.ep}: this rank holds E_L = {dims.local_experts} of the {global_experts} experts; the host "
+                "builds blocks of the pairs routed to them only (moegen.blocking.build_blocks_local: local ids, the "
+                "rank's window of the affinities), so tokens routed elsewhere are in no block and add nothing",
+            )
+        )
+    if i_overlap:
+        decisions.append(
+            (
+                "uneven intermediate split",
+                f"I_TP {i_tp} / 2 = {i_tp / 2:g} is not a multiple of 16 (the weights' DMA rows): core 0 "
+                f"computes I columns [0, {i_core}), core 1 [{i_tp - i_core}, {i_tp}); core 1 zeroes its h "
+                f"rows of the {i_overlap} shared columns so the down projection adds them once "
+                f"({i_overlap} of {i_tp} columns computed twice, {100 * i_overlap / i_tp:.1f}% more gate/up work)",
+            )
+        )
     full_chunk = MATMUL_MOVING_FREE_MAX
     resident_buffers = _buffers(chunk_cols=i_core, weight_count=1, resident=True, down_chunk=full_chunk, **common)
     fits_resident = sum(x.total_per_partition for x in resident_buffers if x.memory == "sbuf") <= capacity
@@ -656,6 +700,8 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         hidden=h,
         intermediate=i_tp,
         experts=dims.local_experts,
+        ep=dims.ep,
+        global_experts=global_experts,
         top_k=k,
         dtype=layer.dtype,
         out_dtype=layer.out_dtype,
@@ -676,6 +722,7 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         h_tiles=_tiles(h, CONTRACTION_TILE),
         h_full_tiles=h // CONTRACTION_TILE,
         i_core=i_core,
+        i_overlap=i_overlap,
         i_tiles=i_tiles,
         i_full_tiles=i_core // CONTRACTION_TILE,
         gate_up_chunks=tuple(gate_up_chunks),

@@ -26,11 +26,13 @@ from moegen.plan.common import (
     DTYPE_BYTES,
     PARTITIONS,
     SBUF_BYTES,
+    TP_OPTION,
     Buffer,
     KernelPlan,
     PlanError,
     ceil_div,
     check_budget,
+    kernel_layer,
 )
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
@@ -157,6 +159,7 @@ OPTIONS = (
         "(the quantize_mx page's scale packing; the seed's use_scale_packing)",
     ),
     *(OptionSpec(name, "flag", f"also write the {doc} to an [S, I] output") for name, doc in CHECKPOINT_DOC.items()),
+    TP_OPTION,
 )
 
 
@@ -232,6 +235,7 @@ def _sbuf_bytes(
 
 def plan(layer: Layer, variant: Variant) -> MlpPlan:
     """Resolve one MLP variant to numbers; PlanError names the option and the reason."""
+    layer = kernel_layer(layer, variant)  # the kernel's own tp= (default: dims tp)
     opts = variant.options
     problems: list[tuple[str | None, str]] = []
     if opts["target"] != "trn3":

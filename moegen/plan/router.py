@@ -66,7 +66,7 @@ OPTIONS = (
         "what expert_affinities [T, E] holds: the activated scores of all E experts (all; AWS's pre-norm "
         "pipeline without L1 norm, which has no scatter) or the K selected weights at their experts and 0 "
         "elsewhere (selected). Default: all for a plain pre-norm pipeline without renormalize, "
-        "select_bias, group_limit or scale; selected otherwise",
+        "select_bias, group_limit or scaling_factor; selected otherwise",
         choices=("all", "selected"),
     ),
 )
@@ -149,7 +149,7 @@ def _affinities(layer: Layer, variant: Variant, pre_norm: bool, renormalize: boo
             ("renormalize", renormalize),
             ("select_bias", router.selection_bias),
             ("group_limit", router.n_group is not None),
-            ("scale", router.scaling_factor is not None),
+            ("scaling_factor", router.scaling_factor is not None),
         )
         if present
     ]

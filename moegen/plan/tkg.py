@@ -209,8 +209,18 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     dims = layer.dims
     mode = options["mode"]
     lnc = options["lnc"]
-    ep = options.get("ep") or dims.ep
+    # A selective kernel reads each token's experts by global id and so holds all E experts: the layer's
+    # dims ep applies to the all-expert kernels of the spec; an explicit ep= on a selective kernel is refused.
+    ep = options.get("ep") or (1 if mode == "selective" else dims.ep)
     decisions: list[tuple[str, str]] = list(mlp.decisions)
+    if mode == "selective" and not options.get("ep") and dims.ep > 1:
+        decisions.append(
+            (
+                "expert parallelism",
+                f"dims ep {dims.ep} does not apply: selective mode reads each token's experts by their global "
+                "id, so this kernel holds all E experts (an EP decode kernel is mode=all_experts)",
+            )
+        )
 
     tp = options.get("tp") or dims.tp
     if dims.intermediate % tp:
@@ -262,7 +272,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 (
                     "eager",
                     "eager affinities with no affinity scaling in the expert pipeline would "
-                    "be read and ignored: add 'scale' to the expert pipeline or drop eager",
+                    "be read and ignored: add 'affinity_scale' to the expert pipeline or drop eager",
                 )
             )
     else:

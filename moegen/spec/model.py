@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from moegen.diagnostics import Span
+from moegen.diagnostics import Diagnostic, Span
 
 # ---------------------------------------------------------------- syntax
 
@@ -124,6 +124,8 @@ class Dims:
     top_k: int
     tp: int = 1
     ep: int = 1
+    shared_experts: int = 0  # S, experts every token runs (affinity 1, or the shared gate)
+    shared_intermediate: int = 0  # I_S of each shared expert, before tensor parallelism
 
     @property
     def intermediate_tp(self) -> int:
@@ -185,6 +187,7 @@ class Layer:
     expert: Expert | None
     quant: Quant
     span: Span
+    shared_expert: Expert | None = None  # the shared experts' MLP; affinity_scale 'post' = sigmoid gate
 
 
 @dataclass(frozen=True)
@@ -211,3 +214,4 @@ class Spec:
     text: str
     layer: Layer
     variants: tuple[Variant, ...]
+    warnings: tuple[Diagnostic, ...] = ()  # severity 'warning': printed, the spec still builds

@@ -9,6 +9,7 @@ import builtins
 import keyword
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from moegen.diagnostics import Diagnostic, Span, SpecError, did_you_mean
 from moegen.spec.model import (
@@ -26,6 +27,7 @@ from moegen.spec.model import (
     Variant,
 )
 from moegen.spec.options import COMMON_OPTIONS, OptionSpec, convert
+from moegen.spec.printer import format_stage
 
 DTYPES = ("bf16", "fp16", "fp32")
 WEIGHT_QUANT = ("none", "fp8_row", "fp8_static", "mxfp4", "mxfp8")
@@ -39,11 +41,31 @@ DIMS = {
     "top_k": (True, 64, "top_k beyond 64 is outside every template"),
     "tp": (False, 64, "tensor parallelism beyond 64 ranks is not modelled"),
     "ep": (False, 1024, "expert parallelism beyond 1024 ranks is not modelled"),
+    "shared_experts": (False, 64, "more than 64 shared experts is outside every template"),
+    "shared_intermediate": (False, 262144, "intermediate sizes beyond 256K are outside every template's tiling"),
 }
 SETTINGS = ("dims", "dtype", "quant")
-PIPELINES = ("router", "expert")
-ROUTER_STAGES = ("linear", "softmax", "sigmoid", "select_bias", "group_limit", "topk", "renormalize", "scale")
-EXPERT_STAGES = ("scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACTIVATIONS
+PIPELINES = ("router", "expert", "shared_expert")
+ROUTER_STAGES = (
+    "linear",
+    "softmax",
+    "sigmoid",
+    "select_bias",
+    "group_limit",
+    "topk",
+    "renormalize",
+    "scaling_factor",
+)
+EXPERT_STAGES = ("affinity_scale", "gate_up", "up", "clamp", "down", "up_plus_one") + ACTIVATIONS
+# The shared experts' MLP: the expert stages without affinity scaling (every token runs them with
+# weight 1), and Qwen2-MoE's optional sigmoid gate on their output, last.
+SHARED_EXPERT_STAGES = tuple(s for s in EXPERT_STAGES if s != "affinity_scale") + ("sigmoid_gate",)
+# Old stage spellings, per pipeline: still accepted, with a warning naming the new one. `scale` meant
+# the routed scaling factor in a router and the affinity-scaling position in an expert pipeline.
+RENAMED_STAGES = {
+    "router": {"scale": "scaling_factor"},
+    "expert": {"scale": "affinity_scale"},
+}
 # Names a kernel may not take: Python keywords, builtins (a module-level `def range` would
 # shadow the builtin the kernel body calls) and the module aliases of generated code.
 RESERVED_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"nki", "nl", "nisa", "np", "numpy"}
@@ -63,9 +85,13 @@ def _to_float(value: int | float) -> float:
 class _Collector:
     def __init__(self):
         self.diagnostics: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
 
     def error(self, span: Span, message: str, hint: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(span, message, hint))
+
+    def warn(self, span: Span, message: str, hint: str | None = None) -> None:
+        self.warnings.append(Diagnostic(span, message, hint, severity="warning"))
 
 
 def _unknown(report: _Collector, span: Span, what: str, name: str, known: Sequence[str]) -> None:
@@ -118,6 +144,18 @@ def _dims(syntax: SpecSyntax, report: _Collector) -> Dims | None:
         return None
     if dims.top_k > dims.experts:
         report.error(spans["top_k"], f"top_k {dims.top_k}: a token cannot pick more than the {dims.experts} experts")
+        return None
+    if ("shared_experts" in values) != ("shared_intermediate" in values):
+        given_name = "shared_experts" if "shared_experts" in values else "shared_intermediate"
+        report.error(
+            spans[given_name], "shared experts need both 'shared_experts=S' and 'shared_intermediate=I' in dims"
+        )
+        return None
+    if dims.shared_intermediate % dims.tp:
+        report.error(
+            spans.get("tp", spans["shared_intermediate"]),
+            f"tp {dims.tp}: shared_intermediate {dims.shared_intermediate} is not divisible by it",
+        )
         return None
     return dims
 
@@ -224,7 +262,25 @@ def _check_order(pipeline: Pipeline, report: _Collector, known: Sequence[str]) -
     return positions
 
 
+def _renamed(pipeline: Pipeline, report: _Collector) -> Pipeline:
+    """The pipeline with old stage spellings replaced by the new ones, each with a warning."""
+    renames = RENAMED_STAGES.get(pipeline.name, {})
+    stages = []
+    for stage in pipeline.stages:
+        new = renames.get(stage.name)
+        if new is not None:
+            example = format_stage(replace(stage, name=new))
+            report.warn(
+                stage.name_span,
+                f"'{stage.name}' in the {pipeline.name} pipeline is now spelled '{new}': write '{example}'",
+            )
+            stage = replace(stage, name=new)
+        stages.append(stage)
+    return replace(pipeline, stages=tuple(stages))
+
+
 def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router | None:
+    pipeline = _renamed(pipeline, report)
     at = _check_order(pipeline, report, ROUTER_STAGES)
     if at is None:
         return None
@@ -264,12 +320,13 @@ def _router(pipeline: Pipeline, dims: Dims | None, report: _Collector) -> Router
         if not pre_norm:
             report.error(stages["group_limit"].span, "group-limited top-K ranks activated scores: activate before topk")
     scaling = None
-    if "scale" in at:
-        if at["scale"] != len(pipeline.stages) - 1:
-            report.error(stages["scale"].span, "the routed scaling factor 'scale(F)' is the last router stage")
-        scaling = _number_arg(stages["scale"], report)
+    if "scaling_factor" in at:
+        stage = stages["scaling_factor"]
+        if at["scaling_factor"] != len(pipeline.stages) - 1:
+            report.error(stage.span, "the routed scaling factor 'scaling_factor(F)' is the last router stage")
+        scaling = _number_arg(stage, report)
         if scaling is not None and scaling <= 0:
-            report.error(stages["scale"].span, "the routed scaling factor must be positive")
+            report.error(stage.span, "the routed scaling factor must be positive")
     return Router(
         bias=bias,
         activation=activation,
@@ -325,8 +382,10 @@ def _group_limit(stage: Stage, dims: Dims | None, report: _Collector) -> tuple[i
     return groups.value, keep.value, score.value
 
 
-def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
-    at = _check_order(pipeline, report, EXPERT_STAGES)
+def _expert(pipeline: Pipeline, report: _Collector, shared: bool = False) -> Expert | None:
+    """The routed expert (`expert = ...`) or, with shared=True, the shared experts' MLP (`shared_expert = ...`)."""
+    pipeline = _renamed(pipeline, report)
+    at = _check_order(pipeline, report, SHARED_EXPERT_STAGES if shared else EXPERT_STAGES)
     if at is None:
         return None
     stages = {s.name: s for s in pipeline.stages}
@@ -354,18 +413,27 @@ def _expert(pipeline: Pipeline, report: _Collector) -> Expert | None:
     elif stages[activation].args:
         report.error(stages[activation].span, f"'{activation}' takes no arguments")
     scale = "none"
-    if "scale" in at:
-        if stages["scale"].args:
-            report.error(stages["scale"].span, "'scale' takes no arguments: its position says pre or post")
-        if at["scale"] == 0:
+    if "affinity_scale" in at:
+        stage = stages["affinity_scale"]
+        if stage.args:
+            report.error(stage.span, "'affinity_scale' takes no arguments: its position says pre or post")
+        if at["affinity_scale"] == 0:
             scale = "pre"
-        elif at["scale"] == len(pipeline.stages) - 1:
+        elif at["affinity_scale"] == len(pipeline.stages) - 1:
             scale = "post"
         else:
             report.error(
-                stages["scale"].span,
-                "'scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)",
+                stage.span,
+                "'affinity_scale' goes first (scale the input: PRE_SCALE) or last (scale the output: POST_SCALE)",
             )
+    if "sigmoid_gate" in at:
+        if stages["sigmoid_gate"].args:
+            report.error(stages["sigmoid_gate"].span, "'sigmoid_gate' takes no arguments")
+        if at["sigmoid_gate"] != len(pipeline.stages) - 1:
+            report.error(
+                stages["sigmoid_gate"].span, "'sigmoid_gate' multiplies the shared output: it is the last stage"
+            )
+        scale = "post"
     if "up_plus_one" in at:
         if not gated:
             report.error(stages["up_plus_one"].span, "'up_plus_one' needs a gated expert (gate_up)")
@@ -539,7 +607,8 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
     dims = _dims(syntax, report)
     dtypes = _dtypes(syntax, report)
     quant = _quant(syntax, report)
-    router = expert = None
+    router = expert = shared_expert = None
+    shared_pipeline = None
     for pipeline in syntax.pipelines:
         if pipeline.name not in PIPELINES:
             _unknown(report, pipeline.name_span, "pipeline", pipeline.name, PIPELINES)
@@ -547,13 +616,26 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
             report.error(pipeline.name_span, f"'{pipeline.name}' is given twice")
         elif pipeline.name == "router":
             router = _router(pipeline, dims, report)
+        elif pipeline.name == "shared_expert":
+            shared_pipeline = pipeline
+            shared_expert = _expert(pipeline, report, shared=True)
         else:
             expert = _expert(pipeline, report)
         if pipeline.name in PIPELINES:
             seen.add(pipeline.name)
+    if dims is not None and dims.shared_experts and shared_pipeline is None:
+        report.error(
+            syntax.name_span,
+            f"dims has shared_experts={dims.shared_experts}: add their MLP, e.g. 'shared_expert = gate_up -> silu -> down'",
+        )
+    if dims is not None and shared_pipeline is not None and not dims.shared_experts:
+        report.error(
+            shared_pipeline.name_span,
+            "'shared_expert' needs 'shared_experts=S shared_intermediate=I' in dims",
+        )
     variants = _variants(syntax, families, report)
     if report.diagnostics:
-        raise SpecError(report.diagnostics, syntax.text)
+        raise SpecError(report.diagnostics + report.warnings, syntax.text)
     layer = Layer(
         name=syntax.name,
         path=syntax.path,
@@ -564,5 +646,6 @@ def validate(syntax: SpecSyntax, families: Mapping[str, Sequence[OptionSpec]]) -
         expert=expert,
         quant=quant,
         span=syntax.name_span,
+        shared_expert=shared_expert,
     )
-    return Spec(syntax.path, syntax.text, layer, variants)
+    return Spec(syntax.path, syntax.text, layer, variants, tuple(sorted(report.warnings, key=lambda d: d.span)))

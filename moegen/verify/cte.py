@@ -46,19 +46,33 @@ def make_inputs(
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
     dt = quant.np_dtype(plan.dtype)
     if expert_index is None:
-        expert_index = routing(tokens, e, k, rng, experts_used=routing_pool(plan))
+        # EP: global ids over all E experts (the rank stores only its E_L experts' weights)
+        pool = plan.global_experts if plan.ep > 1 else routing_pool(plan)
+        expert_index = routing(tokens, plan.global_experts, k, rng, experts_used=pool)
     tokens = expert_index.shape[0]
     raw = rng.random((tokens, k)) + 0.25
     affinities = quant.cast(raw / raw.sum(axis=1, keepdims=True), plan.dtype)
-    blocks = blocking.build_blocks(
-        expert_index,
-        affinities,
-        e,
-        plan.block,
-        pad_with=-1 if plan.pad_skip else "T",
-        dropless=not plan.dropping,
-        num_blocks=None if plan.dropping else num_blocks,
-    )
+    if plan.ep > 1:
+        blocks = blocking.build_blocks_local(
+            expert_index,
+            affinities,
+            plan.global_experts,
+            plan.block,
+            rank=ep_rank(plan),
+            local_experts=e,
+            pad_with=-1 if plan.pad_skip else "T",
+            num_blocks=num_blocks,
+        )
+    else:
+        blocks = blocking.build_blocks(
+            expert_index,
+            affinities,
+            e,
+            plan.block,
+            pad_with=-1 if plan.pad_skip else "T",
+            dropless=not plan.dropping,
+            num_blocks=None if plan.dropping else num_blocks,
+        )
     rows = tokens if plan.pad_skip else tokens + 1  # padding=skip: AWS's shapes, no zero row T
     hidden = np.zeros((rows, h), dtype=dt)
     hidden[:tokens] = quant.cast(rng.standard_normal((tokens, h)), plan.dtype)
@@ -72,7 +86,7 @@ def make_inputs(
         "expert_affinities": affinities,
         "dropped": blocks.dropped,
     }
-    inputs.update(_weights(plan, rng, np.unique(expert_index)))
+    inputs.update(_weights(plan, rng, np.unique(local_ids(plan, expert_index))))
     if plan.mlp.gate_up_bias:
         inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, *_parts(plan), i)), plan.dtype)
     if plan.mlp.down_bias:
@@ -83,6 +97,21 @@ def make_inputs(
             inputs["gate_up_proj_scale"] = inputs["gate_up_proj_scale"].reshape(e, 1, plan.mlp.projections * i)
             inputs["down_proj_scale"] = inputs["down_proj_scale"].reshape(e, 1, h)
     return inputs
+
+
+def ep_rank(plan: CtePlan) -> int:
+    """The rank an EP kernel is verified as: the last one (its window starts at E - E_L, so global and
+    local ids differ)."""
+    return plan.ep - 1
+
+
+def local_ids(plan: CtePlan, expert_index: np.ndarray) -> np.ndarray:
+    """The local ids of this rank's experts in expert_index (all of them without EP)."""
+    if plan.ep == 1:
+        return np.asarray(expert_index).reshape(-1)
+    first = ep_rank(plan) * plan.experts
+    index = np.asarray(expert_index).reshape(-1)
+    return index[(index >= first) & (index < first + plan.experts)] - first
 
 
 def routing_pool(plan: CtePlan) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from moegen.compiler import load_spec, plan_spec
+from moegen.compiler import generate, load_spec, plan_spec
 from moegen.diagnostics import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,11 +119,16 @@ def test_refused_layers_say_why(tmp_path, setting, needle):
     assert needle in refusal(tmp_path, layer_spec("kernel p : cte { }", **setting))
 
 
-def test_shard_on_i_lnc2_needs_i_multiple_of_32(tmp_path):
-    text = layer_spec(
-        "kernel p : cte { shard=intermediate lnc=2 }", dims="hidden=512 intermediate=528 experts=8 top_k=2"
-    )
-    assert "multiple of 32" in refusal(tmp_path, text)
+def test_shard_on_i_lnc2_with_odd_half_overlaps_the_core_shares(tmp_path):
+    """I_TP 528: 264 per core is not a multiple of 16, so the shares are 272 columns overlapping in 16
+    (tests/families/test_cte_uneven_split.py runs such a kernel); checkpointing them is refused."""
+    dims = "hidden=512 intermediate=528 experts=8 top_k=2"
+    path = tmp_path / "t.moe"
+    path.write_text(layer_spec("kernel p : cte { shard=intermediate lnc=2 }", dims=dims))
+    plan = generate(path).plans[0]
+    assert (plan.i_core, plan.i_overlap) == (272, 16)
+    text = layer_spec("kernel p : cte { shard=intermediate lnc=2 checkpoint }", dims=dims)
+    assert "needs I_TP a multiple of 32" in refusal(tmp_path, text)
 
 
 def test_resident_weights_refused_when_they_do_not_fit(tmp_path):

@@ -153,3 +153,24 @@ def test_non_integer_ids_and_a_bad_block_size_are_refused():
         build_blocks(np.array([[0.5, 1.0]]), aff, 8, 4)
     with pytest.raises(ValueError, match="block_size must be a positive int, got 0"):
         build_blocks(np.array([[0, 1]]), aff, 8, 0)
+
+
+def test_local_blocks_hold_only_the_ranks_pairs_under_local_ids():
+    from moegen.blocking import build_blocks_local
+
+    index = np.array([[0, 5], [6, 7], [1, 2]], dtype=np.int32)
+    affinities = np.array([[0.25, 0.75], [0.5, 0.5], [0.125, 0.875]], dtype=np.float32)
+    blocks = build_blocks_local(index, affinities, 8, 2, rank=1, local_experts=4)  # experts 4..7
+    real = blocks.num_real_blocks
+    assert blocks.block_to_expert[:real, 0].tolist() == [1, 2, 3]
+    placed = {
+        (int(token), int(blocks.block_to_expert[b, 0]))
+        for b in range(real)
+        for token in blocks.token_position_to_id[b * 2 : (b + 1) * 2]
+        if token != 3  # the padding id T
+    }
+    assert placed == {(0, 1), (1, 2), (1, 3)}  # token 2 has no expert in 4..7
+    table = blocks.expert_affinities_masked.reshape(4, 4)
+    assert table.tolist() == [[0, 0.75, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0, 0], [0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="rank 2"):
+        build_blocks_local(index, affinities, 8, 2, rank=2, local_experts=4)

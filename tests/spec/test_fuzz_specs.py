@@ -69,7 +69,7 @@ def mutated_spec(draw, bases: list[str]) -> bytes:
     return data
 
 
-LOCATED = re.compile(r"^(?P<path>.+\.moe):(?P<line>\d+):(?P<col>\d+): error: \S")
+LOCATED = re.compile(r"^(?P<path>.+\.moe):(?P<line>\d+):(?P<col>\d+): (error|warning): \S")
 
 
 def assert_located(error: SpecError, path: Path, data: bytes) -> None:

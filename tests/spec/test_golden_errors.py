@@ -19,7 +19,7 @@ from moegen import cli
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 GOLDEN_SPECS = sorted(GOLDEN_DIR.glob("*.moe"))
 UPDATE = os.environ.get("MOEGEN_UPDATE_GOLDEN") == "1"
-ERROR_LINE = re.compile(r"^[\w.-]+\.moe:\d+:\d+: error: \S")
+ERROR_LINE = re.compile(r"^[\w.-]+\.moe:\d+:\d+: (error|warning): \S")
 
 
 def build_stderr(spec: Path, out_dir: Path, capsys) -> tuple[int, str, str]:
@@ -43,9 +43,11 @@ def test_golden_error(spec, tmp_path, monkeypatch, capsys, toy_family):
 
 @pytest.mark.parametrize("spec", GOLDEN_SPECS, ids=lambda p: p.stem)
 def test_golden_error_is_compiler_shaped(spec):
-    """Each error starts `path:line:col: error:`; when it has a source line, a caret follows it; no traceback."""
+    """Each diagnostic starts `path:line:col: error:` (or `warning:`); when it has a source line, a caret
+    follows it; no traceback; a file with only warnings is not a golden error."""
     lines = spec.with_suffix(".err").read_text().splitlines()
     assert lines and ERROR_LINE.match(lines[0]), lines[:1]
+    assert any(": error: " in line for line in lines)
     assert "Traceback" not in "\n".join(lines)
     for index, line in enumerate(lines):
         if not line.startswith("  ") or line.startswith("  hint: "):
