@@ -37,6 +37,7 @@ from moegen.plan.common import (
     ceil_div,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
+from moegen.plan.mx_expert import MxWeightsPlan, mx_weights_plan
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
@@ -118,7 +119,14 @@ OPTIONS = (
         default="auto",
         choices=("auto", "hidden", "tokens", "intermediate"),
     ),
+    OptionSpec(
+        "target",
+        "choice",
+        "hardware generation (default: trn3 for MX weights, else trn2); MX weights need trn3",
+        choices=("trn2", "trn3"),
+    ),
 )
+MX_QUANT = ("mxfp4", "mxfp8")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +169,7 @@ class TkgPlan(KernelPlan):
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes
     verify_tokens: int | None = None
+    mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -205,10 +214,14 @@ def _chunks(group: tuple[int, int]) -> tuple[tuple[int, int], ...]:
 def plan(layer: Layer, variant: Variant) -> TkgPlan:
     options = variant.options
     problems: list[tuple[str | None, str]] = []
-    mlp = expert_mlp_plan(layer, weight_layout="[E_L, H, 2, I]")
+    mx = layer.quant.weights in MX_QUANT
+    mlp = expert_mlp_plan(layer, weight_layout="[E_L, H, 2, I]", mx=True)
     dims = layer.dims
     mode = options["mode"]
     lnc = options["lnc"]
+    target = options.get("target") or ("trn3" if mx else "trn2")
+    if mx:
+        problems += _mx_problems(layer, options, target, mlp)
     ep = options.get("ep") or dims.ep
     decisions: list[tuple[str, str]] = list(mlp.decisions)
 
@@ -318,9 +331,11 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         raise PlanError(*problems)
 
     hidden, inter = dims.hidden, dims.intermediate // tp
+    mx_plan = mx_weights_plan(layer.quant.weights, hidden, inter) if mx else None
     h_tiles, h_last = _tiles(hidden)
     i_tiles, i_last = _tiles(inter)
-    token_tile = min(tokens, TOKEN_TILE)
+    # MX: nc_matmul_mx takes an even stationary free size (h's tokens): an odd count runs with a zero token.
+    token_tile = min(tokens + (tokens % 2 if mx else 0), TOKEN_TILE)
     token_tiles = ceil_div(tokens, TOKEN_TILE)
     if h_last != PARTITIONS or i_last != PARTITIONS:
         decisions.append(
@@ -331,7 +346,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "each is a partial matmul (fewer partitions)",
             )
         )
-    weight_bytes = DTYPE_BYTES[mlp.weight_dtype]
+    weight_bytes = mx_plan.word_bytes if mx_plan else DTYPE_BYTES[mlp.weight_dtype]
     # Down columns per group: one I tile of the down weights for a group fits DOWN_SLAB_BYTES, and
     # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
     group_columns = min(DOWN_GROUP_BANKS * CHUNK, max(CHUNK, DOWN_SLAB_BYTES // weight_bytes // CHUNK * CHUNK))
@@ -352,7 +367,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "compute, no cross-core sum)",
             )
         )
-    elif i_tiles >= 2 and hidden % 2 == 0:
+    elif i_tiles >= 2 and hidden % 2 == 0 and not mx:
         shard_kind = "intermediate"
         decisions.append(
             (
@@ -473,11 +488,23 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "multiplied into x.T, rounded to the input dtype as the reference does",
             )
         )
+    if mx_plan:
+        decisions.append(
+            (
+                "mx layout",
+                f"H {hidden} in {mx_plan.h_slabs} slab(s) of 512 on 128 partitions, I {inter} in "
+                f"{mx_plan.i_slabs}; each I slab's gate/up runs as 4 matmuls (column i = 512 s + 4p + q for the "
+                "q-th), so a(g) * u lands in packed position q of h: h is quantized to MXFP8 in the down "
+                "projection's contraction layout with no transpose",
+            )
+        )
     tkg_plan = TkgPlan(
         family="tkg",
         kernel_name=variant.name,
         spec_name=layer.name,
         lnc=lnc,
+        target=target,
+        mx=mx_plan,
         decisions=tuple(decisions),
         mlp=mlp,
         mode=mode,
@@ -519,14 +546,48 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
 
 
+def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -> list[tuple[str | None, str]]:
+    """What the MX tkg kernels do not generate, with the reason."""
+    problems: list[tuple[str | None, str]] = []
+    if target != "trn3":
+        problems.append(
+            (
+                "target",
+                f"target={target}: quant weights={layer.quant.weights} multiplies with nc_matmul_mx and "
+                "quantize_mx, Trainium3 (NeuronCore-v4) instructions; use target=trn3",
+            )
+        )
+    if mlp.affinity_scale == "pre":
+        problems.append(
+            (
+                None,
+                "PRE_SCALE with MX weights is not generated: x * affinity would have to be quantized "
+                "to MXFP8 again for every work item (the seed refuses PRE_SCALE too); use POST_SCALE",
+            )
+        )
+    if options["input"] == "sbuf":
+        problems.append(
+            ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
+        )
+    if options["shard"] == "intermediate":
+        problems.append(
+            (
+                "shard",
+                "shard=intermediate with MX weights is not generated (the I split would be by 512-value "
+                "slabs); use shard=hidden or shard=tokens",
+            )
+        )
+    return problems
+
+
 def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     """Every on-chip allocation of the template, in its order (names match the generated code)."""
     m = p.mlp
     tt, k, selective, scale = p.token_tile, p.top_k, p.mode == "selective", p.affinity_scale
     in_bytes, mm_bytes = DTYPE_BYTES[p.in_dtype], DTYPE_BYTES[p.matmul_dtype]
-    weight_bytes, out_bytes = DTYPE_BYTES[p.weight_dtype], DTYPE_BYTES[p.out_dtype]
+    weight_bytes, out_bytes = DTYPE_BYTES.get(p.weight_dtype, 0), DTYPE_BYTES[p.out_dtype]
     acc_h = max(cols for _, cols in p.acc_columns)
-    buffers = [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
+    buffers = list(_mx_buffers(p)) if p.mx else [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
     if scale == "pre":
         buffers += [
             Buffer("x_item", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes),
@@ -539,10 +600,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
             Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes),
         ]
-    buffers += [
-        Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
-        Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
-    ]
+    if not p.mx:
+        buffers += [
+            Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
+            Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
+        ]
     if m.dequant:
         buffers += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
@@ -556,7 +618,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
     buffers += [
         Buffer("gate + up + act", "sbuf", PARTITIONS, tt * 4, count=3),
-        Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
+        *(() if p.mx else (Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),)),
         Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
         Buffer("up_psum", "psum", PARTITIONS, tt * 4),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
@@ -600,6 +662,21 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("transpose_psum", "psum", PARTITIONS, tt * 4),
         ]
     return tuple(buffers)
+
+
+def _mx_buffers(p: TkgPlan) -> tuple[Buffer, ...]:
+    """The MX tiles (templates/common/mx_expert.j2): x staged and quantized, one (I slab, q) share of the
+    gate/up weights, a down slab, h interleaved and quantized; scales one byte per data element."""
+    mx, tt = p.mx, p.token_tile
+    in_bytes, word = DTYPE_BYTES[p.in_dtype], mx.word_bytes
+    return (
+        Buffer("x_stage", "sbuf", PARTITIONS, mx.h_slabs * tt * 4 * in_bytes),
+        Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * tt * (4 + 1)),
+        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * PARTITIONS * (word + 1)),
+        Buffer("w_down + scales", "sbuf", PARTITIONS, p.group_columns * (word + 1)),
+        Buffer("h_il", "sbuf", PARTITIONS, mx.i_slabs * tt * 4 * in_bytes),
+        Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * tt * (4 + 1)),
+    )
 
 
 def _family():
