@@ -167,7 +167,7 @@ class TkgPlan(KernelPlan):
     shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens'
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
-    core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes
+    core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes (MX: I slabs)
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
 
@@ -351,7 +351,8 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
     group_columns = min(DOWN_GROUP_BANKS * CHUNK, max(CHUNK, DOWN_SLAB_BYTES // weight_bytes // CHUNK * CHUNK))
 
-    # LNC=2 sharding.
+    # LNC=2 sharding. shard=intermediate splits the I tiles (MX: the 512-value I slabs).
+    split_units = mx_plan.i_slabs if mx_plan else i_tiles
     if lnc == 1:
         shard_kind = "none"
     elif shard != "auto":
@@ -367,7 +368,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "compute, no cross-core sum)",
             )
         )
-    elif i_tiles >= 2 and hidden % 2 == 0 and not mx:
+    elif split_units >= 2 and hidden % 2 == 0:
         shard_kind = "intermediate"
         decisions.append(
             (
@@ -387,8 +388,8 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "projection's columns (halving the down weight reads, no cross-core sum)",
             )
         )
-    half_i = ceil_div(i_tiles, 2)
-    core_i_tiles = ((0, i_tiles),) * lnc
+    half_i = ceil_div(split_units, 2)
+    core_i_tiles = ((0, split_units),) * lnc
     if shard_kind == "hidden":
         if hidden < 2 * PARTITIONS:
             raise PlanError(
@@ -398,9 +399,10 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_columns = ((0, half), (half, hidden - half))
         acc_columns = core_columns
     elif shard_kind == "intermediate":
-        if i_tiles < 2:
+        if split_units < 2:
+            unit = "512-value MX slab" if mx_plan else "128-row tile"
             raise PlanError(
-                ("shard", f"shard=intermediate: I {inter} is a single 128-row tile, nothing to split; use shard=hidden")
+                ("shard", f"shard=intermediate: I {inter} is a single {unit}, nothing to split; use shard=hidden")
             )
         if hidden % 2:
             raise PlanError(
@@ -412,7 +414,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
             )
         core_columns = ((0, hidden // 2), (hidden // 2, hidden // 2))
         acc_columns = ((0, hidden),) * 2
-        core_i_tiles = ((0, half_i), (half_i, i_tiles - half_i))
+        core_i_tiles = ((0, half_i), (half_i, split_units - half_i))
     else:
         core_columns = tuple((0, hidden) for _ in range(lnc))
         acc_columns = core_columns
@@ -568,14 +570,6 @@ def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -
     if options["input"] == "sbuf":
         problems.append(
             ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
-        )
-    if options["shard"] == "intermediate":
-        problems.append(
-            (
-                "shard",
-                "shard=intermediate with MX weights is not generated (the I split would be by 512-value "
-                "slabs); use shard=hidden or shard=tokens",
-            )
         )
     return problems
 

@@ -88,7 +88,10 @@ def test_epilogue_cells(expert):
     check(spec_text("kernel k : tkg { }", expert=expert, weights="mxfp8"), tokens=5)
 
 
-@pytest.mark.parametrize("options", ["lnc=2 shard=hidden", "lnc=2 shard=tokens", "lnc=2 mode=all_experts tokens<=256"])
+@pytest.mark.parametrize(
+    "options",
+    ["lnc=2 shard=hidden", "lnc=2 shard=tokens", "lnc=2 shard=intermediate", "lnc=2 mode=all_experts tokens<=256"],
+)
 def test_lnc2(options):
     check(spec_text(f"kernel k : tkg {{ {options} }}"), tokens=130 if "tokens<=256" in options else 4)
 
@@ -142,7 +145,6 @@ def test_wrong_weight_layout_names_the_argument():
     [
         ("kernel k : tkg { target=trn2 }", GPT_OSS, "Trainium3"),
         ("kernel k : tkg { }", "scale -> gate_up -> silu -> down", "PRE_SCALE with MX weights"),
-        ("kernel k : tkg { lnc=2 shard=intermediate }", GPT_OSS, "shard=intermediate with MX weights"),
         ("kernel k : tkg { input=sbuf }", GPT_OSS, "not the MX slab layout"),
     ],
 )
@@ -154,6 +156,15 @@ def test_refused_at_spec_time(tmp_path, kernel, expert, reason):
     with pytest.raises(SpecError) as error:
         generate(path)
     assert reason in str(error.value) and "t.moe:" in str(error.value)
+
+
+def test_intermediate_split_needs_two_i_slabs(tmp_path):
+    path = tmp_path / "t.moe"
+    path.write_text(spec_text("kernel k : tkg { lnc=2 shard=intermediate }", intermediate=512))
+    from moegen.compiler import generate
+
+    with pytest.raises(SpecError, match="a single 512-value MX slab"):
+        generate(path)
 
 
 def test_dimensions_not_in_whole_mx_blocks_are_refused(tmp_path):
