@@ -54,8 +54,6 @@ def make_inputs(
     dtype = plan.in_dtype
     inputs: dict[str, np.ndarray] = {}
     inputs["hidden_input"] = cast(rng.standard_normal((t, h)).astype(np.float32), dtype)
-    if plan.mx:
-        inputs.update(_mx_weights(plan, rng))
     # Weights expert by expert in float32 (real-model shapes hold up to ~10^9 weights).
     from moegen.reference.quant import np_dtype
 
@@ -88,6 +86,8 @@ def make_inputs(
     inputs["expert_index"] = index
     if plan.uses_rank:
         inputs["rank_id"] = np.array([[r]], dtype=np.int32)
+    if plan.mx:
+        inputs.update(_mx_weights(plan, rng, used_experts(plan, index)))
     if m.gate_up_bias:
         inputs["expert_gate_up_bias"] = cast((0.1 * rng.standard_normal((el, 2, i))).astype(np.float32), dtype)
         if plan.mx:
@@ -111,24 +111,38 @@ def make_inputs(
     return {name: inputs[name] for name in argument_names(plan)}
 
 
-def _mx_weights(plan: TkgPlan, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def used_experts(plan: TkgPlan, index: np.ndarray) -> list[int]:
+    """The local experts a call reads: the selected ids in selective mode, every local expert otherwise."""
+    if plan.mode == "selective":
+        return sorted(int(e) for e in np.unique(np.asarray(index)))
+    return list(range(plan.local_experts))
+
+
+def _mx_weights(plan: TkgPlan, rng: np.random.Generator, experts: list[int]) -> dict[str, np.ndarray]:
     """MX weights in the kernel layouts: random element codes (every fp4 code; fp8 e4m3fn values of a
-    normal sample) and block scales 2^-7 .. 2^-3 (fp4) or 2^-9 .. 2^-6 (fp8), so that the dequantized
-    weights are of the size of the bf16 harness's N(0, 1/H) ones."""
+    normal sample) and block scales 2^-7 .. 2^-3 (fp4) or 2^-9 .. 2^-6 (fp8), for the experts the call
+    reads; the others are zero words with unit scales (real-model shapes: GPT-OSS-120B holds 128 experts
+    of 2.5 * 10^7 weights, and a selective call reads at most T * K of them)."""
     mx, el, h, i = plan.mx, plan.local_experts, plan.hidden, plan.intermediate
     low, high = (120, 125) if mx.weights == "mxfp4" else (118, 122)
+    word = np.dtype(mx.word_dtype)
+    gate_up = np.zeros((el, 128, 2, mx.h_slabs, i), dtype=word)
+    gate_up_scale = np.full((el, 16, 2, mx.h_slabs, i), 127, dtype=np.uint8)
+    down = np.zeros((el, 128, mx.i_slabs, h), dtype=word)
+    down_scale = np.full((el, 16, mx.i_slabs, h), 127, dtype=np.uint8)
 
     def codes(shape):
         if mx.weights == "mxfp4":
             return rng.integers(0, 16, shape, dtype=np.uint8)
         return mx_layout.encode(cast(rng.standard_normal(shape, dtype=np.float32) * 8, "fp8_e4m3fn"), mx.element)
 
-    gate_up, gate_up_scale = mx_layout.gate_up_to_kernel(
-        codes((el, 2, i, h)), rng.integers(low, high, (el, 2, i, h // 32), dtype=np.uint8), mx.element
-    )
-    down, down_scale = mx_layout.down_to_kernel(
-        codes((el, h, i)), rng.integers(low, high, (el, h, i // 32), dtype=np.uint8), mx.element
-    )
+    for e in experts:
+        gate_up[e : e + 1], gate_up_scale[e : e + 1] = mx_layout.gate_up_to_kernel(
+            codes((1, 2, i, h)), rng.integers(low, high, (1, 2, i, h // 32), dtype=np.uint8), mx.element
+        )
+        down[e : e + 1], down_scale[e : e + 1] = mx_layout.down_to_kernel(
+            codes((1, h, i)), rng.integers(low, high, (1, h, i // 32), dtype=np.uint8), mx.element
+        )
     return {
         "expert_gate_up_weights": gate_up,
         "expert_gate_up_weights_scale": gate_up_scale,
@@ -139,16 +153,25 @@ def _mx_weights(plan: TkgPlan, rng: np.random.Generator) -> dict[str, np.ndarray
 
 def logical_weights(plan: TkgPlan, inputs: dict) -> dict:
     """The weights (and gate/up bias) as the reference reads them: MX layouts dequantized exactly to fp32
-    [E_L, H, 2, I], [E_L, I, H], bias [E_L, 2, I], scale arguments dropped; other plans unchanged."""
+    [E_L, H, 2, I], [E_L, I, H], bias [E_L, 2, I], scale arguments dropped; other plans unchanged.
+    Only the experts the call reads are dequantized (the others stay zero, never touched)."""
     if not plan.mx:
         return inputs
     mx, out = plan.mx, dict(inputs)
-    out["expert_gate_up_weights"] = mx_layout.dequantize_gate_up(
-        inputs["expert_gate_up_weights"], inputs["expert_gate_up_weights_scale"], plan.hidden, mx.element
-    )
-    out["expert_down_weights"] = mx_layout.dequantize_down(
-        inputs["expert_down_weights"], inputs["expert_down_weights_scale"], plan.intermediate, mx.element
-    )
+    el, h, i = plan.local_experts, plan.hidden, plan.intermediate
+    gate_up = np.zeros((el, h, 2, i), dtype=np.float32)
+    down = np.zeros((el, i, h), dtype=np.float32)
+    for e in used_experts(plan, inputs["expert_index"]):
+        gate_up[e] = mx_layout.dequantize_gate_up(
+            inputs["expert_gate_up_weights"][e : e + 1],
+            inputs["expert_gate_up_weights_scale"][e : e + 1],
+            h,
+            mx.element,
+        )[0]
+        down[e] = mx_layout.dequantize_down(
+            inputs["expert_down_weights"][e : e + 1], inputs["expert_down_weights_scale"][e : e + 1], i, mx.element
+        )[0]
+    out["expert_gate_up_weights"], out["expert_down_weights"] = gate_up, down
     del out["expert_gate_up_weights_scale"], out["expert_down_weights_scale"]
     if "expert_gate_up_bias" in inputs:
         out["expert_gate_up_bias"] = mx_layout.gate_up_bias_from_kernel(
@@ -269,18 +292,19 @@ def data_tolerance(plan: TkgPlan, name: str, inputs: dict) -> Tolerance | None:
     items = plan.top_k if plan.mode == "selective" else plan.local_experts
     scale = float(np.max(np.abs(args["expert_affinities"]))) if plan.affinity_scale != "none" else 1.0
     base = TOLERANCES[plan.out_dtype]
-    bound = step * items * float(np.max(np.abs(args["expert_down_weights"]))) * max(scale, 1.0)
+    used = used_experts(plan, args["expert_index"])
+    bound = step * items * float(np.max(np.abs(args["expert_down_weights"][used]))) * max(scale, 1.0)
     return Tolerance(base.rtol, base.atol + bound)
 
 
 def moe_tkg_mx_hidden(plan: TkgPlan, args: dict) -> np.ndarray:
-    """h = a(g) * u of every local expert on every token [E_L, T, I] (bf16-rounded), from the reference."""
+    """h = a(g) * u of every expert the call reads on every token [experts, T, I] (bf16-rounded)."""
     from moegen.reference.mlp import _mx_round, activation
 
     m = plan.mlp
     x = _mx_round(np.asarray(args["hidden_input"], dtype=np.float32), plan.mx.activation_element)
     hs = []
-    for e in range(plan.local_experts):
+    for e in used_experts(plan, args["expert_index"]):
         gu = np.einsum("th,hji->tji", x, args["expert_gate_up_weights"][e])
         if args["expert_gate_up_bias"] is not None:
             gu = gu + np.asarray(args["expert_gate_up_bias"][e], dtype=np.float32)
