@@ -559,14 +559,6 @@ def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -
                 "quantize_mx, Trainium3 (NeuronCore-v4) instructions; use target=trn3",
             )
         )
-    if mlp.affinity_scale == "pre":
-        problems.append(
-            (
-                None,
-                "PRE_SCALE with MX weights is not generated: x * affinity would have to be quantized "
-                "to MXFP8 again for every work item (the seed refuses PRE_SCALE too); use POST_SCALE",
-            )
-        )
     if options["input"] == "sbuf":
         problems.append(
             ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
@@ -583,8 +575,9 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     acc_h = max(cols for _, cols in p.acc_columns)
     buffers = list(_mx_buffers(p)) if p.mx else [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
     if scale == "pre":
+        x_item = p.mx.h_slabs * tt * 4 * in_bytes if p.mx else p.h_tiles * tt * in_bytes
         buffers += [
-            Buffer("x_item", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes),
+            Buffer("x_item", "sbuf", PARTITIONS, x_item),
             Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
             Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4),
         ]

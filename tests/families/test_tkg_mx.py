@@ -81,11 +81,26 @@ def test_all_experts_beyond_one_token_tile(weights):
         "gate_up -> squared_relu -> down(bias) -> scale",
         "gate_up(bias) -> swish(1.0) -> up_plus_one -> down -> scale",
         "gate_up -> gelu_tanh -> down -> scale",
+        "scale -> gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias)",
     ],
-    ids=["silu_post", "gelu_no_scale", "clamps_relu", "squared_relu_down_bias", "swish1_bias_plus_one", "gelu_tanh"],
+    ids=[
+        "silu_post",
+        "gelu_no_scale",
+        "clamps_relu",
+        "squared_relu_down_bias",
+        "swish1_bias_plus_one",
+        "gelu_tanh",
+        "pre_scale_gpt_oss",
+    ],
 )
 def test_epilogue_cells(expert):
     check(spec_text("kernel k : tkg { }", expert=expert, weights="mxfp8"), tokens=5)
+
+
+@pytest.mark.parametrize("options", ["", "mode=all_experts", "lnc=2"])
+def test_pre_scale_requantizes_x_times_affinity_per_item(options):
+    """PRE_SCALE: x * affinity rounded to bf16, then quantized to MXFP8 again for each work item."""
+    check(spec_text(f"kernel k : tkg {{ {options} }}", expert="scale -> gate_up -> silu -> down(bias)"), tokens=3)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +159,6 @@ def test_wrong_weight_layout_names_the_argument():
     "kernel, expert, reason",
     [
         ("kernel k : tkg { target=trn2 }", GPT_OSS, "Trainium3"),
-        ("kernel k : tkg { }", "scale -> gate_up -> silu -> down", "PRE_SCALE with MX weights"),
         ("kernel k : tkg { input=sbuf }", GPT_OSS, "not the MX slab layout"),
     ],
 )
