@@ -37,6 +37,7 @@ from moegen.plan.common import (
     ceil_div,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
+from moegen.plan.mx_expert import MxWeightsPlan, mx_weights_plan
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
@@ -118,7 +119,14 @@ OPTIONS = (
         default="auto",
         choices=("auto", "hidden", "tokens", "intermediate"),
     ),
+    OptionSpec(
+        "target",
+        "choice",
+        "hardware generation (default: trn3 for MX weights, else trn2); MX weights need trn3",
+        choices=("trn2", "trn3"),
+    ),
 )
+MX_QUANT = ("mxfp4", "mxfp8")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,8 +167,9 @@ class TkgPlan(KernelPlan):
     shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens'
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
-    core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes
+    core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes (MX: I slabs)
     verify_tokens: int | None = None
+    mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -205,10 +214,14 @@ def _chunks(group: tuple[int, int]) -> tuple[tuple[int, int], ...]:
 def plan(layer: Layer, variant: Variant) -> TkgPlan:
     options = variant.options
     problems: list[tuple[str | None, str]] = []
-    mlp = expert_mlp_plan(layer)
+    mx = layer.quant.weights in MX_QUANT
+    mlp = expert_mlp_plan(layer, mx=True)
     dims = layer.dims
     mode = options["mode"]
     lnc = options["lnc"]
+    target = options.get("target") or ("trn3" if mx else "trn2")
+    if mx:
+        problems += _mx_problems(layer, options, target, mlp)
     # A selective kernel reads each token's experts by global id and so holds all E experts: the layer's
     # dims ep applies to the all-expert kernels of the spec; an explicit ep= on a selective kernel is refused.
     ep = options.get("ep") or (1 if mode == "selective" else dims.ep)
@@ -328,9 +341,11 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         raise PlanError(*problems)
 
     hidden, inter = dims.hidden, dims.intermediate // tp
+    mx_plan = mx_weights_plan(layer.quant.weights, hidden, inter) if mx else None
     h_tiles, h_last = _tiles(hidden)
     i_tiles, i_last = _tiles(inter)
-    token_tile = min(tokens, TOKEN_TILE)
+    # MX: nc_matmul_mx takes an even stationary free size (h's tokens): an odd count runs with a zero token.
+    token_tile = min(tokens + (tokens % 2 if mx else 0), TOKEN_TILE)
     token_tiles = ceil_div(tokens, TOKEN_TILE)
     if h_last != PARTITIONS or i_last != PARTITIONS:
         decisions.append(
@@ -341,12 +356,13 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "each is a partial matmul (fewer partitions)",
             )
         )
-    weight_bytes = DTYPE_BYTES[mlp.weight_dtype]
+    weight_bytes = mx_plan.word_bytes if mx_plan else DTYPE_BYTES[mlp.weight_dtype]
     # Down columns per group: one I tile of the down weights for a group fits DOWN_SLAB_BYTES, and
     # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
     group_columns = min(DOWN_GROUP_BANKS * CHUNK, max(CHUNK, DOWN_SLAB_BYTES // weight_bytes // CHUNK * CHUNK))
 
-    # LNC=2 sharding.
+    # LNC=2 sharding. shard=intermediate splits the I tiles (MX: the 512-value I slabs).
+    split_units = mx_plan.i_slabs if mx_plan else i_tiles
     if lnc == 1:
         shard_kind = "none"
     elif shard != "auto":
@@ -362,7 +378,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "compute, no cross-core sum)",
             )
         )
-    elif i_tiles >= 2 and hidden % 2 == 0:
+    elif split_units >= 2 and hidden % 2 == 0:
         shard_kind = "intermediate"
         decisions.append(
             (
@@ -382,8 +398,8 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "projection's columns (halving the down weight reads, no cross-core sum)",
             )
         )
-    half_i = ceil_div(i_tiles, 2)
-    core_i_tiles = ((0, i_tiles),) * lnc
+    half_i = ceil_div(split_units, 2)
+    core_i_tiles = ((0, split_units),) * lnc
     if shard_kind == "hidden":
         if hidden < 2 * PARTITIONS:
             raise PlanError(
@@ -393,9 +409,10 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_columns = ((0, half), (half, hidden - half))
         acc_columns = core_columns
     elif shard_kind == "intermediate":
-        if i_tiles < 2:
+        if split_units < 2:
+            unit = "512-value MX slab" if mx_plan else "128-row tile"
             raise PlanError(
-                ("shard", f"shard=intermediate: I {inter} is a single 128-row tile, nothing to split; use shard=hidden")
+                ("shard", f"shard=intermediate: I {inter} is a single {unit}, nothing to split; use shard=hidden")
             )
         if hidden % 2:
             raise PlanError(
@@ -407,7 +424,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
             )
         core_columns = ((0, hidden // 2), (hidden // 2, hidden // 2))
         acc_columns = ((0, hidden),) * 2
-        core_i_tiles = ((0, half_i), (half_i, i_tiles - half_i))
+        core_i_tiles = ((0, half_i), (half_i, split_units - half_i))
     else:
         core_columns = tuple((0, hidden) for _ in range(lnc))
         acc_columns = core_columns
@@ -483,11 +500,23 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                 "multiplied into x.T, rounded to the input dtype as the reference does",
             )
         )
+    if mx_plan:
+        decisions.append(
+            (
+                "mx layout",
+                f"H {hidden} in {mx_plan.h_slabs} slab(s) of 512 on 128 partitions, I {inter} in "
+                f"{mx_plan.i_slabs}; each I slab's gate/up runs as 4 matmuls (column i = 512 s + 4p + q for the "
+                "q-th), so a(g) * u lands in packed position q of h: h is quantized to MXFP8 in the down "
+                "projection's contraction layout with no transpose",
+            )
+        )
     tkg_plan = TkgPlan(
         family="tkg",
         kernel_name=variant.name,
         spec_name=layer.name,
         lnc=lnc,
+        target=target,
+        mx=mx_plan,
         decisions=tuple(decisions),
         mlp=mlp,
         mode=mode,
@@ -529,17 +558,36 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
 
 
+def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -> list[tuple[str | None, str]]:
+    """What the MX tkg kernels do not generate, with the reason."""
+    problems: list[tuple[str | None, str]] = []
+    if target != "trn3":
+        problems.append(
+            (
+                "target",
+                f"target={target}: quant weights={layer.quant.weights} multiplies with nc_matmul_mx and "
+                "quantize_mx, Trainium3 (NeuronCore-v4) instructions; use target=trn3",
+            )
+        )
+    if options["input"] == "sbuf":
+        problems.append(
+            ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
+        )
+    return problems
+
+
 def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     """Every on-chip allocation of the template, in its order (names match the generated code)."""
     m = p.mlp
     tt, k, selective, scale = p.token_tile, p.top_k, p.mode == "selective", p.affinity_scale
     in_bytes, mm_bytes = DTYPE_BYTES[p.in_dtype], DTYPE_BYTES[p.matmul_dtype]
-    weight_bytes, out_bytes = DTYPE_BYTES[p.weight_dtype], DTYPE_BYTES[p.out_dtype]
+    weight_bytes, out_bytes = DTYPE_BYTES.get(p.weight_dtype, 0), DTYPE_BYTES[p.out_dtype]
     acc_h = max(cols for _, cols in p.acc_columns)
-    buffers = [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
+    buffers = list(_mx_buffers(p)) if p.mx else [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
     if scale == "pre":
+        x_item = p.mx.h_slabs * tt * 4 * in_bytes if p.mx else p.h_tiles * tt * in_bytes
         buffers += [
-            Buffer("x_item", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes),
+            Buffer("x_item", "sbuf", PARTITIONS, x_item),
             Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
             Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4),
         ]
@@ -549,10 +597,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
             Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes),
         ]
-    buffers += [
-        Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * m.projections * PARTITIONS * weight_bytes),
-        Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
-    ]
+    if not p.mx:
+        buffers += [
+            Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * m.projections * PARTITIONS * weight_bytes),
+            Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
+        ]
     if m.dequant:
         buffers += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, m.projections * 4),
@@ -568,7 +617,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         Buffer(
             "gate + up + act" if m.gated else "projection + act", "sbuf", PARTITIONS, tt * 4, count=m.projections + 1
         ),
-        Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
+        *(() if p.mx else (Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),)),
         Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
         *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
@@ -612,6 +661,21 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("transpose_psum", "psum", PARTITIONS, tt * 4),
         ]
     return tuple(buffers)
+
+
+def _mx_buffers(p: TkgPlan) -> tuple[Buffer, ...]:
+    """The MX tiles (templates/common/mx_expert.j2): x staged and quantized, one (I slab, q) share of the
+    gate/up weights, a down slab, h interleaved and quantized; scales one byte per data element."""
+    mx, tt = p.mx, p.token_tile
+    in_bytes, word = DTYPE_BYTES[p.in_dtype], mx.word_bytes
+    return (
+        Buffer("x_stage", "sbuf", PARTITIONS, mx.h_slabs * tt * 4 * in_bytes),
+        Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * tt * (4 + 1)),
+        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * PARTITIONS * (word + 1)),
+        Buffer("w_down + scales", "sbuf", PARTITIONS, p.group_columns * (word + 1)),
+        Buffer("h_il", "sbuf", PARTITIONS, mx.i_slabs * tt * 4 * in_bytes),
+        Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * tt * (4 + 1)),
+    )
 
 
 def _family():

@@ -159,6 +159,7 @@ def expert_mlp(
     fp8_dtype: str = "fp8",
     precision: Precision | str | None = None,
     checkpoints: dict | None = None,
+    mx_activations: str | None = None,
 ) -> np.ndarray:
     """One expert on token rows x [M, H] -> y [M, H] float32 (before affinity post-scaling).
 
@@ -169,6 +170,9 @@ def expert_mlp(
     If `checkpoints` is a dict it receives 'gate_up' [M, 2, I] (or [M, 1, I]): the projections after
     dequant, bias (with the +1 of up_plus_one) and clamp, at the gate_up rounding: what AWS's cte
     kernel stores in gate_up_activations_T for the backward pass.
+    mx_activations (an element dtype, e.g. 'fp8_e4m3fn'): both matmul inputs, x and h (after its
+    rounding), are MX-quantized by quantize_mx's rule in blocks of 32 along the contraction, as an
+    MX kernel does on chip before nc_matmul_mx (the weights then hold exact dequantized MX values).
     """
     p = Precision.of(precision)
     x = np.asarray(x, dtype=np.float32)
@@ -182,6 +186,8 @@ def expert_mlp(
 
     # Gate/up projection: fp32 accumulation (PSUM), then dequant scale, bias, +1, clamp.
     lhs, in_scale = x, np.float32(1.0)
+    if mx_activations is not None:
+        lhs = _mx_round(x, mx_activations)
     if gate_up_input_scale is not None:
         in_scale = _scalar(gate_up_input_scale)
         lhs = quantize_static_input(x, in_scale, fp8_dtype)
@@ -209,6 +215,8 @@ def expert_mlp(
     if checkpoints is not None:
         checkpoints["gate_up"] = np.stack([g, u], axis=1) if mlp.gated else g[:, None, :]
     h = round_to(h, p.matmul_in)
+    if mx_activations is not None:
+        h = _mx_round(h, mx_activations)
 
     # Down projection.
     d = np.asarray(down_weight, dtype=np.float32)
@@ -226,6 +234,11 @@ def expert_mlp(
     if down_bias is not None:
         y = y + np.asarray(down_bias, dtype=np.float32).reshape(-1)
     return round_to(y, p.down)
+
+
+def _mx_round(v: np.ndarray, elem: str) -> np.ndarray:
+    """v quantized by quantize_mx ('nki' rule, blocks of 32 along the last axis) and dequantized (fp32)."""
+    return dequantize_mx(*quantize_mx(v, elem, "nki", axis=-1), axis=-1)
 
 
 def dense_mlp_mx(

@@ -38,6 +38,7 @@ def run_expert(
     down_input_scale,
     precision,
     checkpoints=None,
+    mx_activations=None,
 ):
     """expert_mlp for expert e of [E, ...] weight stacks (scales and biases sliced per expert)."""
     return expert_mlp(
@@ -53,6 +54,7 @@ def run_expert(
         down_input_scale=_per_expert(down_input_scale, e),
         precision=precision,
         checkpoints=checkpoints,
+        mx_activations=mx_activations,
     )
 
 
@@ -85,6 +87,7 @@ def moe_tkg(
     up_clamp_lower_limit: float | None = None,
     up_plus_one: bool = False,
     precision: Precision | str | None = None,
+    mx_activations: str | None = None,
 ) -> np.ndarray:
     """MoE layer output [T, H] (values rounded to output_dtype, returned as float32).
 
@@ -102,6 +105,8 @@ def moe_tkg(
     before the projections, 'none' adds the unscaled expert outputs.
     hidden_input_scale dequantizes an fp8 hidden input (x = hidden * scale); gate_up_input_scale and
     down_input_scale [E_L, 1] are static fp8 input scales (see mlp.expert_mlp).
+    mx_activations: MX weights (given here dequantized, exact): x and h are MXFP8-quantized before their
+    matmuls (see mlp.expert_mlp).
     Accumulation over experts is fp32 unless precision.accumulate names a dtype (a running sum
     stored at that dtype); the result is rounded to output_dtype (default: hidden_input's dtype).
     """
@@ -139,6 +144,7 @@ def moe_tkg(
         gate_up_input_scale=gate_up_input_scale,
         down_input_scale=down_input_scale,
         precision=p,
+        mx_activations=mx_activations,
     )
 
     # (token rows, local expert, per-row affinity) work items, in accumulation order.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moegen.compare import TOLERANCES, Tolerance
+from moegen.convert import mx_layout
 from moegen.plan.tkg import TkgPlan
 from moegen.reference.mlp import Precision
 from moegen.reference.quant import cast, quantize_down_fp8, quantize_gate_up_fp8, round_to
@@ -31,7 +33,7 @@ def argument_names(plan: TkgPlan) -> list[str]:
         names.append("expert_gate_up_bias")
     if m.down_bias:
         names.append("expert_down_bias")
-    if m.dequant:
+    if m.dequant or plan.mx:
         names += ["expert_gate_up_weights_scale", "expert_down_weights_scale"]
     if m.input_quant == "fp8_static":
         names += ["gate_up_input_scale", "down_input_scale"]
@@ -62,7 +64,7 @@ def make_inputs(
     down = np.empty((el, i, h), dtype=weight_dtype)
     gate_up_scale = np.empty((el, *parts, i if mode == "row" else 1), dtype=np.float32)
     down_scale = np.empty((el, h if mode == "row" else 1), dtype=np.float32)
-    for expert in range(el):
+    for expert in range(0 if plan.mx else el):
         w = rng.standard_normal((1, h, m.projections, i), dtype=np.float32) / np.float32(np.sqrt(h))
         d = rng.standard_normal((1, i, h), dtype=np.float32) / np.float32(np.sqrt(i))
         if mode:
@@ -74,8 +76,9 @@ def make_inputs(
             down[expert], down_scale[expert] = (a[0] for a in quantize_down_fp8(d, mode))
         else:
             gate_up[expert], down[expert] = cast(w[0], dtype).reshape(gate_up.shape[1:]), cast(d[0], dtype)
-    inputs["expert_gate_up_weights"] = gate_up
-    inputs["expert_down_weights"] = down
+    if not plan.mx:
+        inputs["expert_gate_up_weights"] = gate_up
+        inputs["expert_down_weights"] = down
     inputs["expert_affinities"] = cast(rng.uniform(0.05, 1.0, (t, e)).astype(np.float32), dtype)
     index = np.stack([rng.permutation(e)[:k] for _ in range(t)]).astype(np.int32)  # distinct global ids
     r = (plan.ep - 1) if rank is None else rank
@@ -88,8 +91,12 @@ def make_inputs(
     inputs["expert_index"] = index
     if plan.uses_rank:
         inputs["rank_id"] = np.array([[r]], dtype=np.int32)
+    if plan.mx:
+        inputs.update(_mx_weights(plan, rng, used_experts(plan, index)))
     if m.gate_up_bias:
         inputs["expert_gate_up_bias"] = cast((0.1 * rng.standard_normal((el, *parts, i))).astype(np.float32), dtype)
+        if plan.mx:
+            inputs["expert_gate_up_bias"] = mx_layout.gate_up_bias_to_kernel(inputs["expert_gate_up_bias"])
     if m.down_bias:
         inputs["expert_down_bias"] = cast((0.1 * rng.standard_normal((el, h))).astype(np.float32), dtype)
     if m.dequant:
@@ -109,17 +116,91 @@ def make_inputs(
     return {name: inputs[name] for name in argument_names(plan)}
 
 
+def used_experts(plan: TkgPlan, index: np.ndarray) -> list[int]:
+    """The local experts a call reads: the selected ids in selective mode, every local expert otherwise."""
+    if plan.mode == "selective":
+        return sorted(int(e) for e in np.unique(np.asarray(index)))
+    return list(range(plan.local_experts))
+
+
+def _mx_weights(plan: TkgPlan, rng: np.random.Generator, experts: list[int]) -> dict[str, np.ndarray]:
+    """MX weights in the kernel layouts: random element codes (every fp4 code; fp8 e4m3fn values of a
+    normal sample) and block scales 2^-7 .. 2^-3 (fp4) or 2^-9 .. 2^-6 (fp8), for the experts the call
+    reads; the others are zero words with unit scales (real-model shapes: GPT-OSS-120B holds 128 experts
+    of 2.5 * 10^7 weights, and a selective call reads at most T * K of them)."""
+    mx, el, h, i = plan.mx, plan.local_experts, plan.hidden, plan.intermediate
+    low, high = (120, 125) if mx.weights == "mxfp4" else (118, 122)
+    word = np.dtype(mx.word_dtype)
+    gate_up = np.zeros((el, 128, 2, mx.h_slabs, i), dtype=word)
+    gate_up_scale = np.full((el, 16, 2, mx.h_slabs, i), 127, dtype=np.uint8)
+    down = np.zeros((el, 128, mx.i_slabs, h), dtype=word)
+    down_scale = np.full((el, 16, mx.i_slabs, h), 127, dtype=np.uint8)
+
+    def codes(shape):
+        if mx.weights == "mxfp4":
+            return rng.integers(0, 16, shape, dtype=np.uint8)
+        return mx_layout.encode(cast(rng.standard_normal(shape, dtype=np.float32) * 8, "fp8_e4m3fn"), mx.element)
+
+    for e in experts:
+        gate_up[e : e + 1], gate_up_scale[e : e + 1] = mx_layout.gate_up_to_kernel(
+            codes((1, 2, i, h)), rng.integers(low, high, (1, 2, i, h // 32), dtype=np.uint8), mx.element
+        )
+        down[e : e + 1], down_scale[e : e + 1] = mx_layout.down_to_kernel(
+            codes((1, h, i)), rng.integers(low, high, (1, h, i // 32), dtype=np.uint8), mx.element
+        )
+    return {
+        "expert_gate_up_weights": gate_up,
+        "expert_gate_up_weights_scale": gate_up_scale,
+        "expert_down_weights": down,
+        "expert_down_weights_scale": down_scale,
+    }
+
+
+def logical_weights(plan: TkgPlan, inputs: dict) -> dict:
+    """The weights (and gate/up bias) as the reference reads them: MX layouts dequantized exactly to fp32
+    [E_L, H, 2, I], [E_L, I, H], bias [E_L, 2, I], scale arguments dropped; other plans unchanged.
+    Only the experts the call reads are dequantized (the others stay zero, never touched)."""
+    if not plan.mx:
+        return inputs
+    mx, out = plan.mx, dict(inputs)
+    el, h, i = plan.local_experts, plan.hidden, plan.intermediate
+    gate_up = np.zeros((el, h, 2, i), dtype=np.float32)
+    down = np.zeros((el, i, h), dtype=np.float32)
+    for e in used_experts(plan, inputs["expert_index"]):
+        gate_up[e] = mx_layout.dequantize_gate_up(
+            inputs["expert_gate_up_weights"][e : e + 1],
+            inputs["expert_gate_up_weights_scale"][e : e + 1],
+            h,
+            mx.element,
+        )[0]
+        down[e] = mx_layout.dequantize_down(
+            inputs["expert_down_weights"][e : e + 1], inputs["expert_down_weights_scale"][e : e + 1], i, mx.element
+        )[0]
+    out["expert_gate_up_weights"], out["expert_down_weights"] = gate_up, down
+    del out["expert_gate_up_weights_scale"], out["expert_down_weights_scale"]
+    if "expert_gate_up_bias" in inputs:
+        out["expert_gate_up_bias"] = mx_layout.gate_up_bias_from_kernel(
+            inputs["expert_gate_up_bias"], plan.intermediate
+        )
+    return out
+
+
 def expected(plan: TkgPlan, inputs: dict) -> dict:
     """The reference output, rounded where the kernel rounds (x * affinity and h in the matmul input
-    dtype; every other intermediate fp32)."""
+    dtype; every other intermediate fp32; MX: x and h MXFP8-quantized before their matmuls)."""
+    out = moe_tkg(**_reference_arguments(plan, inputs))
+    return {"output": round_to(out, plan.out_dtype)}
+
+
+def _reference_arguments(plan: TkgPlan, inputs: dict) -> dict:
     m = plan.mlp
-    precision = Precision(matmul_in=plan.in_dtype)
-    out = moe_tkg(
-        inputs["hidden_input"],
-        inputs["expert_gate_up_weights"],
-        inputs["expert_down_weights"],
-        inputs["expert_affinities"],
-        inputs["expert_index"],
+    inputs = logical_weights(plan, inputs)
+    return dict(
+        hidden_input=inputs["hidden_input"],
+        expert_gate_up_weights=inputs["expert_gate_up_weights"],
+        expert_down_weights=inputs["expert_down_weights"],
+        expert_affinities=inputs["expert_affinities"],
+        expert_index=inputs["expert_index"],
         mode=plan.mode,
         rank_id=inputs.get("rank_id"),
         expert_gate_up_bias=inputs.get("expert_gate_up_bias"),
@@ -140,9 +221,9 @@ def expected(plan: TkgPlan, inputs: dict) -> dict:
         up_clamp_upper_limit=_unshift(m.up_upper, m),
         up_clamp_lower_limit=_unshift(m.up_lower, m),
         up_plus_one=m.up_plus_one,
-        precision=precision,
+        precision=Precision(matmul_in=plan.in_dtype),
+        mx_activations=plan.mx.activation_element if plan.mx else None,
     )
-    return {"output": round_to(out, plan.out_dtype)}
 
 
 def _unshift(limit: float | None, mlp) -> float | None:
@@ -157,7 +238,9 @@ def run(kernel, plan: TkgPlan, inputs: dict) -> dict:
     args = [inputs[name] for name in argument_names(plan)]
     if plan.input == "sbuf" or plan.output == "sbuf":
         kernel = sbuf_wrapper(kernel, plan)
-    runner = sim.simulate(kernel[2] if plan.lnc == 2 else kernel, trace=False)  # traced under sim.recording()
+    runner = sim.simulate(  # traced under sim.recording()
+        kernel[2] if plan.lnc == 2 else kernel, trace=False, target=plan.target if plan.mx else None
+    )
     out = runner(*args)
     return {"output": np.asarray(out, dtype=np.float32)}
 
@@ -195,3 +278,49 @@ def tolerance(plan: TkgPlan, name: str) -> str:
     order = ["fp32", "fp16", "bf16", "fp8"]
     kinds = [plan.out_dtype, plan.matmul_dtype]
     return max(kinds, key=order.index)
+
+
+MXFP8_STEP_SHIFT = 3  # e4m3fn: quantize_mx fills [128, 256) * 2^k in steps of 16, one step = 2^(floor(log2 amax) - 3)
+
+
+def data_tolerance(plan: TkgPlan, name: str, inputs: dict) -> Tolerance | None:
+    """MX plans: the output dtype's tolerance plus, per token, one MXFP8 element step of the token's
+    largest |h| (over the local experts) times max |W_down| times max affinity (1 without scaling),
+    for each of the token's work items (K selective, E_L all-expert). Why: a(g) is the engine's and
+    may differ from the reference's in the last fp32 bits, which can move h's bf16 rounding, and an h
+    on an fp8 rounding boundary then moves one element of quantize_mx's output by one step (as in the
+    mlp family, moegen/verify/mlp.py). Other plans: None (the dtype tolerance)."""
+    if not plan.mx:
+        return None
+    args = _reference_arguments(plan, inputs)
+    x = moe_tkg_mx_hidden(plan, args)  # [E_L, T, I]
+    amax = np.max(np.abs(x), axis=(0, 2))[:, None].astype(np.float64)
+    _, exp = np.frexp(np.where(amax > 0, amax, 1.0))
+    step = np.where(amax > 0, np.exp2(exp - 1 - MXFP8_STEP_SHIFT), 0.0)
+    items = plan.top_k if plan.mode == "selective" else plan.local_experts
+    scale = float(np.max(np.abs(args["expert_affinities"]))) if plan.affinity_scale != "none" else 1.0
+    base = TOLERANCES[plan.out_dtype]
+    used = used_experts(plan, args["expert_index"])
+    bound = step * items * float(np.max(np.abs(args["expert_down_weights"][used]))) * max(scale, 1.0)
+    return Tolerance(base.rtol, base.atol + bound)
+
+
+def moe_tkg_mx_hidden(plan: TkgPlan, args: dict) -> np.ndarray:
+    """h = a(g) * u of every expert the call reads on every token [experts, T, I] (bf16-rounded)."""
+    from moegen.reference.mlp import _mx_round, activation
+
+    m = plan.mlp
+    x = _mx_round(np.asarray(args["hidden_input"], dtype=np.float32), plan.mx.activation_element)
+    hs = []
+    for e in used_experts(plan, args["expert_index"]):
+        gu = np.einsum("th,hji->tji", x, args["expert_gate_up_weights"][e])
+        if args["expert_gate_up_bias"] is not None:
+            gu = gu + np.asarray(args["expert_gate_up_bias"][e], dtype=np.float32)
+        g = np.clip(gu[:, 0], _limit(m.gate_lower, -np.inf), _limit(m.gate_upper, np.inf))
+        u = np.clip(gu[:, 1] + m.up_constant, _limit(m.up_lower, -np.inf), _limit(m.up_upper, np.inf))
+        hs.append(round_to(activation(g, m.activation, m.alpha) * u, plan.in_dtype))
+    return np.stack(hs)
+
+
+def _limit(value: float | None, default: float) -> float:
+    return default if value is None else value

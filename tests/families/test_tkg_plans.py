@@ -82,8 +82,9 @@ def test_eager_without_scaling_is_refused(tmp_path):
     )
 
 
-def test_mx_weights_are_refused(tmp_path):
-    assert "nc_matmul_mx" in refusal(tmp_path, "kernel k : tkg { }", quant="weights=mxfp4")
+def test_mx_weights_are_refused_on_trn2_at_the_option(tmp_path):
+    text = refusal(tmp_path, "kernel k : tkg { target=trn2 }", quant="weights=mxfp4")
+    assert "nc_matmul_mx" in text and "t.moe:6:20: error" in text and "^~~~" in text
 
 
 def test_sbuf_input_needs_whole_tiles_of_h(tmp_path):

@@ -1,0 +1,1 @@
+"""Host-side converters from published checkpoint layouts to the layouts moegen kernels read."""
