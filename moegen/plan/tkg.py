@@ -51,9 +51,11 @@ OPTIONS = (
         "mode",
         "choice",
         "selective: each token runs its K experts (ids read at run time); "
-        "all_experts: every local expert runs on every token",
+        "all_experts: every local expert runs on every token; "
+        "distinct: each local expert some token selected runs once on the whole token tile (the distinct "
+        "ids found on device, a loop with a run-time trip count)",
         default="selective",
-        choices=("selective", "all_experts"),
+        choices=("selective", "all_experts", "distinct"),
     ),
     OptionSpec(
         "tokens",
@@ -126,7 +128,7 @@ class TkgPlan(KernelPlan):
     """Every number and choice of one tkg kernel."""
 
     mlp: ExpertMLPPlan
-    mode: str  # 'selective' | 'all_experts'
+    mode: str  # 'selective' | 'all_experts' | 'distinct'
     hidden: int
     intermediate: int  # I_TP
     experts: int  # E
@@ -171,7 +173,14 @@ class TkgPlan(KernelPlan):
 
     @property
     def work_items_per_tile(self) -> str:
-        return "T*K" if self.mode == "selective" else str(self.local_experts)
+        return {"selective": "T*K", "distinct": f"<= min(T*K, {self.local_experts})"}.get(
+            self.mode, str(self.local_experts)
+        )
+
+    @property
+    def reference_mode(self) -> str:
+        """The reference's mode: distinct mode computes what selective mode computes (one weight read per expert)."""
+        return "selective" if self.mode == "distinct" else self.mode
 
     @property
     def down_group_table(self) -> tuple[tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...], ...]:
@@ -181,6 +190,43 @@ class TkgPlan(KernelPlan):
             tuple((start, columns, chunks) for (start, columns), chunks in zip(groups, core_chunks))
             for groups, core_chunks in zip(self.down_groups, self.down_chunks)
         )
+
+
+def _distinct_problems(
+    tokens: int, local_experts: int, mask: bool, eager: bool, scale: str
+) -> list[tuple[str | None, str]]:
+    """What distinct mode cannot take: more than one token tile, more than 128 local experts (the
+    expert-id compaction puts experts on partitions), options of the other modes."""
+    problems: list[tuple[str | None, str]] = []
+    if tokens > SELECTIVE_MAX_TOKENS:
+        problems.append(
+            (
+                "tokens",
+                f"tokens<={tokens}: distinct mode runs one token tile of at most {SELECTIVE_MAX_TOKENS}; "
+                "use mode=all_experts for larger T",
+            )
+        )
+    if local_experts > PARTITIONS:
+        problems.append(
+            (
+                "mode",
+                f"mode=distinct: {local_experts} local experts; the on-device expert list puts experts "
+                f"on partitions (at most {PARTITIONS}): use ep= to split them, or mode=selective",
+            )
+        )
+    if mask:
+        problems.append(
+            ("mask_unselected", "mask_unselected applies to all-expert mode: distinct mode only runs selected experts")
+        )
+    if eager and scale == "none":
+        problems.append(
+            (
+                "eager",
+                "eager affinities with no affinity scaling in the expert pipeline would be read and "
+                "ignored: add 'scale' to the expert pipeline or drop eager",
+            )
+        )
+    return problems
 
 
 def _tiles(n: int) -> tuple[int, int]:
@@ -231,7 +277,9 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     scale = mlp.affinity_scale
     eager = bool(options.get("eager"))
     mask = bool(options.get("mask_unselected"))
-    if mode == "selective":
+    if mode == "distinct":
+        problems += _distinct_problems(tokens, local_experts, mask, eager, scale)
+    elif mode == "selective":
         if tokens > SELECTIVE_MAX_TOKENS:
             problems.append(
                 (
@@ -440,6 +488,20 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                     "with mask_unselected reads each expert once",
                 )
             )
+    elif mode == "distinct":
+        decisions.append(
+            (
+                "distinct items",
+                "one work item per local expert some token selected, each expert's weights read once: "
+                "on device, routing_count[t, e] counts token t's choices of expert e (one-hot of "
+                "expert_index); a matmul with a ones column sums it over tokens (used[e]), one with a "
+                "strictly triangular matrix gives each used expert its slot (the used experts before "
+                "it), and one with the expert-id column compacts the ids into a row; their count is a "
+                "register, the trip count of the device loop (nl.fori_loop). Each item runs the whole "
+                "token tile with its column of routing_scale (affinity x count, zero for tokens that "
+                "did not select it)",
+            )
+        )
     else:
         decisions.append(
             (
@@ -496,7 +558,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         eager=eager,
         mask_unselected=mask,
         uses_affinities=scale != "none" and not eager,
-        uses_rank=mode == "all_experts" and scale != "none",
+        uses_rank=(mode == "all_experts" and scale != "none") or (mode == "distinct" and ep > 1),
         input=input_buffer,
         output=output,
         token_bound=tokens,
@@ -588,6 +650,8 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("rank_offset_f", "sbuf", tt, 4),
             Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, p.local_experts * 4, count=3),
         ]
+    if p.mode == "distinct":
+        buffers += _distinct_buffers(p)
     if p.shard == "intermediate":
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
     if p.output == "hbm" and p.out_dtype != "fp32":
@@ -600,6 +664,31 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("transpose_psum", "psum", PARTITIONS, tt * 4),
         ]
     return tuple(buffers)
+
+
+def _distinct_buffers(p: TkgPlan) -> list[Buffer]:
+    """Distinct mode's routing tables [tokens, E_L], its expert-id compaction [E_L, E_L] and the item's
+    columns (templates/common/distinct.j2)."""
+    tt, el, scale = p.token_tile, p.local_experts, p.affinity_scale
+    buffers = [
+        Buffer("index + index_f", "sbuf", tt, p.top_k * 4, count=2),
+        Buffer("expert_iota + onehot + routing_count", "sbuf", tt, el * 4, count=3),
+        Buffer("ones_column", "sbuf", PARTITIONS, 4),
+        Buffer("used + slot + expert_column", "sbuf", el, 4, count=3),
+        Buffer("earlier + slot_iota + slot_onehot", "sbuf", el, el * 4, count=3),
+        Buffer("distinct_psum", "psum", el, (el + 3) * 4),
+        Buffer("distinct_ids", "sbuf", 1, (el + 1) * 4),
+        Buffer("expert_id", "sbuf", 1, 4),
+    ]
+    if scale != "none":
+        buffers.append(Buffer("routing_scale", "sbuf", tt, el * 4))
+    if p.eager:
+        buffers.append(Buffer("eager_affinities", "sbuf", tt, p.top_k * 4))
+    if p.ep > 1:
+        buffers.append(Buffer("rank_offset_f", "sbuf", tt, 4))
+    if scale != "post":
+        buffers.append(Buffer("item_row", "sbuf", tt, 4))
+    return buffers
 
 
 def _family():

@@ -115,7 +115,7 @@ def expected(plan: TkgPlan, inputs: dict) -> dict:
         inputs["expert_down_weights"],
         inputs["expert_affinities"],
         inputs["expert_index"],
-        mode=plan.mode,
+        mode=plan.reference_mode,
         rank_id=inputs.get("rank_id"),
         expert_gate_up_bias=inputs.get("expert_gate_up_bias"),
         expert_down_bias=inputs.get("expert_down_bias"),
