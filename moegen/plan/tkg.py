@@ -31,6 +31,7 @@ from moegen.plan.common import (
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
     PSUM_BANKS,
+    SBUF_BYTES,
     Buffer,
     KernelPlan,
     PlanError,
@@ -162,6 +163,9 @@ class TkgPlan(KernelPlan):
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes
+    gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles)
+    gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
+    gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
     verify_tokens: int | None = None
 
     @property
@@ -578,7 +582,61 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_i_tiles=core_i_tiles,
         verify_tokens=options.get("verify_tokens"),
     )
+    tkg_plan = replace(tkg_plan, gate_up_group=_gate_up_groups(tkg_plan, 1, 1))
+    tkg_plan = replace(tkg_plan, buffers=_buffers(tkg_plan))
+    tiles, slabs, why = _gate_up_slabs(tkg_plan)
+    tkg_plan = replace(
+        tkg_plan,
+        gate_up_columns=tiles * PARTITIONS,
+        gate_up_buffers=slabs,
+        gate_up_group=_gate_up_groups(tkg_plan, tiles, slabs),
+        decisions=tkg_plan.decisions + (("gate/up slabs", why),),
+    )
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
+
+
+GATE_UP_RUN_BYTES = 2048  # DMA runs of at least 2 KiB move within ~11% of the peak (the DMA guide)
+SBUF_HEADROOM = 16 * 1024  # per partition left free beside the plan's buffers (allocator fragmentation)
+
+
+def _gate_up_slab_bytes(p: TkgPlan, tiles: int) -> int:
+    return p.h_tiles * 2 * tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
+
+
+def _gate_up_slabs(p: TkgPlan) -> tuple[int, int, str]:
+    """(I tiles per gate/up slab, slabs, why): the gate/up weight DMA of a slab moves runs of
+    tiles x 128 x weight bytes, so as many tiles as make 2 KiB runs; two slabs when the core has two
+    groups or more (one loads while the matmuls read the other), both within SBUF."""
+    core_tiles = max(count for _, count in p.core_i_tiles)
+    want = max(1, ceil_div(GATE_UP_RUN_BYTES, PARTITIONS * DTYPE_BYTES[p.weight_dtype]))
+    slabs = 2 if core_tiles >= 2 else 1
+    tiles = min(want, ceil_div(core_tiles, slabs))
+    other = p.sbuf_bytes() - _gate_up_slab_bytes(p, 1)
+    capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM
+    while tiles > 1 and other + slabs * _gate_up_slab_bytes(p, tiles) > capacity:
+        tiles -= 1
+    if other + slabs * _gate_up_slab_bytes(p, tiles) > capacity:
+        slabs = 1
+    run = tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
+    why = (
+        f"{tiles} I tile(s) per gate/up weight DMA ({run}-byte contiguous runs; 2 KiB wanted), "
+        f"{slabs} slab(s) of {_gate_up_slab_bytes(p, tiles)} bytes per partition"
+        + (": the next group's load overlaps the matmuls on the previous one" if slabs > 1 else "")
+    )
+    return tiles, slabs, why
+
+
+def _gate_up_groups(p: TkgPlan, tiles: int, slabs: int) -> tuple[tuple[int, int, int], ...]:
+    """Per I tile: (first tile of its group, the group's I columns, its slab). Groups split each
+    core's tiles in runs of `tiles` and alternate between the slabs."""
+    table: list[tuple[int, int, int]] = []
+    for first, count in sorted(set(p.core_i_tiles)):
+        for index, g_first in enumerate(range(first, first + count, tiles)):
+            g_tiles = min(tiles, first + count - g_first)
+            last = g_first + g_tiles == p.i_tiles
+            columns = (g_tiles - 1) * PARTITIONS + (p.i_last if last else PARTITIONS)
+            table += [(g_first, columns, index % slabs)] * g_tiles
+    return tuple(table)
 
 
 def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
@@ -602,7 +660,9 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes),
         ]
     buffers += [
-        Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * PARTITIONS * weight_bytes),
+        Buffer(
+            "w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * p.gate_up_columns * weight_bytes, count=p.gate_up_buffers
+        ),
         Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
     ]
     if m.dequant:
