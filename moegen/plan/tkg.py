@@ -46,6 +46,7 @@ SELECTIVE_MAX_TOKENS = 128  # the seed's decode bound; selective mode keeps one 
 DOWN_SLAB_BYTES = 32 * 1024  # per partition: one I tile of down weights, the columns of a group
 DOWN_GROUP_BANKS = 4  # PSUM banks holding one group of down columns (gate and up take 2 more)
 CHUNK = MATMUL_MOVING_FREE_MAX  # down columns per matmul (one fp32 PSUM bank)
+DOWN_BUFFERS = 4  # down-weight slabs: the next loads overlap the matmuls on the previous ones
 
 OPTIONS = (
     OptionSpec(
@@ -163,6 +164,7 @@ class TkgPlan(KernelPlan):
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes
+    down_buffers: int = DOWN_BUFFERS  # down-weight slabs, alternating by I tile
     gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles)
     gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
     gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
@@ -663,7 +665,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         Buffer(
             "w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * p.gate_up_columns * weight_bytes, count=p.gate_up_buffers
         ),
-        Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
+        Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes, count=p.down_buffers),
     ]
     if m.dequant:
         buffers += [
