@@ -208,3 +208,56 @@ def build_blocks_dropping(
         counts=counts,
         block_size=b,
     )
+
+
+@dataclass(frozen=True)
+class PermutedRows:
+    """An expert-permuted buffer layout (Megatron's padded permutation, seed padded_activations).
+
+    permutation_map [R] int32: the source token of each row (-1 for alignment padding and for rows
+    at or past n_used); n_used [1] int32 = expert_offsets[-1]; expert_offsets [E] int32: the
+    inclusive end row of each expert's segment (each segment padded to `alignment` rows).
+    """
+
+    permutation_map: np.ndarray
+    n_used: np.ndarray
+    expert_offsets: np.ndarray
+    alignment: int
+
+
+def aligned_rows_budget(tokens: int, top_k: int, num_experts: int, alignment: int) -> int:
+    """Worst-case rows R of the permuted buffer: T*K rows plus alignment - 1 padding rows per expert,
+    rounded up to the alignment (so a kernel compiled for (T, K, E, alignment) fits every routing)."""
+    rows = tokens * top_k + num_experts * (alignment - 1)
+    return max(alignment, -(-rows // alignment) * alignment)
+
+
+def permuted_rows(expert_index: np.ndarray, num_experts: int, alignment: int, rows: int | None = None) -> PermutedRows:
+    """The rows of every (token, k) pair grouped by expert, each expert's segment padded to `alignment`.
+
+    Within a segment the pairs keep token order (row t*K + k order). rows: the buffer size R (default:
+    aligned_rows_budget); ValueError if the routing needs more.
+    """
+    index = _check_index(expert_index, num_experts)
+    tokens, top_k = index.shape
+    if not isinstance(alignment, int) or alignment < 1:
+        raise ValueError(f"alignment must be a positive int, got {alignment!r}")
+    rows = aligned_rows_budget(tokens, top_k, num_experts, alignment) if rows is None else int(rows)
+    counts = np.bincount(index.reshape(-1), minlength=num_experts)
+    padded = -(-counts // alignment) * alignment
+    offsets = np.cumsum(padded)
+    n_used = int(offsets[-1]) if num_experts else 0
+    if n_used > rows:
+        raise ValueError(f"rows={rows}: the routing needs {n_used} aligned rows")
+    permutation_map = np.full(rows, -1, dtype=np.int32)
+    flat_tokens = np.repeat(np.arange(tokens), top_k)
+    for e in range(num_experts):
+        start = int(offsets[e] - padded[e])
+        members = flat_tokens[index.reshape(-1) == e]
+        permutation_map[start : start + members.size] = members
+    return PermutedRows(
+        permutation_map=permutation_map,
+        n_used=np.array([n_used], dtype=np.int32),
+        expert_offsets=offsets.astype(np.int32),
+        alignment=alignment,
+    )

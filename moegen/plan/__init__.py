@@ -14,7 +14,7 @@ from moegen.plan.common import KernelPlan, PlanError
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
-FAMILY_MODULES = ("router", "tkg", "cte", "mlp")
+FAMILY_MODULES = ("router", "tkg", "cte", "mlp", "activation")
 
 
 @dataclass(frozen=True)

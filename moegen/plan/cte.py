@@ -250,24 +250,31 @@ class CtePlan(KernelPlan):
             lines.append("    x = x * affinity[ids, e]")
         dq = " * scale[e]" if self.quantized else ""
         mlp = self.mlp
-        lines += [
-            f"    g, u = x @ Wg[e]{dq}"
-            + (" + bg[e]" if mlp.gate_up_bias else "")
-            + f", x @ Wu[e]{dq}"
-            + (" + bu[e]" if mlp.gate_up_bias else "")
-            + (f" + {mlp.up_constant:g}" if mlp.up_constant else "")
-        ]
-        if self.clamped:
-            lines.append(
-                f"    g = clamp(g, {mlp.gate_lower}, {mlp.gate_upper}); u = clamp(u, {mlp.up_lower}, {mlp.up_upper})"
-            )
-        lines.append(f"    h = {mlp.activation}(g) * u")
+        if not mlp.gated:
+            lines.append(f"    u = x @ Wu[e]{dq}" + (" + bu[e]" if mlp.gate_up_bias else "") + "  (not gated: no gate)")
+            if self.clamped:
+                lines.append(f"    u = clamp(u, {mlp.gate_lower}, {mlp.gate_upper})")
+            lines.append(f"    h = {mlp.activation}(u)")
+        else:
+            lines += [
+                f"    g, u = x @ Wg[e]{dq}"
+                + (" + bg[e]" if mlp.gate_up_bias else "")
+                + f", x @ Wu[e]{dq}"
+                + (" + bu[e]" if mlp.gate_up_bias else "")
+                + (f" + {mlp.up_constant:g}" if mlp.up_constant else "")
+            ]
+            if self.clamped:
+                lines.append(
+                    f"    g = clamp(g, {mlp.gate_lower}, {mlp.gate_upper}); u = clamp(u, {mlp.up_lower}, {mlp.up_upper})"
+                )
+            lines.append(f"    h = {mlp.activation}(g) * u")
         if self.exchange:
             lines.append("    y = h[:, my I half] @ Wd[e][my I half] + the other core's partial (sendrecv)")
         else:
             lines.append("    y = h @ Wd[e]" + dq + (" + bd[e]" if mlp.down_bias else ""))
         if self.checkpoint:
-            lines.append("    gate_up_activations_T[b] = [g, u]^T (after clamp); down_activations[b] = y")
+            saved = "[g, u]^T" if mlp.gated else "[u]^T"
+            lines.append(f"    gate_up_activations_T[b] = {saved} (after clamp); down_activations[b] = y")
         scaled = "y * affinity[ids, e]" if self.affinity == "post" else "y"
         lines.append(f"    out[ids] {'+=' if self.accumulate else '='} round_{self.out_dtype}({scaled})")
         if self.per_core_output:
@@ -419,8 +426,8 @@ def _buffers(
         Buffer("expert_id", "sbuf", 1, 4, 4),  # expert, previous expert, same-expert flag, weight expert
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
-        Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * 2 * chunk_cols, weight_count),
-        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 3),
+        Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
+        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, mlp.projections + 1),
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
         Buffer("y_sb", "sbuf", PARTITIONS, 4 * col),
@@ -437,13 +444,16 @@ def _buffers(
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col))
     if mlp.weight_quant == "fp8_row":
         sb += [
-            Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * 2),
+            Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
             Buffer("down_scale", "sbuf", PARTITIONS, 4 * h_out),
         ]
     elif mlp.weight_quant == "fp8_static":
-        sb += [Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * 2), Buffer("down_scale", "sbuf", PARTITIONS, 4)]
+        sb += [
+            Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * mlp.projections),
+            Buffer("down_scale", "sbuf", PARTITIONS, 4),
+        ]
     if mlp.gate_up_bias:
-        sb.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 4 * n_i * 2))
+        sb.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 4 * n_i * mlp.projections))
     if mlp.down_bias:
         sb.append(Buffer("down_bias", "sbuf", PARTITIONS, 4 * h_out))
     if exchange:
@@ -457,7 +467,7 @@ def _buffers(
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
     ps = [
-        Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 4),  # gate and up, double-buffered
+        Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
         Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 2),  # four 128x128 transposes; H tail
         Buffer("down_psum", "psum", PARTITIONS, 4 * col, 2),  # own columns (and the other core's, exchanged)
     ]

@@ -4,6 +4,7 @@ Interface (small on purpose; the cte family uses it too):
 
     mlp = expert_mlp_plan(layer)          # ExpertMLPPlan, or PlanError with the reason
     mlp.activation_steps                  # how the template spells a(g): see ActivationStep
+    mlp.gated / projections               # gate and up (2) or the up projection only (1: weights [E, H, I])
     mlp.gate_lower / gate_upper           # gate clamp limits (None = no limit)
     mlp.up_lower / up_upper               # up clamp limits, ALREADY shifted by +1 when up_plus_one
     mlp.up_constant                       # 1.0 when the GPT-OSS +1 is folded into the up bias, else 0.0
@@ -52,6 +53,7 @@ class ActivationStep:
 
 @dataclass(frozen=True)
 class ExpertMLPPlan:
+    gated: bool
     activation: str
     alpha: float | None
     activation_steps: tuple[ActivationStep, ...]
@@ -70,7 +72,8 @@ class ExpertMLPPlan:
     decisions: tuple[tuple[str, str], ...]
 
     def __str__(self) -> str:
-        parts = [self.activation if self.alpha is None else f"{self.activation}({self.alpha:g})"]
+        parts = [] if self.gated else ["not gated"]
+        parts += [self.activation if self.alpha is None else f"{self.activation}({self.alpha:g})"]
         if self.gate_up_bias or self.down_bias:
             parts.append(
                 "bias " + "+".join(n for n, on in (("gate_up", self.gate_up_bias), ("down", self.down_bias)) if on)
@@ -88,6 +91,11 @@ class ExpertMLPPlan:
             parts.append(f"inputs {self.input_quant}")
         parts.append(f"scale {self.affinity_scale}")
         return ", ".join(parts)
+
+    @property
+    def projections(self) -> int:
+        """Input projections in the weights' third axis: 2 (gate, up) when gated, else 1 (up)."""
+        return 2 if self.gated else 1
 
     @property
     def has_gate_clamp(self) -> bool:
@@ -133,20 +141,12 @@ def activation_steps(activation: str, alpha: float | None) -> tuple[tuple[Activa
     raise PlanError((None, f"activation {activation!r} has no NKI spelling"))
 
 
-def expert_mlp_plan(layer: Layer, weight_layout: str = "[E, H, 2, I]") -> ExpertMLPPlan:
+def expert_mlp_plan(layer: Layer) -> ExpertMLPPlan:
     """The expert MLP of `layer` as plan data; PlanError for what no template can build."""
     expert = layer.expert
     if expert is None:
         raise PlanError((None, "the layer has no 'expert = ...' pipeline: an expert kernel needs one"))
     problems: list[tuple[str | None, str]] = []
-    if not expert.gated:
-        problems.append(
-            (
-                None,
-                f"non-gated experts ('up' without gate) are not generated: the fused weight "
-                f"layout {weight_layout} holds a gate and an up projection",
-            )
-        )
     if layer.quant.weights not in ("none", "fp8_row", "fp8_static"):
         problems.append(
             (
@@ -171,6 +171,14 @@ def expert_mlp_plan(layer: Layer, weight_layout: str = "[E, H, 2, I]") -> Expert
         raise PlanError(*problems)
     steps, why = activation_steps(expert.activation, expert.alpha)
     decisions = [("activation", why)]
+    if not expert.gated:
+        decisions.append(
+            (
+                "projections",
+                "not gated: one input projection, weights [E, H, I] (no gate slab, no gate matmul); "
+                "h = a(x @ W_up), the activation's last instruction writes h",
+            )
+        )
     shift = 1.0 if expert.up_plus_one else 0.0
     up_lower = None if expert.up_min is None else expert.up_min + shift
     up_upper = None if expert.up_max is None else expert.up_max + shift
@@ -200,6 +208,7 @@ def expert_mlp_plan(layer: Layer, weight_layout: str = "[E, H, 2, I]") -> Expert
             )
         )
     return ExpertMLPPlan(
+        gated=expert.gated,
         activation=expert.activation,
         alpha=expert.alpha,
         activation_steps=steps,

@@ -257,7 +257,7 @@ def _chunks(group: tuple[int, int]) -> tuple[tuple[int, int], ...]:
 def plan(layer: Layer, variant: Variant) -> TkgPlan:
     options = variant.options
     problems: list[tuple[str | None, str]] = []
-    mlp = expert_mlp_plan(layer, weight_layout="[E_L, H, 2, I]")
+    mlp = expert_mlp_plan(layer)
     dims = layer.dims
     mode = options["mode"]
     lnc = options["lnc"]
@@ -602,7 +602,7 @@ SBUF_HEADROOM = 16 * 1024  # per partition left free beside the plan's buffers (
 
 
 def _gate_up_slab_bytes(p: TkgPlan, tiles: int) -> int:
-    return p.h_tiles * 2 * tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
+    return p.h_tiles * p.mlp.projections * tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
 
 
 def _gate_up_slabs(p: TkgPlan) -> tuple[int, int, str]:
@@ -663,26 +663,32 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         ]
     buffers += [
         Buffer(
-            "w_gate_up", "sbuf", PARTITIONS, p.h_tiles * 2 * p.gate_up_columns * weight_bytes, count=p.gate_up_buffers
+            "w_gate_up",
+            "sbuf",
+            PARTITIONS,
+            p.h_tiles * m.projections * p.gate_up_columns * weight_bytes,
+            count=p.gate_up_buffers,
         ),
         Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes, count=p.down_buffers),
     ]
     if m.dequant:
         buffers += [
-            Buffer("gate_up_scale", "sbuf", PARTITIONS, 2 * 4),
+            Buffer("gate_up_scale", "sbuf", PARTITIONS, m.projections * 4),
             Buffer("down_scale", "sbuf", tt, p.group_columns * 4),
         ]
     if m.gate_up_bias:
-        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, 2 * 4))
+        buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, m.projections * 4))
     if m.down_bias:
         buffers.append(Buffer("down_bias", "sbuf", tt, p.group_columns * 4))
     if m.dequant or m.down_bias:
         buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
     buffers += [
-        Buffer("gate + up + act", "sbuf", PARTITIONS, tt * 4, count=3),
+        Buffer(
+            "gate + up + act" if m.gated else "projection + act", "sbuf", PARTITIONS, tt * 4, count=m.projections + 1
+        ),
         Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
         Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
-        Buffer("up_psum", "psum", PARTITIONS, tt * 4),
+        *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
         Buffer("acc", "sbuf", tt, acc_h * 4),
     ]

@@ -74,13 +74,13 @@ def make_inputs(
     }
     inputs.update(_weights(plan, rng, np.unique(expert_index)))
     if plan.mlp.gate_up_bias:
-        inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, 2, i)), plan.dtype)
+        inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, *_parts(plan), i)), plan.dtype)
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
     if aws_forms:
         inputs["block_to_expert"] = inputs["block_to_expert"].reshape(-1)
         if plan.gate_scale == "row":
-            inputs["gate_up_proj_scale"] = inputs["gate_up_proj_scale"].reshape(e, 1, 2 * i)
+            inputs["gate_up_proj_scale"] = inputs["gate_up_proj_scale"].reshape(e, 1, plan.mlp.projections * i)
             inputs["down_proj_scale"] = inputs["down_proj_scale"].reshape(e, 1, h)
     return inputs
 
@@ -94,7 +94,12 @@ def routing_pool(plan: CtePlan) -> int:
 
 
 def _expert_bytes(plan: CtePlan) -> int:
-    return 3 * plan.hidden * plan.intermediate * quant.np_dtype(plan.weight_dtype).itemsize
+    return (plan.mlp.projections + 1) * plan.hidden * plan.intermediate * quant.np_dtype(plan.weight_dtype).itemsize
+
+
+def _parts(plan: CtePlan) -> tuple[int, ...]:
+    """The projection axis of the gate/up weights, scales and biases: (2,) gated, () not gated ([E, H, I])."""
+    return (2,) if plan.mlp.gated else ()
 
 
 def _weights(plan: CtePlan, rng: np.random.Generator, used: np.ndarray) -> dict[str, np.ndarray]:
@@ -103,23 +108,28 @@ def _weights(plan: CtePlan, rng: np.random.Generator, used: np.ndarray) -> dict[
     h, i, e = plan.hidden, plan.intermediate, plan.experts
     wdt = quant.np_dtype(plan.weight_dtype)
     arrays = {
-        "gate_up_proj_weight": np.zeros((e, h, 2, i), dtype=wdt),
+        "gate_up_proj_weight": np.zeros((e, h, *_parts(plan), i), dtype=wdt),
         "down_proj_weight": np.zeros((e, i, h), dtype=wdt),
     }
     if plan.quantized:
         rows = plan.gate_scale == "row"
-        arrays["gate_up_proj_scale"] = np.ones((e, 2, i if rows else 1), dtype=np.float32)
+        arrays["gate_up_proj_scale"] = np.ones((e, *_parts(plan), i if rows else 1), dtype=np.float32)
         arrays["down_proj_scale"] = np.ones((e, h if rows else 1), dtype=np.float32)
     for expert in used:
-        gate_up = rng.standard_normal((1, h, 2, i), dtype=np.float32) / np.float32(np.sqrt(h))
+        gate_up = rng.standard_normal((1, h, plan.mlp.projections, i), dtype=np.float32) / np.float32(np.sqrt(h))
+        shape, scale_shape = (
+            arrays["gate_up_proj_weight"].shape[1:],
+            arrays.get("gate_up_proj_scale", gate_up).shape[1:],
+        )
         down = rng.standard_normal((1, i, h), dtype=np.float32) / np.float32(np.sqrt(i))
         if plan.quantized:
             q, scale = quant.quantize_gate_up_fp8(gate_up, plan.gate_scale)
-            arrays["gate_up_proj_weight"][expert], arrays["gate_up_proj_scale"][expert] = q[0], scale[0]
+            arrays["gate_up_proj_weight"][expert] = q[0].reshape(shape)
+            arrays["gate_up_proj_scale"][expert] = scale[0].reshape(scale_shape)
             q, scale = quant.quantize_down_fp8(down, plan.gate_scale)
             arrays["down_proj_weight"][expert], arrays["down_proj_scale"][expert] = q[0], scale[0]
         else:
-            arrays["gate_up_proj_weight"][expert] = quant.cast(gate_up[0], plan.dtype)
+            arrays["gate_up_proj_weight"][expert] = quant.cast(gate_up[0], plan.dtype).reshape(shape)
             arrays["down_proj_weight"][expert] = quant.cast(down[0], plan.dtype)
     return arrays
 
@@ -158,6 +168,7 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
         down_proj_scale=inputs.get("down_proj_scale"),
         activation_function=mlp.activation,
         alpha=mlp.alpha,
+        gated=mlp.gated,
         is_tensor_update_accumulating=plan.accumulate,
         affinity_scale=mlp.affinity_scale,
         gate_clamp_lower_limit=mlp.gate_lower,

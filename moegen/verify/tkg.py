@@ -57,18 +57,23 @@ def make_inputs(
 
     mode = {"fp8_row": "row", "fp8_static": "static"}.get(m.weight_quant)
     weight_dtype = np_dtype("fp8" if mode else dtype)
-    gate_up = np.empty((el, h, 2, i), dtype=weight_dtype)
+    parts = (2,) if m.gated else ()  # not gated: weights [E_L, H, I], scales and biases [E_L, I]
+    gate_up = np.empty((el, h, *parts, i), dtype=weight_dtype)
     down = np.empty((el, i, h), dtype=weight_dtype)
-    gate_up_scale = np.empty((el, 2, i if mode == "row" else 1), dtype=np.float32)
+    gate_up_scale = np.empty((el, *parts, i if mode == "row" else 1), dtype=np.float32)
     down_scale = np.empty((el, h if mode == "row" else 1), dtype=np.float32)
     for expert in range(el):
-        w = rng.standard_normal((1, h, 2, i), dtype=np.float32) / np.float32(np.sqrt(h))
+        w = rng.standard_normal((1, h, m.projections, i), dtype=np.float32) / np.float32(np.sqrt(h))
         d = rng.standard_normal((1, i, h), dtype=np.float32) / np.float32(np.sqrt(i))
         if mode:
-            gate_up[expert], gate_up_scale[expert] = (a[0] for a in quantize_gate_up_fp8(w, mode))
+            q, scale = quantize_gate_up_fp8(w, mode)
+            gate_up[expert], gate_up_scale[expert] = (
+                q[0].reshape(gate_up.shape[1:]),
+                scale[0].reshape(gate_up_scale.shape[1:]),
+            )
             down[expert], down_scale[expert] = (a[0] for a in quantize_down_fp8(d, mode))
         else:
-            gate_up[expert], down[expert] = cast(w[0], dtype), cast(d[0], dtype)
+            gate_up[expert], down[expert] = cast(w[0], dtype).reshape(gate_up.shape[1:]), cast(d[0], dtype)
     inputs["expert_gate_up_weights"] = gate_up
     inputs["expert_down_weights"] = down
     inputs["expert_affinities"] = cast(rng.uniform(0.05, 1.0, (t, e)).astype(np.float32), dtype)
@@ -84,7 +89,7 @@ def make_inputs(
     if plan.uses_rank:
         inputs["rank_id"] = np.array([[r]], dtype=np.int32)
     if m.gate_up_bias:
-        inputs["expert_gate_up_bias"] = cast((0.1 * rng.standard_normal((el, 2, i))).astype(np.float32), dtype)
+        inputs["expert_gate_up_bias"] = cast((0.1 * rng.standard_normal((el, *parts, i))).astype(np.float32), dtype)
     if m.down_bias:
         inputs["expert_down_bias"] = cast((0.1 * rng.standard_normal((el, h))).astype(np.float32), dtype)
     if m.dequant:
@@ -99,7 +104,7 @@ def make_inputs(
     if aws_forms:
         inputs["expert_index"] = inputs["expert_index"].astype(np.uint32)
         if mode == "row":
-            inputs["expert_gate_up_weights_scale"] = gate_up_scale.reshape(el, 1, 2 * i)
+            inputs["expert_gate_up_weights_scale"] = gate_up_scale.reshape(el, 1, m.projections * i)
             inputs["expert_down_weights_scale"] = down_scale.reshape(el, 1, h)
     return {name: inputs[name] for name in argument_names(plan)}
 
@@ -128,6 +133,7 @@ def expected(plan: TkgPlan, inputs: dict) -> dict:
         affinity_scale=plan.affinity_scale,
         activation_fn=m.activation,
         alpha=m.alpha,
+        gated=m.gated,
         output_dtype=plan.out_dtype,
         gate_clamp_upper_limit=m.gate_upper,
         gate_clamp_lower_limit=m.gate_lower,
