@@ -11,6 +11,12 @@ expert applied to the token tile:
 - all_experts: one item per local expert, in a device loop over E_L (the loop register is the
   weights' DMA offset), scale column = the token's affinity for that expert (this rank's window
   of [T, E], optionally masked to its top-K).
+- distinct: one item per local expert some token of the tile selected, found on device
+  (templates/common/distinct.j2) and run in a device loop whose trip count is a register: each
+  selected expert's weights are read once, and the item runs the whole tile with a column that is
+  the token's affinity (times how often it chose the expert), zero for the other tokens.
+Weights stream through slabs: the gate/up weights of several I tiles per DMA (longer contiguous
+runs), in two slabs that alternate so the next load overlaps the matmuls; DOWN_BUFFERS down slabs.
 Per item: gate/up matmuls per I tile (weights stationary [H tile, I tile], x.T moving [H tile, N])
 into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down matmuls
 (h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;
