@@ -216,6 +216,20 @@ def cmd_profile(args) -> int:
     return EXIT_OK
 
 
+def cmd_tune(args) -> int:
+    from moegen.tune import tune
+
+    try:
+        tuned = tune(Path(args.spec), args.variant, args.tokens)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if not tuned:
+        print(f"{args.spec}: error: no tkg kernel{f' named {args.variant!r}' if args.variant else ''}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moegen", description="Generate NKI MoE kernels from .moe specs.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -287,6 +301,16 @@ def parser() -> argparse.ArgumentParser:
     profile.add_argument("--plot", metavar="FILE.png", help="write a roofline + engine utilisation chart")
     profile.add_argument("--out", default="generated", help="generated folder (default: generated)")
     profile.set_defaults(run=cmd_profile)
+    tune = sub.add_parser(
+        "tune",
+        help="model each decode mode of the tkg kernels at a token count (modeled, not measured)",
+        description="Plan, generate and model mode=selective / distinct / all_experts of each tkg kernel; "
+        "print the candidates fastest first (chosen, runner-up) or why a mode is refused.",
+    )
+    tune.add_argument("spec", metavar="SPEC")
+    tune.add_argument("--variant", metavar="V", help="only this kernel")
+    tune.add_argument("--tokens", type=_positive_int, default=1, help="token count (default: 1)")
+    tune.set_defaults(run=cmd_tune)
     return top
 
 
