@@ -244,6 +244,20 @@ def cmd_import_hf(args) -> int:
     return EXIT_OK
 
 
+def cmd_tune(args) -> int:
+    from moegen.tune import tune
+
+    try:
+        tuned = tune(Path(args.spec), args.variant, args.tokens)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if not tuned:
+        print(f"{args.spec}: error: no tkg kernel{f' named {args.variant!r}' if args.variant else ''}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="moegen", description="Generate NKI MoE kernels from .moe specs.")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -327,6 +341,17 @@ def parser() -> argparse.ArgumentParser:
     import_hf.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (dims tp)")
     import_hf.add_argument("--ep", type=int, default=1, help="expert-parallel degree (dims ep)")
     import_hf.set_defaults(run=cmd_import_hf)
+
+    tune = sub.add_parser(
+        "tune",
+        help="model each decode mode of the tkg kernels at a token count (modeled, not measured)",
+        description="Plan, generate and model mode=selective / distinct / all_experts of each tkg kernel; "
+        "print the candidates fastest first (chosen, runner-up) or why a mode is refused.",
+    )
+    tune.add_argument("spec", metavar="SPEC")
+    tune.add_argument("--variant", metavar="V", help="only this kernel")
+    tune.add_argument("--tokens", type=_positive_int, default=1, help="token count (default: 1)")
+    tune.set_defaults(run=cmd_tune)
     return top
 
 

@@ -11,6 +11,12 @@ expert applied to the token tile:
 - all_experts: one item per local expert, in a device loop over E_L (the loop register is the
   weights' DMA offset), scale column = the token's affinity for that expert (this rank's window
   of [T, E], optionally masked to its top-K).
+- distinct: one item per local expert some token of the tile selected, found on device
+  (templates/common/distinct.j2) and run in a device loop whose trip count is a register: each
+  selected expert's weights are read once, and the item runs the whole tile with a column that is
+  the token's affinity (times how often it chose the expert), zero for the other tokens.
+Weights stream through slabs: the gate/up weights of several I tiles per DMA (longer contiguous
+runs), in two slabs that alternate so the next load overlaps the matmuls; DOWN_BUFFERS down slabs.
 Per item: gate/up matmuls per I tile (weights stationary [H tile, I tile], x.T moving [H tile, N])
 into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down matmuls
 (h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;
@@ -31,6 +37,7 @@ from moegen.plan.common import (
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
     PSUM_BANKS,
+    SBUF_BYTES,
     Buffer,
     KernelPlan,
     PlanError,
@@ -46,15 +53,18 @@ SELECTIVE_MAX_TOKENS = 128  # the seed's decode bound; selective mode keeps one 
 DOWN_SLAB_BYTES = 32 * 1024  # per partition: one I tile of down weights, the columns of a group
 DOWN_GROUP_BANKS = 4  # PSUM banks holding one group of down columns (gate and up take 2 more)
 CHUNK = MATMUL_MOVING_FREE_MAX  # down columns per matmul (one fp32 PSUM bank)
+DOWN_BUFFERS = 4  # down-weight slabs: the next loads overlap the matmuls on the previous ones
 
 OPTIONS = (
     OptionSpec(
         "mode",
         "choice",
         "selective: each token runs its K experts (ids read at run time); "
-        "all_experts: every local expert runs on every token",
+        "all_experts: every local expert runs on every token; "
+        "distinct: each local expert some token selected runs once on the whole token tile (the distinct "
+        "ids found on device, a loop with a run-time trip count)",
         default="selective",
-        choices=("selective", "all_experts"),
+        choices=("selective", "all_experts", "distinct"),
     ),
     OptionSpec(
         "tokens",
@@ -134,7 +144,7 @@ class TkgPlan(KernelPlan):
     """Every number and choice of one tkg kernel."""
 
     mlp: ExpertMLPPlan
-    mode: str  # 'selective' | 'all_experts'
+    mode: str  # 'selective' | 'all_experts' | 'distinct'
     hidden: int
     intermediate: int  # I_TP
     experts: int  # E
@@ -168,6 +178,10 @@ class TkgPlan(KernelPlan):
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes (MX: I slabs)
+    down_buffers: int = DOWN_BUFFERS  # down-weight slabs, alternating by I tile
+    gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles)
+    gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
+    gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
 
@@ -180,7 +194,14 @@ class TkgPlan(KernelPlan):
 
     @property
     def work_items_per_tile(self) -> str:
-        return "T*K" if self.mode == "selective" else str(self.local_experts)
+        return {"selective": "T*K", "distinct": f"<= min(T*K, {self.local_experts})"}.get(
+            self.mode, str(self.local_experts)
+        )
+
+    @property
+    def reference_mode(self) -> str:
+        """The reference's mode: distinct mode computes what selective mode computes (one weight read per expert)."""
+        return "selective" if self.mode == "distinct" else self.mode
 
     @property
     def down_group_table(self) -> tuple[tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...], ...]:
@@ -190,6 +211,43 @@ class TkgPlan(KernelPlan):
             tuple((start, columns, chunks) for (start, columns), chunks in zip(groups, core_chunks))
             for groups, core_chunks in zip(self.down_groups, self.down_chunks)
         )
+
+
+def _distinct_problems(
+    tokens: int, local_experts: int, mask: bool, eager: bool, scale: str
+) -> list[tuple[str | None, str]]:
+    """What distinct mode cannot take: more than one token tile, more than 128 local experts (the
+    expert-id compaction puts experts on partitions), options of the other modes."""
+    problems: list[tuple[str | None, str]] = []
+    if tokens > SELECTIVE_MAX_TOKENS:
+        problems.append(
+            (
+                "tokens",
+                f"tokens<={tokens}: distinct mode runs one token tile of at most {SELECTIVE_MAX_TOKENS}; "
+                "use mode=all_experts for larger T",
+            )
+        )
+    if local_experts > PARTITIONS:
+        problems.append(
+            (
+                "mode",
+                f"mode=distinct: {local_experts} local experts; the on-device expert list puts experts "
+                f"on partitions (at most {PARTITIONS}): use ep= to split them, or mode=selective",
+            )
+        )
+    if mask:
+        problems.append(
+            ("mask_unselected", "mask_unselected applies to all-expert mode: distinct mode only runs selected experts")
+        )
+    if eager and scale == "none":
+        problems.append(
+            (
+                "eager",
+                "eager affinities with no affinity scaling in the expert pipeline would be read and "
+                "ignored: add 'scale' to the expert pipeline or drop eager",
+            )
+        )
+    return problems
 
 
 def _tiles(n: int) -> tuple[int, int]:
@@ -254,7 +312,9 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     scale = mlp.affinity_scale
     eager = bool(options.get("eager"))
     mask = bool(options.get("mask_unselected"))
-    if mode == "selective":
+    if mode == "distinct":
+        problems += _distinct_problems(tokens, local_experts, mask, eager, scale)
+    elif mode == "selective":
         if tokens > SELECTIVE_MAX_TOKENS:
             problems.append(
                 (
@@ -467,6 +527,20 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
                     "with mask_unselected reads each expert once",
                 )
             )
+    elif mode == "distinct":
+        decisions.append(
+            (
+                "distinct items",
+                "one work item per local expert some token selected, each expert's weights read once: "
+                "on device, routing_count[t, e] counts token t's choices of expert e (one-hot of "
+                "expert_index); a matmul with a ones column sums it over tokens (used[e]), one with a "
+                "strictly triangular matrix gives each used expert its slot (the used experts before "
+                "it), and one with the expert-id column compacts the ids into a row; their count is a "
+                "register, the trip count of the device loop (nl.fori_loop). Each item runs the whole "
+                "token tile with its column of routing_scale (affinity x count, zero for tokens that "
+                "did not select it)",
+            )
+        )
     else:
         decisions.append(
             (
@@ -535,7 +609,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         eager=eager,
         mask_unselected=mask,
         uses_affinities=scale != "none" and not eager,
-        uses_rank=mode == "all_experts" and scale != "none",
+        uses_rank=(mode == "all_experts" and scale != "none") or (mode == "distinct" and ep > 1),
         input=input_buffer,
         output=output,
         token_bound=tokens,
@@ -555,6 +629,18 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_i_tiles=core_i_tiles,
         verify_tokens=options.get("verify_tokens"),
     )
+    if tkg_plan.mx:  # the MX stage loads its own slab layout into its own tiles (templates/common/mx_expert.j2)
+        return replace(tkg_plan, buffers=_buffers(tkg_plan))
+    tkg_plan = replace(tkg_plan, gate_up_group=_gate_up_groups(tkg_plan, 1, 1))
+    tkg_plan = replace(tkg_plan, buffers=_buffers(tkg_plan))
+    tiles, slabs, why = _gate_up_slabs(tkg_plan)
+    tkg_plan = replace(
+        tkg_plan,
+        gate_up_columns=tiles * PARTITIONS,
+        gate_up_buffers=slabs,
+        gate_up_group=_gate_up_groups(tkg_plan, tiles, slabs),
+        decisions=tkg_plan.decisions + (("gate/up slabs", why),),
+    )
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
 
 
@@ -573,7 +659,59 @@ def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -
         problems.append(
             ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
         )
+    if options["mode"] == "distinct":
+        problems.append(
+            (
+                "mode",
+                "mode=distinct with MX weights is not generated yet: the distinct expert loop "
+                "(templates/common/distinct.j2) drives the bf16/fp8 weight loads, not the MX slab loads",
+            )
+        )
     return problems
+
+
+GATE_UP_RUN_BYTES = 2048  # DMA runs of at least 2 KiB move within ~11% of the peak (the DMA guide)
+SBUF_HEADROOM = 16 * 1024  # per partition left free beside the plan's buffers (allocator fragmentation)
+
+
+def _gate_up_slab_bytes(p: TkgPlan, tiles: int) -> int:
+    return p.h_tiles * p.mlp.projections * tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
+
+
+def _gate_up_slabs(p: TkgPlan) -> tuple[int, int, str]:
+    """(I tiles per gate/up slab, slabs, why): the gate/up weight DMA of a slab moves runs of
+    tiles x 128 x weight bytes, so as many tiles as make 2 KiB runs; two slabs when the core has two
+    groups or more (one loads while the matmuls read the other), both within SBUF."""
+    core_tiles = max(count for _, count in p.core_i_tiles)
+    want = max(1, ceil_div(GATE_UP_RUN_BYTES, PARTITIONS * DTYPE_BYTES[p.weight_dtype]))
+    slabs = 2 if core_tiles >= 2 else 1
+    tiles = min(want, ceil_div(core_tiles, slabs))
+    other = p.sbuf_bytes() - _gate_up_slab_bytes(p, 1)
+    capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM
+    while tiles > 1 and other + slabs * _gate_up_slab_bytes(p, tiles) > capacity:
+        tiles -= 1
+    if other + slabs * _gate_up_slab_bytes(p, tiles) > capacity:
+        slabs = 1
+    run = tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
+    why = (
+        f"{tiles} I tile(s) per gate/up weight DMA ({run}-byte contiguous runs; 2 KiB wanted), "
+        f"{slabs} slab(s) of {_gate_up_slab_bytes(p, tiles)} bytes per partition"
+        + (": the next group's load overlaps the matmuls on the previous one" if slabs > 1 else "")
+    )
+    return tiles, slabs, why
+
+
+def _gate_up_groups(p: TkgPlan, tiles: int, slabs: int) -> tuple[tuple[int, int, int], ...]:
+    """Per I tile: (first tile of its group, the group's I columns, its slab). Groups split each
+    core's tiles in runs of `tiles` and alternate between the slabs."""
+    table: list[tuple[int, int, int]] = []
+    for first, count in sorted(set(p.core_i_tiles)):
+        for index, g_first in enumerate(range(first, first + count, tiles)):
+            g_tiles = min(tiles, first + count - g_first)
+            last = g_first + g_tiles == p.i_tiles
+            columns = (g_tiles - 1) * PARTITIONS + (p.i_last if last else PARTITIONS)
+            table += [(g_first, columns, index % slabs)] * g_tiles
+    return tuple(table)
 
 
 def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
@@ -599,8 +737,14 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         ]
     if not p.mx:
         buffers += [
-            Buffer("w_gate_up", "sbuf", PARTITIONS, p.h_tiles * m.projections * PARTITIONS * weight_bytes),
-            Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes),
+            Buffer(
+                "w_gate_up",
+                "sbuf",
+                PARTITIONS,
+                p.h_tiles * m.projections * p.gate_up_columns * weight_bytes,
+                count=p.gate_up_buffers,
+            ),
+            Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes, count=p.down_buffers),
         ]
     if m.dequant:
         buffers += [
@@ -649,6 +793,8 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("rank_offset_f", "sbuf", tt, 4),
             Buffer("expert_iota + onehot + selected_mask", "sbuf", tt, p.local_experts * 4, count=3),
         ]
+    if p.mode == "distinct":
+        buffers += _distinct_buffers(p)
     if p.shard == "intermediate":
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
     if p.output == "hbm" and p.out_dtype != "fp32":
@@ -676,6 +822,31 @@ def _mx_buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         Buffer("h_il", "sbuf", PARTITIONS, mx.i_slabs * tt * 4 * in_bytes),
         Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * tt * (4 + 1)),
     )
+
+
+def _distinct_buffers(p: TkgPlan) -> list[Buffer]:
+    """Distinct mode's routing tables [tokens, E_L], its expert-id compaction [E_L, E_L] and the item's
+    columns (templates/common/distinct.j2)."""
+    tt, el, scale = p.token_tile, p.local_experts, p.affinity_scale
+    buffers = [
+        Buffer("index + index_f", "sbuf", tt, p.top_k * 4, count=2),
+        Buffer("expert_iota + onehot + routing_count", "sbuf", tt, el * 4, count=3),
+        Buffer("ones_column", "sbuf", PARTITIONS, 4),
+        Buffer("used + slot + expert_column", "sbuf", el, 4, count=3),
+        Buffer("earlier + slot_iota + slot_onehot", "sbuf", el, el * 4, count=3),
+        Buffer("distinct_psum", "psum", el, (el + 3) * 4),
+        Buffer("distinct_ids", "sbuf", 1, (el + 1) * 4),
+        Buffer("expert_id", "sbuf", 1, 4),
+    ]
+    if scale != "none":
+        buffers.append(Buffer("routing_scale", "sbuf", tt, el * 4))
+    if p.eager:
+        buffers.append(Buffer("eager_affinities", "sbuf", tt, p.top_k * 4))
+    if p.ep > 1:
+        buffers.append(Buffer("rank_offset_f", "sbuf", tt, 4))
+    if scale != "post":
+        buffers.append(Buffer("item_row", "sbuf", tt, 4))
+    return buffers
 
 
 def _family():

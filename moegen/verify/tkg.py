@@ -201,7 +201,7 @@ def _reference_arguments(plan: TkgPlan, inputs: dict) -> dict:
         expert_down_weights=inputs["expert_down_weights"],
         expert_affinities=inputs["expert_affinities"],
         expert_index=inputs["expert_index"],
-        mode=plan.mode,
+        mode=plan.reference_mode,
         rank_id=inputs.get("rank_id"),
         expert_gate_up_bias=inputs.get("expert_gate_up_bias"),
         expert_down_bias=inputs.get("expert_down_bias"),

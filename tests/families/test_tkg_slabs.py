@@ -1,0 +1,62 @@
+"""tkg weight slabs: gate/up weights of several I tiles per DMA (longer contiguous runs), two gate/up
+slabs and DOWN_BUFFERS down slabs alternating so the next load overlaps the matmuls; kernels with
+groups of several tiles and a partial last tile against the reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moegen.compiler import generate
+from moegen.plan.common import SBUF_BYTES
+from tests.families import test_tkg_kernels as base
+from tests.families.test_tkg_kernels import GPT_OSS, build, check, spec_text
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def build_dir(tmp_path_factory):
+    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_slab_builds")]
+    build.cache_clear()
+    yield
+    build.cache_clear()
+
+
+def test_mixtral_slabs_fit_sbuf_and_alternate():
+    plan = next(p for p in generate(REPO / "specs" / "mixtral_8x7b.moe").plans if p.kernel_name == "tkg_distinct")
+    assert plan.i_tiles == 14 and plan.gate_up_buffers == 2 and plan.gate_up_columns == 4 * 128
+    assert [g for g, _, _ in plan.gate_up_group] == [0] * 4 + [4] * 4 + [8] * 4 + [12] * 2
+    assert [slot for _, _, slot in plan.gate_up_group[::4]] == [0, 1, 0, 1]
+    assert plan.sbuf_bytes() <= SBUF_BYTES["trn2"]
+    assert any(what == "gate/up slabs" and "1024-byte contiguous runs" in why for what, why in plan.decisions)
+
+
+def test_groups_split_each_core_range():
+    text = spec_text("kernel k : tkg { lnc=2 shard=intermediate }", intermediate=704)
+    plan = build(text)[0]["k"]
+    assert plan.core_i_tiles == ((0, 3), (3, 3))
+    # each core's 3 tiles in groups of ceil(3 / 2) = 2: (0, 1), (2) and (3, 4), (5: 64 columns)
+    assert plan.gate_up_group == ((0, 256, 0), (0, 256, 0), (2, 128, 1), (3, 256, 0), (3, 256, 0), (5, 64, 1))
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "kernel k : tkg { }",
+        "kernel k : tkg { mode=distinct }",
+        "kernel k : tkg { mode=all_experts mask_unselected }",
+        "kernel k : tkg { lnc=2 shard=intermediate out=fp32 }",
+        "kernel k : tkg { mode=distinct input=sbuf tokens<=16 }",
+    ],
+)
+def test_multi_tile_groups_with_a_partial_last_tile(kernel):
+    """I 704 = 5 x 128 + 64: groups of 3 tiles, the last group ending in the partial tile."""
+    check(spec_text(kernel, hidden=384, intermediate=704, expert=GPT_OSS), tokens=5)
+
+
+def test_fp8_groups():
+    check(
+        spec_text("kernel k : tkg { mode=distinct }", hidden=320, intermediate=704, quant="weights=fp8_row"), tokens=3
+    )
