@@ -1,7 +1,9 @@
 """Modeled performance of every kernel in specs/ at its model's real shape (moegen.perf timeline model).
 
-Decode kernels (tkg) at T = 1, 8, 32, 128 (up to the plan's token bound), prefill kernels (cte) at
-T = 4096, routers at T = 1, 8, 32, 128, 4096. Each kernel is simulated once on the verify harness's
+Decode kernels (tkg) at T = 1, 8, 32, 128 (up to the plan's token bound), token-parallel kernels (cte
+prefill, dense mlp, activation: T = buffer rows) at T = 4096, routers at T = 1, 8, 32, 128, 4096. A
+kernel planned for trn3 (mlp, MXFP8 activation) is modeled on trn3 only: its trn2 columns say "trn3 only"
+and show the trn3 figures. Each kernel is simulated once on the verify harness's
 seeded inputs and its trace modeled on trn2 and on trn3. Writes one Markdown table (every figure
 modeled, not measured) and prints, for the Mixtral-8x7B prefill at T = 4096, the time of modeling its
 trace over the time of the simulation that produced it (the model's budget: at most 1x):
@@ -30,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 DECODE_TOKENS = (1, 8, 32, 128)
 PREFILL_TOKENS = 4096
 ROUTER_TOKENS = (1, 8, 32, 128, 4096)
+PREFILL_FAMILIES = ("cte", "mlp", "activation")  # token-parallel kernels: T = tokens (activation: buffer rows)
 HEADER = (
     "| spec | kernel | family | LNC | T | trn2 modeled us | trn2 roofline | trn2 bound | HBM actual / min "
     "| MACs issued / algorithmic | busy T/V/S/G/DMA % | trn3 modeled us | sim s | model s |\n"
@@ -37,9 +40,9 @@ HEADER = (
 )
 
 
-def token_counts(plan, decode=DECODE_TOKENS, router=ROUTER_TOKENS) -> tuple[int, ...]:
-    if plan.family == "cte":
-        return (PREFILL_TOKENS,)
+def token_counts(plan, decode=DECODE_TOKENS, router=ROUTER_TOKENS, prefill=(PREFILL_TOKENS,)) -> tuple[int, ...]:
+    if plan.family in PREFILL_FAMILIES:
+        return prefill
     if plan.family == "router":
         return router
     bound = getattr(plan, "token_bound", None) or max(decode)
@@ -51,19 +54,27 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
-    report, sim_s, model_s = profile_plan(plan, REPO / "generated" / spec / f"{plan.kernel_name}.py", tokens)
+    """One table row. A kernel planned for trn3 has no trn2 figures: its trn2 columns show its trn3 model."""
+    trn3_only = plan.target == "trn3"
+    path = REPO / "generated" / spec / f"{plan.kernel_name}.py"
+    report, sim_s, model_s = profile_plan(plan, path, tokens, "trn3" if trn3_only else "trn2")
     trace = sim.last_run().trace
-    trn3 = perf.model(
-        trace,
-        "trn3",
-        report.lnc,
-        hbm_min_bytes=report.hbm_min_bytes,
-        macs_algorithmic=report.macs_algorithmic,
-        keep_events=False,
+    trn3 = (
+        report
+        if trn3_only
+        else perf.model(
+            trace,
+            "trn3",
+            report.lnc,
+            hbm_min_bytes=report.hbm_min_bytes,
+            macs_algorithmic=report.macs_algorithmic,
+            keep_events=False,
+        )
     )
     busy = "/".join(f"{100 * report.engine_busy[e]:.0f}" for e in ("tensor", "vector", "scalar", "gpsimd", "dma"))
     text = (
-        f"| {spec} | {plan.kernel_name} | {plan.family} | {report.lnc} | {tokens} | {report.modeled_us:.1f} "
+        f"| {spec} | {plan.kernel_name} | {plan.family} | {report.lnc} | {tokens} "
+        f"| {'trn3 only: ' if trn3_only else ''}{report.modeled_us:.1f} "
         f"| {report.roofline_fraction:.3f} | {report.bound} | {report.hbm_bytes / 1e6:.1f} MB / "
         f"{report.hbm_min_bytes / 1e6:.1f} MB ({report.hbm_bytes / max(1, report.hbm_min_bytes):.2f}x) "
         f"| {report.macs_issued / max(1, report.macs_algorithmic):.2f}x | {busy} | {trn3.modeled_us:.1f} "
@@ -80,6 +91,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=(), help="not these kernel names")
     parser.add_argument("--decode-tokens", type=_ints, default=DECODE_TOKENS, help="e.g. 1,32")
     parser.add_argument("--router-tokens", type=_ints, default=ROUTER_TOKENS, help="e.g. 1,4096")
+    parser.add_argument("--prefill-tokens", type=_ints, default=(PREFILL_TOKENS,), help="cte / mlp / activation")
     parser.add_argument("--append", action="store_true", help="add rows to an existing table")
     args = parser.parse_args()
     specs = [Path(s) for s in args.specs] if args.specs else sorted((REPO / "specs").glob("*.moe"))
@@ -105,7 +117,7 @@ def main() -> None:
             for plan in generated.plans:
                 if (args.kernels and plan.kernel_name not in args.kernels) or plan.kernel_name in args.skip:
                     continue
-                for tokens in token_counts(plan, args.decode_tokens, args.router_tokens):
+                for tokens in token_counts(plan, args.decode_tokens, args.router_tokens, args.prefill_tokens):
                     start = time.perf_counter()
                     try:
                         text, sim_s, model_s = row(generated.name, plan, tokens)

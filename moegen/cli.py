@@ -178,7 +178,7 @@ def _positive_int(text: str) -> int:
 def cmd_profile(args) -> int:
     import json
 
-    from moegen.verify.profile import profile_plan
+    from moegen.verify.profile import ProfileError, check_target, profile_plan
 
     generated = _load(Path(args.spec))
     if generated is None:
@@ -196,6 +196,21 @@ def cmd_profile(args) -> int:
     if missing:
         print(f"{args.spec}: error: not built: {', '.join(missing)} (run 'moegen build {args.spec}')", file=sys.stderr)
         return EXIT_FAILED
+    # a kernel planned for trn3 is not modeled on trn2: an error when asked for by name (or when it is the
+    # only kind in the spec), otherwise skipped with a note and the spec's other kernels profiled
+    refused = []
+    for plan in plans:
+        try:
+            check_target(plan, args.target)
+        except ProfileError as error:
+            refused.append((plan, error))
+    if refused and (args.variant or len(refused) == len(plans)):
+        for _, error in refused:
+            print(f"{args.spec}: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    for _, error in refused:
+        print(f"{args.spec}: note: skipped {error}", file=sys.stderr)
+    plans = [p for p in plans if all(p is not r for r, _ in refused)]
     results = {}
     for plan in plans:
         report, _, _ = profile_plan(plan, kernel_dir / f"{plan.kernel_name}.py", args.tokens, args.target)

@@ -118,6 +118,8 @@ def matmul_shape(ops: dict) -> tuple[int, int, int, bool]:
     double = len(st["shape"]) == 3 and st["shape"][1] == 2 and st["dtype"].startswith("float8")
     m = st["shape"][2] if double else _free(st["shape"])
     n = mv["shape"][2] if double else _free(mv["shape"])
+    if st["dtype"].endswith("_x4"):  # nc_matmul_mx: each element packs 4 contraction values (MXFP8 x4)
+        k *= 4
     return (2 * k if double else k), m, n, double
 
 
@@ -132,7 +134,7 @@ def compute_cycles(rec: dict, costs: Costs) -> tuple[float, int, float]:
         passes = costs.matmul_fp32_passes if fp32 else 1.0
         cycles = max(costs.matmul_min_cycles, n) * passes
         macs = k * m * n
-        rows_per_pass = 256 if double else 128
+        rows_per_pass = 256 if double else 4 * 128 if ops["stationary"]["dtype"].endswith("_x4") else 128
         ideal = macs * passes / (rows_per_pass * 128) / costs.clock_ghz["tensor"]
         return cycles, macs, ideal
     tensors = _tensors(ops)

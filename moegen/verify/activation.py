@@ -89,3 +89,18 @@ def run(kernel, plan: ActivationPlan, inputs: dict[str, np.ndarray]) -> dict[str
 def tolerance(plan: ActivationPlan, name: str) -> str:
     """out: its dtype's rounding; MXFP8 words and scales: exact (see the module docstring)."""
     return "exact" if plan.output == "mxfp8" else plan.dtype
+
+
+def algorithmic_macs(plan: ActivationPlan, rows: int) -> int:
+    """`moegen profile`: an elementwise activation has no matmul."""
+    return 0
+
+
+def minimum_hbm_bytes(plan: ActivationPlan, inputs: dict[str, np.ndarray], trace: list) -> int:
+    """`moegen profile`: the live rows (r < n_used, permutation_map[r] != -1) of x read and of the
+    outputs written once, the map up to n_used and n_used itself; padding rows need no traffic."""
+    used = int(min(max(int(inputs["n_used"][0]), 0), inputs["x"].shape[0]))
+    live = int(np.count_nonzero(inputs["permutation_map"][:used] != -1))
+    row_out = sum(inputs[name].nbytes // inputs[name].shape[0] for name in outputs(plan))
+    row_in = inputs["x"].nbytes // inputs["x"].shape[0]
+    return live * (row_in + row_out) + used * inputs["permutation_map"].itemsize + inputs["n_used"].nbytes

@@ -14,6 +14,7 @@ from moegen.plan.cte import CtePlan
 from moegen.reference import cte as cte_reference
 from moegen.reference import quant
 from moegen.reference.mlp import Precision
+from moegen.verify.work import moe_layer_macs, moe_minimum_hbm_bytes
 
 OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
 WEIGHT_BYTES_RESIDENT = 1 << 30  # random weights for every expert up to this size (the machine is shared)
@@ -254,3 +255,8 @@ def mask_unspecified(plan: CtePlan, inputs: dict[str, np.ndarray], name: str, va
     else:
         value[skipped] = 0.0
     return value
+
+
+# `moegen profile`: the MoE layer's algorithmic MACs and HBM minimum (moegen/verify/work.py)
+algorithmic_macs = moe_layer_macs
+minimum_hbm_bytes = moe_minimum_hbm_bytes

@@ -169,3 +169,16 @@ def data_tolerance(plan: MlpPlan, name: str, inputs: dict[str, np.ndarray]) -> T
     step = np.where(amax > 0, np.exp2(exp - 1 - ELEMENT_STEP_SHIFT[plan.fp8]), 0.0)
     base = TOLERANCES[plan.out_dtype]
     return Tolerance(base.rtol, base.atol + step * float(np.max(np.abs(dn))))
+
+
+def algorithmic_macs(plan: MlpPlan, tokens: int) -> int:
+    """`moegen profile`: gate, up and down projections of S tokens, S x 3 x H x I."""
+    return tokens * 3 * plan.hidden * plan.intermediate
+
+
+def minimum_hbm_bytes(plan: MlpPlan, inputs: dict[str, np.ndarray], trace: list) -> int:
+    """`moegen profile`: every input once (x, weights, scales) and each returned tensor once (out [S, H],
+    each checkpoint [S, I]); the HBM scratch of intermediate=hbm is not needed."""
+    tokens = inputs["x"].shape[0] if not plan.x_swizzled or plan.input_mx else inputs["x"].shape[1] // 4
+    returned = tokens * (plan.hidden + plan.intermediate * len(plan.checkpoints)) * np_dtype(plan.out_dtype).itemsize
+    return sum(a.nbytes for a in inputs.values()) + returned

@@ -1,9 +1,11 @@
 """`moegen profile`: run a generated kernel on the verify harness's inputs and model its trace.
 
-This is where the MoE knowledge the timeline model must not have comes in: the algorithmic MACs
-(each token times its K experts, or the router's T x H x E) from the plan, and the minimum HBM traffic
-(the weights of the experts some token selects, once; every other input and each output once) from the
-inputs and the trace, passed to `moegen.perf`.
+The knowledge the timeline model must not have comes from each family's verify harness
+(`moegen/verify/<family>.py`): `algorithmic_macs(plan, tokens)`, the multiply-accumulates the math needs,
+and optionally `minimum_hbm_bytes(plan, inputs, trace)`, the HBM bytes any kernel must move (absent or
+None: every distinct HBM byte the kernel touched, once). A kernel planned for trn3 (it may use
+Trainium3-only instructions: nc_matmul_mx, quantize_mx) is not modeled on the trn2 cost table:
+`ProfileError` says so.
 """
 
 from __future__ import annotations
@@ -15,54 +17,34 @@ import numpy as np
 
 from moegen.plan.common import KernelPlan
 from moegen.verify import DEFAULT_SEED, default_tokens, harness
+from moegen.verify.work import needed_experts
+
+__all__ = ["ProfileError", "algorithmic_macs", "minimum_hbm_bytes", "needed_experts", "profile_plan"]
+
+
+class ProfileError(Exception):
+    """A kernel that cannot be profiled on the requested target (the message says why)."""
 
 
 def algorithmic_macs(plan: KernelPlan, tokens: int) -> int:
-    """Multiply-accumulates the math needs: router T x H x E; an MoE layer T x K x (gate/up + down) =
-    T x K x 3 x H x I (2 x H x I without the gate), scaled by the share of experts local to this rank."""
-    if plan.family == "router":
-        return tokens * plan.hidden * plan.experts
-    projections = 3 if getattr(plan.mlp, "gated", True) else 2
-    local = getattr(plan, "local_experts", plan.experts) / plan.experts
-    return int(round(tokens * plan.top_k * projections * plan.hidden * plan.intermediate * local))
-
-
-PER_EXPERT_WORDS = ("weight", "bias", "scale")
-
-
-def needed_experts(plan: KernelPlan, inputs: dict) -> tuple[int, int] | None:
-    """(experts some token selects on this rank, experts per-expert arrays hold), or None (router)."""
-    if plan.family == "router" or "expert_index" not in inputs:
-        return None
-    held = getattr(plan, "local_experts", plan.experts)
-    ids = np.unique(np.asarray(inputs["expert_index"]))
-    if held < plan.experts:  # EP: the rank the harness runs (the last one) holds a window of experts
-        first = (plan.ep - 1) * held
-        ids = ids[(ids >= first) & (ids < first + held)]
-    return int(ids.size), held
+    """Multiply-accumulates the math of `plan` needs at `tokens` (its family harness's rule)."""
+    return int(harness(plan.family).algorithmic_macs(plan, tokens))
 
 
 def minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list) -> int | None:
-    """HBM bytes any kernel must move: each needed expert's weights (and biases, scales) once, every other
-    input once, and what the kernel writes to its own HBM tensors once. None: the model's default."""
-    import moegen.perf as perf
+    """The HBM minimum of the family's harness, or None (the model's default: every byte touched once)."""
+    rule = getattr(harness(plan.family), "minimum_hbm_bytes", None)
+    return rule(plan, inputs, trace) if rule else None
 
-    need = needed_experts(plan, inputs)
-    if need is None:
-        return None
-    used, held = need
-    touched = perf.report.touched_hbm_bytes(trace)
-    total = 0
-    for mem, nbytes in touched.items():
-        name = mem.split(":")[1]
-        array = inputs.get(name)
-        if array is None:  # a tensor the kernel allocated (its output): as much as it touched
-            total += nbytes
-        elif array.ndim and array.shape[0] == held and any(w in name for w in PER_EXPERT_WORDS):
-            total += array.nbytes * used // held
-        else:
-            total += array.nbytes
-    return total
+
+def check_target(plan: KernelPlan, target: str) -> None:
+    """Refuse to model a kernel planned for trn3 on the trn2 cost table."""
+    if plan.target == "trn3" and target == "trn2":
+        raise ProfileError(
+            f"{plan.kernel_name}: planned for trn3 (it may use Trainium3-only instructions such as nc_matmul_mx "
+            "or quantize_mx, and trn3's SBUF size); a trn2 figure would describe a kernel trn2 cannot run: "
+            "use --target trn3"
+        )
 
 
 def profile_plan(
@@ -76,6 +58,7 @@ def profile_plan(
     import moegen.perf as perf
     from moegen import sim
 
+    check_target(plan, target)
     family = harness(plan.family)
     module = sim.load_module(kernel_path)
     kernel = getattr(module, plan.kernel_name)

@@ -109,3 +109,8 @@ def run(kernel, plan: RouterPlan, inputs: dict[str, np.ndarray]) -> dict[str, np
 def tolerance(plan: RouterPlan, name: str) -> str:
     """Indices exactly; float outputs within the output dtype's rounding."""
     return "exact" if name == "expert_index" else plan.out_dtype
+
+
+def algorithmic_macs(plan: RouterPlan, tokens: int) -> int:
+    """`moegen profile`: the router's logits, T x H x E (its HBM minimum is every byte touched once)."""
+    return tokens * plan.hidden * plan.experts

@@ -17,6 +17,7 @@ from moegen.plan.tkg import TkgPlan
 from moegen.reference.mlp import Precision
 from moegen.reference.quant import cast, quantize_down_fp8, quantize_gate_up_fp8, round_to
 from moegen.reference.tkg import moe_tkg
+from moegen.verify.work import moe_layer_macs, moe_minimum_hbm_bytes
 
 GATE_UP_INPUT_SCALE = 2.0**-5  # |x| < 7.5 stays inside fp8 e4m3 (max 240)
 DOWN_INPUT_SCALE = 2.0**-2  # |h| < 60 stays inside fp8
@@ -324,3 +325,8 @@ def moe_tkg_mx_hidden(plan: TkgPlan, args: dict) -> np.ndarray:
 
 def _limit(value: float | None, default: float) -> float:
     return default if value is None else value
+
+
+# `moegen profile`: the MoE layer's algorithmic MACs and HBM minimum (moegen/verify/work.py)
+algorithmic_macs = moe_layer_macs
+minimum_hbm_bytes = moe_minimum_hbm_bytes

@@ -10,7 +10,7 @@ from moegen.verify.profile import algorithmic_macs, minimum_hbm_bytes, needed_ex
 def _plan(**fields):
     base = dict(family="tkg", experts=8, local_experts=8, ep=1, top_k=2, hidden=256, intermediate=64)
     base.update(fields)
-    return SimpleNamespace(mlp=SimpleNamespace(gated=True), **base)
+    return SimpleNamespace(mlp=SimpleNamespace(projections=2), **base)
 
 
 def _trace(*regions):
