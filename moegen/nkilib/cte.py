@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moegen.nkilib.enums import ActFnType, BlockShardStrategy, ExpertAffinityScaleMode, MoECTEImplementation
-from moegen.nkilib.expert import clamp_stage, expert_pipeline
+from moegen.nkilib.expert import clamp_stage, expert_pipeline, weight_quant
 from moegen.nkilib.router import spec_dtype
 from moegen.nkilib.variant import Launchable, UnsupportedCall, spec_text, variant
 from moegen.sim import simulate
@@ -71,22 +71,13 @@ NO_SKIP = SkipMode(False, False)
 
 
 def _weight_quant(weights: np.ndarray, config: QuantizationConfig, intermediate: int) -> str:
-    fp8 = np.dtype(weights.dtype).name.startswith("float8")
-    scales = (config.gate_up_proj_scale, config.down_proj_scale)
-    if not fp8:
-        if any(scale is not None for scale in scales):
-            raise UnsupportedCall(
-                f"quantization_config: dequantization scales with {weights.dtype} weights; moegen dequantizes fp8 only"
-            )
-        return ""
-    if any(scale is None for scale in scales):
-        raise UnsupportedCall("quantization_config: fp8 weights need gate_up_proj_scale and down_proj_scale")
-    shape = tuple(np.shape(config.gate_up_proj_scale))
-    if intermediate == 1 and shape[1:] == (2, 1):
-        raise UnsupportedCall(
-            f"quantization_config.gate_up_proj_scale: shape {shape} is both a row and a static scale when I = 1"
-        )
-    return "fp8_static" if shape[1:] == (2, 1) else "fp8_row"
+    return weight_quant(
+        weights,
+        config.gate_up_proj_scale,
+        config.down_proj_scale,
+        intermediate,
+        ("quantization_config", "quantization_config.gate_up_proj_scale"),
+    )
 
 
 def cte_variant(

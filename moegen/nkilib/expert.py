@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from moegen.nkilib.enums import ActFnType, ExpertAffinityScaleMode
 from moegen.nkilib.variant import UnsupportedCall
 
@@ -59,3 +61,22 @@ def expert_pipeline(
     stages += [ACTIVATIONS[activation_fn], "down(bias)" if down_bias else "down"]
     stages += ["affinity_scale"] if scaling_mode == ExpertAffinityScaleMode.POST_SCALE else []
     return " -> ".join(stages)
+
+
+def weight_quant(weights: np.ndarray, gate_up_scale, down_scale, intermediate: int, names: tuple[str, str]) -> str:
+    """'' (no quantization), 'fp8_row' or 'fp8_static' from the weight dtype and the scale shapes.
+
+    names: how the caller's API spells (the scales' owner, the gate/up scale), for the errors."""
+    owner, gate_up_name = names
+    if not np.dtype(weights.dtype).name.startswith("float8"):
+        if gate_up_scale is not None or down_scale is not None:
+            raise UnsupportedCall(
+                f"{owner}: dequantization scales with {weights.dtype} weights; moegen dequantizes fp8 weights only"
+            )
+        return ""
+    if gate_up_scale is None or down_scale is None:
+        raise UnsupportedCall(f"{owner}: fp8 weights need both dequantization scales")
+    shape = tuple(np.shape(gate_up_scale))
+    if intermediate == 1 and shape[1:] == (2, 1):
+        raise UnsupportedCall(f"{gate_up_name}: shape {shape} is both a per-row and a per-matrix scale when I = 1")
+    return "fp8_static" if shape[1:] == (2, 1) else "fp8_row"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from moegen.nkilib.enums import ActFnType, ExpertAffinityScaleMode
-from moegen.nkilib.expert import clamp_stage, expert_pipeline
+from moegen.nkilib.expert import clamp_stage, expert_pipeline, weight_quant
 from moegen.nkilib.router import spec_dtype
 from moegen.nkilib.variant import UnsupportedCall, spec_text, variant
 from moegen.sim import simulate
@@ -30,23 +30,13 @@ def _output_dtype(output_dtype, input_dtype: str) -> str:
 
 
 def _weight_quant(weights: np.ndarray, gate_up_scale, down_scale, intermediate: int) -> str:
-    """'' (no quantization), 'fp8_row' or 'fp8_static' from the weight dtype and the scale shapes."""
-    fp8 = np.dtype(weights.dtype).name.startswith("float8")
-    if not fp8:
-        if gate_up_scale is not None or down_scale is not None:
-            raise UnsupportedCall(
-                "expert_gate_up_weights_scale: dequantization scales with non-fp8 weights "
-                f"({weights.dtype}); moegen dequantizes fp8 weights only"
-            )
-        return ""
-    if gate_up_scale is None or down_scale is None:
-        raise UnsupportedCall("expert_gate_up_weights_scale: fp8 weights need both weight scales")
-    shape = tuple(np.shape(gate_up_scale))
-    if intermediate == 1 and shape[1:] == (2, 1):
-        raise UnsupportedCall(
-            f"expert_gate_up_weights_scale: shape {shape} is both a per-row and a per-matrix scale when I = 1"
-        )
-    return "fp8_static" if shape[1:] == (2, 1) else "fp8_row"
+    return weight_quant(
+        weights,
+        gate_up_scale,
+        down_scale,
+        intermediate,
+        ("expert_gate_up_weights_scale", "expert_gate_up_weights_scale"),
+    )
 
 
 def tkg_variant(

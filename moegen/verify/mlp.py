@@ -87,23 +87,28 @@ def _logical(inputs: dict[str, np.ndarray], name: str, plan: MlpPlan) -> tuple[n
     return _unpacked(inputs[name], plan.elem), scales
 
 
-def expected(plan: MlpPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The reference outputs the kernel returns, by name."""
+def _reference(plan: MlpPlan, inputs: dict[str, np.ndarray], out_dtype: str) -> dict[str, np.ndarray]:
+    """dense_mlp_mx on the logical (unswizzled, unpacked) inputs, its outputs rounded to out_dtype."""
     x, xs = _logical(inputs, "x", plan)
     gu, gus = _logical(inputs, "gate_up", plan)
     dn, dns = _logical(inputs, "down", plan)
-    ref = dense_mlp_mx(
+    return dense_mlp_mx(
         x,
         gu,
         dn,
         act=plan.act,
         elem=plan.elem,
         h_dtype=plan.in_dtype,
-        out_dtype=plan.out_dtype,
+        out_dtype=out_dtype,
         x_scales=xs,
         gate_up_scales=gus,
         down_scales=dns,
     )
+
+
+def expected(plan: MlpPlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reference outputs the kernel returns, by name."""
+    ref = _reference(plan, inputs, plan.out_dtype)
     return {name: ref[name] for name in output_names(plan)}
 
 
@@ -147,21 +152,8 @@ def data_tolerance(plan: MlpPlan, name: str, inputs: dict[str, np.ndarray]) -> T
     rounding boundary moves its element by one step. Other outputs: their dtype's tolerance (None)."""
     if name != "out":
         return None
-    x, xs = _logical(inputs, "x", plan)
-    gu, gus = _logical(inputs, "gate_up", plan)
+    ref = _reference(plan, inputs, "fp32")
     dn, dns = _logical(inputs, "down", plan)
-    ref = dense_mlp_mx(
-        x,
-        gu,
-        dn,
-        act=plan.act,
-        elem=plan.elem,
-        h_dtype=plan.in_dtype,
-        out_dtype="fp32",
-        x_scales=xs,
-        gate_up_scales=gus,
-        down_scales=dns,
-    )
     if dns is not None:
         dn = dequantize_mx(dn, dns, axis=-1)
     amax = np.max(np.abs(ref["hidden"]), axis=1, keepdims=True).astype(np.float64)
