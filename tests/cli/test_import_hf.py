@@ -84,8 +84,12 @@ def test_refresh_is_idempotent_and_check_names_the_stale_spec_and_line(tmp_path,
     assert f"{spec}:{line + 2}: stale against hf/deepseek_v2.json" in printed.out
     assert "run 'moegen import-hf --refresh'" in printed.err
 
+    hand_written = tmp_path / "hand_written.moe"
+    hand_written.write_text("moe hand_written {\n  dims hidden=128 intermediate=64 experts=4 top_k=1\n}\n")
     assert cli.main(["import-hf", "--refresh", str(tmp_path)]) == 0
-    assert f"{spec}: refreshed from hf/deepseek_v2.json" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{spec}: refreshed from hf/deepseek_v2.json" in out and "hand_written" not in out
+    assert hand_written.read_text().startswith("moe hand_written {")
     text = spec.read_text()
     assert "scaling_factor(8)" in text and "routed_scaling_factor 8.0" in text
     kernels = original[original.index("\n\n") :]
