@@ -17,6 +17,7 @@ from moegen.reference.shared import shared_experts, shared_gate
 
 
 def make_inputs(shared: FusedSharedPlan, hidden_input: np.ndarray, rng: np.random.Generator) -> dict:
+    """The shared arguments for the tokens hidden_input [T, H]."""
     s, h, i = shared.experts, hidden_input.shape[1], shared.intermediate
     parts = (2,) if shared.mlp.gated else ()
     gate_up = rng.standard_normal((s, h, *parts, i), dtype=np.float32) / np.float32(np.sqrt(h))
@@ -32,8 +33,11 @@ def make_inputs(shared: FusedSharedPlan, hidden_input: np.ndarray, rng: np.rando
     return inputs
 
 
-def expected(shared: FusedSharedPlan, inputs: dict, matmul_in: str) -> np.ndarray:
-    """The shared experts' output [T, H] in fp32 (not rounded)."""
+def expected(
+    shared: FusedSharedPlan, inputs: dict, matmul_in: str, *, hidden: str = "hidden_input", experts: slice = slice(None)
+) -> np.ndarray:
+    """The output [T, H] of the shared experts `experts` (default all, summed) in fp32, not rounded; x is
+    inputs[hidden][:T] (a cte kernel's hidden_states has a zero padding row T)."""
     m = shared.mlp
     mlp = ExpertMLP(
         activation=m.activation,
@@ -45,11 +49,13 @@ def expected(shared: FusedSharedPlan, inputs: dict, matmul_in: str) -> np.ndarra
         up_clamp_upper_limit=None if m.up_upper is None else m.up_upper - m.up_constant,
         up_plus_one=m.up_plus_one,
     )
+    gate = inputs.get("shared_gate_values")
+    x = inputs[hidden][: gate.shape[0]] if gate is not None else inputs[hidden]
     return shared_experts(
-        inputs["hidden_input"],
-        inputs["shared_gate_up_weights"],
-        inputs["shared_down_weights"],
-        gate_values=inputs.get("shared_gate_values"),
+        x,
+        inputs["shared_gate_up_weights"][experts],
+        inputs["shared_down_weights"][experts],
+        gate_values=None if gate is None else gate[:, experts],
         mlp=mlp,
         output_dtype="fp32",
         precision=Precision(matmul_in=matmul_in),

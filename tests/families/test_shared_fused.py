@@ -4,6 +4,7 @@ the `shared=` option."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,64 @@ def test_wrong_shared_weights_shape_names_the_argument(tmp_path):
     inputs["shared_down_weights"] = inputs["shared_down_weights"][:, :128]
     with pytest.raises(Exception, match="shared_down_weights: expected"):
         harness.run(modules["k"].k, plan, inputs)
+
+
+def cte_spec(kernel: str, *, shared: str = "gate_up -> silu -> down", expert: str = "", top_k: int = 2) -> str:
+    return (
+        "moe t {\n"
+        f"  dims hidden=320 intermediate=256 experts=4 top_k={top_k} shared_experts=2 shared_intermediate=384\n"
+        "  dtype bf16\n"
+        f"  expert = {expert or 'gate_up -> silu -> down -> affinity_scale'}\n"
+        f"  shared_expert = {shared}\n"
+        f"  {kernel}\n"
+        "}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "kernel, shared, expert, top_k",
+    [
+        ("kernel c : cte { lnc=1 block=128 }", "gate_up -> silu -> down", "", 2),
+        ("kernel c : cte { lnc=1 block=128 }", "up -> relu2 -> down", "up -> relu2 -> down -> affinity_scale", 2),
+        ("kernel c : cte { lnc=2 shard=block block=128 }", "gate_up -> gelu -> down -> sigmoid_gate", "", 2),
+        ("kernel c : cte { lnc=2 shard=block block=128 }", "up -> relu2 -> down", "", 1),  # top-1 overwrite
+        ("kernel c : cte { lnc=2 shard=intermediate block=128 }", "gate_up -> silu -> down", "", 2),
+        (
+            "kernel c : cte { lnc=2 shard=intermediate loop=hybrid block=128 }",
+            "up -> gelu -> down -> sigmoid_gate",
+            "",
+            2,
+        ),
+        ("kernel c : cte { lnc=1 block=128 padding=skip }", "gate_up -> silu -> down", "", 2),
+        ("kernel c : cte { lnc=1 block=128 ep=2 }", "gate_up -> silu -> down", "", 2),
+    ],
+)
+def test_fused_shared_experts_in_cte_match_the_reference(tmp_path, kernel, shared, expert, top_k):
+    """Prefill: out[t] = routed experts + each shared expert, added after the blocks on 128-row tiles."""
+    from moegen.verify import cte as cte_harness
+
+    generated, modules = build_spec(cte_spec(kernel, shared=shared, expert=expert, top_k=top_k), tmp_path)
+    plan = generated.plans[0]
+    assert plan.shared is not None and "shared_gate_up_weights" in plan.arguments
+    if "ep=2" in kernel:
+        assert plan.shared.intermediate == 192
+    inputs = cte_harness.make_inputs(plan, 150, np.random.default_rng(SEED))
+    got = cte_harness.run(modules["c"].c, plan, inputs)["out"]
+    want = cte_harness.expected(plan, inputs)["out"]
+    assert compare("out", got, want, kind=cte_harness.tolerance(plan, "out")).ok
+    routed = cte_harness.expected(replace(plan, shared=None), inputs)["out"]
+    assert not compare("out", got, routed, kind="bf16").ok
+
+
+def test_cte_per_core_output_keeps_the_shared_experts_separate(tmp_path):
+    text = cte_spec(
+        "kernel c : cte { lnc=2 shard=block block=128 output=per_core }\n  kernel f : cte { shared=fused output=per_core }"
+    )
+    path = tmp_path / "t.moe"
+    path.write_text(text)
+    with pytest.raises(SpecError) as caught:
+        generate(path)
+    assert "kernel 'f': shared=fused: output=per_core leaves the cores' partial sums to the caller" in str(caught.value)
+    generated, _ = build_spec(text.replace("\n  kernel f : cte { shared=fused output=per_core }", ""), tmp_path)
+    assert generated.plans[0].shared is None
+    assert "separate (auto): output=per_core" in dict(generated.plans[0].decisions)["shared experts"]
