@@ -1,15 +1,17 @@
 """Shared experts fused into a routed kernel (docs/shared_experts.md, "Fused"): the plan data and the rule.
 
-A routed tkg kernel of a layer with shared experts can run them itself, after its routed items of each
-token block: one more expert on every token of the block with weight 1 (or its sigmoid gate value),
-its own weights `shared_gate_up_weights [S, H, (2,) I_F]` and `shared_down_weights [S, I_F, H]`, its
-output added into the same fp32 accumulator as the routed experts', rounded once. I_F = I_S / (tp * ep):
-tensor parallelism splits I_S as it splits I, and with expert parallelism every rank also takes an
-I_S / ep slice (the ranks' outputs are summed by the caller's all-reduce as the routed ones are), so the
-shared work is spread over the ranks instead of repeated on each.
+A routed tkg or cte kernel of a layer with shared experts can run them itself: one more expert that every
+token selected, with weight 1 (or its sigmoid gate value), its own weights `shared_gate_up_weights
+[S, H, (2,) I_F]` and `shared_down_weights [S, I_F, H]` passed as extra arguments. tkg runs them after the
+routed items of each token block, into the same fp32 accumulator (rounded once); cte after the routed
+blocks, on 128-row tiles of the tokens (out += round(shared), as a routed expert's update).
+I_F = I_S / (tp * ep): tensor parallelism splits I_S as it splits I, and with expert parallelism every
+rank also takes an I_S / ep slice (the ranks' outputs are summed by the caller's all-reduce as the routed
+ones are), so the shared work is spread over the ranks instead of repeated on each.
 
-The option `shared=auto|fused|separate` of the tkg family decides; `auto` fuses whenever the kernel can
-(rule and evidence in FUSED_REASON, modeled numbers in docs/shared_experts.md) and says why not otherwise.
+The option `shared=auto|fused|separate` of the tkg and cte families decides; `auto` fuses whenever the
+kernel can (FUSED_REASON; modeled evidence in docs/shared_experts.md, benchmarks/shared_fusion.py) and
+says why not otherwise.
 """
 
 from __future__ import annotations

@@ -184,6 +184,7 @@ def cte_spec(kernel: str, *, shared: str = "gate_up -> silu -> down", expert: st
         ),
         ("kernel c : cte { lnc=1 block=128 padding=skip }", "gate_up -> silu -> down", "", 2),
         ("kernel c : cte { lnc=1 block=128 ep=2 }", "gate_up -> silu -> down", "", 2),
+        ("kernel c : cte { lnc=1 block=128 }", "gate_up -> silu -> down", "up -> relu -> down -> affinity_scale", 2),
     ],
 )
 def test_fused_shared_experts_in_cte_match_the_reference(tmp_path, kernel, shared, expert, top_k):
