@@ -33,6 +33,7 @@ from moegen.plan.common import (
     kernel_layer,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
+from moegen.plan.shared_fusion import SHARED_OPTION, FusedSharedPlan, fuse_into_cte
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
@@ -116,6 +117,7 @@ OPTIONS = (
     ),
     EP_OPTION,
     TP_OPTION,
+    SHARED_OPTION,
 )
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
@@ -177,6 +179,7 @@ class CtePlan(KernelPlan):
     zero_output: bool  # zero-fill out before the blocks (accumulation, or dropped tokens never written)
     partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
+    shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
 
     @property
     def quantized(self) -> bool:
@@ -224,6 +227,8 @@ class CtePlan(KernelPlan):
             names.append("down_proj_bias")
         if self.quantized:
             names += ["gate_up_proj_scale", "down_proj_scale"]
+        if self.shared:
+            names += self.shared.argument_names
         return tuple(names)
 
     @property
@@ -290,6 +295,11 @@ class CtePlan(KernelPlan):
             lines[-1] = lines[-1].replace("out[ids]", "out[ids, core]")
         if self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
+        if self.shared:
+            gate = "shared_gate_values[r, s] * " if self.shared.gate else ""
+            lines.append(
+                f"for r in 128-row tiles of the T tokens, s in range(S): out[r] += round({gate}shared_s(x[r]))"
+            )
         if not self.pad_skip:
             lines.append("out[T] = 0")
         return tuple(lines)
@@ -494,6 +504,12 @@ def _buffers(
 
 
 def plan(layer: Layer, variant: Variant) -> CtePlan:
+    """The routed plan, then its `shared` option resolved (moegen/plan/shared_fusion.py)."""
+    routed = _routed_plan(layer, variant)
+    return fuse_into_cte(kernel_layer(layer, variant), variant.options, routed)
+
+
+def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     global_experts = layer.dims.experts
     layer = kernel_layer(layer, variant)
     problems = _layer_problems(layer, variant) + _variant_problems(layer, variant)

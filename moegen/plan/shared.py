@@ -7,8 +7,8 @@ gate, and their sum is added to the routed experts' output:
 
 The plan runs them as their own dense kernel: the tkg template in all-expert mode over a view of the
 layer whose experts are the S shared experts (weights [S, H, 2, I_S / tp]), every expert on every token,
-with no affinity scaling (or POST_SCALE by the gate values). Why not one more always-selected expert
-inside the routed tkg / cte kernels is a decision `moegen explain` prints (`FUSION_DECISION`).
+with no affinity scaling (or POST_SCALE by the gate values). The routed tkg / cte kernels run them
+inside instead when their `shared` option fuses them (moegen/plan/shared_fusion.py).
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ SHARED_OPTION_NAMES = ("tokens", "tp", "out", "input", "output", "shard")
 OPTIONS = tuple(option for option in tkg.OPTIONS if option.name in SHARED_OPTION_NAMES)
 
 FUSION_DECISION = (
-    "own kernel, not fused",
-    "the shared experts run on every token, so one all-expert pass over the whole token tile costs the "
-    "TensorE time of one token per weight tile (N <= 128 tokens move for the price of one); as one more "
-    "expert of a selective tkg kernel it would be T items of one token each, and in a cte kernel "
-    "ceil(T / block) more blocks through the routed blocking, both with the same weight traffic. A "
-    "separate kernel keeps the routed kernels' shapes and arguments unchanged and lets the shared "
-    "experts use their own I_S, activation and gating",
+    "own kernel, the separate path",
+    "the routed tkg / cte kernels with shared=separate, or shared=auto when they cannot fuse the shared "
+    "experts (their `moegen explain` says why), leave them to this kernel, which runs every shared expert "
+    "on every token (an all-expert pass, N <= 128 tokens per weight tile); the caller adds its output to the "
+    "routed output. A fused routed kernel (shared=fused, or auto when it can) makes this kernel unnecessary",
 )
 
 

@@ -45,6 +45,7 @@ from moegen.plan.common import (
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
 from moegen.plan.mx_expert import MxWeightsPlan, mx_weights_plan
+from moegen.plan.shared_fusion import SHARED_OPTION, FusedSharedPlan, fuse_into_tkg
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
@@ -135,6 +136,7 @@ OPTIONS = (
         "hardware generation (default: trn3 for MX weights, else trn2); MX weights need trn3",
         choices=("trn2", "trn3"),
     ),
+    SHARED_OPTION,
 )
 MX_QUANT = ("mxfp4", "mxfp8")
 
@@ -184,6 +186,7 @@ class TkgPlan(KernelPlan):
     gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
+    shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -270,6 +273,11 @@ def _chunks(group: tuple[int, int]) -> tuple[tuple[int, int], ...]:
 
 
 def plan(layer: Layer, variant: Variant) -> TkgPlan:
+    """The routed plan, then its `shared` option resolved (moegen/plan/shared_fusion.py)."""
+    return fuse_into_tkg(layer, variant.options, _routed_plan(layer, variant))
+
+
+def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
     options = variant.options
     problems: list[tuple[str | None, str]] = []
     mx = layer.quant.weights in MX_QUANT

@@ -14,6 +14,7 @@ from moegen.plan.cte import CtePlan
 from moegen.reference import cte as cte_reference
 from moegen.reference import quant
 from moegen.reference.mlp import Precision
+from moegen.verify import shared_fused
 from moegen.verify.work import moe_layer_macs, moe_minimum_hbm_bytes
 
 OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
@@ -92,6 +93,8 @@ def make_inputs(
         inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, *_parts(plan), i)), plan.dtype)
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
+    if plan.shared:
+        inputs.update(shared_fused.make_inputs(plan.shared, hidden[:tokens], rng))
     if aws_forms:
         inputs["block_to_expert"] = inputs["block_to_expert"].reshape(-1)
         if plan.gate_scale == "row":
@@ -212,6 +215,15 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     )
     outputs = dict(zip(OUTPUTS, result if plan.checkpoint else (result,)))
     outputs["out"] = np.array(outputs["out"], dtype=np.float32)
+    if plan.shared:  # one more expert every token selected, each added (and rounded) after the routed blocks
+        tokens = inputs["expert_index"].shape[0]
+        for s in range(plan.shared.experts):
+            y = shared_fused.expected(plan.shared, inputs, plan.dtype, hidden="hidden_states", experts=slice(s, s + 1))[
+                :tokens
+            ]
+            outputs["out"][:tokens] = quant.round_to(
+                outputs["out"][:tokens] + quant.round_to(y, plan.out_dtype), plan.out_dtype
+            )
     if not plan.pad_skip:
         outputs["out"][-1] = 0.0  # the padding row T
     return outputs

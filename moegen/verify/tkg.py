@@ -17,6 +17,7 @@ from moegen.plan.tkg import TkgPlan
 from moegen.reference.mlp import Precision
 from moegen.reference.quant import cast, quantize_down_fp8, quantize_gate_up_fp8, round_to
 from moegen.reference.tkg import moe_tkg
+from moegen.verify import shared_fused
 from moegen.verify.work import moe_layer_macs, moe_minimum_hbm_bytes
 
 GATE_UP_INPUT_SCALE = 2.0**-5  # |x| < 7.5 stays inside fp8 e4m3 (max 240)
@@ -40,6 +41,8 @@ def argument_names(plan: TkgPlan) -> list[str]:
         names += ["gate_up_input_scale", "down_input_scale"]
     if plan.eager:
         names.append("expert_affinities_eager")
+    if plan.shared:
+        names += plan.shared.argument_names
     return names
 
 
@@ -109,6 +112,8 @@ def make_inputs(
     if plan.eager:
         affinities = np.asarray(inputs["expert_affinities"], dtype=np.float32)
         inputs["expert_affinities_eager"] = cast(np.take_along_axis(affinities, index, axis=1), dtype)
+    if plan.shared:
+        inputs.update(shared_fused.make_inputs(plan.shared, inputs["hidden_input"], rng))
     if aws_forms:
         inputs["expert_index"] = inputs["expert_index"].astype(np.uint32)
         if mode == "row":
@@ -189,7 +194,12 @@ def logical_weights(plan: TkgPlan, inputs: dict) -> dict:
 def expected(plan: TkgPlan, inputs: dict) -> dict:
     """The reference output, rounded where the kernel rounds (x * affinity and h in the matmul input
     dtype; every other intermediate fp32; MX: x and h MXFP8-quantized before their matmuls)."""
-    out = moe_tkg(**_reference_arguments(plan, inputs))
+    arguments = _reference_arguments(plan, inputs)
+    if plan.shared:  # the routed and shared sums meet in one fp32 accumulator, rounded once
+        arguments["output_dtype"] = "fp32"
+    out = moe_tkg(**arguments)
+    if plan.shared:
+        out = out + shared_fused.expected(plan.shared, inputs, plan.in_dtype)
     return {"output": round_to(out, plan.out_dtype)}
 
 

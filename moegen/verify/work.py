@@ -15,10 +15,15 @@ PER_EXPERT_WORDS = ("weight", "bias", "scale")
 
 def moe_layer_macs(plan: KernelPlan, tokens: int) -> int:
     """T x K x (input projections + down) x H x I: 3 projections gated (gate, up, down), 2 not gated,
-    scaled by the share of experts local to this rank."""
+    scaled by the share of experts local to this rank; plus T x S x (projections + 1) x H x I_F for
+    shared experts fused into the kernel."""
     projections = plan.mlp.projections + 1
     local = getattr(plan, "local_experts", plan.experts) / plan.experts
-    return int(round(tokens * plan.top_k * projections * plan.hidden * plan.intermediate * local))
+    macs = tokens * plan.top_k * projections * plan.hidden * plan.intermediate * local
+    shared = getattr(plan, "shared", None)
+    if shared:
+        macs += tokens * shared.experts * (shared.projections + 1) * plan.hidden * shared.intermediate
+    return int(round(macs))
 
 
 def needed_experts(plan: KernelPlan, inputs: dict) -> tuple[int, int] | None:
@@ -48,7 +53,12 @@ def moe_minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list) -> int | 
         array = inputs.get(name)
         if array is None:  # a tensor the kernel allocated (its output): as much as it touched
             total += nbytes
-        elif array.ndim and array.shape[0] == held and any(w in name for w in PER_EXPERT_WORDS):
+        elif (
+            array.ndim
+            and array.shape[0] == held
+            and any(w in name for w in PER_EXPERT_WORDS)
+            and not name.startswith("shared_")  # fused shared experts: every one is needed
+        ):
             total += array.nbytes * used // held
         else:
             total += array.nbytes

@@ -83,10 +83,10 @@ def test_tensor_parallel_shared_width(tmp_path):
     assert compare("output", got, harness.expected(plan, inputs)["output"], kind="bf16").ok
 
 
-def test_explain_says_why_the_shared_experts_are_not_fused(tmp_path):
+def test_explain_says_the_shared_kernel_is_the_separate_path(tmp_path):
     generated, _ = build_spec(spec_text("kernel s : shared { }"), tmp_path)
     decisions = dict(generated.plans[0].decisions)
-    assert "own kernel, not fused" in decisions and "every token" in decisions["own kernel, not fused"]
+    assert "shared=separate" in decisions["own kernel, the separate path"]
 
 
 def errors(tmp_path: Path, text: str) -> str:
