@@ -38,8 +38,10 @@ def shared_experts(
 ) -> np.ndarray:
     """The shared experts' output [T, H] (rounded to output_dtype, returned as float32).
 
-    hidden_input [T, H]; shared_gate_up_weights [S, H, 2, I_S]; shared_down_weights [S, I_S, H];
-    gate_values [T, S] or None (weight 1); mlp: the MLP's shape (default: gated SiLU); biases [S, 2, I_S] and [S, H]. The sum over s is fp32.
+    hidden_input [T, H]; shared_gate_up_weights [S, H, 2, I_S] (gated) or [S, H, I_S] (not gated, mlp.gated
+    False: up -> act -> down, Nemotron-H); shared_down_weights [S, I_S, H]; gate_values [T, S] or None
+    (weight 1); mlp: the MLP's shape (default: gated SiLU); biases [S, 2, I_S] (or [S, I_S]) and [S, H].
+    The sum over s is fp32.
     """
     x = np.asarray(hidden_input, dtype=np.float32)
     count = shared_gate_up_weights.shape[0]

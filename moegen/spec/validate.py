@@ -66,6 +66,9 @@ RENAMED_STAGES = {
     "router": {"scale": "scaling_factor"},
     "expert": {"scale": "affinity_scale"},
 }
+# Other names of a stage, accepted silently: Hugging Face configs call squared ReLU `relu2`
+# (Nemotron-H's mlp_hidden_act), and `moegen import-hf` writes what the config says.
+STAGE_ALIASES = {"relu2": "squared_relu"}
 # Names a kernel may not take: Python keywords, builtins (a module-level `def range` would
 # shadow the builtin the kernel body calls) and the module aliases of generated code.
 RESERVED_NAMES = frozenset(keyword.kwlist) | frozenset(dir(builtins)) | {"nki", "nl", "nisa", "np", "numpy"}
@@ -267,6 +270,8 @@ def _renamed(pipeline: Pipeline, report: _Collector) -> Pipeline:
     renames = RENAMED_STAGES.get(pipeline.name, {})
     stages = []
     for stage in pipeline.stages:
+        if pipeline.name != "router" and stage.name in STAGE_ALIASES:
+            stage = replace(stage, name=STAGE_ALIASES[stage.name])
         new = renames.get(stage.name)
         if new is not None:
             example = format_stage(replace(stage, name=new))

@@ -1,7 +1,8 @@
 """Verify harness of the shared family (see moegen/verify/__init__.py for the interface).
 
 The kernel is the tkg all-expert kernel over the S shared experts, so its arguments are tkg's:
-expert_gate_up_weights [S, H, 2, I_S], expert_down_weights [S, I_S, H], expert_affinities [T, S]
+expert_gate_up_weights [S, H, 2, I_S] (gated) or [S, H, I_S]
+(not gated: the up projection only), expert_down_weights [S, I_S, H], expert_affinities [T, S]
 (the gate values when the spec has 'sigmoid_gate', computed here from a random w_gate as
 Qwen2-MoE does; otherwise not read) and expert_index [T, S] (not read). The expected output comes
 from moegen.reference.shared, which knows nothing of the tkg kernel.
@@ -16,6 +17,7 @@ from moegen.reference.mlp import ExpertMLP, Precision
 from moegen.reference.quant import cast, round_to
 from moegen.reference.shared import shared_experts, shared_gate
 from moegen.verify import tkg
+from moegen.verify.work import moe_layer_macs
 
 
 def make_inputs(plan: SharedPlan, tokens: int, rng: np.random.Generator) -> dict:
@@ -32,7 +34,7 @@ def expected(plan: SharedPlan, inputs: dict) -> dict:
     mlp = ExpertMLP(
         activation=m.activation,
         alpha=m.alpha,
-        gated=getattr(m, "gated", True),  # the plan refuses non-gated experts until the templates have them
+        gated=m.gated,
         gate_clamp_lower_limit=m.gate_lower,
         gate_clamp_upper_limit=m.gate_upper,
         up_clamp_lower_limit=tkg._unshift(m.up_lower, m),
@@ -55,3 +57,6 @@ def expected(plan: SharedPlan, inputs: dict) -> dict:
 
 run = tkg.run
 tolerance = tkg.tolerance
+# T x S x (projections + down) x H x I_S: the plan's experts and top_k are both S. The HBM minimum is the
+# model's default (every byte the kernel touches, once): every token runs every shared expert.
+algorithmic_macs = moe_layer_macs

@@ -121,3 +121,57 @@ def test_shared_pipeline_without_shared_dims_is_an_error(tmp_path):
 def test_shared_family_without_shared_experts_is_an_error(tmp_path):
     text = spec_text("kernel s : shared { }", dims="tp=1").replace("  shared_expert = gate_up -> silu -> down\n", "")
     assert "t.moe:5:3: error: kernel 's': the shared family runs the layer's shared experts" in errors(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "kernel, tokens",
+    [
+        ("kernel s : shared { tokens<=8 }", 5),
+        ("kernel s : shared { lnc=2 shard=intermediate tokens<=256 }", 130),
+        ("kernel s : shared { lnc=2 shard=hidden tp=2 tokens<=8 }", 3),
+    ],
+)
+def test_non_gated_shared_experts_match_the_reference(tmp_path, kernel, tokens):
+    """Nemotron-H's shared expert: up -> relu2 -> down, weights [S, H, I_S], no gate projection."""
+    plan, inputs, got = run(tmp_path, spec_text(kernel, shared="up -> relu2 -> down"), tokens)
+    assert not plan.mlp.gated and plan.mlp.activation == "squared_relu"
+    assert inputs["expert_gate_up_weights"].shape == (2, 256, plan.intermediate)
+    want = harness.expected(plan, inputs)["output"]
+    assert compare("output", got, want, kind=harness.tolerance(plan, "output")).ok
+    relu = shared_experts(
+        inputs["hidden_input"],
+        inputs["expert_gate_up_weights"],
+        inputs["expert_down_weights"],
+        mlp=ExpertMLP(activation="relu", gated=False),
+        precision=Precision(matmul_in="bf16"),
+    )
+    assert not compare("output", got, relu, kind="bf16").ok  # the square matters
+
+
+def test_non_gated_shared_expert_with_sigmoid_gate(tmp_path):
+    text = spec_text("kernel s : shared { tokens<=8 }", shared="up -> gelu -> down -> sigmoid_gate")
+    plan, inputs, got = run(tmp_path, text, 6)
+    assert plan.gate and not plan.mlp.gated
+    want = harness.expected(plan, inputs)["output"]
+    assert compare("output", got, want, kind="bf16").ok
+    ungated = shared_experts(
+        inputs["hidden_input"],
+        inputs["expert_gate_up_weights"],
+        inputs["expert_down_weights"],
+        mlp=ExpertMLP(activation="gelu", gated=False),
+        precision=Precision(matmul_in="bf16"),
+    )
+    assert not compare("output", got, ungated, kind="bf16").ok
+
+
+def test_relu2_is_squared_relu_in_both_expert_pipelines(tmp_path):
+    """Hugging Face's name (Nemotron-H mlp_hidden_act relu2) parses as squared_relu, without a warning."""
+    text = spec_text("kernel s : shared { }", shared="up -> relu2 -> down").replace(
+        "gate_up -> silu -> down -> scale", "up -> relu2 -> down -> affinity_scale"
+    )
+    path = tmp_path / "t.moe"
+    path.write_text(text)
+    generated = generate(path)
+    assert generated.spec.layer.expert.activation == "squared_relu"
+    assert generated.spec.layer.shared_expert.activation == "squared_relu"
+    assert not generated.spec.warnings
