@@ -22,6 +22,7 @@ from torch import nn
 from moegen import blocking, sim
 from moegen.codegen.build import write
 from moegen.compiler import GeneratedSpec, generate
+from moegen.import_hf import FAMILIES as IMPORTED_MODEL_TYPES
 from moegen.import_hf import spec_text
 from moegen.reference.quant import cast
 from moegen.verify import cte as cte_harness
@@ -177,6 +178,9 @@ class Family:
     # parameters stored [.., in, out] (x @ W) rather than nn.Linear's [.., out, in]
     input_major: tuple[str, ...] = ()
     buffers: dict[str, float] = field(default_factory=dict)  # buffer name -> uniform(-a, a) bound
+    # the spec to use while `moegen import-hf` does not know the model type (written as the importer writes
+    # specs: the same kernels and options); the imported spec is used as soon as it does
+    spec_by_hand: str | None = None
 
 
 def _module(path: str):
@@ -188,6 +192,20 @@ def _module(path: str):
 
 
 HIDDEN, TOKENS_TKG, TOKENS_CTE = 128, 4, 160
+# The tiny Nemotron-H config below as a spec (specs/nemotron3_nano_30b_a3b.moe states the real model).
+NEMOTRON_H_SPEC = f"""moe tiny_nemotron_h {{
+  dims   hidden={HIDDEN} intermediate=64 experts=8 top_k=2 shared_experts=1 shared_intermediate=96
+  dtype  bf16
+  router = linear -> sigmoid -> select_bias -> topk -> renormalize -> scaling_factor(2.5)
+  expert = up -> squared_relu -> down -> affinity_scale
+  shared_expert = up -> squared_relu -> down
+
+  kernel router_topk : router {{ }}
+  kernel decode : tkg {{ }}
+  kernel prefill : cte {{ block=128 }}
+  kernel shared_experts : shared {{ }}
+}}
+"""
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
@@ -303,6 +321,30 @@ FAMILIES: dict[str, Family] = {
             route=_route_llama4,
             input_major=("experts.gate_up_proj", "experts.down_proj"),
         ),
+        Family(
+            "nemotron_h",
+            {
+                "model_type": "nemotron_h",
+                "hidden_size": HIDDEN,
+                "moe_intermediate_size": 64,
+                "n_routed_experts": 8,
+                "num_experts_per_tok": 2,
+                "n_shared_experts": 1,
+                "moe_shared_expert_intermediate_size": 96,
+                "mlp_hidden_act": "relu2",
+                "mlp_bias": False,
+                "n_group": 1,
+                "topk_group": 1,
+                "norm_topk_prob": True,
+                "routed_scaling_factor": 2.5,
+                "torch_dtype": "bfloat16",
+            },
+            _module("nemotron_h.modeling_nemotron_h.NemotronHMoE"),
+            transformers.NemotronHConfig,
+            _nemotron_h_weights,
+            buffers={"gate.e_score_correction_bias": 0.1},
+            spec_by_hand=NEMOTRON_H_SPEC,
+        ),
     ]
 }
 
@@ -364,9 +406,12 @@ class Kernels:
 
 
 def build_kernels(family: Family, folder: Path) -> Kernels:
-    """`moegen import-hf` on the tiny config, then build the spec into `folder` and load every kernel."""
+    """`moegen import-hf` on the tiny config (or the family's spec by hand, see Family), then build the spec into `folder` and load every kernel."""
     spec = folder / f"{family.name}.moe"
-    spec.write_text(spec_text(family.config, f"tiny_{family.name}"))
+    if family.config["model_type"] in IMPORTED_MODEL_TYPES or family.spec_by_hand is None:
+        spec.write_text(spec_text(family.config, f"tiny_{family.name}"))
+    else:
+        spec.write_text(family.spec_by_hand)
     generated = generate(spec)
     out = write(generated, folder / "generated")
     modules = {p.kernel_name: sim.load_module(out / f"{p.kernel_name}.py") for p in generated.plans}

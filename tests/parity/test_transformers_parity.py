@@ -68,7 +68,7 @@ def output_tolerance(want: np.ndarray) -> Tolerance:
 
 
 def test_every_family_is_covered():
-    assert set(FAMILY_NAMES) == {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4"}
+    assert set(FAMILY_NAMES) == {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4", "nemotron_h"}
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
