@@ -30,6 +30,7 @@ from moegen.verify import router as router_harness
 from moegen.verify import tkg as tkg_harness
 
 SEED = 20261206
+torch.set_num_threads(1)  # tiny matmuls; `make test` runs two pytest workers on two cores
 
 
 @dataclass(frozen=True)
@@ -377,10 +378,11 @@ def hidden_states(tokens: int, hidden: int = HIDDEN, seed: int = SEED) -> np.nda
 
 
 def transformers_layer(family: Family, block: nn.Module, x: np.ndarray) -> tuple[np.ndarray, Routing]:
-    """The block's forward output [T, H] and its router's outputs, in float32."""
+    """The block's forward output [T, H] and its router's outputs, as float32 (x is cast to the block's dtype:
+    a bf16 block computes as transformers does in bf16)."""
     tokens, hidden = x.shape
     with torch.no_grad():
-        xt = torch.from_numpy(x)
+        xt = torch.from_numpy(x).to(next(block.parameters()).dtype)
         out = block(xt.reshape(1, tokens, hidden))
         out = out[0] if isinstance(out, tuple) else out
         logits, weights, index = family.route(block, xt)
