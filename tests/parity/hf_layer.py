@@ -327,6 +327,7 @@ FAMILIES: dict[str, Family] = {
             {
                 "model_type": "nemotron_h",
                 "hidden_size": HIDDEN,
+                "intermediate_size": 256,  # the hybrid pattern's dense MLP layers, not the MoE layer
                 "moe_intermediate_size": 64,
                 "n_routed_experts": 8,
                 "num_experts_per_tok": 2,
