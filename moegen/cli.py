@@ -84,6 +84,7 @@ def _check(args, out: Path) -> int:
 
     paths = _spec_paths(args.specs)
     problems, names, status = [], set(), EXIT_OK
+    stale_specs = _stale_imported_specs(paths)
     for path in paths:
         names.add(path.stem)  # a spec with errors still owns its folder: not 'extra'
         generated = _load(path)
@@ -95,12 +96,38 @@ def _check(args, out: Path) -> int:
         problems += extra_spec_dirs(out, names)
     for problem in problems:
         print(f"{problem.path}: {problem.problem}")
+    for message in stale_specs:
+        print(message)
+    if stale_specs:
+        print(
+            f"{len(stale_specs)} spec(s) stale against their config: run 'moegen import-hf --refresh'", file=sys.stderr
+        )
     if problems:
         print(f"{len(problems)} generated file(s) out of date: run 'moegen build'", file=sys.stderr)
+    if problems or stale_specs:
         return max(status, EXIT_FAILED)
     if status == EXIT_OK:
         print(f"generated/ is up to date ({len(paths)} spec(s))")
     return status
+
+
+def _stale_imported_specs(paths: list[Path]) -> list[str]:
+    """One line per imported spec (first line a `moegen import-hf` record) that differs from its refresh."""
+    import json
+
+    from moegen.import_hf import ConfigError, RecordError, is_imported, stale_line
+
+    messages = []
+    for path in paths:
+        if not path.is_file() or not is_imported(path):
+            continue
+        try:
+            message = stale_line(path)
+        except (RecordError, ConfigError, json.JSONDecodeError, OSError) as error:
+            message = f"{path}: cannot refresh from its config: {error}"
+        if message:
+            messages.append(message)
+    return messages
 
 
 def _plans_named(spec: Path, generated, variant: str | None):
@@ -237,12 +264,22 @@ def cmd_profile(args) -> int:
 def cmd_import_hf(args) -> int:
     import json
 
-    from moegen.import_hf import ConfigError, import_file
+    from moegen.import_hf import ConfigError, RecordError, import_file
 
+    if args.refresh is not None:
+        if args.config or args.output or args.tp != 1 or args.ep != 1 or args.quant:
+            print(
+                "error: --refresh takes spec files or folders only (each spec records its own options)", file=sys.stderr
+            )
+            return EXIT_SPEC_ERROR
+        return _refresh_imported(args.refresh or ["specs"])
+    if not args.config:
+        print("error: give a config.json, or --refresh [SPEC or folder ...]", file=sys.stderr)
+        return EXIT_SPEC_ERROR
     path = Path(args.config)
-    name = Path(args.output).stem if args.output else None
+    output = Path(args.output) if args.output else None
     try:
-        text = import_file(path, tp=args.tp, ep=args.ep, name=name)
+        text = import_file(path, tp=args.tp, ep=args.ep, output=output, quant=args.quant)
     except FileNotFoundError:
         print(f"{path}: error: no such config file", file=sys.stderr)
         return EXIT_FAILED
@@ -252,11 +289,45 @@ def cmd_import_hf(args) -> int:
     except ConfigError as error:
         print(f"{path}: error: {error}", file=sys.stderr)
         return EXIT_SPEC_ERROR
-    if args.output:
-        Path(args.output).write_text(text)
+    except RecordError as error:
+        print(f"{output}: error: {error}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    if output:
+        output.write_text(text)
     else:
         sys.stdout.write(text)
     return EXIT_OK
+
+
+def _refresh_imported(given: list[str]) -> int:
+    """`moegen import-hf --refresh`: rewrite the layer part of every imported spec from its config."""
+    import json
+
+    from moegen.import_hf import ConfigError, RecordError, is_imported, refreshed
+
+    specs = []
+    for name in given:
+        path = Path(name)
+        if path.is_dir():
+            specs += [spec for spec in sorted(path.glob("*.moe")) if is_imported(spec)]
+        elif path.is_file():
+            specs.append(path)
+        else:
+            print(f"{path}: error: no such spec file or folder", file=sys.stderr)
+            return EXIT_FAILED
+    status = EXIT_OK
+    for spec in specs:
+        try:
+            text, options = refreshed(spec)
+        except (RecordError, ConfigError, json.JSONDecodeError, OSError) as error:
+            print(f"{spec}: error: {error}", file=sys.stderr)
+            status = EXIT_SPEC_ERROR
+            continue
+        changed = text != spec.read_text()
+        if changed:
+            spec.write_text(text)
+        print(f"{spec}: {'refreshed' if changed else 'up to date'} from {options.config}")
+    return status
 
 
 def cmd_tune(args) -> int:
@@ -348,13 +419,23 @@ def parser() -> argparse.ArgumentParser:
     import_hf = sub.add_parser(
         "import-hf",
         help="write a .moe spec from a Hugging Face config.json",
-        description="The MoE layer of a Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, GPT-OSS or Llama-4 config as "
-        "a spec with a router, tkg and cte kernel (and the shared experts' kernel). A field it cannot state is an error.",
+        description="The MoE layer of a Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, GPT-OSS, Llama-4 or Nemotron-H "
+        "config as a spec with a router, tkg and cte kernel (and the shared experts' kernel); an existing -o spec keeps "
+        "its kernels. A field it cannot state is an error. --refresh rewrites every imported spec from its config.",
     )
-    import_hf.add_argument("config", metavar="CONFIG")
+    import_hf.add_argument("config", metavar="CONFIG", nargs="?")
     import_hf.add_argument("-o", "--output", metavar="SPEC", help="write the spec here (default: stdout)")
     import_hf.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (dims tp)")
     import_hf.add_argument("--ep", type=int, default=1, help="expert-parallel degree (dims ep)")
+    import_hf.add_argument(
+        "--quant", default="", metavar="OPTIONS", help="a quant statement, e.g. 'weights=mxfp4 activations=mxfp8'"
+    )
+    import_hf.add_argument(
+        "--refresh",
+        nargs="*",
+        metavar="SPEC",
+        help="rewrite the layer part of every imported spec (files, or folders: default specs) from its config",
+    )
     import_hf.set_defaults(run=cmd_import_hf)
 
     tune = sub.add_parser(

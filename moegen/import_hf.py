@@ -4,12 +4,21 @@ Each supported `model_type` has a table of the config fields that define its MoE
 the fields that do not concern the MoE layer (attention, embeddings, positions, training: accepted and
 not used). Any other field, or a value the spec language cannot state, is an error naming the field:
 nothing is dropped silently.
+
+An imported spec has two parts. The *layer part* (a header recording the import command and the config
+values read, the `moe` line, dims, dtype, quant and the pipelines) is a function of the config and the
+import options alone. The *kernel part* (everything after the layer statements: kernels, defaults,
+comments, the closing brace) is written once (a default set) and then kept as it is: `--refresh`
+rewrites the layer part of every imported spec from its config and keeps the kernel part byte for byte.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -132,11 +141,21 @@ class _Reader:
             raise ConfigError(self.prefix + name, f"activation {value!r} has no spec stage ({', '.join(ACTIVATIONS)})")
         return ACTIVATIONS[value]
 
+    def positive(self, name: str) -> float:
+        value = self.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(self.prefix + name, f"expected a positive number, got {value!r}")
+        return value
+
     def require(self, name: str, allowed: tuple, default: object = ...) -> object:
         value = self.get(name, default)
         if value not in allowed:
             raise ConfigError(self.prefix + name, f"{value!r} is not supported (supported: {allowed})")
         return value
+
+    def values_read(self) -> list[tuple[str, object]]:
+        """(field, value) of every field read that the config holds, by name."""
+        return [(self.prefix + name, self.config[name]) for name in sorted(self.used) if name in self.config]
 
     def check_unused(self, ignored: frozenset[str]) -> None:
         for name in sorted(self.config):
@@ -195,15 +214,13 @@ def _deepseek_v3(c: _Reader) -> MoELayer:
     c.require("topk_method", ("noaux_tc",))
     groups, keep = c.integer("n_group"), c.integer("topk_group")
     renormalize = c.require("norm_topk_prob", (True, False))
-    factor = c.get("routed_scaling_factor")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-        raise ConfigError("routed_scaling_factor", f"expected a positive number, got {factor!r}")
+    factor = c.positive("routed_scaling_factor")
     router = "linear -> sigmoid -> select_bias"
     if groups > 1:
         router += f" -> group_limit(groups={groups}, keep={keep}, score=top2_sum)"
     router += " -> topk" + (" -> renormalize" if renormalize else "")
     if factor != 1:
-        router += f" -> scaling_factor({factor!r})"
+        router += f" -> scaling_factor({factor:g})"
     moe_i, shared = c.integer("moe_intermediate_size"), c.integer("n_shared_experts")
     return MoELayer(
         c.integer("hidden_size"),
@@ -220,9 +237,7 @@ def _deepseek_v3(c: _Reader) -> MoELayer:
 
 def _gpt_oss(c: _Reader) -> MoELayer:
     c.require("hidden_act", ("silu",))  # transformers' GptOssExperts hard-codes swish(1.702) on the gate
-    limit = c.get("swiglu_limit")
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
-        raise ConfigError("swiglu_limit", f"expected a positive number, got {limit!r}")
+    limit = c.positive("swiglu_limit")
     top_k = c.integer("num_experts_per_tok")
     if c.integer("experts_per_token", top_k) != top_k:
         raise ConfigError("experts_per_token", "differs from num_experts_per_tok")
@@ -254,19 +269,125 @@ def _llama4(c: _Reader) -> MoELayer:
     )
 
 
+def _deepseek_v2(c: _Reader) -> MoELayer:
+    """DeepSeek-V2 (modeling_deepseek.py published with the model): softmax scores; with
+    `group_limited_greedy` a group's score is its best expert's score (V3 sums its top two)."""
+    c.integer("intermediate_size")  # the first_k_dense_replace dense layers
+    act = c.activation()
+    c.require("scoring_func", ("softmax",))
+    method = c.require("topk_method", ("greedy", "group_limited_greedy"))
+    groups, keep = c.integer("n_group", 1), c.integer("topk_group", 1)  # greedy does not read them
+    # Published V2 configs have norm_topk_prob false: the K weights are multiplied by routed_scaling_factor.
+    # With true the published modeling code renormalises instead of scaling; that variant is not imported.
+    c.require("norm_topk_prob", (False,))
+    factor = c.positive("routed_scaling_factor")
+    router = "linear -> softmax"
+    if method == "group_limited_greedy" and groups > 1:
+        router += f" -> group_limit(groups={groups}, keep={keep}, score=max)"
+    router += " -> topk" + (f" -> scaling_factor({factor:g})" if factor != 1 else "")
+    moe_i, shared = c.integer("moe_intermediate_size"), c.integer("n_shared_experts")
+    return MoELayer(
+        c.integer("hidden_size"),
+        moe_i,
+        c.integer("n_routed_experts"),
+        c.integer("num_experts_per_tok"),
+        router,
+        f"gate_up -> {act} -> down -> affinity_scale",
+        1 if shared else 0,
+        shared * moe_i,  # one MLP of width n_shared_experts * moe_intermediate_size, as in V3
+        f"gate_up -> {act} -> down" if shared else "",
+    )
+
+
+NEMOTRON_H_IGNORED = frozenset(
+    {  # the Mamba-2 mixer, norms and the hybrid layer pattern: not the MoE layer
+        "chunk_size",
+        "conv_kernel",
+        "expand",
+        "hidden_dropout",
+        "hybrid_override_pattern",
+        "layer_norm_epsilon",
+        "mamba_head_dim",
+        "mamba_hidden_act",
+        "mamba_num_heads",
+        "mamba_proj_bias",
+        "mamba_ssm_cache_dtype",
+        "n_groups",
+        "norm_eps",
+        "num_logits_to_keep",
+        "partial_rotary_factor",
+        "rescale_prenorm_residual",
+        "residual_in_fp32",
+        "ssm_state_size",
+        "time_step_floor",
+        "time_step_limit",
+        "time_step_max",
+        "time_step_min",
+        "use_bias",
+        "use_conv_bias",
+        "use_mamba_kernels",
+    }
+)
+
+
+def _nemotron_h(c: _Reader) -> MoELayer:
+    """Nemotron-H (transformers' NemotronHMOE): DeepSeek-V3's sigmoid router, non-gated experts
+    (up -> mlp_hidden_act -> down) and one non-gated shared MLP."""
+    c.integer("intermediate_size")  # the dense MLP layers of the hybrid pattern, not the experts
+    act = c.activation("mlp_hidden_act")
+    c.require("mlp_bias", (False,), False)
+    groups, keep = c.integer("n_group", 1), c.integer("topk_group", 1)
+    renormalize = c.require("norm_topk_prob", (True, False))
+    factor = c.positive("routed_scaling_factor")
+    router = "linear -> sigmoid -> select_bias"
+    if groups > 1:
+        router += f" -> group_limit(groups={groups}, keep={keep}, score=top2_sum)"
+    router += " -> topk" + (" -> renormalize" if renormalize else "")
+    if factor != 1:
+        router += f" -> scaling_factor({factor:g})"
+    # NemotronHMOE builds exactly one shared MLP of width moe_shared_expert_intermediate_size.
+    c.require("n_shared_experts", (1,))
+    # Hugging Face spells squared ReLU `relu2`; the shared pipeline says what the config says.
+    shared_act = "relu2" if act == "squared_relu" else act
+    return MoELayer(
+        c.integer("hidden_size"),
+        c.integer("moe_intermediate_size"),
+        c.integer("n_routed_experts"),
+        c.integer("num_experts_per_tok"),
+        router,
+        f"up -> {act} -> down -> affinity_scale",
+        1,
+        c.integer("moe_shared_expert_intermediate_size"),
+        f"up -> {shared_act} -> down",
+    )
+
+
 FAMILIES: dict[str, Callable[[_Reader], MoELayer]] = {
     "mixtral": _mixtral,
     "qwen2_moe": _qwen2_moe,
     "qwen3_moe": _qwen3_moe,
+    "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v3,
     "gpt_oss": _gpt_oss,
     "llama4_text": _llama4,
+    "nemotron_h": _nemotron_h,
 }
+IGNORED = {"nemotron_h": NEMOTRON_H_IGNORED}  # per model type, on top of COMMON_IGNORED
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
-def read_layer(config: dict) -> tuple[MoELayer, str]:
-    """The MoE layer of a config and its dtype; ConfigError names the first field it cannot state."""
+@dataclass(frozen=True)
+class ReadConfig:
+    """A config's MoE layer, its dtype, and the (field, value) pairs that decided them."""
+
+    layer: MoELayer
+    dtype: str
+    model_type: str
+    values: list[tuple[str, object]]
+
+
+def read_config(config: dict) -> ReadConfig:
+    """The MoE layer of a config; ConfigError names the first field it cannot state."""
     model_type = config.get("model_type")
     if model_type == "llama4":
         text = config.get("text_config")
@@ -278,13 +399,14 @@ def read_layer(config: dict) -> tuple[MoELayer, str]:
         reader = _Reader(text, "text_config.")
         layer = _llama4(reader)
         reader.check_unused(COMMON_IGNORED | {"model_type"})
-        return layer, _dtype(text.get("torch_dtype", config.get("torch_dtype")))
+        dtype = _dtype(text.get("torch_dtype", config.get("torch_dtype")))
+        return ReadConfig(layer, dtype, model_type, reader.values_read() + _dtype_value(text, "text_config."))
     if model_type not in FAMILIES:
         raise ConfigError("model_type", f"{model_type!r} is not supported (supported: {', '.join(FAMILIES)})")
     reader = _Reader(config)
     layer = FAMILIES[model_type](reader)
-    reader.check_unused(COMMON_IGNORED)
-    return layer, _dtype(config.get("torch_dtype"))
+    reader.check_unused(COMMON_IGNORED | IGNORED.get(model_type, frozenset()))
+    return ReadConfig(layer, _dtype(config.get("torch_dtype")), model_type, reader.values_read() + _dtype_value(config))
 
 
 def _dtype(value: object) -> str:
@@ -295,34 +417,176 @@ def _dtype(value: object) -> str:
     return DTYPES[value]
 
 
-def spec_text(config: dict, name: str, tp: int = 1, ep: int = 1, source: str = "config.json") -> str:
-    """The `.moe` spec of the config's MoE layer with a default router, tkg and cte kernel (and the
-    shared experts' kernel)."""
-    layer, dtype = read_layer(config)
+def _dtype_value(config: dict, prefix: str = "") -> list[tuple[str, object]]:
+    return [(prefix + "torch_dtype", config["torch_dtype"])] if "torch_dtype" in config else []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Spec text: the layer part (from the config) and the kernel part (a default set, then kept).
+
+RECORD = re.compile(r"^# Generated by `moegen import-hf (?P<args>[^`]+)`")
+# A statement of the layer part: a setting (`dims ...`, `dtype bf16`) or a pipeline (`router = ...`).
+LAYER_STATEMENT = re.compile(r"^\s*(?!kernel\b|defaults\b)[A-Za-z_]\w*\s*(=|\s\S)")
+# The layer statements moegen import-hf writes, as they would appear misplaced in the kernel part.
+WRITTEN_LAYER_STATEMENT = re.compile(r"^\s*((dims|dtype|quant)\s+\S|(router|expert|shared_expert)\s*=)")
+MOE_LINE = re.compile(r"^\s*moe\s+\w+\s*\{\s*$")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How a spec was imported: the config (as the record names it) and the serving options."""
+
+    config: str
+    tp: int = 1
+    ep: int = 1
+    quant: str = ""  # the options of a `quant` statement, e.g. "weights=mxfp4 activations=mxfp8"
+
+    def command(self) -> str:
+        """The import-hf arguments that reproduce the layer part."""
+        args = [self.config]
+        args += ["--tp", str(self.tp)] if self.tp > 1 else []
+        args += ["--ep", str(self.ep)] if self.ep > 1 else []
+        args += ["--quant", self.quant] if self.quant else []
+        return shlex.join(args)
+
+
+def parse_record(args: str) -> ImportOptions:
+    """The options of a record line's `moegen import-hf ARGS`."""
+    parser = argparse.ArgumentParser(prog="moegen import-hf", add_help=False, exit_on_error=False)
+    parser.add_argument("config")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--ep", type=int, default=1)
+    parser.add_argument("--quant", default="")
+    try:
+        known, unknown = parser.parse_known_args(shlex.split(args))
+    except (argparse.ArgumentError, ValueError) as error:
+        raise RecordError(f"cannot read the import record '{args}': {error}") from None
+    if unknown:
+        raise RecordError(f"the import record '{args}' has arguments --refresh does not know: {' '.join(unknown)}")
+    return ImportOptions(known.config, known.tp, known.ep, known.quant)
+
+
+class RecordError(Exception):
+    """A spec whose import record or layout --refresh cannot follow."""
+
+
+def _wrapped_comment(text: str, width: int = 100) -> list[str]:
+    lines, line = [], "#"
+    for word in text.split(" "):
+        if len(line) + 1 + len(word) > width and line != "#":
+            lines.append(line)
+            line = "#"
+        line += " " + word
+    return lines + [line]
+
+
+def _value(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def layer_part(config: dict, name: str, options: ImportOptions) -> str:
+    """The header, `moe` line and layer statements of the spec of `config` (no kernels, no closing brace)."""
+    read = read_config(config)
+    layer = read.layer
     dims = f"hidden={layer.hidden} intermediate={layer.intermediate} experts={layer.experts} top_k={layer.top_k}"
     if layer.shared_experts:
         dims += f" shared_experts={layer.shared_experts} shared_intermediate={layer.shared_intermediate}"
-    dims += (f" tp={tp}" if tp > 1 else "") + (f" ep={ep}" if ep > 1 else "")
+    dims += (f" tp={options.tp}" if options.tp > 1 else "") + (f" ep={options.ep}" if options.ep > 1 else "")
+    values = ", ".join(f"{field} {_value(value)}" for field, value in read.values)
     lines = [
-        f"# Generated by moegen import-hf from {source}: the MoE layer of model_type {config.get('model_type')!s}.",
+        f"# Generated by `moegen import-hf {options.command()}`.",
+        "# `moegen import-hf --refresh` rewrites this header and the layer statements from that config (its",
+        "# path read from this file's folder) and keeps what follows them; `moegen check` fails when stale.",
+        *_wrapped_comment(f"The MoE layer of model_type {read.model_type}: {values}."),
         f"moe {name} {{",
         f"  dims   {dims}",
-        f"  dtype  {dtype}",
-        f"  router = {layer.router}",
-        f"  expert = {layer.expert}",
+        f"  dtype  {read.dtype}",
     ]
+    if options.quant:
+        lines.append(f"  quant  {options.quant}")
+    lines += [f"  router = {layer.router}", f"  expert = {layer.expert}"]
     if layer.shared_experts:
         lines.append(f"  shared_expert = {layer.shared_expert}")
-    lines += [
+    return "\n".join(lines) + "\n"
+
+
+def default_kernels(config: dict, options: ImportOptions) -> str:
+    """The kernel part of a newly imported spec: a router, a tkg and a cte kernel (and the shared MLP's)."""
+    lines = [
         "",
         "  kernel router_topk : router { }",
-        "  kernel decode : tkg { mode=all_experts }" if ep > 1 else "  kernel decode : tkg { }",
+        "  kernel decode : tkg { mode=all_experts }" if options.ep > 1 else "  kernel decode : tkg { }",
         "  kernel prefill : cte { block=128 }",
     ]
-    if layer.shared_experts:
+    if read_config(config).layer.shared_experts:
         lines.append("  kernel shared_experts : shared { }")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def spec_text(config: dict, name: str, tp: int = 1, ep: int = 1, source: str = "config.json", quant: str = "") -> str:
+    """The `.moe` spec of the config's MoE layer with the default kernel set."""
+    options = ImportOptions(source, tp, ep, quant)
+    return layer_part(config, name, options) + default_kernels(config, options)
+
+
+def split_spec(text: str) -> tuple[ImportOptions | None, str]:
+    """An imported spec's options (None when the spec has no import record) and its kernel part: the text
+    after the layer statements that follow the `moe` line."""
+    lines = text.splitlines(keepends=True)
+    match = RECORD.match(lines[0]) if lines else None
+    options = parse_record(match["args"]) if match else None
+    start = next((i for i, line in enumerate(lines) if MOE_LINE.match(line)), None)
+    if start is None:
+        raise RecordError("no 'moe NAME {' line")
+    end = start + 1
+    while end < len(lines) and LAYER_STATEMENT.match(lines[end]) and not lines[end].lstrip().startswith("}"):
+        end += 1
+    for number, line in enumerate(lines[end:], end + 1):
+        if WRITTEN_LAYER_STATEMENT.match(line):
+            raise RecordError(
+                f"line {number}: '{line.split()[0]}' after the layer statements; the layer comes from the config, "
+                "so keep no layer statement in the kernel part"
+            )
+    return options, "".join(lines[end:])
+
+
+def load_config(path: Path) -> dict:
+    """A config.json's object (json.JSONDecodeError, OSError as raised)."""
+    config = json.loads(Path(path).read_text())
+    if not isinstance(config, dict):
+        raise ConfigError("(top level)", "a config.json is a JSON object")
+    return config
+
+
+def refreshed(spec: Path) -> tuple[str, ImportOptions]:
+    """The text `--refresh` writes for `spec` (its layer part from the config its record names, its kernel
+    part kept) and the recorded options."""
+    spec = Path(spec)
+    options, kernels = split_spec(spec.read_text())
+    if options is None:
+        raise RecordError("not imported (its first line is no '# Generated by `moegen import-hf ...`' record)")
+    config = load_config(spec.parent / options.config)
+    return layer_part(config, spec.stem, options) + kernels, options
+
+
+def stale_line(spec: Path) -> str | None:
+    """None when an imported spec equals its refresh, else where they first differ (for `moegen check`)."""
+    actual = Path(spec).read_text()
+    expected, options = refreshed(spec)
+    if actual == expected:
+        return None
+    actual_lines, expected_lines = actual.splitlines(), expected.splitlines()
+    for number, (have, want) in enumerate(zip(actual_lines, expected_lines), 1):
+        if have != want:
+            return f"{spec}:{number}: stale against {options.config}: has {have!r}, the config gives {want!r}"
+    number = min(len(actual_lines), len(expected_lines)) + 1
+    return f"{spec}:{number}: stale against {options.config}: the line counts differ"
+
+
+def is_imported(spec: Path) -> bool:
+    """Whether the spec's first line is a `moegen import-hf` record."""
+    with open(spec, encoding="utf-8", errors="replace") as handle:
+        return bool(RECORD.match(handle.readline()))
 
 
 def spec_name(path: Path) -> str:
@@ -332,8 +596,15 @@ def spec_name(path: Path) -> str:
     return name if re.match(r"[A-Za-z_]", name) else f"m_{name}"
 
 
-def import_file(path: Path, tp: int = 1, ep: int = 1, name: str | None = None) -> str:
-    config = json.loads(Path(path).read_text())
-    if not isinstance(config, dict):
-        raise ConfigError("(top level)", "a config.json is a JSON object")
-    return spec_text(config, name or spec_name(Path(path)), tp, ep, source=Path(path).name)
+def import_file(
+    path: Path, tp: int = 1, ep: int = 1, name: str | None = None, output: Path | None = None, quant: str = ""
+) -> str:
+    """The spec of the config at `path`. With `output`, the record names the config relative to the output's
+    folder, and an existing output keeps its kernel part."""
+    config = load_config(path)
+    if output is None:
+        return spec_text(config, name or spec_name(Path(path)), tp, ep, source=str(path), quant=quant)
+    output = Path(output)
+    options = ImportOptions(Path(os.path.relpath(Path(path), output.parent or ".")).as_posix(), tp, ep, quant)
+    kernels = split_spec(output.read_text())[1] if output.exists() else default_kernels(config, options)
+    return layer_part(config, name or output.stem, options) + kernels
