@@ -22,7 +22,6 @@ from torch import nn
 from moegen import blocking, sim
 from moegen.codegen.build import write
 from moegen.compiler import GeneratedSpec, generate
-from moegen.import_hf import FAMILIES as IMPORTED_MODEL_TYPES
 from moegen.import_hf import spec_text
 from moegen.reference.quant import cast
 from moegen.verify import cte as cte_harness
@@ -179,9 +178,6 @@ class Family:
     # parameters stored [.., in, out] (x @ W) rather than nn.Linear's [.., out, in]
     input_major: tuple[str, ...] = ()
     buffers: dict[str, float] = field(default_factory=dict)  # buffer name -> uniform(-a, a) bound
-    # the spec to use while `moegen import-hf` does not know the model type (written as the importer writes
-    # specs: the same kernels and options); the imported spec is used as soon as it does
-    spec_by_hand: str | None = None
 
 
 def _module(path: str):
@@ -193,20 +189,6 @@ def _module(path: str):
 
 
 HIDDEN, TOKENS_TKG, TOKENS_CTE = 128, 4, 160
-# The tiny Nemotron-H config below as a spec (specs/nemotron3_nano_30b_a3b.moe states the real model).
-NEMOTRON_H_SPEC = f"""moe tiny_nemotron_h {{
-  dims   hidden={HIDDEN} intermediate=64 experts=8 top_k=2 shared_experts=1 shared_intermediate=96
-  dtype  bf16
-  router = linear -> sigmoid -> select_bias -> topk -> renormalize -> scaling_factor(2.5)
-  expert = up -> squared_relu -> down -> affinity_scale
-  shared_expert = up -> squared_relu -> down
-
-  kernel router_topk : router {{ }}
-  kernel decode : tkg {{ }}
-  kernel prefill : cte {{ block=128 }}
-  kernel shared_experts : shared {{ }}
-}}
-"""
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
@@ -345,7 +327,6 @@ FAMILIES: dict[str, Family] = {
             transformers.NemotronHConfig,
             _nemotron_h_weights,
             buffers={"gate.e_score_correction_bias": 0.1},
-            spec_by_hand=NEMOTRON_H_SPEC,
         ),
     ]
 }
@@ -409,12 +390,9 @@ class Kernels:
 
 
 def build_kernels(family: Family, folder: Path) -> Kernels:
-    """`moegen import-hf` on the tiny config (or the family's spec by hand, see Family), then build the spec into `folder` and load every kernel."""
+    """`moegen import-hf` on the tiny config, then build the spec into `folder` and load every kernel."""
     spec = folder / f"{family.name}.moe"
-    if family.config["model_type"] in IMPORTED_MODEL_TYPES or family.spec_by_hand is None:
-        spec.write_text(spec_text(family.config, f"tiny_{family.name}"))
-    else:
-        spec.write_text(family.spec_by_hand)
+    spec.write_text(spec_text(family.config, f"tiny_{family.name}"))
     generated = generate(spec)
     out = write(generated, folder / "generated")
     modules = {p.kernel_name: sim.load_module(out / f"{p.kernel_name}.py") for p in generated.plans}
