@@ -157,6 +157,7 @@ class CtePlan(KernelPlan):
     skip_padding_tiles: bool  # 128-slot tiles holding only padding skip their work (a 0/1 runtime trip count)
     skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
     block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
+    x_psum_slots: int  # PSUM tiles of the token transposes (groups of four alternate): 2, or 1 when exchanging
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
@@ -451,11 +452,11 @@ def _buffers(
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
-        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, mlp.projections + 1),
+        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
-        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col),
-        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col),
+        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2),  # consecutive token tiles alternate
+        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col, 2),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
     if mlp.affinity_scale != "none":
@@ -465,7 +466,7 @@ def _buffers(
             Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t, slots),
         ]
     if accumulate:
-        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col))
+        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -495,8 +496,9 @@ def _buffers(
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
     ps = [
         Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 2),  # four 128x128 transposes; H tail
-        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 2),  # own columns (and the other core's, exchanged)
+        # four 128x128 transposes per tile, two alternating (one when exchanging: its PSUM goes to other_psum)
+        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 1 if exchange else 2),
+        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 3 if exchange else 2),  # two alternating (+ the other core's)
     ]
     return tuple(sb + ps)
 
@@ -747,6 +749,7 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
         skip_padding_tiles=skip_tiles,
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
+        x_psum_slots=1 if exchange else 2,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
         token_chunks=_tiles(b, TOKEN_TILE if skip_tiles else MATMUL_MOVING_FREE_MAX),
