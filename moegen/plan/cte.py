@@ -489,8 +489,8 @@ def _buffers(
             Buffer("down_checkpoint", "sbuf", PARTITIONS, out_dt * col),
         ]
     if skip_tiles:
-        # the block's slot ids and their token flags on one partition [1, B], the per-tile flags [1, B / 128]
-        sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (2 * b + n_t), slots))
+        # the block's slot ids (then, in place, their token flags) on one partition [1, B], the per-tile flags
+        sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
