@@ -156,10 +156,14 @@ class CtePlan(KernelPlan):
     checkpoint: bool
     resident_weights: bool
     reuse_weights: bool
+    skip_padding_tiles: bool  # 128-slot tiles holding only padding skip their work (a 0/1 runtime trip count)
+    skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
+    block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
+    x_psum_slots: int  # PSUM tiles of the token transposes (groups of four alternate): 2, or 1 when exchanging
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
-    token_chunks: tuple[tuple[int, int], ...]  # moving free chunks (<= 512 tokens) of a block
+    token_chunks: tuple[tuple[int, int], ...]  # gate/up moving chunks of a block (the 128-slot tiles when skipping)
     h_tiles: tuple[tuple[int, int], ...]  # contraction tiles over H
     h_full_tiles: int  # number of full 128-row H tiles (a tail tile, if any, is h_tiles[-1])
     i_core: int  # I per core
@@ -441,36 +445,38 @@ def _buffers(
     accumulate: bool,
     hybrid: bool,
     hybrid_blocks: int,
+    skip_tiles: bool,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
-    chunk = min(b, MATMUL_MOVING_FREE_MAX)
+    chunk = TOKEN_TILE if skip_tiles else min(b, MATMUL_MOVING_FREE_MAX)  # gate/up moving chunk
     col = min(h_out, down_chunk)
     # resident: all H columns (shard=intermediate needs the other core's columns too); streamed: one
     # chunk, and a second for the other core's columns when partial projections are exchanged
     down_cols = h if resident else col * (2 if exchange else 1)
+    slots = 1 if hybrid else 2  # per-block metadata: consecutive blocks of a static loop alternate copies
     sb = [
-        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t),
-        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2),  # and the padding shift
-        Buffer("expert_id", "sbuf", 1, 4, 4),  # expert, previous expert, same-expert flag, weight expert
+        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, slots),
+        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
+        Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
-        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, mlp.projections + 1),
+        Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
-        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col),
-        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col),
+        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2),  # consecutive token tiles alternate
+        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col, 2),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
     if mlp.affinity_scale != "none":
         sb += [
-            Buffer("expert_bcast", "sbuf", PARTITIONS, 4),
-            Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t),
-            Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t),
+            Buffer("expert_bcast", "sbuf", PARTITIONS, 4, slots),
+            Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t, slots),
+            Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t, slots),
         ]
     if accumulate:
-        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col))
+        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -492,13 +498,17 @@ def _buffers(
             Buffer("gate_up_checkpoint", "sbuf", PARTITIONS, out_dt * chunk),
             Buffer("down_checkpoint", "sbuf", PARTITIONS, out_dt * col),
         ]
+    if skip_tiles:
+        # the block's slot ids (then, in place, their token flags) on one partition [1, B], the per-tile flags
+        sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
     ps = [
         Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 2),  # four 128x128 transposes; H tail
-        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 2),  # own columns (and the other core's, exchanged)
+        # four 128x128 transposes per tile, two alternating (one when exchanging: its PSUM goes to other_psum)
+        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 1 if exchange else 2),
+        Buffer("down_psum", "psum", PARTITIONS, 4 * col, 3 if exchange else 2),  # two alternating (+ the other core's)
     ]
     return tuple(sb + ps)
 
@@ -554,6 +564,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         checkpoint=checkpoint,
         accumulate=accumulate,
         hybrid=hybrid,
+        skip_tiles=not checkpoint,
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -599,7 +610,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     else:
         buffers = None
         # the widest gate/up chunk (I tiles) and down chunk (output columns) that fit, in this order
-        for chunk_tiles, down_chunk in ((8, 512), (4, 512), (2, 512), (2, 256), (1, 256), (1, 128)):
+        for chunk_tiles, down_chunk in ((8, 512), (4, 512), (3, 512), (2, 512), (2, 256), (1, 256), (1, 128)):
             chunk_tiles = min(chunk_tiles, len(i_tiles))
             candidate = _buffers(
                 chunk_cols=min(i_core, chunk_tiles * CONTRACTION_TILE),
@@ -633,6 +644,25 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     reuse = resident and not dropping
+    # Padding tiles: a 128-slot tile of only padding runs none of its gathers, matmuls or output updates
+    # (a runtime trip count of 0 or 1 per tile). Not with checkpointing: its outputs hold every slot.
+    skip_tiles = common["skip_tiles"]
+    skip_empty = skip_tiles and not resident and not dropping
+    if skip_tiles:
+        decisions.append(
+            (
+                "padding tiles",
+                "each 128-slot tile's gather, gate/up and down work runs in nl.fori_loop(0, active) with active "
+                "(0 or 1: the tile holds a token) loaded into a register, so issued MACs follow the real tokens; "
+                "gate/up matmuls move one 128-token tile at a time (TensorE time per token is the same as at 512)"
+                + (
+                    "; a block holding no token also skips its weight loads (its expert index made out of "
+                    "bounds, oob_mode=skip)"
+                    if skip_empty
+                    else ""
+                ),
+            )
+        )
     if reuse:
         decisions.append(
             (
@@ -732,9 +762,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         checkpoint=checkpoint,
         resident_weights=resident,
         reuse_weights=reuse,
+        skip_padding_tiles=skip_tiles,
+        skip_empty_weights=skip_empty,
+        block_slots=1 if hybrid else 2,
+        x_psum_slots=1 if exchange else 2,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
-        token_chunks=_tiles(b, MATMUL_MOVING_FREE_MAX),
+        token_chunks=_tiles(b, TOKEN_TILE if skip_tiles else MATMUL_MOVING_FREE_MAX),
         h_tiles=_tiles(h, CONTRACTION_TILE),
         h_full_tiles=h // CONTRACTION_TILE,
         i_core=i_core,

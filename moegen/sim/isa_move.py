@@ -163,9 +163,11 @@ def dma_copy(
     if eng in (_ENGINE.sync, _ENGINE.scalar) and dge is not _DGE.hwdge:
         raise NkiSimError(f"{instr}: engine={eng.name} is only valid with dge_mode=hwdge, got {dge.name}")
     core = runtime.current()
-    core.record("dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize)
+    entry = core.record("dma", instr, {"dst": dst, "src": src}, bytes_moved=dst.size * dst.dtype.itemsize)
     if core.run.trace_only:
         return _trace_only_dma(instr, dst, [src])
+    if entry and mode is _OOB.skip:
+        entry["bytes"] = _bytes_not_skipped(dst, src)
     vals, mask = _gather(src, mode, instr)
     if vals is None:  # whole transfer skipped (oob_mode.skip)
         return NkiInstruction(instr)
@@ -178,6 +180,25 @@ def dma_copy(
     _scatter(dst, vals, mask, mode, instr)
     record_origin(dst, src, version_before)
     return NkiInstruction(instr)
+
+
+def _rows_in_bounds(t: NkiTensor) -> float:
+    """Share of an access's elements that an oob_mode=skip transfer moves: 0 for a scalar-offset view out
+    of bounds, the in-bounds rows of an indirect (vector_offset) view, else 1."""
+    if t._vec is not None:
+        valid = t._flat_index("dma_copy", "")[1]
+        return float(np.count_nonzero(valid)) / max(1, valid.size) if valid is not None else 1.0
+    if t._dyn and not _dyn_in_bounds(t):
+        return 0.0
+    return 1.0
+
+
+def _bytes_not_skipped(dst: NkiTensor, src: NkiTensor) -> int:
+    """Bytes an oob_mode=skip DMA moves (nki.isa.dma_copy: out-of-bounds rows, or a whole out-of-bounds
+    scalar-offset transfer, are skipped, not moved): the trace records these, so that the timeline model
+    charges a skipped weight load or padding row its fixed latency but no bandwidth."""
+    share = min(_rows_in_bounds(src), _rows_in_bounds(dst))
+    return int(round(dst.size * dst.dtype.itemsize * share))
 
 
 def _trace_only_dma(instr: str, dst: NkiTensor, srcs: list) -> NkiInstruction:

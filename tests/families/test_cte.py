@@ -285,6 +285,34 @@ def test_hybrid_skips_many_fully_padded_blocks():
     assert_matches(plan, got, want)
 
 
+PADDING_TILES = """\
+kernel res1    : cte { block=512 }
+  kernel stream2 : cte { block=512 lnc=2 weights=stream padding=skip }
+  kernel hyb2    : cte { block=512 shard=intermediate lnc=2 loop=hybrid }"""
+
+
+@pytest.mark.parametrize("kernel", ["res1", "stream2", "hyb2"])
+def test_padding_tiles_issue_no_matmuls(kernel):
+    """Blocks of 512 slots holding ~50 tokens: only each block's first 128-slot tile runs its gate/up and down
+    matmuls (a 0/1 nl.fori_loop per tile); the output still matches the reference."""
+    from moegen import sim
+
+    text = cte_spec(PADDING_TILES)
+    with sim.recording():
+        plan, inputs, got, want = run(text, kernel, 100)  # T*K = 200 pairs over 4 experts, N = 4 blocks of 512
+        trace = sim.last_run().trace
+    assert_matches(plan, got, want)
+    slots = inputs["token_position_to_id"].reshape(-1, plan.token_tiles, 128)
+    real = (slots >= 0) & (slots < 100)
+    active_tiles = int(real.any(axis=2).sum())
+    assert active_tiles < slots.shape[0] * plan.token_tiles  # most tiles hold only padding
+    h_tiles, i_tiles, projections = len(plan.h_tiles), len(plan.i_tiles), plan.mlp.projections
+    per_core_tile = i_tiles * h_tiles * projections + i_tiles * len(plan.down_chunks) * (2 if plan.exchange else 1)
+    cores = 2 if plan.shard == "intermediate" and plan.lnc == 2 else 1  # shard=i: both cores run every tile
+    matmuls = sum(1 for rec in trace if rec["opcode"] == "nc_matmul")
+    assert matmuls == active_tiles * per_core_tile * cores
+
+
 def test_kernel_rejects_a_wrong_shape_by_name():
     plans, modules = build(cte_spec("kernel p : cte { block=128 }"))
     plan = plans["p"]

@@ -39,7 +39,8 @@ def refusal(tmp_path: Path, text: str) -> str:
 def test_shard_on_block_lnc1_defaults(tmp_path):
     (plan,) = plans(tmp_path, layer_spec("kernel p : cte { block=256 }"))
     assert (plan.shard, plan.lnc, plan.block, plan.accumulate, plan.hybrid) == ("block", 1, 256, True, False)
-    assert plan.token_tiles == 2 and plan.token_chunks == ((0, 256),)
+    assert plan.token_tiles == 2 and plan.token_chunks == ((0, 128), (128, 128))  # one gate/up chunk per token tile
+    assert plan.skip_padding_tiles and not plan.skip_empty_weights  # resident weights: no empty-block skip
     assert plan.h_tiles == ((0, 128), (128, 128), (256, 128), (384, 128))
     assert plan.resident_weights and plan.reuse_weights
     assert plan.arguments == (

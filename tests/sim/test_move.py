@@ -114,6 +114,28 @@ def test_scalar_offset_from_sbuf_tile_and_skip(core):
         nisa.dma_copy(dst, src.ap([[4, 2], [1, 4]], offset=0, scalar_offset=pos))
 
 
+def test_skipped_transfers_move_no_bytes(core):
+    """nki.isa.dma_copy (oob_mode.skip): out-of-bounds rows of an indirect access, or a whole out-of-bounds
+    scalar-offset transfer, are skipped; the trace records only the bytes moved, so the timeline model
+    charges a skipped weight load or padding row no bandwidth."""
+    table = RNG.standard_normal((10, 6)).astype(np.float32)
+    idx = nl.ndarray((4, 1), nl.int32)
+    idx.write(np.array([[3], [-1], [1], [-1]]))
+    dst = nl.ndarray((4, 6), nl.float32)
+    nisa.dma_copy(dst, hbm(table).ap([[6, 4], [1, 6]], vector_offset=idx, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+    assert core.run.trace[-1]["bytes"] == 2 * 6 * 4
+    out = hbm(np.zeros((10, 6), np.float32))
+    nisa.dma_copy(out.ap([[6, 4], [1, 6]], vector_offset=idx, indirect_dim=0), dst, oob_mode=nisa.oob_mode.skip)
+    assert core.run.trace[-1]["bytes"] == 2 * 6 * 4
+    pos = nl.ndarray((1, 1), nl.int32)
+    pos.write(np.array([[9]]))
+    nisa.dma_copy(dst[0:2], hbm(table).ap([[6, 2], [1, 6]], offset=0, scalar_offset=pos), oob_mode=nisa.oob_mode.skip)
+    assert core.run.trace[-1]["bytes"] == 0
+    pos.write(np.array([[2]]))
+    nisa.dma_copy(dst[0:2], hbm(table).ap([[6, 2], [1, 6]], offset=0, scalar_offset=pos), oob_mode=nisa.oob_mode.skip)
+    assert core.run.trace[-1]["bytes"] == 2 * 6 * 4
+
+
 def test_dma_transpose(core):
     x = RNG.standard_normal((16, 32)).astype(ml_dtypes.bfloat16)
     dst = nl.ndarray((32, 16), nl.bfloat16)
