@@ -15,7 +15,7 @@ CHIP_TRN2 = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuro
 CHIP_TRN3 = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-hardware/trainium3.html"
 PERF_GUIDE = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/nki_perf_guide.html"
 DMA_GUIDE = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/deep-dives/nki-dma-bandwidth-guide.html"
-DMA_OVERVIEW = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/get-started/about/nki-dma-overview.html"
+DMA_OVERVIEW = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/about/nki-dma-overview.html"
 ISA_BETA1 = "https://awsdocs-neuron.readthedocs-hosted.com/en/v2.26.1/nki/api/generated/nki.isa.nc_matmul.html"
 LNC_PAGE = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html"
 OPT_TUTORIAL = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/how-to-guides/kernel-optimization.html"
@@ -76,7 +76,11 @@ def _table(target: str) -> dict[str, Fact]:
         ),
         # DMA
         "dma_engines": Fact(16, "engines per core", DMA_OVERVIEW),
-        "dma_engine_gbps": Fact(33.0 if trn3 else 23.0, "GB/s per engine", DMA_OVERVIEW),
+        # the per-engine peak of the tables of both DMA pages (TRN2 23 B/ns, TRN3 33 B/ns); the overview's prose
+        # gives 27.2 / 38.4 GB/s as the engine's theoretical rate, but its own single-engine profile moves
+        # 32 KiB in 1416 ns (23.1 B/ns) and the optimisation tutorial's profiles are slower still
+        # (docs/perf_model.md, calibration)
+        "dma_engine_gbps": Fact(33.0 if trn3 else 23.0, "GB/s per engine", f"{DMA_OVERVIEW} ; {DMA_GUIDE}"),
         "dma_fixed_latency_ns": Fact(
             1300,
             "ns",

@@ -46,7 +46,7 @@ class Timeline:
 
     end_ns: float
     events: list
-    busy_ns: dict  # (core, engine) -> ns the engine was occupied ('dma': union of DMA activity)
+    busy_ns: dict  # (core, engine) -> ns the engine was occupied ('dma': union of the data-movement intervals)
     macs: int
     ideal_tensor_ns: float  # time of the issued matmuls at peak rate (their dtypes)
     hbm_bytes: int
@@ -178,7 +178,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
     dma_cal = [Calendar() for _ in range(cores)]
     hbm_share = costs.hbm_stack_bytes_per_ns / cores  # an LNC=2 pair shares one HBM stack
     busy: dict = {}
-    dma_active = [[] for _ in range(cores)]  # (start, end) of every DMA, merged at the end
+    dma_active = [[] for _ in range(cores)]  # (start, end) of every DMA's data movement, merged at the end
     done_at = [0.0] * len(trace)
     events: list = []
     stalls: list = []  # heap of (stall ns, seq, dict)
@@ -232,7 +232,10 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             end = s + dur
             if dur > 0:
                 dma_cal[c].book(s, end)
-            dma_active[c].append((ready, end))
+            # DMA active time as the profiler counts it: "at least one DMA packet is transferring", not the
+            # wait before the transfer starts (Neuron Explorer profile schema reference, dma_active_time:
+            # https://awsdocs-neuron.readthedocs-hosted.com/en/latest/tools/neuron-explorer/profile-schema-reference.html)
+            dma_active[c].append((s, end))
             dma_free[c][q] = end
             done = end
             track = f"dma{q}"
