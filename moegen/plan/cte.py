@@ -12,6 +12,9 @@ output. Variants (the seed's four Trn2 kernels) are options:
                          up to sum(conditions) (a register), so fully padded blocks cost nothing;
     dropping             N = E blocks, block i is expert i (token-dropping layer).
 
+With MX weights (quant weights=mxfp4|mxfp8, trn3) the same options give the seed's three Trn3
+variants shard_on_block_mx, shard_on_i_mx and shard_on_i_mx_hybrid (moegen/plan/cte_mx.py).
+
 The plan resolves every tile, chunk and buffer to numbers; the template only spells them.
 """
 
