@@ -132,8 +132,9 @@ def specialize(p: CtePlan, layer: Layer) -> CtePlan:
         ),
         (
             "weights",
-            "streamed per block: one (I slab, q) share of the gate/up weights and scales at a time, and the "
-            "down weights one column chunk (<= 512) of this core's I slabs at a time",
+            "streamed per block: one I slab of the gate/up weights and scales at a time (contiguous runs of the "
+            "slab's columns; packed position q is read as the stride-4 view q::4), and the down weights one "
+            "column chunk (<= 512) of this core's I slabs at a time",
         ),
     ]
     if p.exchange:
@@ -172,7 +173,7 @@ def buffers(p: CtePlan) -> tuple[Buffer, ...]:
         Buffer("x_rows", "sbuf", PARTITIONS, dt * p.hidden),
         Buffer("x_stage", "sbuf", PARTITIONS, dt * mx.h_slabs * b * 4),
         Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * b * (4 + 1)),
-        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * PARTITIONS * (word + 1)),
+        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * 4 * PARTITIONS * (word + 1)),
         Buffer("gate/up/act scratch", "sbuf", PARTITIONS, 4 * chunk, 3),
         Buffer("h_il", "sbuf", PARTITIONS, dt * mx.i_slabs * b * 4),
         Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * b * (4 + 1)),
