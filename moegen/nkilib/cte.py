@@ -104,7 +104,8 @@ def cte_variant(
         raise UnsupportedCall(
             f"spec.implementation={implementation.name}: moegen's cte family generates "
             + ", ".join(impl.name for impl in IMPLEMENTATIONS)
-            + " (MX weights are not a cte option yet)"
+            + " (the MX implementations are generated from a spec on trn3, docs/moe_mx.md, but this drop-in "
+            "entry does not map AWS's MX call form: its weights arrive as x4 dtypes and its hidden-state layout differs)"
         )
     if spec.shard_on_I.expert_affinity_multiply_on_I:
         raise UnsupportedCall(

@@ -12,6 +12,9 @@ output. Variants (the seed's four Trn2 kernels) are options:
                          up to sum(conditions) (a register), so fully padded blocks cost nothing;
     dropping             N = E blocks, block i is expert i (token-dropping layer).
 
+With MX weights (quant weights=mxfp4|mxfp8, trn3) the same options give the seed's three Trn3
+variants shard_on_block_mx, shard_on_i_mx and shard_on_i_mx_hybrid (moegen/plan/cte_mx.py).
+
 The plan resolves every tile, chunk and buffer to numbers; the template only spells them.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moegen.plan import cte_mx
 from moegen.plan.common import (
     DTYPE_BYTES,
     EP_OPTION,
@@ -33,6 +37,7 @@ from moegen.plan.common import (
     kernel_layer,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
+from moegen.plan.mx_expert import MxWeightsPlan
 from moegen.plan.shared_fusion import SHARED_OPTION, FusedSharedPlan, fuse_into_cte
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
@@ -118,6 +123,7 @@ OPTIONS = (
     EP_OPTION,
     TP_OPTION,
     SHARED_OPTION,
+    cte_mx.TARGET_OPTION,
 )
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
@@ -184,6 +190,9 @@ class CtePlan(KernelPlan):
     partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
+    # MX variants (trn3, moegen/plan/cte_mx.py): the weights' slabs, and (first I slab, count) per core
+    mx: MxWeightsPlan | None = None
+    mx_core_slabs: tuple[tuple[int, int], ...] = ()
 
     @property
     def quantized(self) -> bool:
@@ -191,8 +200,11 @@ class CtePlan(KernelPlan):
 
     @property
     def gate_scale(self) -> str:
-        """'none' | 'row' | 'static': the dequant scale layout the kernel loads."""
-        return {"none": "none", "fp8_row": "row", "fp8_static": "static"}[self.mlp.weight_quant]
+        """'none' | 'row' | 'static' | 'mx': the dequant scale layout the kernel loads ('mx': E8M0 block
+        scales, applied inside nc_matmul_mx)."""
+        return {"none": "none", "fp8_row": "row", "fp8_static": "static", "mxfp4": "mx", "mxfp8": "mx"}[
+            self.mlp.weight_quant
+        ]
 
     @property
     def affinity(self) -> str:
@@ -238,13 +250,18 @@ class CtePlan(KernelPlan):
     @property
     def variant_label(self) -> str:
         """The seed's name of this variant."""
-        name = {"block": "shard_on_block", "intermediate": "shard_on_i"}[self.shard]
+        name = {"block": "shard_on_block", "intermediate": "shard_on_i"}[self.shard] + ("_mx" if self.mx else "")
         return name + ("_hybrid" if self.hybrid else "") + ("_dropping" if self.dropping else "")
 
     @property
     def summary(self) -> str:
         scale = {"pre": "PRE_SCALE", "post": "POST_SCALE", "none": "NO_SCALE"}[self.affinity]
-        quant = {"none": self.weight_dtype, "row": "fp8 row-dequantized", "static": "fp8 static-dequantized"}
+        quant = {
+            "none": self.weight_dtype,
+            "row": "fp8 row-dequantized",
+            "static": "fp8 static-dequantized",
+            "mx": f"{self.weight_dtype} (E8M0 block scales, activations quantized on chip to MXFP8)",
+        }
         return (
             f"MoE CTE {self.variant_label} (LNC={self.lnc}), {quant[self.gate_scale]} weights, "
             f"{self.mlp.activation}, {scale}, {'top-K accumulate' if self.accumulate else 'top-1 overwrite'}."
@@ -266,7 +283,11 @@ class CtePlan(KernelPlan):
         ]
         if self.affinity == "pre":
             lines.append("    x = x * affinity[ids, e]")
-        dq = " * scale[e]" if self.quantized else ""
+        dq = " * scale[e]" if self.gate_scale in ("row", "static") else ""
+        if self.mx:
+            lines.append(
+                "    x = mxfp8(x) (quantize_mx per 128-token tile); W*[e] are MX weights with E8M0 block scales"
+            )
         mlp = self.mlp
         if not mlp.gated:
             lines.append(f"    u = x @ Wu[e]{dq}" + (" + bu[e]" if mlp.gate_up_bias else "") + "  (not gated: no gate)")
@@ -286,6 +307,8 @@ class CtePlan(KernelPlan):
                     f"    g = clamp(g, {mlp.gate_lower}, {mlp.gate_upper}); u = clamp(u, {mlp.up_lower}, {mlp.up_upper})"
                 )
             lines.append(f"    h = {mlp.activation}(g) * u")
+        if self.mx:
+            lines.append("    h = mxfp8(h)")
         if self.exchange:
             lines.append("    y = h[:, my I half] @ Wd[e][my I half] + the other core's partial (sendrecv)")
         else:
@@ -324,7 +347,7 @@ def _layer_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, st
                 "(fp32 operands are 4x slower on TensorE and the seed accepts bf16/fp16 only)",
             )
         )
-    if layer.quant.activations != "none":
+    if layer.quant.activations != "none" and not (cte_mx.is_mx(layer) and layer.quant.activations == "mxfp8"):
         problems.append(
             (
                 None,
@@ -522,9 +545,10 @@ def plan(layer: Layer, variant: Variant) -> CtePlan:
 def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     global_experts = layer.dims.experts
     layer = kernel_layer(layer, variant)
-    problems = _layer_problems(layer, variant) + _variant_problems(layer, variant)
+    mx = cte_mx.is_mx(layer)
+    problems = _layer_problems(layer, variant) + _variant_problems(layer, variant) + cte_mx.problems(layer, variant)
     try:
-        mlp = expert_mlp_plan(layer)
+        mlp = expert_mlp_plan(layer, mx=mx)
     except PlanError as error:
         problems = error.problems + problems
     if problems:
@@ -546,7 +570,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     hybrid = variant["loop"] == "hybrid"
     dt, out_dt = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype]
     weight_dtype = mlp.weight_dtype
-    wdt = DTYPE_BYTES[weight_dtype]
+    wdt = 1 if mx else DTYPE_BYTES[weight_dtype]  # MX: the bf16 sizing below is replaced by cte_mx.specialize
     i_tiles = _tiles(i_core, CONTRACTION_TILE)
     capacity = SBUF_BYTES["trn2"] - SBUF_RESERVED
     hybrid_blocks = ceil_div(T_MAX * k - (dims.local_experts - 1), b) + dims.local_experts - 1
@@ -736,7 +760,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "up to sum(conditions) held in a register",
             )
         )
-    return CtePlan(
+    result = CtePlan(
         family="cte",
         kernel_name=variant.name,
         spec_name=layer.name,
@@ -788,6 +812,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         per_core_output=per_core_output,
         mlp=mlp,
     )
+    return cte_mx.specialize(result, layer) if mx else result
 
 
 def _family():
@@ -797,7 +822,8 @@ def _family():
         name="cte",
         options=OPTIONS,
         plan=plan,
-        doc="blockwise context-encoding (prefill) MoE: shard_on_block, shard_on_i, hybrid, dropping",
+        doc="blockwise context-encoding (prefill) MoE: shard_on_block, shard_on_i, hybrid, dropping; "
+        "MX on trn3: shard_on_block_mx, shard_on_i_mx, shard_on_i_mx_hybrid",
     )
 
 

@@ -91,6 +91,7 @@ def moe_cte(
     output_dtype: str | None = None,
     checkpoint: bool = False,
     precision: Precision | str | None = None,
+    mx_activations: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Blockwise MoE output [T+1, H] (values of output_dtype, default hidden_states' dtype, as fp32).
 
@@ -110,6 +111,10 @@ def moe_cte(
     per block the gate/up projections after dequant, bias and clamp (as AWS stores them), and the down
     projection output after its bias, before affinity scaling, both rounded to output_dtype; slots
     with id -1 and skipped blocks hold 0 there (a kernel leaves them unspecified: mask them out).
+
+    mx_activations (e.g. 'fp8_e4m3fn'): an MX kernel's matmul inputs x (after pre-scaling) and h are
+    quantized by quantize_mx's rule in blocks of 32 along the contraction; the weights then hold the
+    exact fp32 values of the MX weights (any [E, ...] object indexable by expert).
     """
     if affinity_scale not in AFFINITY_SCALES:
         raise ValueError(f"affinity_scale must be one of {AFFINITY_SCALES}, not {affinity_scale!r}")
@@ -176,6 +181,7 @@ def moe_cte(
             down_input_scale=_slice(down_input_scale, e),
             precision=p,
             checkpoints=ck if checkpoint else None,
+            mx_activations=mx_activations,
         )
         if checkpoint:
             gate_up_ckpt[b][:, :, live] = round_to(ck["gate_up"], out_dtype)[inverse].transpose(1, 2, 0)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from moegen import blocking
+from moegen.convert import mx_layout
 from moegen.plan.cte import CtePlan
 from moegen.reference import cte as cte_reference
 from moegen.reference import quant
 from moegen.reference.mlp import Precision
-from moegen.verify import shared_fused
+from moegen.verify import cte_mx, shared_fused
 from moegen.verify.work import moe_layer_macs, moe_minimum_hbm_bytes
 
 OUTPUTS = ("out", "gate_up_activations_T", "down_activations")
@@ -91,6 +92,8 @@ def make_inputs(
     inputs.update(_weights(plan, rng, np.unique(local_ids(plan, expert_index))))
     if plan.mlp.gate_up_bias:
         inputs["gate_and_up_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, *_parts(plan), i)), plan.dtype)
+        if plan.mx:
+            inputs["gate_and_up_proj_bias"] = mx_layout.gate_up_bias_to_kernel(inputs["gate_and_up_proj_bias"])
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = quant.cast(0.5 * rng.standard_normal((e, h)), plan.dtype)
     if plan.shared:
@@ -127,6 +130,8 @@ def routing_pool(plan: CtePlan) -> int:
 
 
 def _expert_bytes(plan: CtePlan) -> int:
+    if plan.mx:
+        return (plan.mlp.projections + 1) * plan.hidden * plan.intermediate * plan.mx.word_bytes // 4
     return (plan.mlp.projections + 1) * plan.hidden * plan.intermediate * quant.np_dtype(plan.weight_dtype).itemsize
 
 
@@ -138,6 +143,8 @@ def _parts(plan: CtePlan) -> tuple[int, ...]:
 def _weights(plan: CtePlan, rng: np.random.Generator, used: np.ndarray) -> dict[str, np.ndarray]:
     """Weights (and fp8 scales) of the experts in `used`; the others stay zero. np.zeros memory is
     only committed where written, so the full [E, ...] tensors cost memory only for used experts."""
+    if plan.mx:
+        return cte_mx.mx_weights(plan, rng, used)
     h, i, e = plan.hidden, plan.intermediate, plan.experts
     wdt = quant.np_dtype(plan.weight_dtype)
     arrays = {
@@ -181,6 +188,8 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
     """The blockwise reference on the same metadata; with padding=row, row T of out is 0 (the kernel zeroes it)."""
     mlp = plan.mlp
     shift = mlp.up_constant
+    if plan.mx:
+        inputs = cte_mx.logical_inputs(plan, inputs)
     result = cte_reference.moe_cte(
         *(
             inputs[name]
@@ -212,6 +221,7 @@ def expected(plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarr
         output_dtype=plan.out_dtype,
         checkpoint=plan.checkpoint,
         precision=reference_precision(plan),
+        mx_activations=plan.mx.activation_element if plan.mx else None,
     )
     outputs = dict(zip(OUTPUTS, result if plan.checkpoint else (result,)))
     outputs["out"] = np.array(outputs["out"], dtype=np.float32)
@@ -241,7 +251,9 @@ def run(kernel, plan: CtePlan, inputs: dict[str, np.ndarray]) -> dict[str, np.nd
     from moegen import sim
 
     launch = kernel[2] if plan.lnc == 2 else kernel
-    result = sim.simulate(launch, trace=False)(*kernel_arguments(plan, inputs))  # no trace: tiles freed per block
+    result = sim.simulate(launch, trace=False, target=plan.target)(
+        *kernel_arguments(plan, inputs)
+    )  # no trace: tiles freed per block
     outputs = dict(zip(OUTPUTS, result if isinstance(result, tuple) else (result,)))
     if plan.per_core_output:  # [rows, 2, H]: the caller adds the cores' partial sums
         outputs["out"] = np.asarray(outputs["out"], dtype=np.float32).sum(axis=1)
@@ -267,6 +279,11 @@ def mask_unspecified(plan: CtePlan, inputs: dict[str, np.ndarray], name: str, va
     else:
         value[skipped] = 0.0
     return value
+
+
+def data_tolerance(plan: CtePlan, name: str, inputs: dict[str, np.ndarray]):
+    """MX plans: the dtype tolerance plus the per-row MX allowance (moegen/verify/cte_mx.py); else None."""
+    return cte_mx.data_tolerance(plan, name, inputs) if plan.mx else None
 
 
 # `moegen profile`: the MoE layer's algorithmic MACs and HBM minimum (moegen/verify/work.py)

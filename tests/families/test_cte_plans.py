@@ -110,7 +110,7 @@ def test_refused_variants_say_why(tmp_path, kernel, needle):
     "setting, needle",
     [
         (dict(dtype="fp32"), "bf16 or fp16"),
-        (dict(quant="weights=mxfp4"), "nc_matmul_mx"),
+        (dict(quant="weights=mxfp4 activations=fp8_static"), "quantized on chip to MXFP8"),
         (dict(quant="weights=fp8_row activations=fp8_static"), "static fp8 input quantization is not generated"),
         (dict(dims="hidden=520 intermediate=512 experts=8 top_k=2"), "multiples of 16"),
         (dict(dims="hidden=512 intermediate=520 experts=8 top_k=2"), "multiple of 16"),
