@@ -18,7 +18,8 @@ bf16 weights and hidden states, i.e. it is the exact math of the layer. Toleranc
   token row's scale. Why that much: the kernels round the affinities, x * affinity (Llama-4), the activation
   product h and each expert's output to bf16 (2^-9 relative each) and those errors add up over the I terms of the
   down projection and the K experts (and the shared expert), while the block rounds nothing. The largest errors
-  seen were 0.029 rms(want[t]) (Qwen2-MoE prefill); a wrong expert, activation, gate or missing term is O(1).
+  seen were 0.029 rms(want[t]) (Nemotron-H prefill, shared expert fused); a wrong expert, activation, gate or
+  missing term is O(1).
 - layer output against the block run in bf16 by transformers: 2^-6 |want| + 2^-3 rms(want[t]) (the block's own
   bf16 error against its float32 run reaches 0.045 rms(want[t]), ours 0.029; the largest difference seen between
   the two was 0.050 rms(want[t]), Qwen3-MoE prefill).
