@@ -511,16 +511,48 @@ def layer_part(config: dict, name: str, options: ImportOptions) -> str:
 
 
 def default_kernels(config: dict, options: ImportOptions) -> str:
-    """The kernel part of a newly imported spec: a router, a tkg and a cte kernel (and the shared MLP's)."""
-    lines = [
-        "",
+    """The kernel part of a newly imported spec, a complete layer: a router, a decode tkg and a prefill cte
+    kernel. A layer with shared experts has them fused into tkg and cte (`shared=auto`) when the plan fuses
+    both; otherwise the routed kernels say `shared=separate` and a `shared` family kernel runs them."""
+    decode = "mode=all_experts" if options.ep > 1 else ""
+    fused = _kernel_lines(decode, "block=128", separate=False)
+    if read_config(config).layer.shared_experts and not _plans_fuse_shared(layer_part(config, "m", options), fused):
+        lines = _kernel_lines(decode, "block=128", separate=True) + ["  kernel shared_experts : shared { }"]
+    else:
+        lines = fused
+    return "\n".join(["", *lines, "}"]) + "\n"
+
+
+def _kernel_lines(decode: str, prefill: str, *, separate: bool) -> list[str]:
+    """The router, decode (tkg) and prefill (cte) kernel lines, with `shared=separate` when `separate`."""
+    shared = " shared=separate" if separate else ""
+
+    def braces(options: str) -> str:
+        return f"{{ {options} }}" if options else "{ }"
+
+    return [
         "  kernel router_topk : router { }",
-        "  kernel decode : tkg { mode=all_experts }" if options.ep > 1 else "  kernel decode : tkg { }",
-        "  kernel prefill : cte { block=128 }",
+        f"  kernel decode : tkg {braces(decode + shared)}".replace("{  ", "{ "),
+        f"  kernel prefill : cte {braces(prefill + shared)}",
     ]
-    if read_config(config).layer.shared_experts:
-        lines.append("  kernel shared_experts : shared { }")
-    return "\n".join(lines + ["}"]) + "\n"
+
+
+def _plans_fuse_shared(layer_text: str, kernel_lines: list[str]) -> bool:
+    """Whether the plan fuses the shared experts into every tkg and cte kernel of `kernel_lines` (shared=auto)
+    on the layer of `layer_text`; False when the kernels do not plan (the separate set is written then)."""
+    from moegen.compiler import plan_spec
+    from moegen.diagnostics import SpecError
+    from moegen.plan import families
+    from moegen.spec.parser import parse
+    from moegen.spec.validate import validate
+
+    text = "\n".join([layer_text.rstrip("\n"), *kernel_lines, "}"]) + "\n"
+    try:
+        spec = validate(parse(text), {name: family.options for name, family in families().items()})
+        plans = plan_spec(spec)
+    except SpecError:
+        return False
+    return all(plan.shared is not None for plan in plans if plan.family in ("tkg", "cte"))
 
 
 def spec_text(config: dict, name: str, tp: int = 1, ep: int = 1, source: str = "config.json", quant: str = "") -> str:

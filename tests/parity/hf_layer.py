@@ -1,7 +1,9 @@
 """What the transformers parity tests share: a tiny Hugging Face config per model family, the MoE block
 transformers builds from it (seeded weights, snapped to bf16 so that both sides read the same numbers),
 its weights in the argument layouts of moegen's kernels, and the layer run through the generated
-router -> tkg or cte (+ shared) kernels in the simulator.
+router -> tkg or cte kernels in the simulator: with the shared experts fused into tkg and cte (the import's
+default when the plan fuses them), or with the `shared` kernel's output added (a family with
+`shared="separate"`, its spec edited as a user would).
 
 The spec comes from the config through `moegen import-hf` (moegen/import_hf.py), as a user would make it.
 Layouts (SEMANTICS.md sections 1, 3, 4, 5): router w [H, E]; routed gate/up [E, H, 2, I] (gated) or
@@ -10,6 +12,7 @@ Layouts (SEMANTICS.md sections 1, 3, 4, 5): router w [H, E]; routed gate/up [E, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +181,8 @@ class Family:
     # parameters stored [.., in, out] (x @ W) rather than nn.Linear's [.., out, in]
     input_major: tuple[str, ...] = ()
     buffers: dict[str, float] = field(default_factory=dict)  # buffer name -> uniform(-a, a) bound
+    # "separate": the imported spec edited to run the shared experts in a `shared` kernel (shared=separate)
+    shared: str = "auto"
 
 
 def _module(path: str):
@@ -265,6 +270,7 @@ FAMILIES: dict[str, Family] = {
             transformers.DeepseekV3Config,
             _deepseek_weights,
             buffers={"gate.e_score_correction_bias": 0.1},
+            shared="separate",  # the separate path stays compared with transformers too
         ),
         Family(
             "gpt_oss",
@@ -389,10 +395,21 @@ class Kernels:
         return getattr(self.modules[plan.kernel_name], plan.kernel_name)
 
 
+def separate_shared(text: str) -> str:
+    """An imported spec whose tkg and cte kernels fuse the shared experts, edited to run them separately:
+    `shared=separate` on those kernels and a `shared` kernel added."""
+    assert "shared=separate" not in text and " : shared {" not in text, "the import already runs them separately"
+    text = re.sub(r"^(  kernel \w+ : (?:tkg|cte) \{) ?(.*?) ?\}$", r"\1 \2 shared=separate }", text, flags=re.M)
+    text = text.replace("{  shared=separate }", "{ shared=separate }")
+    return text.removesuffix("}\n") + "  kernel shared_experts : shared { }\n}\n"
+
+
 def build_kernels(family: Family, folder: Path) -> Kernels:
-    """`moegen import-hf` on the tiny config, then build the spec into `folder` and load every kernel."""
+    """`moegen import-hf` on the tiny config (edited by separate_shared for a family with shared="separate"),
+    then build the spec into `folder` and load every kernel."""
     spec = folder / f"{family.name}.moe"
-    spec.write_text(spec_text(family.config, f"tiny_{family.name}"))
+    text = spec_text(family.config, f"tiny_{family.name}")
+    spec.write_text(separate_shared(text) if family.shared == "separate" else text)
     generated = generate(spec)
     out = write(generated, folder / "generated")
     modules = {p.kernel_name: sim.load_module(out / f"{p.kernel_name}.py") for p in generated.plans}
@@ -418,8 +435,32 @@ def run_router(kernels: Kernels, w: LayerWeights, x: np.ndarray) -> Routing:
     )
 
 
-def run_tkg(kernels: Kernels, w: LayerWeights, x: np.ndarray, routing: Routing) -> np.ndarray:
-    """The decode kernel on the router kernel's outputs: routed experts' output [T, H]."""
+def shared_gate_values(w: LayerWeights, x: np.ndarray) -> np.ndarray:
+    """The shared experts' scales [T, S]: Qwen2-MoE's sigmoid(x @ w_gate), computed by the caller as the kernels'
+    interface says (moegen/verify/shared.py, shared_fused.py); 1 for the other families."""
+    if w.shared_gate_w is None:
+        return np.ones((x.shape[0], 1), dtype=np.float32)
+    return 1.0 / (1.0 + np.exp(-(x @ w.shared_gate_w)))
+
+
+def fused_shared_inputs(plan, w: LayerWeights, x: np.ndarray, with_shared: bool) -> dict:
+    """The fused shared experts' arguments of a tkg or cte kernel (none when it does not fuse them); zero
+    weights when not `with_shared` (the layer without its shared term)."""
+    if plan.shared is None:
+        return {}
+    scale = 1.0 if with_shared else 0.0
+    inputs = {
+        "shared_gate_up_weights": bf16(scale * w.shared_gate_up),
+        "shared_down_weights": bf16(scale * w.shared_down),
+    }
+    if plan.shared.gate:
+        inputs["shared_gate_values"] = bf16(shared_gate_values(w, x))
+    return inputs
+
+
+def run_tkg(kernels: Kernels, w: LayerWeights, x: np.ndarray, routing: Routing, with_shared: bool = True) -> np.ndarray:
+    """The decode kernel on the router kernel's outputs: output [T, H] of the routed experts (and of the shared
+    experts, when it fuses them)."""
     plan = kernels.plan("tkg")
     inputs = {
         "hidden_input": bf16(x),
@@ -432,11 +473,13 @@ def run_tkg(kernels: Kernels, w: LayerWeights, x: np.ndarray, routing: Routing) 
         inputs["expert_gate_up_bias"] = bf16(w.gate_up_bias)
     if plan.mlp.down_bias:
         inputs["expert_down_bias"] = bf16(w.down_bias)
+    inputs.update(fused_shared_inputs(plan, w, x, with_shared))
     return tkg_harness.run(kernels.kernel("tkg"), plan, inputs)["output"]
 
 
-def run_cte(kernels: Kernels, w: LayerWeights, x: np.ndarray, routing: Routing) -> np.ndarray:
-    """The prefill kernel on the router kernel's outputs, blocked by moegen.blocking: output [T, H]."""
+def run_cte(kernels: Kernels, w: LayerWeights, x: np.ndarray, routing: Routing, with_shared: bool = True) -> np.ndarray:
+    """The prefill kernel on the router kernel's outputs, blocked by moegen.blocking: output [T, H] (with the
+    shared experts' when it fuses them)."""
     plan = kernels.plan("cte")
     tokens = x.shape[0]
     selected = np.take_along_axis(routing.affinities, routing.index, axis=1)
@@ -459,6 +502,7 @@ def run_cte(kernels: Kernels, w: LayerWeights, x: np.ndarray, routing: Routing) 
         inputs["gate_and_up_proj_bias"] = bf16(w.gate_up_bias)
     if plan.mlp.down_bias:
         inputs["down_proj_bias"] = bf16(w.down_bias)
+    inputs.update(fused_shared_inputs(plan, w, x, with_shared))
     return cte_harness.run(kernels.kernel("cte"), plan, inputs)["out"][:tokens]
 
 
@@ -468,9 +512,7 @@ def run_shared(kernels: Kernels, w: LayerWeights, x: np.ndarray) -> np.ndarray:
     at most plan.token_bound tokens a call, so a prefill calls it once per tile of that many tokens."""
     plan = kernels.plan("shared")
     tokens = x.shape[0]
-    gate = np.ones((tokens, 1), dtype=np.float32)
-    if w.shared_gate_w is not None:
-        gate = 1.0 / (1.0 + np.exp(-(x @ w.shared_gate_w)))
+    gate = shared_gate_values(w, x)
     tiles = []
     for start in range(0, tokens, plan.token_bound):
         rows = slice(start, min(tokens, start + plan.token_bound))
@@ -487,12 +529,19 @@ def run_shared(kernels: Kernels, w: LayerWeights, x: np.ndarray) -> np.ndarray:
     return np.concatenate(tiles)
 
 
-def run_layer(kernels: Kernels, w: LayerWeights, x: np.ndarray, expert_kernel: str) -> tuple[np.ndarray, Routing]:
-    """router kernel -> `expert_kernel` ('tkg' or 'cte') on its routing (+ the shared experts' kernel, the
-    outputs added in fp32): the layer output [T, H] and the router kernel's outputs."""
+def has_separate_shared(kernels: Kernels) -> bool:
+    return any(p.family == "shared" for p in kernels.generated.plans)
+
+
+def run_layer(
+    kernels: Kernels, w: LayerWeights, x: np.ndarray, expert_kernel: str, with_shared: bool = True
+) -> tuple[np.ndarray, Routing]:
+    """router kernel -> `expert_kernel` ('tkg' or 'cte') on its routing, the shared experts fused into it or
+    the `shared` kernel's output added in fp32: the layer output [T, H] and the router kernel's outputs.
+    Without `with_shared`, the layer without its shared term (zero fused weights, or no shared kernel)."""
     routing = run_router(kernels, w, x)
     run = {"tkg": run_tkg, "cte": run_cte}[expert_kernel]
-    out = run(kernels, w, x, routing)
-    if any(p.family == "shared" for p in kernels.generated.plans):
+    out = run(kernels, w, x, routing, with_shared)
+    if with_shared and has_separate_shared(kernels):
         out = out + run_shared(kernels, w, x)
     return out, routing

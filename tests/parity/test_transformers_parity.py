@@ -1,6 +1,8 @@
 """Parity with transformers: for each model family, a tiny Hugging Face config goes through `moegen import-hf`,
-its router, tkg, cte (and shared-expert) kernels are generated and run in the simulator on the weights of the
-transformers MoE block built from the same config, and their outputs are compared with the block's.
+its router, tkg and cte kernels are generated and run in the simulator on the weights of the transformers MoE
+block built from the same config, and their outputs are compared with the block's. The shared experts run fused
+into tkg and cte (the import's default here), or in the separate `shared` kernel for the families whose spec is
+edited to shared=separate (DeepSeek-V3), so that both paths are compared with transformers.
 
 torch and transformers are part of the `test` extra (pyproject.toml): this module imports them unguarded, so a
 missing install fails the run rather than skipping the families.
@@ -16,7 +18,8 @@ bf16 weights and hidden states, i.e. it is the exact math of the layer. Toleranc
   token row's scale. Why that much: the kernels round the affinities, x * affinity (Llama-4), the activation
   product h and each expert's output to bf16 (2^-9 relative each) and those errors add up over the I terms of the
   down projection and the K experts (and the shared expert), while the block rounds nothing. The largest errors
-  seen were 0.029 rms(want[t]) (Qwen2-MoE prefill); a wrong expert, activation, gate or missing term is O(1).
+  seen were 0.029 rms(want[t]) (Nemotron-H prefill, shared expert fused); a wrong expert, activation, gate or
+  missing term is O(1).
 - layer output against the block run in bf16 by transformers: 2^-6 |want| + 2^-3 rms(want[t]) (the block's own
   bf16 error against its float32 run reaches 0.045 rms(want[t]), ours 0.029; the largest difference seen between
   the two was 0.050 rms(want[t]), Qwen3-MoE prefill).
@@ -40,9 +43,9 @@ OUTPUT_RTOL, OUTPUT_ROW_ATOL = 2.0**-6, 2.0**-4
 BF16_BLOCK_ROW_ATOL = 2.0**-3  # our rounding budget plus the bf16 block's own (which is as large)
 
 FAMILY_NAMES = sorted(hf_layer.FAMILIES)
-# The kernels each imported spec must hold: every family has a router, tkg and cte kernel; the models with
-# shared experts also a shared kernel.
+# The models with shared experts: fused into tkg and cte, or (SEPARATE) in a shared kernel of their own.
 SHARED = {"qwen2_moe", "deepseek_v3", "llama4", "nemotron_h"}
+SEPARATE = {name for name, family in hf_layer.FAMILIES.items() if family.shared == "separate"}
 
 
 class Layer:
@@ -78,10 +81,19 @@ def test_every_family_is_covered():
     assert set(FAMILY_NAMES) == {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4", "nemotron_h"}
 
 
+def test_both_shared_paths_are_covered():
+    assert SEPARATE and SEPARATE < SHARED
+    assert {hf_layer.FAMILIES[name].shared for name in SHARED - SEPARATE} == {"auto"}
+
+
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_imported_spec_has_the_layer_kernels(layers, name):
-    families = sorted(p.family for p in layers(name).kernels.generated.plans)
-    assert families == sorted(["router", "tkg", "cte"] + (["shared"] if name in SHARED else []))
+    """A router, tkg and cte kernel; the shared experts fused into tkg and cte, or in a shared kernel (SEPARATE)."""
+    plans = layers(name).kernels.generated.plans
+    families = sorted(p.family for p in plans)
+    assert families == sorted(["router", "tkg", "cte"] + (["shared"] if name in SEPARATE else []))
+    fused = {p.family: p.shared is not None for p in plans if p.family in ("tkg", "cte")}
+    assert fused == dict.fromkeys(("tkg", "cte"), name in SHARED - SEPARATE)
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -108,8 +120,8 @@ def test_router_matches_transformers(layers, name):
 @pytest.mark.parametrize("expert_kernel", ["tkg", "cte"])
 @pytest.mark.parametrize("name", FAMILY_NAMES)
 def test_layer_matches_transformers(layers, name, expert_kernel):
-    """router kernel -> tkg (decode, 4 tokens) or cte (prefill, 160 tokens) on its routing, plus the shared
-    experts' kernel, against the transformers block's forward output."""
+    """router kernel -> tkg (decode, 4 tokens) or cte (prefill, 160 tokens) on its routing, with the shared
+    experts fused or their kernel's output added, against the transformers block's forward output."""
     layer = layers(name)
     tokens = hf_layer.TOKENS_TKG if expert_kernel == "tkg" else hf_layer.TOKENS_CTE
     x = hf_layer.hidden_states(tokens)
@@ -118,7 +130,7 @@ def test_layer_matches_transformers(layers, name, expert_kernel):
     result = compare("output", got, want, kind=output_tolerance(want))
     assert result.ok, str(result)
     if name in SHARED:  # the shared experts' term matters: without it the output is far off
-        routed_only = got - hf_layer.run_shared(layer.kernels, layer.weights, x)
+        routed_only, _ = hf_layer.run_layer(layer.kernels, layer.weights, x, expert_kernel, with_shared=False)
         assert not compare("output", routed_only, want, kind=output_tolerance(want)).ok
 
 
