@@ -125,9 +125,10 @@ OPTIONS = (
         "choice",
         "LNC=2 split: auto (the plan chooses per shape), intermediate (each core "
         "half of the I tiles; partial outputs exchanged), hidden (each core half of the down projection's "
-        "columns), tokens (each core half of the token tiles)",
+        "columns), tokens (each core half of the token tiles), top_k (selective mode: each core half of "
+        "every token's K selected experts, the seed's MX 'shard on K'; partial outputs exchanged)",
         default="auto",
-        choices=("auto", "hidden", "tokens", "intermediate"),
+        choices=("auto", "hidden", "tokens", "intermediate", "top_k"),
     ),
     OptionSpec(
         "target",
@@ -174,10 +175,11 @@ class TkgPlan(KernelPlan):
     down_chunks: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]  # per core, per group: chunks
     group_columns: int  # widest group (down slab columns)
     chunks_per_group: int  # PSUM banks for down
-    shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens'
+    shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens' | 'top_k'
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes (MX: I slabs)
+    core_top_k: tuple[tuple[int, int], ...] = ()  # per core: (first k, count) of each token's selected experts
     down_buffers: int = DOWN_BUFFERS  # down-weight slabs, alternating by I tile
     gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles)
     gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
@@ -197,6 +199,16 @@ class TkgPlan(KernelPlan):
         return {"selective": "T*K", "distinct": f"<= min(T*K, {self.local_experts})"}.get(
             self.mode, str(self.local_experts)
         )
+
+    @property
+    def item_top_k(self) -> int:
+        """Selected experts per token one core runs (all K, or its share under shard=top_k)."""
+        return max(count for _, count in self.core_top_k) if self.core_top_k else self.top_k
+
+    @property
+    def exchanges_partials(self) -> bool:
+        """LNC=2 splits whose cores each hold a partial sum of every output column (sendrecv once per tile)."""
+        return self.shard in ("intermediate", "top_k")
 
     @property
     def reference_mode(self) -> str:
@@ -460,6 +472,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         )
     half_i = ceil_div(split_units, 2)
     core_i_tiles = ((0, split_units),) * lnc
+    core_top_k: tuple[tuple[int, int], ...] = ()
     if shard_kind == "hidden":
         if hidden < 2 * PARTITIONS:
             raise PlanError(
@@ -485,6 +498,19 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_columns = ((0, hidden // 2), (hidden // 2, hidden // 2))
         acc_columns = ((0, hidden),) * 2
         core_i_tiles = ((0, half_i), (half_i, split_units - half_i))
+    elif shard_kind == "top_k":
+        core_columns, acc_columns = _top_k_split(mode, dims.top_k, hidden)
+        half_k = ceil_div(dims.top_k, 2)
+        core_top_k = ((0, half_k), (half_k, dims.top_k - half_k))
+        decisions.append(
+            (
+                "top_k split",
+                f"each core runs k in [first, first + count) of every token's {dims.top_k} selected experts "
+                f"({core_top_k}): whole experts, so each core reads the weights of half of the items; the "
+                f"two partial [T, {hidden}] sums are exchanged once per token tile (sendrecv of half the "
+                "columns each way). The seed's MX selective 'shard on K' (K = top_k, not the contraction)",
+            )
+        )
     else:
         core_columns = tuple((0, hidden) for _ in range(lnc))
         acc_columns = core_columns
@@ -627,6 +653,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_columns=core_columns,
         acc_columns=acc_columns,
         core_i_tiles=core_i_tiles,
+        core_top_k=core_top_k,
         verify_tokens=options.get("verify_tokens"),
     )
     if tkg_plan.mx:  # the MX stage loads its own slab layout into its own tiles (templates/common/mx_expert.j2)
@@ -644,6 +671,32 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
 
 
+def _top_k_split(mode: str, top_k: int, hidden: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """(core_columns, acc_columns) of shard=top_k; PlanError when the split does not apply."""
+    problems = []
+    if mode != "selective":
+        problems.append(
+            (
+                "shard",
+                f"shard=top_k splits each token's K selected experts between the cores: mode={mode} has no "
+                "(token, k) items (use shard=intermediate, hidden or tokens)",
+            )
+        )
+    if top_k < 2:
+        problems.append(("shard", f"shard=top_k: top_k {top_k}, nothing to split; use shard=intermediate or hidden"))
+    if hidden % 2:
+        problems.append(
+            (
+                "shard",
+                f"shard=top_k: H {hidden} is odd; the cores exchange equal halves of the output columns "
+                "(sendrecv needs equal shapes)",
+            )
+        )
+    if problems:
+        raise PlanError(*problems)
+    return ((0, hidden // 2), (hidden // 2, hidden // 2)), ((0, hidden),) * 2
+
+
 def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -> list[tuple[str | None, str]]:
     """What the MX tkg kernels do not generate, with the reason."""
     problems: list[tuple[str | None, str]] = []
@@ -658,14 +711,6 @@ def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -
     if options["input"] == "sbuf":
         problems.append(
             ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
-        )
-    if options["mode"] == "distinct":
-        problems.append(
-            (
-                "mode",
-                "mode=distinct with MX weights is not generated yet: the distinct expert loop "
-                "(templates/common/distinct.j2) drives the bf16/fp8 weight loads, not the MX slab loads",
-            )
         )
     return problems
 
@@ -772,9 +817,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     if selective:
         buffers.append(Buffer("expert_id", "sbuf", 1, 4))
         if scale != "none":
-            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * k * 4)]
+            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * p.item_top_k * 4)]
         if scale != "post":
-            buffers.append(Buffer("item_rows", "sbuf", tt, tt * k * 4))
+            buffers.append(Buffer("item_rows", "sbuf", tt, tt * p.item_top_k * 4))
+        if p.shard == "top_k":
+            buffers.append(Buffer("item_experts", "sbuf", 1, tt * p.item_top_k * 4))
     if (selective and p.uses_affinities) or p.mask_unselected:
         buffers.append(Buffer("index + index_f", "sbuf", tt, k * 4, count=2))
     if selective and p.uses_affinities:
@@ -795,7 +842,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         ]
     if p.mode == "distinct":
         buffers += _distinct_buffers(p)
-    if p.shard == "intermediate":
+    if p.exchanges_partials:
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
     if p.output == "hbm" and p.out_dtype != "fp32":
         buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in p.core_columns) * out_bytes))
