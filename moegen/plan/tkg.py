@@ -44,7 +44,7 @@ from moegen.plan.common import (
     ceil_div,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
-from moegen.plan.mx_expert import MxWeightsPlan, mx_weights_plan
+from moegen.plan.mx_expert import SLAB, MxWeightsPlan, mx_weights_plan
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
@@ -181,11 +181,12 @@ class TkgPlan(KernelPlan):
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes (MX: I slabs)
     core_top_k: tuple[tuple[int, int], ...] = ()  # per core: (first k, count) of each token's selected experts
     down_buffers: int = DOWN_BUFFERS  # down-weight slabs, alternating by I tile
-    gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles)
+    gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles; MX: of I slabs)
     gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
-    gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
+    gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile (MX: I slab): (group's first, columns, slab)
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
+    mx_epilogue_buffers: int = 1  # MX: PSUM / scratch sets the packed positions' gate/up epilogues rotate through
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -204,6 +205,11 @@ class TkgPlan(KernelPlan):
     def item_top_k(self) -> int:
         """Selected experts per token one core runs (all K, or its share under shard=top_k)."""
         return max(count for _, count in self.core_top_k) if self.core_top_k else self.top_k
+
+    @property
+    def core_slabs(self) -> int:
+        """I tiles (MX: I slabs) one core computes."""
+        return max(count for _, count in self.core_i_tiles)
 
     @property
     def exchanges_partials(self) -> bool:
@@ -656,8 +662,8 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_top_k=core_top_k,
         verify_tokens=options.get("verify_tokens"),
     )
-    if tkg_plan.mx:  # the MX stage loads its own slab layout into its own tiles (templates/common/mx_expert.j2)
-        return replace(tkg_plan, buffers=_buffers(tkg_plan))
+    if tkg_plan.mx:  # the MX stage streams whole I slabs (templates/common/mx_expert.j2 gate_up_streamed)
+        return _mx_streaming(tkg_plan)
     tkg_plan = replace(tkg_plan, gate_up_group=_gate_up_groups(tkg_plan, 1, 1))
     tkg_plan = replace(tkg_plan, buffers=_buffers(tkg_plan))
     tiles, slabs, why = _gate_up_slabs(tkg_plan)
@@ -746,6 +752,93 @@ def _gate_up_slabs(p: TkgPlan) -> tuple[int, int, str]:
     return tiles, slabs, why
 
 
+def _mx_streaming(p: TkgPlan) -> TkgPlan:
+    """The MX streaming numbers: epilogue sets (the PSUM banks left), down group buffers and gate/up loads
+    (SBUF), each explained."""
+    p = replace(p, gate_up_columns=SLAB, gate_up_group=_mx_gate_up_groups(p, 1, 1), down_buffers=2)
+    p = replace(p, buffers=_buffers(p))
+    sets = max(v for v in (4, 2, 1) if v <= 1 + PSUM_BANKS - p.psum_banks())  # a divisor of the 4 positions
+    p = replace(p, mx_epilogue_buffers=sets)
+    p = replace(p, buffers=_buffers(p))
+    if p.sbuf_bytes() > SBUF_BYTES[p.target] - SBUF_HEADROOM:
+        p = replace(p, down_buffers=1)
+        p = replace(p, buffers=_buffers(p))
+    slabs, loads, why = _mx_gate_up_loads(p)
+    p = replace(
+        p,
+        gate_up_columns=slabs * SLAB,
+        gate_up_buffers=loads,
+        gate_up_group=_mx_gate_up_groups(p, slabs, loads),
+        decisions=p.decisions
+        + (
+            ("gate/up slabs", why),
+            (
+                "mx epilogues",
+                f"{sets} PSUM / scratch set(s) for the 4 packed positions of a slab ({PSUM_BANKS} PSUM banks)"
+                + (
+                    f": the matmuls of {sets} positions run back to back, then their epilogues stage by stage "
+                    "(each engine runs in order: independent instructions stream instead of waiting on one chain)"
+                    if sets > 1
+                    else ""
+                ),
+            ),
+            (
+                "mx down loads",
+                f"one DMA per group of {p.group_columns} down columns for the core's {p.core_slabs} I slab(s) "
+                f"(runs of {p.group_columns * p.mx.word_bytes} bytes) and one per scale quadrant; "
+                f"{p.down_buffers} group buffer(s)"
+                + (": the next group's load overlaps the matmuls on the previous one" if p.down_buffers > 1 else ""),
+            ),
+        ),
+    )
+    return replace(p, buffers=_buffers(p))
+
+
+def _mx_gate_up_bytes(p: TkgPlan, slabs: int) -> int:
+    """Per partition: gate and up words and their scales (a byte each) of `slabs` I slabs over all H slabs."""
+    return p.mx.h_slabs * 2 * slabs * SLAB * (p.mx.word_bytes + 1)
+
+
+def _mx_gate_up_loads(p: TkgPlan) -> tuple[int, int, str]:
+    """(I slabs per gate/up load, buffers, why) for MX weights. A load moves, per partition, 2 x HS runs of
+    slabs x 512 consecutive I columns (I is innermost in HBM), so as many slabs as make 2 KiB runs (3 KiB
+    runs model slower on GPT-OSS: coarser loads pipeline worse). One buffer per load of an item when SBUF
+    holds them (the next item's loads then wait on nothing but their own slab's matmuls of this item), else
+    two alternating (one loads while the matmuls read the other), else one."""
+    core_slabs = max(count for _, count in p.core_i_tiles)
+    slabs = min(max(1, ceil_div(GATE_UP_RUN_BYTES, SLAB * p.mx.word_bytes)), core_slabs)
+    other = p.sbuf_bytes() - _mx_gate_up_bytes(p, 1)
+    capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM
+
+    def fits(slabs: int, loads: int) -> bool:
+        return other + loads * _mx_gate_up_bytes(p, slabs) <= capacity
+
+    while slabs > 1 and not fits(slabs, min(2, ceil_div(core_slabs, slabs))):
+        slabs -= 1
+    per_item = ceil_div(core_slabs, slabs)
+    loads = next((n for n in (per_item, 2) if n <= per_item and fits(slabs, n)), 1)
+    run = slabs * SLAB * p.mx.word_bytes
+    why = (
+        f"{slabs} I slab(s) of 512 columns per gate/up weight DMA ({run}-byte contiguous runs, scales "
+        f"{slabs * SLAB}-byte runs; 2 KiB wanted), {loads} buffer(s) of {_mx_gate_up_bytes(p, slabs)} bytes per "
+        f"partition for the item's {per_item} load(s)"
+        + (": the next load overlaps the matmuls on the previous one" if loads > 1 else "")
+    )
+    return slabs, loads, why
+
+
+def _mx_gate_up_groups(p: TkgPlan, slabs: int, loads: int) -> tuple[tuple[int, int, int], ...]:
+    """Per I slab: (first slab of its load, the load's I columns, its buffer). Loads split each core's slabs
+    in runs of `slabs` and alternate between the buffers."""
+    table: list[tuple[int, int, int]] = []
+    for first, count in sorted(set(p.core_i_tiles)):
+        for index, g_first in enumerate(range(first, first + count, slabs)):
+            members = range(g_first, min(g_first + slabs, first + count))
+            columns = sum(4 * p.mx.i_parts[s] for s in members)
+            table += [(g_first, columns, index % loads)] * len(members)
+    return tuple(table)
+
+
 def _gate_up_groups(p: TkgPlan, tiles: int, slabs: int) -> tuple[tuple[int, int, int], ...]:
     """Per I tile: (first tile of its group, the group's I columns, its slab). Groups split each
     core's tiles in runs of `tiles` and alternate between the slabs."""
@@ -796,19 +889,26 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("gate_up_scale", "sbuf", PARTITIONS, m.projections * 4),
             Buffer("down_scale", "sbuf", tt, p.group_columns * 4),
         ]
-    if m.gate_up_bias:
+    if m.gate_up_bias and not p.mx:
         buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, m.projections * 4))
     if m.down_bias:
         buffers.append(Buffer("down_bias", "sbuf", tt, p.group_columns * 4))
     if m.dequant or m.down_bias:
         buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
+    if not p.mx:  # (MX: its own epilogue sets, _mx_buffers)
+        buffers += [
+            Buffer(
+                "gate + up + act" if m.gated else "projection + act",
+                "sbuf",
+                PARTITIONS,
+                tt * 4,
+                count=m.projections + 1,
+            ),
+            Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
+            Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
+            *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
+        ]
     buffers += [
-        Buffer(
-            "gate + up + act" if m.gated else "projection + act", "sbuf", PARTITIONS, tt * 4, count=m.projections + 1
-        ),
-        *(() if p.mx else (Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),)),
-        Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
-        *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
         Buffer("acc", "sbuf", tt, acc_h * 4),
     ]
@@ -864,8 +964,25 @@ def _mx_buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     return (
         Buffer("x_stage", "sbuf", PARTITIONS, mx.h_slabs * tt * 4 * in_bytes),
         Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * tt * (4 + 1)),
-        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * PARTITIONS * (word + 1)),
-        Buffer("w_down + scales", "sbuf", PARTITIONS, p.group_columns * (word + 1)),
+        Buffer(
+            "w_gate_up + scales",
+            "sbuf",
+            PARTITIONS,
+            _mx_gate_up_bytes(p, p.gate_up_columns // SLAB),
+            count=p.gate_up_buffers,
+        ),
+        *((Buffer("gate_up_bias_item", "sbuf", PARTITIONS, 2 * mx.i_slabs * 4 * 4),) if p.mlp.gate_up_bias else ()),
+        Buffer("gate_up_psum", "psum", PARTITIONS, 2 * tt * 4, count=p.mx_epilogue_buffers),
+        Buffer(
+            "gate_e + up_e + act_e + bias_e",
+            "sbuf",
+            PARTITIONS,
+            (3 * tt + 2 * p.mlp.gate_up_bias) * 4,
+            count=p.mx_epilogue_buffers,
+        ),
+        Buffer(
+            "w_down + scales", "sbuf", PARTITIONS, p.core_slabs * p.group_columns * (word + 1), count=p.down_buffers
+        ),
         Buffer("h_il", "sbuf", PARTITIONS, mx.i_slabs * tt * 4 * in_bytes),
         Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * tt * (4 + 1)),
     )
