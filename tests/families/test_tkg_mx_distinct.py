@@ -148,3 +148,50 @@ def test_each_selected_expert_is_read_once(tokens, weights):
         per_expert = inputs[name][0].nbytes
         assert total == distinct * per_expert, (name, total, distinct, per_expert)
         assert read_selective[name] == tokens * 2 * per_expert, name
+
+
+def test_streaming_plan_choices():
+    """The MX weight loads move whole I slabs (2 KiB runs for MXFP4, one buffer per load when SBUF allows),
+    the four packed positions' epilogues get their own PSUM sets (fewer when PSUM is short: PRE_SCALE's
+    row broadcast and distinct mode's compaction take a bank each), and every choice is explained."""
+    plans, _ = build(
+        spec_text(
+            "kernel k : tkg { }\n  kernel p : tkg { mode=distinct }",
+            expert="scale -> gate_up -> silu -> down",
+            hidden=2880,
+            intermediate=2880,
+        )
+    )
+    k, p = plans["k"], plans["p"]
+    assert k.gate_up_columns * k.mx.word_bytes == 2048 and k.gate_up_buffers == 3
+    assert k.gate_up_group[:3] == ((0, 1024, 0), (0, 1024, 0), (2, 1024, 1))
+    assert k.mx_epilogue_buffers == 2 and p.mx_epilogue_buffers == 2  # 8 banks: down 4, PRE_SCALE rows 1
+    assert k.psum_banks() <= 8 and p.psum_banks() <= 8
+    assert {"gate/up slabs", "mx epilogues", "mx down loads"} <= {what for what, _ in k.decisions}
+
+
+def test_allowance_counts_the_items_that_reach_a_token():
+    """Distinct mode (and masked POST_SCALE all-expert mode) adds exactly 0 from every expert a token did not
+    select: the fp8-step allowance counts K items per token, not E_L."""
+    plans, _ = build(
+        spec_text(
+            "kernel d : tkg { mode=distinct }\n  kernel a : tkg { mode=all_experts mask_unselected }\n"
+            "  kernel n : tkg { mode=all_experts }",
+            expert=SILU_POST,
+            experts=8,
+        )
+    )
+    assert [harness.contributing_items(plans[name]) for name in "dan"] == [2, 2, 8]
+
+
+def test_distinct_generates_only_the_rank_s_selected_experts():
+    """The harness builds (and dequantizes) only the experts a distinct call reads, as local ids of the
+    rank's window: GPT-OSS-120B's 128 experts would not fit in memory otherwise."""
+    plans, _ = build(spec_text("kernel d : tkg { mode=distinct ep=2 }", experts=8))
+    plan = plans["d"]
+    index = np.array([[4, 1], [6, 4]], dtype=np.int32)
+    assert harness.used_experts(plan, index, np.array([[1]], dtype=np.int32)) == [0, 2]
+    inputs = harness.make_inputs(plan, 3, np.random.default_rng(SEED))
+    used = harness.used_experts(plan, inputs["expert_index"], inputs["rank_id"])
+    unused = sorted(set(range(plan.local_experts)) - set(used))
+    assert not inputs["expert_gate_up_weights"][unused].any() and inputs["expert_gate_up_weights"][used].any()
