@@ -230,6 +230,9 @@ def fuse_into_tkg(layer: Layer, options, plan):
         psum_used=plan.psum_banks(),
         h_tiles=plan.h_tiles,
         target=plan.target,
+        extra_blocker="shard=top_k: both cores run every token's rows, so each would add the shared experts"
+        if plan.lnc == 2 and plan.shard == "top_k"
+        else None,
         routed_slabs=None
         if plan.mx
         else (plan.mlp.projections, plan.gate_up_columns // PARTITIONS, plan.gate_up_buffers),

@@ -44,7 +44,7 @@ from moegen.plan.common import (
     ceil_div,
 )
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
-from moegen.plan.mx_expert import MxWeightsPlan, mx_weights_plan
+from moegen.plan.mx_expert import SLAB, MxWeightsPlan, mx_weights_plan
 from moegen.plan.shared_fusion import SHARED_OPTION, FusedSharedPlan, fuse_into_tkg
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
@@ -126,9 +126,10 @@ OPTIONS = (
         "choice",
         "LNC=2 split: auto (the plan chooses per shape), intermediate (each core "
         "half of the I tiles; partial outputs exchanged), hidden (each core half of the down projection's "
-        "columns), tokens (each core half of the token tiles)",
+        "columns), tokens (each core half of the token tiles), top_k (selective mode: each core half of "
+        "every token's K selected experts, the seed's MX 'shard on K'; partial outputs exchanged)",
         default="auto",
-        choices=("auto", "hidden", "tokens", "intermediate"),
+        choices=("auto", "hidden", "tokens", "intermediate", "top_k"),
     ),
     OptionSpec(
         "target",
@@ -176,17 +177,19 @@ class TkgPlan(KernelPlan):
     down_chunks: tuple[tuple[tuple[tuple[int, int], ...], ...], ...]  # per core, per group: chunks
     group_columns: int  # widest group (down slab columns)
     chunks_per_group: int  # PSUM banks for down
-    shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens'
+    shard: str  # 'none' | 'intermediate' | 'hidden' | 'tokens' | 'top_k'
     core_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) of the output it writes
     acc_columns: tuple[tuple[int, int], ...]  # per core: (first column, columns) its down projection computes
     core_i_tiles: tuple[tuple[int, int], ...]  # per core: (first I tile, I tiles) it computes (MX: I slabs)
+    core_top_k: tuple[tuple[int, int], ...] = ()  # per core: (first k, count) of each token's selected experts
     down_buffers: int = DOWN_BUFFERS  # down-weight slabs, alternating by I tile
-    gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles)
+    gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles; MX: of I slabs)
     gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
-    gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
+    gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile (MX: I slab): (group's first, columns, slab)
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
+    mx_epilogue_buffers: int = 1  # MX: PSUM / scratch sets the packed positions' gate/up epilogues rotate through
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -200,6 +203,21 @@ class TkgPlan(KernelPlan):
         return {"selective": "T*K", "distinct": f"<= min(T*K, {self.local_experts})"}.get(
             self.mode, str(self.local_experts)
         )
+
+    @property
+    def item_top_k(self) -> int:
+        """Selected experts per token one core runs (all K, or its share under shard=top_k)."""
+        return max(count for _, count in self.core_top_k) if self.core_top_k else self.top_k
+
+    @property
+    def core_slabs(self) -> int:
+        """I tiles (MX: I slabs) one core computes."""
+        return max(count for _, count in self.core_i_tiles)
+
+    @property
+    def exchanges_partials(self) -> bool:
+        """LNC=2 splits whose cores each hold a partial sum of every output column (sendrecv once per tile)."""
+        return self.shard in ("intermediate", "top_k")
 
     @property
     def reference_mode(self) -> str:
@@ -468,6 +486,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
         )
     half_i = ceil_div(split_units, 2)
     core_i_tiles = ((0, split_units),) * lnc
+    core_top_k: tuple[tuple[int, int], ...] = ()
     if shard_kind == "hidden":
         if hidden < 2 * PARTITIONS:
             raise PlanError(
@@ -493,6 +512,19 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_columns = ((0, hidden // 2), (hidden // 2, hidden // 2))
         acc_columns = ((0, hidden),) * 2
         core_i_tiles = ((0, half_i), (half_i, split_units - half_i))
+    elif shard_kind == "top_k":
+        core_columns, acc_columns = _top_k_split(mode, dims.top_k, hidden)
+        half_k = ceil_div(dims.top_k, 2)
+        core_top_k = ((0, half_k), (half_k, dims.top_k - half_k))
+        decisions.append(
+            (
+                "top_k split",
+                f"each core runs k in [first, first + count) of every token's {dims.top_k} selected experts "
+                f"({core_top_k}): whole experts, so each core reads the weights of half of the items; the "
+                f"two partial [T, {hidden}] sums are exchanged once per token tile (sendrecv of half the "
+                "columns each way). The seed's MX selective 'shard on K' (K = top_k, not the contraction)",
+            )
+        )
     else:
         core_columns = tuple((0, hidden) for _ in range(lnc))
         acc_columns = core_columns
@@ -635,10 +667,11 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
         core_columns=core_columns,
         acc_columns=acc_columns,
         core_i_tiles=core_i_tiles,
+        core_top_k=core_top_k,
         verify_tokens=options.get("verify_tokens"),
     )
-    if tkg_plan.mx:  # the MX stage loads its own slab layout into its own tiles (templates/common/mx_expert.j2)
-        return replace(tkg_plan, buffers=_buffers(tkg_plan))
+    if tkg_plan.mx:  # the MX stage streams whole I slabs (templates/common/mx_expert.j2 gate_up_streamed)
+        return _mx_streaming(tkg_plan)
     tkg_plan = replace(tkg_plan, gate_up_group=_gate_up_groups(tkg_plan, 1, 1))
     tkg_plan = replace(tkg_plan, buffers=_buffers(tkg_plan))
     tiles, slabs, why = _gate_up_slabs(tkg_plan)
@@ -650,6 +683,32 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
         decisions=tkg_plan.decisions + (("gate/up slabs", why),),
     )
     return replace(tkg_plan, buffers=_buffers(tkg_plan))
+
+
+def _top_k_split(mode: str, top_k: int, hidden: int) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """(core_columns, acc_columns) of shard=top_k; PlanError when the split does not apply."""
+    problems = []
+    if mode != "selective":
+        problems.append(
+            (
+                "shard",
+                f"shard=top_k splits each token's K selected experts between the cores: mode={mode} has no "
+                "(token, k) items (use shard=intermediate, hidden or tokens)",
+            )
+        )
+    if top_k < 2:
+        problems.append(("shard", f"shard=top_k: top_k {top_k}, nothing to split; use shard=intermediate or hidden"))
+    if hidden % 2:
+        problems.append(
+            (
+                "shard",
+                f"shard=top_k: H {hidden} is odd; the cores exchange equal halves of the output columns "
+                "(sendrecv needs equal shapes)",
+            )
+        )
+    if problems:
+        raise PlanError(*problems)
+    return ((0, hidden // 2), (hidden // 2, hidden // 2)), ((0, hidden),) * 2
 
 
 def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -> list[tuple[str | None, str]]:
@@ -666,14 +725,6 @@ def _mx_problems(layer: Layer, options: dict, target: str, mlp: ExpertMLPPlan) -
     if options["input"] == "sbuf":
         problems.append(
             ("input", "input=sbuf with MX weights: the [128, T, H/128] SBUF layout is not the MX slab layout")
-        )
-    if options["mode"] == "distinct":
-        problems.append(
-            (
-                "mode",
-                "mode=distinct with MX weights is not generated yet: the distinct expert loop "
-                "(templates/common/distinct.j2) drives the bf16/fp8 weight loads, not the MX slab loads",
-            )
         )
     return problems
 
@@ -707,6 +758,93 @@ def _gate_up_slabs(p: TkgPlan) -> tuple[int, int, str]:
         + (": the next group's load overlaps the matmuls on the previous one" if slabs > 1 else "")
     )
     return tiles, slabs, why
+
+
+def _mx_streaming(p: TkgPlan) -> TkgPlan:
+    """The MX streaming numbers: epilogue sets (the PSUM banks left), down group buffers and gate/up loads
+    (SBUF), each explained."""
+    p = replace(p, gate_up_columns=SLAB, gate_up_group=_mx_gate_up_groups(p, 1, 1), down_buffers=2)
+    p = replace(p, buffers=_buffers(p))
+    sets = max(v for v in (4, 2, 1) if v <= 1 + PSUM_BANKS - p.psum_banks())  # a divisor of the 4 positions
+    p = replace(p, mx_epilogue_buffers=sets)
+    p = replace(p, buffers=_buffers(p))
+    if p.sbuf_bytes() > SBUF_BYTES[p.target] - SBUF_HEADROOM:
+        p = replace(p, down_buffers=1)
+        p = replace(p, buffers=_buffers(p))
+    slabs, loads, why = _mx_gate_up_loads(p)
+    p = replace(
+        p,
+        gate_up_columns=slabs * SLAB,
+        gate_up_buffers=loads,
+        gate_up_group=_mx_gate_up_groups(p, slabs, loads),
+        decisions=p.decisions
+        + (
+            ("gate/up slabs", why),
+            (
+                "mx epilogues",
+                f"{sets} PSUM / scratch set(s) for the 4 packed positions of a slab ({PSUM_BANKS} PSUM banks)"
+                + (
+                    f": the matmuls of {sets} positions run back to back, then their epilogues stage by stage "
+                    "(each engine runs in order: independent instructions stream instead of waiting on one chain)"
+                    if sets > 1
+                    else ""
+                ),
+            ),
+            (
+                "mx down loads",
+                f"one DMA per group of {p.group_columns} down columns for the core's {p.core_slabs} I slab(s) "
+                f"(runs of {p.group_columns * p.mx.word_bytes} bytes) and one per scale quadrant; "
+                f"{p.down_buffers} group buffer(s)"
+                + (": the next group's load overlaps the matmuls on the previous one" if p.down_buffers > 1 else ""),
+            ),
+        ),
+    )
+    return replace(p, buffers=_buffers(p))
+
+
+def _mx_gate_up_bytes(p: TkgPlan, slabs: int) -> int:
+    """Per partition: gate and up words and their scales (a byte each) of `slabs` I slabs over all H slabs."""
+    return p.mx.h_slabs * 2 * slabs * SLAB * (p.mx.word_bytes + 1)
+
+
+def _mx_gate_up_loads(p: TkgPlan) -> tuple[int, int, str]:
+    """(I slabs per gate/up load, buffers, why) for MX weights. A load moves, per partition, 2 x HS runs of
+    slabs x 512 consecutive I columns (I is innermost in HBM), so as many slabs as make 2 KiB runs (3 KiB
+    runs model slower on GPT-OSS: coarser loads pipeline worse). One buffer per load of an item when SBUF
+    holds them (the next item's loads then wait on nothing but their own slab's matmuls of this item), else
+    two alternating (one loads while the matmuls read the other), else one."""
+    core_slabs = max(count for _, count in p.core_i_tiles)
+    slabs = min(max(1, ceil_div(GATE_UP_RUN_BYTES, SLAB * p.mx.word_bytes)), core_slabs)
+    other = p.sbuf_bytes() - _mx_gate_up_bytes(p, 1)
+    capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM
+
+    def fits(slabs: int, loads: int) -> bool:
+        return other + loads * _mx_gate_up_bytes(p, slabs) <= capacity
+
+    while slabs > 1 and not fits(slabs, min(2, ceil_div(core_slabs, slabs))):
+        slabs -= 1
+    per_item = ceil_div(core_slabs, slabs)
+    loads = next((n for n in (per_item, 2) if n <= per_item and fits(slabs, n)), 1)
+    run = slabs * SLAB * p.mx.word_bytes
+    why = (
+        f"{slabs} I slab(s) of 512 columns per gate/up weight DMA ({run}-byte contiguous runs, scales "
+        f"{slabs * SLAB}-byte runs; 2 KiB wanted), {loads} buffer(s) of {_mx_gate_up_bytes(p, slabs)} bytes per "
+        f"partition for the item's {per_item} load(s)"
+        + (": the next load overlaps the matmuls on the previous one" if loads > 1 else "")
+    )
+    return slabs, loads, why
+
+
+def _mx_gate_up_groups(p: TkgPlan, slabs: int, loads: int) -> tuple[tuple[int, int, int], ...]:
+    """Per I slab: (first slab of its load, the load's I columns, its buffer). Loads split each core's slabs
+    in runs of `slabs` and alternate between the buffers."""
+    table: list[tuple[int, int, int]] = []
+    for first, count in sorted(set(p.core_i_tiles)):
+        for index, g_first in enumerate(range(first, first + count, slabs)):
+            members = range(g_first, min(g_first + slabs, first + count))
+            columns = sum(4 * p.mx.i_parts[s] for s in members)
+            table += [(g_first, columns, index % loads)] * len(members)
+    return tuple(table)
 
 
 def _gate_up_groups(p: TkgPlan, tiles: int, slabs: int) -> tuple[tuple[int, int, int], ...]:
@@ -759,19 +897,26 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("gate_up_scale", "sbuf", PARTITIONS, m.projections * 4),
             Buffer("down_scale", "sbuf", tt, p.group_columns * 4),
         ]
-    if m.gate_up_bias:
+    if m.gate_up_bias and not p.mx:
         buffers.append(Buffer("gate_up_bias", "sbuf", PARTITIONS, m.projections * 4))
     if m.down_bias:
         buffers.append(Buffer("down_bias", "sbuf", tt, p.group_columns * 4))
     if m.dequant or m.down_bias:
         buffers.append(Buffer("y", "sbuf", tt, CHUNK * 4))
+    if not p.mx:  # (MX: its own epilogue sets, _mx_buffers)
+        buffers += [
+            Buffer(
+                "gate + up + act" if m.gated else "projection + act",
+                "sbuf",
+                PARTITIONS,
+                tt * 4,
+                count=m.projections + 1,
+            ),
+            Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
+            Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
+            *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
+        ]
     buffers += [
-        Buffer(
-            "gate + up + act" if m.gated else "projection + act", "sbuf", PARTITIONS, tt * 4, count=m.projections + 1
-        ),
-        *(() if p.mx else (Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),)),
-        Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
-        *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
         Buffer("acc", "sbuf", tt, acc_h * 4),
     ]
@@ -780,9 +925,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     if selective:
         buffers.append(Buffer("expert_id", "sbuf", 1, 4))
         if scale != "none":
-            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * k * 4)]
+            buffers += [Buffer("selected", "sbuf", tt, k * 4), Buffer("item_scales", "sbuf", tt, tt * p.item_top_k * 4)]
         if scale != "post":
-            buffers.append(Buffer("item_rows", "sbuf", tt, tt * k * 4))
+            buffers.append(Buffer("item_rows", "sbuf", tt, tt * p.item_top_k * 4))
+        if p.shard == "top_k":
+            buffers.append(Buffer("item_experts", "sbuf", 1, tt * p.item_top_k * 4))
     if (selective and p.uses_affinities) or p.mask_unselected:
         buffers.append(Buffer("index + index_f", "sbuf", tt, k * 4, count=2))
     if selective and p.uses_affinities:
@@ -803,7 +950,7 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         ]
     if p.mode == "distinct":
         buffers += _distinct_buffers(p)
-    if p.shard == "intermediate":
+    if p.exchanges_partials:
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
     if p.output == "hbm" and p.out_dtype != "fp32":
         buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in p.core_columns) * out_bytes))
@@ -825,8 +972,25 @@ def _mx_buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     return (
         Buffer("x_stage", "sbuf", PARTITIONS, mx.h_slabs * tt * 4 * in_bytes),
         Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * tt * (4 + 1)),
-        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * PARTITIONS * (word + 1)),
-        Buffer("w_down + scales", "sbuf", PARTITIONS, p.group_columns * (word + 1)),
+        Buffer(
+            "w_gate_up + scales",
+            "sbuf",
+            PARTITIONS,
+            _mx_gate_up_bytes(p, p.gate_up_columns // SLAB),
+            count=p.gate_up_buffers,
+        ),
+        *((Buffer("gate_up_bias_item", "sbuf", PARTITIONS, 2 * mx.i_slabs * 4 * 4),) if p.mlp.gate_up_bias else ()),
+        Buffer("gate_up_psum", "psum", PARTITIONS, 2 * tt * 4, count=p.mx_epilogue_buffers),
+        Buffer(
+            "gate_e + up_e + act_e + bias_e",
+            "sbuf",
+            PARTITIONS,
+            (3 * tt + 2 * p.mlp.gate_up_bias) * 4,
+            count=p.mx_epilogue_buffers,
+        ),
+        Buffer(
+            "w_down + scales", "sbuf", PARTITIONS, p.core_slabs * p.group_columns * (word + 1), count=p.down_buffers
+        ),
         Buffer("h_il", "sbuf", PARTITIONS, mx.i_slabs * tt * 4 * in_bytes),
         Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * tt * (4 + 1)),
     )

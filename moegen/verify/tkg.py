@@ -96,7 +96,7 @@ def make_inputs(
     if plan.uses_rank:
         inputs["rank_id"] = np.array([[r]], dtype=np.int32)
     if plan.mx:
-        inputs.update(_mx_weights(plan, rng, used_experts(plan, index)))
+        inputs.update(_mx_weights(plan, rng, used_experts(plan, index, inputs.get("rank_id"))))
     if m.gate_up_bias:
         inputs["expert_gate_up_bias"] = cast((0.1 * rng.standard_normal((el, *parts, i))).astype(np.float32), dtype)
         if plan.mx:
@@ -122,11 +122,14 @@ def make_inputs(
     return {name: inputs[name] for name in argument_names(plan)}
 
 
-def used_experts(plan: TkgPlan, index: np.ndarray) -> list[int]:
-    """The local experts a call reads: the selected ids in selective mode, every local expert otherwise."""
-    if plan.mode == "selective":
-        return sorted(int(e) for e in np.unique(np.asarray(index)))
-    return list(range(plan.local_experts))
+def used_experts(plan: TkgPlan, index: np.ndarray, rank_id: np.ndarray | None = None) -> list[int]:
+    """The local experts a call reads: the selected ids in selective and distinct mode (distinct under EP:
+    the ids in rank_id's window, as local ids), every local expert in all-expert mode."""
+    if plan.mode == "all_experts":
+        return list(range(plan.local_experts))
+    first = int(np.asarray(rank_id).reshape(-1)[0]) * plan.local_experts if rank_id is not None else 0
+    ids = np.unique(np.asarray(index)) - first
+    return sorted(int(e) for e in ids if 0 <= e < plan.local_experts)
 
 
 def _mx_weights(plan: TkgPlan, rng: np.random.Generator, experts: list[int]) -> dict[str, np.ndarray]:
@@ -172,7 +175,7 @@ def logical_weights(plan: TkgPlan, inputs: dict) -> dict:
     el, h, i = plan.local_experts, plan.hidden, plan.intermediate
     gate_up = np.zeros((el, h, 2, i), dtype=np.float32)
     down = np.zeros((el, i, h), dtype=np.float32)
-    for e in used_experts(plan, inputs["expert_index"]):
+    for e in used_experts(plan, inputs["expert_index"], inputs.get("rank_id")):
         gate_up[e] = mx_layout.dequantize_gate_up(
             inputs["expert_gate_up_weights"][e : e + 1],
             inputs["expert_gate_up_weights_scale"][e : e + 1],
@@ -297,7 +300,8 @@ MXFP8_STEP_SHIFT = 3  # e4m3fn: quantize_mx fills [128, 256) * 2^k in steps of 1
 def data_tolerance(plan: TkgPlan, name: str, inputs: dict) -> Tolerance | None:
     """MX plans: the output dtype's tolerance plus, per token, one MXFP8 element step of the token's
     largest |h| (over the local experts) times max |W_down| times max affinity (1 without scaling),
-    for each of the token's work items (K selective, E_L all-expert). Why: a(g) is the engine's and
+    for each work item that reaches the token (`contributing_items`: K, or E_L for all-expert mode
+    without mask_unselected). Why: a(g) is the engine's and
     may differ from the reference's in the last fp32 bits, which can move h's bf16 rounding, and an h
     on an fp8 rounding boundary then moves one element of quantize_mx's output by one step (as in the
     mlp family, moegen/verify/mlp.py). Other plans: None (the dtype tolerance)."""
@@ -308,12 +312,21 @@ def data_tolerance(plan: TkgPlan, name: str, inputs: dict) -> Tolerance | None:
     amax = np.max(np.abs(x), axis=(0, 2))[:, None].astype(np.float64)
     _, exp = np.frexp(np.where(amax > 0, amax, 1.0))
     step = np.where(amax > 0, np.exp2(exp - 1 - MXFP8_STEP_SHIFT), 0.0)
-    items = plan.top_k if plan.mode == "selective" else plan.local_experts
     scale = float(np.max(np.abs(args["expert_affinities"]))) if plan.affinity_scale != "none" else 1.0
     base = TOLERANCES[plan.out_dtype]
-    used = used_experts(plan, args["expert_index"])
-    bound = step * items * float(np.max(np.abs(args["expert_down_weights"][used]))) * max(scale, 1.0)
+    used = used_experts(plan, args["expert_index"], args["rank_id"])
+    bound = step * contributing_items(plan) * float(np.max(np.abs(args["expert_down_weights"][used]))) * max(scale, 1.0)
     return Tolerance(base.rtol, base.atol + bound)
+
+
+def contributing_items(plan: TkgPlan) -> int:
+    """Work items whose output reaches one token: its K selected experts (selective and distinct mode, and
+    all-expert mode with mask_unselected and POST_SCALE: every other item's column is exactly zero in that
+    token's row, so it adds exactly 0), else every local expert (all-expert NO/PRE_SCALE: an unselected
+    expert still adds its MLP of x * 0 or of x)."""
+    if plan.mode != "all_experts" or (plan.mask_unselected and plan.affinity_scale == "post"):
+        return min(plan.top_k, plan.local_experts)
+    return plan.local_experts
 
 
 def moe_tkg_mx_hidden(plan: TkgPlan, args: dict) -> np.ndarray:
@@ -323,7 +336,7 @@ def moe_tkg_mx_hidden(plan: TkgPlan, args: dict) -> np.ndarray:
     m = plan.mlp
     x = _mx_round(np.asarray(args["hidden_input"], dtype=np.float32), plan.mx.activation_element)
     hs = []
-    for e in used_experts(plan, args["expert_index"]):
+    for e in used_experts(plan, args["expert_index"], args["rank_id"]):
         gu = np.einsum("th,hji->tji", x, args["expert_gate_up_weights"][e])
         if args["expert_gate_up_bias"] is not None:
             gu = gu + np.asarray(args["expert_gate_up_bias"][e], dtype=np.float32)
