@@ -35,10 +35,14 @@ def choices_path(spec_path: str | Path) -> Path:
 def _canonical(value):
     """Plain data for hashing: dataclasses as field dicts without their source spans."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # Unset fields (None, False, 0, empty) are left out, so a field added later with such a default keeps
+        # the fingerprints of existing records; where the spec was read from does not matter.
         return {
             f.name: _canonical(getattr(value, f.name))
             for f in dataclasses.fields(value)
-            if not f.name.endswith("span") and f.name != "span"
+            if not f.name.endswith("span")
+            and f.name != "path"
+            and getattr(value, f.name) not in (None, False, 0, "", (), {})
         }
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in sorted(value.items())}
@@ -49,7 +53,7 @@ def _canonical(value):
 
 def fingerprint(layer: Layer, variant: Variant) -> str:
     """What a recorded choice depends on: the layer and the kernel's family and spec options."""
-    options = {k: v for k, v in variant.options.items() if k not in NOT_FINGERPRINTED}
+    options = {k: v for k, v in variant.options.items() if k not in NOT_FINGERPRINTED and v not in (None, False)}
     data = {"layer": _canonical(layer), "family": variant.family, "options": _canonical(options)}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -215,6 +215,7 @@ class TkgPlan(KernelPlan):
     gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
     gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile: (group's first tile, columns, slab)
     gate_up_loop: str = "i_outer"  # 'i_outer' | 'h_outer'
+    x_transpose: str = "dma"  # 'dma' (x.T written by a DMA, one element per descriptor) | 'pe' (rows + nc_transpose)
     # h_outer, per core: (first I tile, I tiles, I columns) of each pass; a pass's gate and up sums sit in PSUM
     gate_up_passes: tuple[tuple[tuple[int, int, int], ...], ...] = ()
     acc_tiles: int = 1  # h_outer: I tiles per PSUM accumulator tile ([P, acc_tiles, token tile] fp32, one bank)
@@ -228,6 +229,10 @@ class TkgPlan(KernelPlan):
         [0, E) is still a bad routing); rank_id a rank of the EP group."""
         ranges = (("expert_index", 0, self.experts),)
         return ranges + ((("rank_id", 0, self.ep),) if self.uses_rank else ())
+
+    @property
+    def x_group(self) -> int:
+        return _x_group(self)
 
     @property
     def work_items_per_tile(self) -> str:
@@ -689,6 +694,15 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     )
     if tkg_plan.mx:  # the MX stage loads its own slab layout into its own tiles (templates/common/mx_expert.j2)
         return replace(tkg_plan, buffers=_buffers(tkg_plan))
+    if tkg_plan.input == "hbm" and tkg_plan.h_last == PARTITIONS:
+        pe = replace(tkg_plan, x_transpose="pe")
+        if _other_psum_banks(pe) + tkg_plan.mlp.projections <= PSUM_BANKS:
+            why = (
+                f"x [n, {hidden}] arrives in one DMA of whole rows and the PE array transposes it, "
+                f"{_x_group(pe)} H tiles per PSUM tile and copy (a DMA writing x.T directly moves one "
+                "element per descriptor)"
+            )
+            tkg_plan = replace(pe, decisions=pe.decisions + (("x.T", why),))
     loop = options.get("gate_up_loop", "auto")
     depth = options.get("weight_buffers", "auto")
     depth = None if depth == "auto" else int(depth)
@@ -765,6 +779,11 @@ def _gate_up_slabs(p: TkgPlan, depth: int | None = None) -> tuple[int, int, str]
         + (": the next group's load overlaps the matmuls on the previous one" if slabs > 1 else "")
     )
     return tiles, slabs, why
+
+
+def _x_group(p: TkgPlan) -> int:
+    """H tiles transposed into one PSUM tile ([P, group, token tile] in the input dtype, one bank)."""
+    return max(1, min(p.h_tiles, PSUM_BANK_BYTES // (p.token_tile * DTYPE_BYTES[p.in_dtype])))
 
 
 H_OUTER_MAX_BUFFERS = 8  # h_outer slabs when the spec does not say: enough loads in flight to cover the matmuls
@@ -854,6 +873,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     weight_bytes, out_bytes = DTYPE_BYTES.get(p.weight_dtype, 0), DTYPE_BYTES[p.out_dtype]
     acc_h = max(cols for _, cols in p.acc_columns)
     buffers = list(_mx_buffers(p)) if p.mx else [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
+    if p.x_transpose == "pe":
+        buffers += [
+            Buffer("x_rows", "sbuf", tt, p.hidden * in_bytes),
+            Buffer("x_psum", "psum", PARTITIONS, _x_group(p) * tt * in_bytes),
+        ]
     if scale == "pre":
         x_item = p.mx.h_slabs * tt * 4 * in_bytes if p.mx else p.h_tiles * tt * in_bytes
         buffers += [

@@ -4,6 +4,7 @@ recorded for `tuned` kernels (SPEC.choices.json) that builds read (modeled)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from moegen.cli import main
 from moegen.compiler import generate
@@ -90,3 +91,21 @@ def test_a_spec_without_tkg_kernels_fails(tmp_path, capsys):
     path.write_text(SPEC.replace("kernel k : tkg {{ {options} }}", "kernel r : router {{ }}").format())
     assert main(["tune", str(path)]) == 1
     assert "no tkg kernel" in capsys.readouterr().err
+
+
+def test_fingerprint_ignores_the_path_and_unset_options(tmp_path, monkeypatch):
+    """The record is found fresh whether the spec is read by a relative or an absolute path, and an option
+    added later with an unset default (None / False) leaves existing fingerprints alone."""
+    from dataclasses import replace
+
+    from moegen import choices
+    from moegen.compiler import load_spec
+
+    (tmp_path / "t.moe").write_text(SPEC.format(options="mode=auto tuned"))
+    monkeypatch.chdir(tmp_path)
+    relative, absolute = load_spec(Path("t.moe")), load_spec(tmp_path / "t.moe")
+    first = choices.fingerprint(relative.layer, relative.variants[0])
+    assert first == choices.fingerprint(absolute.layer, absolute.variants[0])
+    variant = absolute.variants[0]
+    assert choices.fingerprint(absolute.layer, replace(variant, options={**variant.options, "new": None})) == first
+    assert choices.fingerprint(absolute.layer, replace(variant, options={**variant.options, "tokens": 64})) != first
