@@ -38,8 +38,8 @@ TKG_AXES = (
     ),
     ("shard", ({"shard": "intermediate"}, {"shard": "hidden"}, {"shard": "tokens"})),
     ("gate_up_loop", ({"gate_up_loop": "h_outer"}, {"gate_up_loop": "i_outer"})),
-    ("weight_buffers", ({"weight_buffers": "2"}, {"weight_buffers": "4"}, {"weight_buffers": "8"})),
-    ("down_columns", ({"down_columns": "1024"}, {"down_columns": "2048"})),
+    ("weight_buffers", ({"weight_buffers": 2}, {"weight_buffers": 4}, {"weight_buffers": 8})),
+    ("down_columns", ({"down_columns": 1024}, {"down_columns": 2048})),
 )
 
 
@@ -68,7 +68,7 @@ def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
         elif option == "shard":
             if variant.options.get("lnc") == 2 and value == "auto":
                 found.append((option, values))
-        elif value == "auto":
+        elif value in ("auto", None):  # weight_buffers / down_columns: unset means the plan's rule
             found.append((option, values))
     return found
 

@@ -60,7 +60,7 @@ OPTIONS = (
     OptionSpec(
         "tuned",
         "flag",
-        "the auto options (mode, shard, gate_up_loop, weight_buffers, down_columns) take the timeline model's "
+        "the options left at auto or unset (mode, shard, gate_up_loop, weight_buffers, down_columns) take the model's "
         "choice recorded in SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
     ),
     OptionSpec(
@@ -154,18 +154,21 @@ OPTIONS = (
     ),
     OptionSpec(
         "weight_buffers",
-        "choice",
+        "int",
         "gate/up weight slabs the loads rotate through (deeper: later loads wait less on the matmuls); "
-        "auto: as many as SBUF holds, up to 8 (h_outer) or 2 (i_outer)",
-        default="auto",
-        choices=("auto", "1", "2", "3", "4", "6", "8", "12", "16"),
+        "unset: as many as SBUF holds, up to 8 (h_outer) or 2 (i_outer)",
+        minimum=1,
+        maximum=16,
+        reason="16 slabs of one H tile's rows already cover the DMA latency many times over",
     ),
     OptionSpec(
         "down_columns",
-        "choice",
-        "output columns per down group (PSUM banks of 512 fp32 columns, the down weights' DMA run): auto = 2048",
-        default="auto",
-        choices=("auto", "512", "1024", "1536", "2048"),
+        "int",
+        "output columns per down group (PSUM banks of 512 fp32 columns; the down weights' DMA run); unset: 2048",
+        minimum=512,
+        maximum=2048,
+        multiple_of=512,
+        reason="a group's chunks are 512-column PSUM banks, at most 4 beside the gate/up sums",
     ),
 )
 MX_QUANT = ("mxfp4", "mxfp8")
@@ -481,8 +484,8 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
     # Down columns per group: one I tile of the down weights for a group fits DOWN_SLAB_BYTES, and
     # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
     group_columns = min(DOWN_GROUP_BANKS * CHUNK, max(CHUNK, DOWN_SLAB_BYTES // weight_bytes // CHUNK * CHUNK))
-    if options.get("down_columns", "auto") != "auto":
-        group_columns = int(options["down_columns"])
+    if options.get("down_columns"):
+        group_columns = options["down_columns"]
 
     # LNC=2 sharding. shard=intermediate splits the I tiles (MX: the 512-value I slabs).
     split_units = mx_plan.i_slabs if mx_plan else i_tiles
@@ -704,8 +707,7 @@ def plan(layer: Layer, variant: Variant) -> TkgPlan:
             )
             tkg_plan = replace(pe, decisions=pe.decisions + (("x.T", why),))
     loop = options.get("gate_up_loop", "auto")
-    depth = options.get("weight_buffers", "auto")
-    depth = None if depth == "auto" else int(depth)
+    depth = options.get("weight_buffers")
     passes, acc_tiles, acc_banks = _h_outer_passes(tkg_plan)
     fits = _other_psum_banks(tkg_plan) + tkg_plan.mlp.projections * acc_banks <= PSUM_BANKS
     if loop == "h_outer" or (loop == "auto" and fits and all(len(core) == 1 for core in passes)):
