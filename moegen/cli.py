@@ -334,7 +334,7 @@ def cmd_tune(args) -> int:
     from moegen.tune import tune
 
     try:
-        tuned = tune(Path(args.spec), args.variant, args.tokens)
+        tuned = tune(Path(args.spec), args.variant, args.tokens, write=args.write)
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -440,13 +440,18 @@ def parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser(
         "tune",
-        help="model each decode mode of the tkg kernels at a token count (modeled, not measured)",
-        description="Plan, generate and model mode=selective / distinct / all_experts of each tkg kernel; "
-        "print the candidates fastest first (chosen, runner-up) or why a mode is refused.",
+        help="model the plan candidates of the tkg kernels at a token count (modeled, not measured)",
+        description="Plan, generate and model the candidates of each tkg kernel (mode, LNC split, gate/up "
+        "loop, weight buffers, down columns: the options the spec leaves at auto, one axis at a time); "
+        "print them fastest first (chosen, runner-up) or why one is refused. --write records the choice "
+        "of each `tuned` kernel in SPEC.choices.json, which builds read.",
     )
     tune.add_argument("spec", metavar="SPEC")
     tune.add_argument("--variant", metavar="V", help="only this kernel")
-    tune.add_argument("--tokens", type=_positive_int, default=1, help="token count (default: 1)")
+    tune.add_argument(
+        "--tokens", type=_positive_int, default=None, help="token count (default: the kernel's tokens<= bound)"
+    )
+    tune.add_argument("--write", action="store_true", help="record the tuned kernels' choices in SPEC.choices.json")
     tune.set_defaults(run=cmd_tune)
     return top
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from moegen import choices
 from moegen.codegen.render import render
 from moegen.diagnostics import Diagnostic, Span, SpecError
 from moegen.plan import families
@@ -69,8 +70,15 @@ def plan_spec(spec: Spec) -> tuple[KernelPlan, ...]:
     plans, diagnostics = [], []
     for variant in spec.variants:
         try:
-            plan = known[variant.family].plan(spec.layer, variant)
+            tuned, decision = choices.resolve(spec.path, spec.layer, variant)
+        except choices.StaleChoice as stale:
+            diagnostics.append(Diagnostic(variant.span_of("tuned"), f"kernel '{variant.name}': {stale}"))
+            continue
+        try:
+            plan = known[variant.family].plan(spec.layer, tuned)
             check_budget(plan)
+            if decision:
+                plan = replace(plan, decisions=plan.decisions + (decision,))
         except PlanError as error:
             for option, message in error.problems:
                 span = variant.span_of(option)

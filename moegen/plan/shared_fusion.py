@@ -234,7 +234,7 @@ def fuse_into_tkg(layer: Layer, options, plan):
         if plan.lnc == 2 and plan.shard == "top_k"
         else None,
         routed_slabs=None
-        if plan.mx
+        if plan.mx or plan.gate_up_loop == "h_outer"
         else (plan.mlp.projections, plan.gate_up_columns // PARTITIONS, plan.gate_up_buffers),
     )
     if decision is None:

@@ -36,6 +36,7 @@ from moegen.plan.common import (
     DTYPE_BYTES,
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
+    PSUM_BANK_BYTES,
     PSUM_BANKS,
     SBUF_BYTES,
     Buffer,
@@ -58,14 +59,21 @@ DOWN_BUFFERS = 4  # down-weight slabs: the next loads overlap the matmuls on the
 
 OPTIONS = (
     OptionSpec(
+        "tuned",
+        "flag",
+        "the options left at auto or unset (mode, shard, gate_up_loop, weight_buffers, down_columns) take the model's "
+        "choice recorded in SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
+    ),
+    OptionSpec(
         "mode",
         "choice",
         "selective: each token runs its K experts (ids read at run time); "
         "all_experts: every local expert runs on every token; "
         "distinct: each local expert some token selected runs once on the whole token tile (the distinct "
-        "ids found on device, a loop with a run-time trip count)",
+        "ids found on device, a loop with a run-time trip count); auto: distinct where it plans, else "
+        "all_experts under EP, else selective (with `tuned`: the timeline model's choice)",
         default="selective",
-        choices=("selective", "all_experts", "distinct"),
+        choices=("selective", "all_experts", "distinct", "auto"),
     ),
     OptionSpec(
         "tokens",
@@ -138,6 +146,33 @@ OPTIONS = (
         choices=("trn2", "trn3"),
     ),
     SHARED_OPTION,
+    OptionSpec(
+        "gate_up_loop",
+        "choice",
+        "order of the gate/up loops: h_outer (one weight DMA per H tile reads whole rows of gate and up "
+        "for a pass of I tiles, accumulated in PSUM over H: long DMA runs), i_outer (per slab of I tiles, "
+        "every H tile), auto (h_outer when one pass holds the core's I tiles)",
+        default="auto",
+        choices=("auto", "h_outer", "i_outer"),
+    ),
+    OptionSpec(
+        "weight_buffers",
+        "int",
+        "gate/up weight slabs the loads rotate through (deeper: later loads wait less on the matmuls); "
+        "unset: as many as SBUF holds, up to 8 (h_outer) or 2 (i_outer)",
+        minimum=1,
+        maximum=16,
+        reason="16 slabs of one H tile's rows already cover the DMA latency many times over",
+    ),
+    OptionSpec(
+        "down_columns",
+        "int",
+        "output columns per down group (PSUM banks of 512 fp32 columns; the down weights' DMA run); unset: 2048",
+        minimum=512,
+        maximum=2048,
+        multiple_of=512,
+        reason="a group's chunks are 512-column PSUM banks, at most 4 beside the gate/up sums",
+    ),
 )
 MX_QUANT = ("mxfp4", "mxfp8")
 
@@ -186,6 +221,12 @@ class TkgPlan(KernelPlan):
     gate_up_columns: int = PARTITIONS  # I columns of one gate/up weight slab (a group of I tiles; MX: of I slabs)
     gate_up_buffers: int = 1  # slabs the groups alternate between (the next load overlaps the matmuls)
     gate_up_group: tuple[tuple[int, int, int], ...] = ()  # per I tile (MX: I slab): (group's first, columns, slab)
+    gate_up_loop: str = "i_outer"  # 'i_outer' | 'h_outer'
+    x_transpose: str = "dma"  # 'dma' (x.T written by a DMA, one element per descriptor) | 'pe' (rows + nc_transpose)
+    # h_outer, per core: (first I tile, I tiles, I columns) of each pass; a pass's gate and up sums sit in PSUM
+    gate_up_passes: tuple[tuple[tuple[int, int, int], ...], ...] = ()
+    acc_tiles: int = 1  # h_outer: I tiles per PSUM accumulator tile ([P, acc_tiles, token tile] fp32, one bank)
+    acc_banks: int = 1  # h_outer: accumulator tiles per projection
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
@@ -197,6 +238,10 @@ class TkgPlan(KernelPlan):
         [0, E) is still a bad routing); rank_id a rank of the EP group."""
         ranges = (("expert_index", 0, self.experts),)
         return ranges + ((("rank_id", 0, self.ep),) if self.uses_rank else ())
+
+    @property
+    def x_group(self) -> int:
+        return _x_group(self)
 
     @property
     def work_items_per_tile(self) -> str:
@@ -271,6 +316,19 @@ def _distinct_problems(
     return problems
 
 
+def _auto_mode(layer: Layer, options: dict) -> str:
+    """mode=auto by rule (no model): distinct where it plans (each selected expert read once), else
+    all_experts under expert parallelism, else selective."""
+    ep = options.get("ep") or layer.dims.ep
+    experts = layer.dims.experts // ep if not layer.dims.experts % ep else layer.dims.experts
+    scale = expert_mlp_plan(layer, mx=True).affinity_scale
+    mask, eager = bool(options.get("mask_unselected")), bool(options.get("eager"))
+    mx = layer.quant.weights in MX_QUANT
+    if not mx and not _distinct_problems(options["tokens"], experts, mask, eager, scale):
+        return "distinct"
+    return "all_experts" if ep > 1 else "selective"
+
+
 def _tiles(n: int) -> tuple[int, int]:
     tiles = ceil_div(n, PARTITIONS)
     return tiles, n - (tiles - 1) * PARTITIONS
@@ -303,6 +361,8 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
     dims = layer.dims
     mode = options["mode"]
     lnc = options["lnc"]
+    if mode == "auto":
+        mode = _auto_mode(layer, options)
     target = options.get("target") or ("trn3" if mx else "trn2")
     if mx:
         problems += _mx_problems(layer, options, target, mlp)
@@ -310,6 +370,10 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
     # dims ep applies to the all-expert kernels of the spec; an explicit ep= on a selective kernel is refused.
     ep = options.get("ep") or (1 if mode == "selective" else dims.ep)
     decisions: list[tuple[str, str]] = list(mlp.decisions)
+    if options["mode"] == "auto":
+        decisions.append(
+            ("mode", f"auto: {mode} (the rule: distinct where it plans, else all_experts under EP, else selective)")
+        )
     if mode == "selective" and not options.get("ep") and dims.ep > 1:
         decisions.append(
             (
@@ -446,6 +510,8 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
     # Down columns per group: one I tile of the down weights for a group fits DOWN_SLAB_BYTES, and
     # the group's PSUM chunks fit DOWN_GROUP_BANKS banks.
     group_columns = min(DOWN_GROUP_BANKS * CHUNK, max(CHUNK, DOWN_SLAB_BYTES // weight_bytes // CHUNK * CHUNK))
+    if options.get("down_columns"):
+        group_columns = options["down_columns"]
 
     # LNC=2 sharding. shard=intermediate splits the I tiles (MX: the 512-value I slabs).
     split_units = mx_plan.i_slabs if mx_plan else i_tiles
@@ -672,9 +738,24 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
     )
     if tkg_plan.mx:  # the MX stage streams whole I slabs (templates/common/mx_expert.j2 gate_up_streamed)
         return _mx_streaming(tkg_plan)
+    if tkg_plan.input == "hbm" and tkg_plan.h_last == PARTITIONS:
+        pe = replace(tkg_plan, x_transpose="pe")
+        if _other_psum_banks(pe) + tkg_plan.mlp.projections <= PSUM_BANKS:
+            why = (
+                f"x [n, {hidden}] arrives in one DMA of whole rows and the PE array transposes it, "
+                f"{_x_group(pe)} H tiles per PSUM tile and copy (a DMA writing x.T directly moves one "
+                "element per descriptor)"
+            )
+            tkg_plan = replace(pe, decisions=pe.decisions + (("x.T", why),))
+    loop = options.get("gate_up_loop", "auto")
+    depth = options.get("weight_buffers")
+    passes, acc_tiles, acc_banks = _h_outer_passes(tkg_plan)
+    fits = _other_psum_banks(tkg_plan) + tkg_plan.mlp.projections * acc_banks <= PSUM_BANKS
+    if loop == "h_outer" or (loop == "auto" and fits and all(len(core) == 1 for core in passes)):
+        return _h_outer_plan(tkg_plan, passes, acc_tiles, acc_banks, depth, loop)
     tkg_plan = replace(tkg_plan, gate_up_group=_gate_up_groups(tkg_plan, 1, 1))
     tkg_plan = replace(tkg_plan, buffers=_buffers(tkg_plan))
-    tiles, slabs, why = _gate_up_slabs(tkg_plan)
+    tiles, slabs, why = _gate_up_slabs(tkg_plan, depth)
     tkg_plan = replace(
         tkg_plan,
         gate_up_columns=tiles * PARTITIONS,
@@ -737,13 +818,14 @@ def _gate_up_slab_bytes(p: TkgPlan, tiles: int) -> int:
     return p.h_tiles * p.mlp.projections * tiles * PARTITIONS * DTYPE_BYTES[p.weight_dtype]
 
 
-def _gate_up_slabs(p: TkgPlan) -> tuple[int, int, str]:
+def _gate_up_slabs(p: TkgPlan, depth: int | None = None) -> tuple[int, int, str]:
     """(I tiles per gate/up slab, slabs, why): the gate/up weight DMA of a slab moves runs of
     tiles x 128 x weight bytes, so as many tiles as make 2 KiB runs; two slabs when the core has two
-    groups or more (one loads while the matmuls read the other), both within SBUF."""
+    groups or more (one loads while the matmuls read the other), both within SBUF; `depth` slabs when
+    the spec (or the model's choice) names them."""
     core_tiles = max(count for _, count in p.core_i_tiles)
     want = max(1, ceil_div(GATE_UP_RUN_BYTES, PARTITIONS * DTYPE_BYTES[p.weight_dtype]))
-    slabs = 2 if core_tiles >= 2 else 1
+    slabs = depth or (2 if core_tiles >= 2 else 1)
     tiles = min(want, ceil_div(core_tiles, slabs))
     other = p.sbuf_bytes() - _gate_up_slab_bytes(p, 1)
     capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM
@@ -847,6 +929,77 @@ def _mx_gate_up_groups(p: TkgPlan, slabs: int, loads: int) -> tuple[tuple[int, i
     return tuple(table)
 
 
+def _x_group(p: TkgPlan) -> int:
+    """H tiles transposed into one PSUM tile ([P, group, token tile] in the input dtype, one bank)."""
+    return max(1, min(p.h_tiles, PSUM_BANK_BYTES // (p.token_tile * DTYPE_BYTES[p.in_dtype])))
+
+
+H_OUTER_MAX_BUFFERS = 8  # h_outer slabs when the spec does not say: enough loads in flight to cover the matmuls
+
+
+def _other_psum_banks(p: TkgPlan) -> int:
+    """PSUM banks of every buffer but the gate/up results (down groups, distinct ids, pre-scale, transpose)."""
+    return sum(
+        ceil_div(b.bytes_per_partition, PSUM_BANK_BYTES) * b.count
+        for b in _buffers(p)
+        if b.memory == "psum" and b.name not in ("gate_psum", "up_psum")
+    )
+
+
+def _h_outer_passes(p: TkgPlan) -> tuple[tuple[tuple[tuple[int, int, int], ...], ...], int, int]:
+    """(passes per core, I tiles per accumulator tile, accumulator tiles per projection) of the h_outer loop.
+
+    A pass keeps the gate and up sums of its I tiles in PSUM ([P, token tile] fp32 per tile, so
+    2048 / (4 x token tile) tiles per bank) while the loop over H reads, per H tile, the pass's columns
+    of every gate and up row in one DMA; the banks left beside the down groups (and the other PSUM
+    tiles) are shared equally by the projections. The core's I tiles split into equal passes."""
+    acc_tiles = max(1, PSUM_BANK_BYTES // (4 * p.token_tile))
+    acc_banks = max(1, (PSUM_BANKS - _other_psum_banks(p)) // p.mlp.projections)
+    per_pass = acc_tiles * acc_banks
+    table = []
+    for first, count in p.core_i_tiles:
+        n_passes = ceil_div(count, per_pass)
+        size = ceil_div(count, n_passes)
+        core = []
+        for start in range(first, first + count, size):
+            tiles = min(size, first + count - start)
+            last = start + tiles == p.i_tiles
+            core.append((start, tiles, (tiles - 1) * PARTITIONS + (p.i_last if last else PARTITIONS)))
+        table.append(tuple(core))
+    return tuple(table), acc_tiles, min(acc_banks, ceil_div(max(t for c in table for _, t, _ in c), acc_tiles))
+
+
+def _h_outer_slab_bytes(p: TkgPlan) -> int:
+    columns = max(cols for core in p.gate_up_passes for _, _, cols in core)
+    return p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
+
+
+def _h_outer_plan(p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int | None, loop: str) -> TkgPlan:
+    """The plan with the h_outer gate/up loop: `depth` slabs of one H tile's rows (as many as fit, up to
+    H_OUTER_MAX_BUFFERS, when depth is None)."""
+    p = replace(p, gate_up_loop="h_outer", gate_up_passes=passes, acc_tiles=acc_tiles, acc_banks=acc_banks)
+    p = replace(p, gate_up_buffers=1, gate_up_columns=max(c for core in passes for _, _, c in core))
+    p = replace(p, buffers=_buffers(p))
+    slab = _h_outer_slab_bytes(p)
+    loads = p.h_tiles * max(len(core) for core in passes)
+    capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM - (p.sbuf_bytes() - slab)
+    slabs = depth or max(1, min(H_OUTER_MAX_BUFFERS, loads, capacity // slab))
+    p = replace(p, gate_up_buffers=slabs)
+    p = replace(p, buffers=_buffers(p))
+    core = passes[0]
+    run = p.gate_up_columns * DTYPE_BYTES[p.weight_dtype]
+    single = all(len(c) == 1 for c in passes) and all(cols == p.intermediate for c in passes for _, _, cols in c)
+    why = (
+        f"h_outer{' (the spec asks)' if loop == 'h_outer' else ''}: {len(core)} pass(es) of "
+        f"{'/'.join(str(t) for _, t, _ in core)} I tiles; per H tile one DMA reads the pass's gate and up "
+        f"columns ({p.mlp.projections * run if single else run}-byte contiguous runs"
+        f"{', gate and up rows back to back' if single and p.mlp.projections == 2 else ''}) into one of "
+        f"{slabs} slab(s) of {slab} bytes per partition; the sums stay in PSUM over H "
+        f"({acc_banks} bank(s) per projection, {acc_tiles} I tiles per bank at {p.token_tile} tokens)"
+    )
+    return replace(p, decisions=p.decisions + (("gate/up loop", why),))
+
+
 def _gate_up_groups(p: TkgPlan, tiles: int, slabs: int) -> tuple[tuple[int, int, int], ...]:
     """Per I tile: (first tile of its group, the group's I columns, its slab). Groups split each
     core's tiles in runs of `tiles` and alternate between the slabs."""
@@ -868,6 +1021,11 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
     weight_bytes, out_bytes = DTYPE_BYTES.get(p.weight_dtype, 0), DTYPE_BYTES[p.out_dtype]
     acc_h = max(cols for _, cols in p.acc_columns)
     buffers = list(_mx_buffers(p)) if p.mx else [Buffer("x_t", "sbuf", PARTITIONS, p.h_tiles * tt * in_bytes)]
+    if p.x_transpose == "pe":
+        buffers += [
+            Buffer("x_rows", "sbuf", tt, p.hidden * in_bytes),
+            Buffer("x_psum", "psum", PARTITIONS, _x_group(p) * tt * in_bytes),
+        ]
     if scale == "pre":
         x_item = p.mx.h_slabs * tt * 4 * in_bytes if p.mx else p.h_tiles * tt * in_bytes
         buffers += [
@@ -881,7 +1039,12 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("input_scale", "sbuf", PARTITIONS, 4 * 4),
             Buffer("h_in", "sbuf", PARTITIONS, tt * in_bytes),
         ]
-    if not p.mx:
+    if p.gate_up_loop == "h_outer":
+        buffers += [
+            Buffer("w_gate_up", "sbuf", PARTITIONS, _h_outer_slab_bytes(p), count=p.gate_up_buffers),
+            Buffer("w_down", "sbuf", PARTITIONS, p.group_columns * weight_bytes, count=p.down_buffers),
+        ]
+    elif not p.mx:
         buffers += [
             Buffer(
                 "w_gate_up",
@@ -913,8 +1076,15 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
                 count=m.projections + 1,
             ),
             Buffer("h", "sbuf", PARTITIONS, p.i_tiles * tt * mm_bytes),
-            Buffer("gate_psum", "psum", PARTITIONS, tt * 4),
-            *([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else []),
+            *(
+                [
+                    Buffer(f"{name}_acc", "psum", PARTITIONS, p.acc_tiles * tt * 4, count=p.acc_banks)
+                    for name in ("gate", "up")[: m.projections]
+                ]
+                if p.gate_up_loop == "h_outer"
+                else [Buffer("gate_psum", "psum", PARTITIONS, tt * 4)]
+                + ([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else [])
+            ),
         ]
     buffers += [
         Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),

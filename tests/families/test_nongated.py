@@ -124,12 +124,12 @@ def test_non_gated_sbuf_input_and_output(expert):
 
 
 def test_non_gated_kernels_hold_no_gate(tmp_path):
-    """No gate weights, no gate matmul: the weights slabs are [P, H_TILES, 1, GATE_UP_COLUMNS], one nc_matmul per
-    H tile for the input projection, and no up_psum / up tiles."""
+    """No gate weights, no gate matmul: the weights slabs are [P, 1, GATE_UP_COLUMNS] (h_outer: one H tile's
+    rows), one nc_matmul per H tile and I tile for the input projection, and no up_acc / up tiles."""
     generated, _ = build_spec(_spec(EPILOGUES["squared_relu_post"], KERNELS), tmp_path)
     tkg = generated.files["tkg_sel.py"]
-    assert "w_gate_up = [nl.ndarray((P, H_TILES, 1, GATE_UP_COLUMNS)" in tkg
-    assert tkg.count("nisa.nc_matmul(dst=gate_psum") == 1 and not re.search(r"\bup(_psum)? = ", tkg)
+    assert "w_gate_up = [nl.ndarray((P, 1, GATE_UP_COLUMNS)" in tkg
+    assert tkg.count("nisa.nc_matmul(dst=gate_acc") == 1 and not re.search(r"\bup(_psum|_acc)? = ", tkg)
     assert "expert_gate_up_weights: [E_L, H, I]" in tkg
     cte = generated.files["cte_block.py"]
     assert not re.search(r"\bup_(psum|tile) = ", cte) and "(E, H, I_TP)" in cte

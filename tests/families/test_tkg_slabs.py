@@ -34,7 +34,7 @@ def test_mixtral_slabs_fit_sbuf_and_alternate():
 
 
 def test_groups_split_each_core_range():
-    text = spec_text("kernel k : tkg { lnc=2 shard=intermediate }", intermediate=704)
+    text = spec_text("kernel k : tkg { lnc=2 shard=intermediate gate_up_loop=i_outer }", intermediate=704)
     plan = build(text)[0]["k"]
     assert plan.core_i_tiles == ((0, 3), (3, 3))
     # each core's 3 tiles in groups of ceil(3 / 2) = 2: (0, 1), (2) and (3, 4), (5: 64 columns)
@@ -51,12 +51,49 @@ def test_groups_split_each_core_range():
         "kernel k : tkg { mode=distinct input=sbuf tokens<=16 }",
     ],
 )
-def test_multi_tile_groups_with_a_partial_last_tile(kernel):
-    """I 704 = 5 x 128 + 64: groups of 3 tiles, the last group ending in the partial tile."""
-    check(spec_text(kernel, hidden=384, intermediate=704, expert=GPT_OSS), tokens=5)
+@pytest.mark.parametrize("loop", ["i_outer", "h_outer"])
+def test_multi_tile_groups_with_a_partial_last_tile(kernel, loop):
+    """I 704 = 5 x 128 + 64: groups of 3 tiles (i_outer), passes (h_outer), ending in the partial tile."""
+    check(
+        spec_text(kernel.replace("{", "{ gate_up_loop=" + loop), hidden=384, intermediate=704, expert=GPT_OSS), tokens=5
+    )
 
 
 def test_fp8_groups():
     check(
         spec_text("kernel k : tkg { mode=distinct }", hidden=320, intermediate=704, quant="weights=fp8_row"), tokens=3
     )
+
+
+@pytest.mark.parametrize(
+    "kernel, quant",
+    [
+        ("kernel k : tkg { gate_up_loop=h_outer mode=distinct }", ""),
+        ("kernel k : tkg { gate_up_loop=h_outer weight_buffers=3 down_columns=512 }", "weights=fp8_row"),
+        (
+            "kernel k : tkg { gate_up_loop=h_outer lnc=2 shard=intermediate }",
+            "weights=fp8_static activations=fp8_static",
+        ),
+        ("kernel k : tkg { gate_up_loop=h_outer mode=all_experts mask_unselected lnc=2 shard=hidden }", ""),
+    ],
+)
+def test_h_outer_in_several_passes(kernel, quant):
+    """tokens<=128: one PSUM bank holds 4 I tiles' sums, so I 2304 (18 tiles) runs in passes (as many banks
+    as the down groups leave); H 320 ends in a partial tile; each H tile's rows of a pass arrive in one DMA."""
+    text = spec_text(kernel, hidden=320, intermediate=2304, quant=quant, expert=GPT_OSS)
+    plan = build(text)[0]["k"]
+    assert plan.gate_up_loop == "h_outer" and plan.acc_tiles == 4
+    assert max(len(core) for core in plan.gate_up_passes) == -(
+        -max(n for _, n in plan.core_i_tiles) // (4 * plan.acc_banks)
+    )
+    assert max(len(core) for core in plan.gate_up_passes) >= 2 or "fp8_static" in quant
+    check(text, tokens=5)
+
+
+def test_h_outer_reads_whole_rows_when_one_pass_holds_i():
+    """Mixtral TP8 at tokens<=32: the 14 I tiles' sums fit one bank per projection, so each gate/up DMA reads
+    a row of gate then up back to back (2 x 1792 x 2 B = 7 KiB runs)."""
+    text = spec_text("kernel k : tkg { mode=distinct tokens<=32 }", hidden=4096, intermediate=1792)
+    plan = build(text)[0]["k"]
+    assert plan.gate_up_loop == "h_outer" and plan.gate_up_passes == (((0, 14, 1792),),)
+    assert any(what == "gate/up loop" and "7168-byte contiguous runs" in why for what, why in plan.decisions)
