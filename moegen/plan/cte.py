@@ -10,6 +10,10 @@ output. Variants (the seed's four Trn2 kernels) are options:
                          projections exchanged with sendrecv and added;
     loop=hybrid          static loop over the blocks that surely hold tokens, then `nl.fori_loop`
                          up to sum(conditions) (a register), so fully padded blocks cost nothing;
+                         with shard=block at LNC=2 each core loops over its own blocks (c, c+2, ...),
+                         so the cores' trip counts differ; neither loop holds a cross-core
+                         instruction (an LNC=2 program holds one instruction stream per core; the
+                         only core_barrier is after both loops);
     dropping             N = E blocks, block i is expert i (token-dropping layer).
 
 With MX weights (quant weights=mxfp4|mxfp8, trn3) the same options give the seed's three Trn3
@@ -276,6 +280,8 @@ class CtePlan(KernelPlan):
         }.get((self.shard, self.lnc), "for b in range(N):")
         if self.hybrid:
             blocks = "for b in range(ceil(T*K/B)), then nl.fori_loop(.., sum(conditions)):"
+            if (self.shard, self.lnc) == ("block", 2):
+                blocks = "for b in range(c, ceil(T*K/B), 2), then nl.fori_loop(.., sum(conditions), step=2):"
         lines = [
             blocks,
             "    ids = token_position_to_id[b*B:(b+1)*B]; e = " + ("b" if self.dropping else "block_to_expert[b]"),
@@ -381,13 +387,12 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
     problems: list[tuple[str | None, str]] = []
     lnc, shard = variant["lnc"], variant["shard"]
     if variant["loop"] == "hybrid":
-        if shard == "block" and lnc == 2:
+        if shard == "block" and lnc == 2 and variant["distribute"] == "halves":
             problems.append(
                 (
-                    "loop",
-                    "loop=hybrid at lnc=2 needs shard=intermediate: with shard=block the two cores "
-                    "would run different runtime trip counts, and both cores of a logical core "
-                    "must run the same control flow",
+                    "distribute",
+                    "distribute=halves cannot take loop=hybrid: the halves of the blocks that hold tokens are "
+                    "known only at run time; loop=hybrid at lnc=2 splits blocks interleaved (core c: c, c+2, ...)",
                 )
             )
         if variant.options.get("dropping"):

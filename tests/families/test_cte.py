@@ -97,7 +97,8 @@ kernel block1  : cte { block=128 shard=block }
   kernel i2      : cte { block=128 shard=intermediate lnc=2 }
   kernel hybrid2 : cte { block=128 shard=intermediate lnc=2 loop=hybrid }
   kernel stream2 : cte { block=128 shard=block lnc=2 weights=stream }
-  kernel halves2 : cte { block=128 shard=block lnc=2 distribute=halves }"""
+  kernel halves2 : cte { block=128 shard=block lnc=2 distribute=halves }
+  kernel hybridb2 : cte { block=128 shard=block lnc=2 loop=hybrid }"""
 
 
 VARIANT_TEXT = cte_spec(VARIANTS, hidden=320, intermediate=192)  # H and I with partial 64-row tiles
@@ -109,7 +110,7 @@ def variant_run(kernel: str):
     return run(VARIANT_TEXT, kernel, 150, expert_index=expert_index)
 
 
-@pytest.mark.parametrize("kernel", ["block2", "i1", "i2", "hybrid2", "stream2", "halves2"])
+@pytest.mark.parametrize("kernel", ["block2", "i1", "i2", "hybrid2", "stream2", "halves2", "hybridb2"])
 def test_variants_agree_with_each_other_and_the_reference(kernel):
     plan, _, got, want = variant_run(kernel)
     assert_matches(plan, got, want)
@@ -166,6 +167,7 @@ kernel block1 : cte { block=128 checkpoint }
   kernel i1     : cte { block=128 checkpoint shard=intermediate }
   kernel i2     : cte { block=128 checkpoint shard=intermediate lnc=2 }
   kernel hybrid2 : cte { block=128 checkpoint shard=intermediate lnc=2 loop=hybrid }
+  kernel hybridb2 : cte { block=128 checkpoint lnc=2 loop=hybrid }
   kernel drop1  : cte { block=128 checkpoint dropping }
   kernel drop2  : cte { block=128 checkpoint dropping shard=intermediate lnc=2 }"""
 # GPT-OSS-like: fp8 row dequant, both biases, all four clamps, swish(1.702), +1 on up, POST_SCALE, top-2
@@ -184,8 +186,8 @@ EPILOGUE_B = cte_spec(
     quant="weights=fp8_static",
     expert="scale -> gate_up -> gelu_tanh -> down(bias)",
 )
-MATRIX = [("A", k) for k in ("block1", "block2", "i1", "i2", "hybrid2", "drop1", "drop2")] + [
-    ("B", k) for k in ("block2", "i1", "hybrid2", "drop2")
+MATRIX = [("A", k) for k in ("block1", "block2", "i1", "i2", "hybrid2", "hybridb2", "drop1", "drop2")] + [
+    ("B", k) for k in ("block2", "i1", "hybrid2", "hybridb2", "drop2")
 ]
 
 
@@ -278,10 +280,26 @@ def test_resident_weights_are_reused_across_blocks_of_one_expert(lnc):
     assert_matches(plan, got, want)
 
 
-def test_hybrid_skips_many_fully_padded_blocks():
-    text = cte_spec("kernel h : cte { block=128 shard=intermediate lnc=2 loop=hybrid checkpoint }")
+@pytest.mark.parametrize("shard", ["intermediate", "block"])
+def test_hybrid_skips_many_fully_padded_blocks(shard):
+    text = cte_spec(f"kernel h : cte {{ block=128 shard={shard} lnc=2 loop=hybrid checkpoint }}")
     plan, inputs, got, want = run(text, "h", 60, num_blocks=12)  # 60*2 slots: at most 4 real blocks of 12
     assert int(inputs["conditions"].sum()) <= 4
+    assert_matches(plan, got, want)
+
+
+@pytest.mark.parametrize("top_k, tokens, used, padding", [(2, 150, 7, ""), (1, 130, 5, "padding=skip"), (4, 90, 5, "")])
+def test_hybrid_shard_block_cores_run_different_trip_counts(top_k, tokens, used, padding):
+    """shard=block loop=hybrid at LNC 2: each core runs a runtime loop over its own blocks (c, c+2, ...); with
+    an odd number of real blocks the cores' trip counts differ, and the output still matches the reference
+    (an LNC=2 NEFF holds one instruction stream per core: "Using Logical NeuronCores (LNC) with NKI")."""
+    text = cte_spec(f"kernel h : cte {{ block=128 lnc=2 loop=hybrid {padding} }}", experts=8, top_k=top_k)
+    expert_index = harness.routing(tokens, 8, top_k, np.random.default_rng(SEED), experts_used=used)
+    plan, inputs, got, want = run(text, "h", tokens, expert_index=expert_index, num_blocks=16)
+    assert plan.hybrid and (plan.shard, plan.lnc) == ("block", 2)
+    real_blocks = int(inputs["conditions"].sum())
+    static_blocks = -(-tokens * top_k // 128)
+    assert real_blocks > static_blocks and real_blocks % 2 == 1  # runtime blocks on both cores, uneven split
     assert_matches(plan, got, want)
 
 

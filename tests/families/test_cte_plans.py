@@ -93,7 +93,7 @@ def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):
 @pytest.mark.parametrize(
     "kernel, needle",
     [
-        ("kernel p : cte { loop=hybrid lnc=2 }", "loop=hybrid at lnc=2 needs shard=intermediate"),
+        ("kernel p : cte { loop=hybrid lnc=2 distribute=halves }", "distribute=halves cannot take loop=hybrid"),
         ("kernel p : cte { shard=intermediate loop=hybrid dropping }", "loop=hybrid cannot drop tokens"),
         ("kernel p : cte { update=overwrite }", "update=overwrite needs top_k 1"),
         ("kernel p : cte { distribute=halves }", "needs shard=block and lnc=2"),
@@ -138,7 +138,7 @@ def test_resident_weights_refused_when_they_do_not_fit(tmp_path):
 
 
 def test_refusal_points_at_the_option(tmp_path):
-    message = refusal(tmp_path, layer_spec("kernel p : cte { lnc=2 loop=hybrid }"))
+    message = refusal(tmp_path, layer_spec("kernel p : cte { lnc=2 loop=hybrid distribute=halves }"))
     assert "t.moe:5:" in message and "^" in message
 
 
