@@ -19,6 +19,7 @@ from moegen.plan.common import (
     MATMUL_CONTRACTION_MAX,
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
+    PSUM_BANK_BYTES,
     Buffer,
     KernelPlan,
     PlanError,
@@ -99,6 +100,10 @@ class RouterPlan(KernelPlan):
     h_tiles: int
     h_rest: int
     token_tile: int
+    tile_bufs: int  # token tiles rotate through this many buffers of x and of the logits
+    x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
+    x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
+    x_copy_engines: tuple[str, ...]  # layout th: engine of each x.T PSUM -> SBUF copy, cycled over the groups
     affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
     select_on: str  # 'logits' | 'scores': what max8 ranks
     full_scores: bool  # the activation over all E is materialised
@@ -110,6 +115,14 @@ class RouterPlan(KernelPlan):
     nan_key: float  # what a NaN score ranks as
     key_floor: float  # what scores at or below it (-inf too) rank as
     verify_tokens: int | None = None
+
+
+# x and logits buffers per token tile: the next tile's load and transposes overlap this tile's routing
+TILE_BUFS = 2
+# below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
+X_PE_ROWS = 32
+# ScalarE makes every x.T PSUM -> SBUF copy: VectorE runs the routing steps of the tile
+X_COPY_ENGINES = ("scalar",)
 
 
 def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tuple[str | None, str]]]:
@@ -216,6 +229,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         raise PlanError(*problems)
 
     h_tiles, h_rest = divmod(hidden, MATMUL_CONTRACTION_MAX)
+    x_group = max(1, min(h_tiles, PSUM_BANK_BYTES // (TOKEN_TILE * DTYPE_BYTES[layer.dtype])))
     select_on = "scores" if (router.selection_bias or router.n_group is not None) else "logits"
     full_scores = select_on == "scores" or affinities == "all"
     weights_from = "scores" if router.selection_bias else "selected"
@@ -229,7 +243,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
     buffers = [
-        Buffer("logits", "psum", TOKEN_TILE, experts * f32),
+        Buffer("logits", "psum", TOKEN_TILE, experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("one-hot masks (uint8)", "sbuf", TOKEN_TILE, top_k * work_width),
@@ -246,13 +260,20 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if h_tiles:
         buffers += [
             Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes),
+            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, TILE_BUFS),
         ]
     if h_rest:
         buffers += [
             Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
             Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes),
         ]
+    if variant.options["layout"] == "th":
+        buffers.append(Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, hidden * in_bytes, TILE_BUFS))
+        buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
+        if h_tiles:
+            buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, TILE_BUFS))
+        if h_rest:
+            buffers.append(Buffer("x.T rest transpose", "psum", h_rest, TOKEN_TILE * in_bytes))
     if router.bias:
         buffers.append(Buffer("bias row and ones", "sbuf", 1, experts * in_bytes + TOKEN_TILE * in_bytes))
     if store_logits:
@@ -308,8 +329,17 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             "contraction",
             f"H={hidden} = {h_tiles} x 128"
             + (f" + {h_rest}" if h_rest else "")
-            + f": each full tile puts h = p * {h_tiles} + j on partition p (x and w read in runs of {h_tiles} "
-            "contiguous elements, no transpose)"
+            + f": each full tile puts h = p * {h_tiles} + j on partition p (w read once, in runs of "
+            f"{h_tiles * experts} elements per partition); "
+            + (
+                f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
+                f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and ScalarE copy (an "
+                f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
+                "the transposes' latency; x and the logits rotate through "
+                f"{TILE_BUFS} buffers, the next tile's logits issued before this tile's routing"
+                if variant.options["layout"] == "th"
+                else "layout ht: x read in runs of one token tile per partition row"
+            )
             + (
                 f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
                 "multiple of 128"
@@ -426,6 +456,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_tiles=h_tiles,
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
+        tile_bufs=TILE_BUFS,
+        x_pe_rows=X_PE_ROWS,
+        x_group=x_group,
+        x_copy_engines=X_COPY_ENGINES,
         select_on=select_on,
         full_scores=full_scores,
         weights_from=weights_from,

@@ -332,9 +332,10 @@ def test_fewer_than_eight_experts_pad_the_max8_row(experts, top_k):
     assert_matches(text, tokens=5)
 
 
+@pytest.mark.parametrize("tokens", [9, 40])  # layout th: x.T by one DMA below 32 tokens, on the PE array from 32
 @pytest.mark.parametrize("hidden", [96, 2880])  # below one tile; GPT-OSS's 22 x 128 + 64
 @pytest.mark.parametrize("layout", ["th", "ht"])
-def test_hidden_not_a_multiple_of_128(hidden, layout):
+def test_hidden_not_a_multiple_of_128(hidden, layout, tokens):
     text = router_spec(
         hidden=hidden,
         experts=32,
@@ -342,7 +343,15 @@ def test_hidden_not_a_multiple_of_128(hidden, layout):
         router="linear(bias) -> topk -> softmax",
         kernels=f"kernel route : router {{ layout={layout} }}",
     )
-    assert_matches(text, tokens=9)
+    assert_matches(text, tokens=tokens)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_token_rows_transposed_on_the_pe_array(dtype):
+    """Layout th: 160 tokens = a 128-token tile and a 32-token tile, both transposed on the PE array, in fp32
+    (4 H tiles per PSUM transpose group) and fp16 (8), over more H tiles than one group holds."""
+    text = router_spec(hidden=1280, experts=16, top_k=2, dtype=dtype, kernels="kernel route : router { layout=th }")
+    assert_matches(text, tokens=160)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "in=bf16 out=fp32"])
