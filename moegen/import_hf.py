@@ -221,18 +221,7 @@ def _deepseek_v3(c: _Reader) -> MoELayer:
     router += " -> topk" + (" -> renormalize" if renormalize else "")
     if factor != 1:
         router += f" -> scaling_factor({factor:g})"
-    moe_i, shared = c.integer("moe_intermediate_size"), c.integer("n_shared_experts")
-    return MoELayer(
-        c.integer("hidden_size"),
-        moe_i,
-        c.integer("n_routed_experts"),
-        c.integer("num_experts_per_tok"),
-        router,
-        f"gate_up -> {act} -> down -> affinity_scale",
-        1 if shared else 0,
-        shared * moe_i,  # transformers builds one MLP of width n_shared_experts * moe_intermediate_size
-        f"gate_up -> {act} -> down" if shared else "",
-    )
+    return _deepseek_layer(c, router, act)
 
 
 def _gpt_oss(c: _Reader) -> MoELayer:
@@ -285,18 +274,7 @@ def _deepseek_v2(c: _Reader) -> MoELayer:
     if method == "group_limited_greedy" and groups > 1:
         router += f" -> group_limit(groups={groups}, keep={keep}, score=max)"
     router += " -> topk" + (f" -> scaling_factor({factor:g})" if factor != 1 else "")
-    moe_i, shared = c.integer("moe_intermediate_size"), c.integer("n_shared_experts")
-    return MoELayer(
-        c.integer("hidden_size"),
-        moe_i,
-        c.integer("n_routed_experts"),
-        c.integer("num_experts_per_tok"),
-        router,
-        f"gate_up -> {act} -> down -> affinity_scale",
-        1 if shared else 0,
-        shared * moe_i,  # one MLP of width n_shared_experts * moe_intermediate_size, as in V3
-        f"gate_up -> {act} -> down" if shared else "",
-    )
+    return _deepseek_layer(c, router, act)
 
 
 NEMOTRON_H_IGNORED = frozenset(
@@ -640,3 +618,21 @@ def import_file(
     options = ImportOptions(Path(os.path.relpath(Path(path), output.parent or ".")).as_posix(), tp, ep, quant)
     kernels = split_spec(output.read_text())[1] if output.exists() else default_kernels(config, options)
     return layer_part(config, name or output.stem, options) + kernels
+
+
+def _deepseek_layer(c: _Reader, router: str, act: str) -> MoELayer:
+    """The MoE layer of a DeepSeek-V2/V3 config with its router statement: routed experts of
+    moe_intermediate_size, and the shared experts as one gated MLP of width n_shared_experts *
+    moe_intermediate_size (transformers builds them so)."""
+    moe_i, shared = c.integer("moe_intermediate_size"), c.integer("n_shared_experts")
+    return MoELayer(
+        c.integer("hidden_size"),
+        moe_i,
+        c.integer("n_routed_experts"),
+        c.integer("num_experts_per_tok"),
+        router,
+        f"gate_up -> {act} -> down -> affinity_scale",
+        1 if shared else 0,
+        shared * moe_i,
+        f"gate_up -> {act} -> down" if shared else "",
+    )

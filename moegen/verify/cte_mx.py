@@ -10,34 +10,16 @@ from moegen.compare import TOLERANCES, Tolerance
 from moegen.convert import mx_layout
 from moegen.plan.cte import CtePlan
 from moegen.reference.mlp import _mx_round, activation
-from moegen.reference.quant import cast, round_to
-from moegen.verify.tkg import MXFP8_STEP_SHIFT
+from moegen.reference.quant import round_to
+from moegen.verify.tkg import MXFP8_STEP_SHIFT, mx_expert_weights
 
 
 def mx_weights(plan: CtePlan, rng: np.random.Generator, used) -> dict[str, np.ndarray]:
-    """MX weights of the experts in `used` in the kernel layouts: random element codes (every fp4 code;
-    fp8 e4m3fn values of a normal sample) and block scales 2^-7 .. 2^-3 (fp4) or 2^-9 .. 2^-6 (fp8); the
-    other experts are zero words with unit scales (np.zeros commits memory only where written)."""
-    mx, e, h, i = plan.mx, plan.experts, plan.hidden, plan.intermediate
-    low, high = (120, 125) if mx.weights == "mxfp4" else (118, 122)
-    word = np.dtype(mx.word_dtype)
-    gate_up = np.zeros((e, 128, 2, mx.h_slabs, i), dtype=word)
-    gate_up_scale = np.full((e, 16, 2, mx.h_slabs, i), 127, dtype=np.uint8)
-    down = np.zeros((e, 128, mx.i_slabs, h), dtype=word)
-    down_scale = np.full((e, 16, mx.i_slabs, h), 127, dtype=np.uint8)
-
-    def codes(shape):
-        if mx.weights == "mxfp4":
-            return rng.integers(0, 16, shape, dtype=np.uint8)
-        return mx_layout.encode(cast(rng.standard_normal(shape, dtype=np.float32) * 8, "fp8_e4m3fn"), mx.element)
-
-    for expert in (int(x) for x in used):
-        gate_up[expert : expert + 1], gate_up_scale[expert : expert + 1] = mx_layout.gate_up_to_kernel(
-            codes((1, 2, i, h)), rng.integers(low, high, (1, 2, i, h // 32), dtype=np.uint8), mx.element
-        )
-        down[expert : expert + 1], down_scale[expert : expert + 1] = mx_layout.down_to_kernel(
-            codes((1, h, i)), rng.integers(low, high, (1, h, i // 32), dtype=np.uint8), mx.element
-        )
+    """MX weights of the experts in `used` in the kernel layouts (moegen/verify/tkg.py mx_expert_weights),
+    under the cte argument names."""
+    gate_up, gate_up_scale, down, down_scale = mx_expert_weights(
+        plan.mx, plan.experts, plan.hidden, plan.intermediate, rng, used
+    )
     return {
         "gate_up_proj_weight": gate_up,
         "down_proj_weight": down,

@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from moegen.plan.shared import SharedPlan
-from moegen.reference.mlp import ExpertMLP, Precision
+from moegen.reference.mlp import Precision
 from moegen.reference.quant import cast, round_to
 from moegen.reference.shared import shared_experts, shared_gate
 from moegen.verify import tkg
+from moegen.verify.expert_mlp import reference_mlp
 from moegen.verify.work import moe_layer_macs
 
 
@@ -31,16 +32,7 @@ def make_inputs(plan: SharedPlan, tokens: int, rng: np.random.Generator) -> dict
 
 def expected(plan: SharedPlan, inputs: dict) -> dict:
     m = plan.mlp
-    mlp = ExpertMLP(
-        activation=m.activation,
-        alpha=m.alpha,
-        gated=m.gated,
-        gate_clamp_lower_limit=m.gate_lower,
-        gate_clamp_upper_limit=m.gate_upper,
-        up_clamp_lower_limit=tkg._unshift(m.up_lower, m),
-        up_clamp_upper_limit=tkg._unshift(m.up_upper, m),
-        up_plus_one=m.up_plus_one,
-    )
+    mlp = reference_mlp(m)
     out = shared_experts(
         inputs["hidden_input"],
         inputs["expert_gate_up_weights"],

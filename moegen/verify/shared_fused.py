@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from moegen.plan.shared_fusion import FusedSharedPlan
-from moegen.reference.mlp import ExpertMLP, Precision
+from moegen.reference.mlp import Precision
 from moegen.reference.quant import cast, name_of_array
 from moegen.reference.shared import shared_experts, shared_gate
+from moegen.verify.expert_mlp import reference_mlp
 
 
 def make_inputs(shared: FusedSharedPlan, hidden_input: np.ndarray, rng: np.random.Generator) -> dict:
@@ -39,16 +40,7 @@ def expected(
     """The output [T, H] of the shared experts `experts` (default all, summed) in fp32, not rounded; x is
     inputs[hidden][:T] (a cte kernel's hidden_states has a zero padding row T)."""
     m = shared.mlp
-    mlp = ExpertMLP(
-        activation=m.activation,
-        alpha=m.alpha,
-        gated=m.gated,
-        gate_clamp_lower_limit=m.gate_lower,
-        gate_clamp_upper_limit=m.gate_upper,
-        up_clamp_lower_limit=None if m.up_lower is None else m.up_lower - m.up_constant,
-        up_clamp_upper_limit=None if m.up_upper is None else m.up_upper - m.up_constant,
-        up_plus_one=m.up_plus_one,
-    )
+    mlp = reference_mlp(m)
     gate = inputs.get("shared_gate_values")
     x = inputs[hidden][: gate.shape[0]] if gate is not None else inputs[hidden]
     return shared_experts(

@@ -18,6 +18,7 @@ from moegen.reference.mlp import Precision
 from moegen.reference.quant import cast, quantize_down_fp8, quantize_gate_up_fp8, round_to
 from moegen.reference.tkg import moe_tkg
 from moegen.verify import shared_fused
+from moegen.verify.expert_mlp import unshift as _unshift
 from moegen.verify.work import moe_layer_macs, moe_minimum_hbm_bytes
 
 GATE_UP_INPUT_SCALE = 2.0**-5  # |x| < 7.5 stays inside fp8 e4m3 (max 240)
@@ -133,36 +134,46 @@ def used_experts(plan: TkgPlan, index: np.ndarray, rank_id: np.ndarray | None = 
 
 
 def _mx_weights(plan: TkgPlan, rng: np.random.Generator, experts: list[int]) -> dict[str, np.ndarray]:
-    """MX weights in the kernel layouts: random element codes (every fp4 code; fp8 e4m3fn values of a
-    normal sample) and block scales 2^-7 .. 2^-3 (fp4) or 2^-9 .. 2^-6 (fp8), for the experts the call
-    reads; the others are zero words with unit scales (real-model shapes: GPT-OSS-120B holds 128 experts
-    of 2.5 * 10^7 weights, and a selective call reads at most T * K of them)."""
-    mx, el, h, i = plan.mx, plan.local_experts, plan.hidden, plan.intermediate
-    low, high = (120, 125) if mx.weights == "mxfp4" else (118, 122)
-    word = np.dtype(mx.word_dtype)
-    gate_up = np.zeros((el, 128, 2, mx.h_slabs, i), dtype=word)
-    gate_up_scale = np.full((el, 16, 2, mx.h_slabs, i), 127, dtype=np.uint8)
-    down = np.zeros((el, 128, mx.i_slabs, h), dtype=word)
-    down_scale = np.full((el, 16, mx.i_slabs, h), 127, dtype=np.uint8)
-
-    def codes(shape):
-        if mx.weights == "mxfp4":
-            return rng.integers(0, 16, shape, dtype=np.uint8)
-        return mx_layout.encode(cast(rng.standard_normal(shape, dtype=np.float32) * 8, "fp8_e4m3fn"), mx.element)
-
-    for e in experts:
-        gate_up[e : e + 1], gate_up_scale[e : e + 1] = mx_layout.gate_up_to_kernel(
-            codes((1, 2, i, h)), rng.integers(low, high, (1, 2, i, h // 32), dtype=np.uint8), mx.element
-        )
-        down[e : e + 1], down_scale[e : e + 1] = mx_layout.down_to_kernel(
-            codes((1, h, i)), rng.integers(low, high, (1, h, i // 32), dtype=np.uint8), mx.element
-        )
+    """MX weights in the tkg argument names (mx_expert_weights) for the experts the call reads: real-model
+    shapes hold many experts (GPT-OSS-120B: 128 of 2.5 * 10^7 weights), a selective call reads T * K."""
+    gate_up, gate_up_scale, down, down_scale = mx_expert_weights(
+        plan.mx, plan.local_experts, plan.hidden, plan.intermediate, rng, experts
+    )
     return {
         "expert_gate_up_weights": gate_up,
         "expert_gate_up_weights_scale": gate_up_scale,
         "expert_down_weights": down,
         "expert_down_weights_scale": down_scale,
     }
+
+
+def mx_expert_weights(mx, experts: int, hidden: int, intermediate: int, rng: np.random.Generator, used) -> tuple:
+    """(gate_up [E, 128, 2, H slabs, I], its scales [E, 16, 2, H slabs, I], down [E, 128, I slabs, H], its
+    scales [E, 16, I slabs, H]) in the MX kernel layouts (moegen/convert/mx_layout.py): random element
+    codes (every fp4 code; fp8 e4m3fn values of a normal sample) and block scales 2^-7 .. 2^-3 (fp4) or
+    2^-9 .. 2^-6 (fp8) for the experts in `used`; the others are zero words with unit scales (np.zeros
+    commits memory only where written)."""
+    h, i = hidden, intermediate
+    low, high = (120, 125) if mx.weights == "mxfp4" else (118, 122)
+    word = np.dtype(mx.word_dtype)
+    gate_up = np.zeros((experts, 128, 2, mx.h_slabs, i), dtype=word)
+    gate_up_scale = np.full((experts, 16, 2, mx.h_slabs, i), 127, dtype=np.uint8)
+    down = np.zeros((experts, 128, mx.i_slabs, h), dtype=word)
+    down_scale = np.full((experts, 16, mx.i_slabs, h), 127, dtype=np.uint8)
+
+    def codes(shape):
+        if mx.weights == "mxfp4":
+            return rng.integers(0, 16, shape, dtype=np.uint8)
+        return mx_layout.encode(cast(rng.standard_normal(shape, dtype=np.float32) * 8, "fp8_e4m3fn"), mx.element)
+
+    for e in (int(x) for x in used):
+        gate_up[e : e + 1], gate_up_scale[e : e + 1] = mx_layout.gate_up_to_kernel(
+            codes((1, 2, i, h)), rng.integers(low, high, (1, 2, i, h // 32), dtype=np.uint8), mx.element
+        )
+        down[e : e + 1], down_scale[e : e + 1] = mx_layout.down_to_kernel(
+            codes((1, h, i)), rng.integers(low, high, (1, h, i // 32), dtype=np.uint8), mx.element
+        )
+    return gate_up, gate_up_scale, down, down_scale
 
 
 def logical_weights(plan: TkgPlan, inputs: dict) -> dict:
@@ -238,11 +249,6 @@ def _reference_arguments(plan: TkgPlan, inputs: dict) -> dict:
         precision=Precision(matmul_in=plan.in_dtype),
         mx_activations=plan.mx.activation_element if plan.mx else None,
     )
-
-
-def _unshift(limit: float | None, mlp) -> float | None:
-    """The spec's up clamp limit (the plan holds it shifted by the folded +1; the reference shifts itself)."""
-    return None if limit is None else limit - mlp.up_constant
 
 
 def run(kernel, plan: TkgPlan, inputs: dict) -> dict:
