@@ -170,6 +170,12 @@ class CtePlan(KernelPlan):
     skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
     block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
     x_psum_slots: int  # PSUM tiles of the token transposes (groups of four alternate): 2, or 1 when exchanging
+    out_prefetch: bool  # accumulating: a down chunk's output rows (every token tile) are read one chunk ahead
+    split_transpose_evacuation: bool  # the token transposes' PSUM groups alternate between VectorE and ScalarE copies
+    final_sum_tiles: int  # partial sums: [128, zero_columns] views of xT the final sum cycles through (0: new tiles)
+    pipeline_blocks: bool  # static loops: metadata, first gathers and weights of a block start in the previous one
+    zero_in_first_block: bool  # the accumulator's zero fill goes out between the first block's gate/up weight loads
+    down_scalar_evacuate: bool  # ScalarE moves the down PSUM to the output dtype with the affinity scale (no fp32 copy)
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
@@ -338,6 +344,15 @@ class CtePlan(KernelPlan):
         return tuple(lines)
 
 
+def _final_sum_tiles(possible: bool, h: int, b: int, h_out: int) -> int:
+    """Even count (at most 8) of [128, zero_columns] views that fit xT [128, H tiles, B] for the final sum, or 0."""
+    zero_columns = min(h_out, ZERO_COLUMNS_MAX)
+    count = min(8, ceil_div(h, CONTRACTION_TILE) * b // zero_columns) // 2 * 2
+    if not possible or count < 2 or (ceil_div(h, CONTRACTION_TILE) * b) % zero_columns:
+        return 0
+    return count
+
+
 def _tiles(total: int, size: int) -> tuple[tuple[int, int], ...]:
     return tuple((start, min(size, total - start)) for start in range(0, total, size))
 
@@ -474,6 +489,8 @@ def _buffers(
     hybrid: bool,
     hybrid_blocks: int,
     skip_tiles: bool,
+    out_prefetch: bool,
+    down_scalar_evacuate: bool,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
@@ -493,7 +510,6 @@ def _buffers(
         Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
-        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2),  # consecutive token tiles alternate
         Buffer("y_out", "sbuf", PARTITIONS, out_dt * col, 2),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
@@ -503,7 +519,11 @@ def _buffers(
             Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t, slots),
             Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t, slots),
         ]
-    if accumulate:
+    if not down_scalar_evacuate:
+        sb.append(Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2))  # consecutive token tiles alternate
+    if out_prefetch:  # a chunk's rows of every token tile, two chunks (read one ahead)
+        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * n_t * col, 2))
+    elif accumulate:
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
     if mlp.weight_quant == "fp8_row":
         sb += [
@@ -594,6 +614,9 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         accumulate=accumulate,
         hybrid=hybrid,
         skip_tiles=not checkpoint,
+        out_prefetch=accumulate and not exchange and not mx,
+        down_scalar_evacuate=not (exchange or checkpoint or mx or mlp.down_bias)
+        and mlp.weight_quant not in ("fp8_row", "fp8_static"),
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -700,9 +723,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "DMA (its expert index is made out of bounds, oob_mode=skip)",
             )
         )
+    pipeline_blocks = not (hybrid or mx or resident)
+    # Pipelined blocks load the next block's first chunk during this block's last one: the short chunk (if any)
+    # goes first, so the last chunk's matmuls are long enough to cover that load.
+    short = len(i_tiles) % chunk_tiles if pipeline_blocks else 0
     gate_up_chunks = []
-    for first in range(0, len(i_tiles), chunk_tiles):
-        tiles = i_tiles[first : first + chunk_tiles]
+    for first in [0] * bool(short) + list(range(short, len(i_tiles), chunk_tiles)):
+        tiles = i_tiles[first : first + (short if first == 0 and short else chunk_tiles)]
         gate_up_chunks.append((tiles[0][0], sum(size for _, size in tiles), first, len(tiles)))
     chunk_cols = max(cols for _, cols, _, _ in gate_up_chunks)
 
@@ -795,6 +822,16 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
         x_psum_slots=1 if exchange else 2,
+        out_prefetch=common["out_prefetch"],
+        down_scalar_evacuate=common["down_scalar_evacuate"],
+        # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows) or a
+        # block body shared by runtime loops (hybrid)
+        split_transpose_evacuation=not mx,
+        pipeline_blocks=pipeline_blocks,
+        final_sum_tiles=_final_sum_tiles(partial_output and not mx and layer.dtype == layer.out_dtype, h, b, h_out),
+        zero_in_first_block=zero_output
+        and not (hybrid or mx)
+        and not (shard == "block" and lnc == 2 and not (partial_output or per_core_output)),
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
         token_chunks=_tiles(b, TOKEN_TILE if skip_tiles else MATMUL_MOVING_FREE_MAX),

@@ -303,6 +303,16 @@ def test_hybrid_shard_block_cores_run_different_trip_counts(top_k, tokens, used,
     assert_matches(plan, got, want)
 
 
+def test_core_without_blocks_still_clears_its_partial_sums():
+    """shard=block at LNC 2 with one block: core 1 runs no block, so the zero fill that pipelined kernels issue
+    during a core's first block must still clear its partial sums (out = partial 0 + partial 1)."""
+    text = cte_spec("kernel a : cte { block=128 lnc=2 weights=stream update=accumulate }", top_k=1)
+    expert_index = harness.routing(100, 4, 1, np.random.default_rng(SEED), experts_used=1)
+    plan, inputs, got, want = run(text, "a", 100, expert_index=expert_index, num_blocks=1)
+    assert plan.partial_output and plan.zero_in_first_block and inputs["block_to_expert"].shape[0] == 1
+    assert_matches(plan, got, want)
+
+
 PADDING_TILES = """\
 kernel res1    : cte { block=512 }
   kernel stream2 : cte { block=512 lnc=2 weights=stream padding=skip }

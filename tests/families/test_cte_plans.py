@@ -82,6 +82,22 @@ def test_large_expert_streams_weights_in_chunks_that_fit(tmp_path):
     assert plan.psum_banks() <= 8
 
 
+def test_streamed_shard_block_pipelines_blocks_within_sbuf(tmp_path):
+    """Mixtral's prefill shape (shard=block, LNC 2, streamed weights): the next block starts during the previous
+    one, output rows are read a chunk ahead, ScalarE evacuates the down PSUM, the zero fill goes out during the
+    first block, the final sum cycles through views of xT, and the extra buffers still fit trn2's SBUF."""
+    dims = "hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8"
+    stream, hybrid = plans(
+        tmp_path, layer_spec("kernel p : cte { lnc=2 }\n  kernel q : cte { lnc=2 loop=hybrid }", dims=dims)
+    )
+    assert stream.pipeline_blocks and stream.out_prefetch and stream.down_scalar_evacuate
+    assert stream.zero_in_first_block and stream.final_sum_tiles == 8
+    assert [tiles for *_, tiles in stream.gate_up_chunks] == [2, 3, 3, 3, 3]  # the short chunk first
+    assert stream.sbuf_bytes() <= 224 * 1024 - 16 * 1024 and stream.psum_banks() <= 8
+    # the hybrid body is one program for every block: no cross-block pipelining, the zero fill before the loops
+    assert not hybrid.pipeline_blocks and not hybrid.zero_in_first_block
+
+
 def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):
     expert = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
     (plan,) = plans(tmp_path, layer_spec("kernel p : cte { }", expert=expert, quant="weights=fp8_row"))
