@@ -173,6 +173,7 @@ class CtePlan(KernelPlan):
     out_prefetch: bool  # accumulating: a down chunk's output rows (every token tile) are read one chunk ahead
     split_transpose_evacuation: bool  # the token transposes' PSUM groups alternate between VectorE and ScalarE copies
     final_sum_tiles: int  # partial sums: [128, zero_columns] views of xT the final sum cycles through (0: new tiles)
+    serpentine: bool  # pipelined: consecutive blocks run weight chunks in opposite orders (reuse on a repeated expert)
     pipeline_blocks: bool  # static loops: metadata, first gathers and weights of a block start in the previous one
     zero_in_first_block: bool  # the accumulator's zero fill goes out between the first block's gate/up weight loads
     down_scalar_evacuate: bool  # ScalarE moves the down PSUM to the output dtype with the affinity scale (no fp32 copy)
@@ -554,8 +555,8 @@ def _buffers(
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
     ps = [
         Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
-        # four 128x128 transposes per tile, two alternating (one when exchanging: its PSUM goes to other_psum)
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 1 if exchange else 2),
+        # two groups of four 128x128 transposes per bank, the groups in turn (one bank when exchanging: other_psum)
+        Buffer("transpose_psum", "psum", PARTITIONS, dt * 8 * TOKEN_TILE, 1 if exchange else 2),
         Buffer("down_psum", "psum", PARTITIONS, 4 * col, 3 if exchange else 2),  # two alternating (+ the other core's)
     ]
     return tuple(sb + ps)
@@ -724,12 +725,9 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     pipeline_blocks = not (hybrid or mx or resident)
-    # Pipelined blocks load the next block's first chunk during this block's last one: the short chunk (if any)
-    # goes first, so the last chunk's matmuls are long enough to cover that load.
-    short = len(i_tiles) % chunk_tiles if pipeline_blocks else 0
     gate_up_chunks = []
-    for first in [0] * bool(short) + list(range(short, len(i_tiles), chunk_tiles)):
-        tiles = i_tiles[first : first + (short if first == 0 and short else chunk_tiles)]
+    for first in range(0, len(i_tiles), chunk_tiles):
+        tiles = i_tiles[first : first + chunk_tiles]
         gate_up_chunks.append((tiles[0][0], sum(size for _, size in tiles), first, len(tiles)))
     chunk_cols = max(cols for _, cols, _, _ in gate_up_chunks)
 
@@ -828,6 +826,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         # block body shared by runtime loops (hybrid)
         split_transpose_evacuation=not mx,
         pipeline_blocks=pipeline_blocks,
+        serpentine=pipeline_blocks and skip_empty,
         final_sum_tiles=_final_sum_tiles(partial_output and not mx and layer.dtype == layer.out_dtype, h, b, h_out),
         zero_in_first_block=zero_output
         and not (hybrid or mx)
