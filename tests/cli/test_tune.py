@@ -19,17 +19,26 @@ SPEC = """moe t {{
 """
 
 
-def _tune(tmp_path, capsys, options: str, *args: str) -> list[str]:
+def _tune(tmp_path, capsys, options: str, *args: str, dims: str = "") -> list[str]:
+    """`moegen tune` output lines; dims: a `dims` line replacing the spec's (H=256, I=192, E=8, K=2)."""
     path = tmp_path / "t.moe"
-    path.write_text(SPEC.format(options=options))
+    text = SPEC.format(options=options)
+    path.write_text(text.replace("hidden=256 intermediate=192 experts=8 top_k=2", dims) if dims else text)
     assert main(["tune", str(path), *args]) == 0
     return capsys.readouterr().out.splitlines()
 
 
 def test_distinct_is_chosen_when_tokens_share_experts(tmp_path, capsys):
-    """At T=8 over 8 experts, K=2: selective reads 16 weight sets, distinct each selected expert once."""
+    """At T=8 over 16 experts, K=2: selective reads 16 weight sets, all-experts 16, distinct each selected
+    expert once. Distinct's weight loads wait for the expert ids (routing, register_load): the weights must
+    be large enough for reading fewer of them to pay for that wait (at H=256, I=192 all-experts wins)."""
     lines = _tune(
-        tmp_path, capsys, "tokens<=32 gate_up_loop=h_outer weight_buffers=2 down_columns=2048", "--tokens", "8"
+        tmp_path,
+        capsys,
+        "tokens<=32 gate_up_loop=h_outer weight_buffers=2 down_columns=2048",
+        "--tokens",
+        "8",
+        dims="hidden=512 intermediate=384 experts=16 top_k=2",
     )
     assert lines[0] == "k (mode=selective in the spec), T=8, trn2, modeled; searched: mode"
     assert lines[1].split()[:2] == ["chosen", "mode=distinct"] and "HBM 1.00x" in lines[1]
