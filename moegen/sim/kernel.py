@@ -366,9 +366,9 @@ def _check_arguments(fn, args, kwargs) -> None:
             )
 
 
-def _returned_mems(results) -> list:
+def _returned_mems(results: list) -> list:
     """Trace mem keys ('hbm:<name>:<core>.<id>') of the HBM tensors the cores' kernel calls returned."""
-    values = list(results.values()) if isinstance(results, dict) else list(results)
+    values = list(results)
     mems: list = []
     while values:
         v = values.pop(0)
