@@ -107,7 +107,7 @@ class RouterPlan(KernelPlan):
     affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
     select_on: str  # 'logits' | 'scores': what max8 ranks
     full_scores: bool  # the activation over all E is materialised
-    weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by one-hot)
+    weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by column)
     topk_rounds: int  # max8 rounds: ceil(K / 8)
     work_width: int  # selection row width: max(E, 8), padded with -inf
     group_width: int  # group score row width: max(n_group, 8)
@@ -246,15 +246,16 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         Buffer("logits", "psum", TOKEN_TILE, experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
-        Buffer("one-hot masks (uint8)", "sbuf", TOKEN_TILE, top_k * work_width),
-        # NaN mask of the keys (uint8), the gather row, the K raw values of the chosen experts
+        # NaN mask of the keys (uint8), the raw row in SBUF, the K gathered values
         Buffer("key and gather rows", "sbuf", TOKEN_TILE, experts * (1 + f32) + top_k * f32),
-        # top values, same8, found8, column, index, weights, weights in the output dtype, row sums
+        # the row without the chosen columns, the chosen-column mask (uint8), the weights of the whole row
+        Buffer("remaining row, chosen mask, row weights", "sbuf", TOKEN_TILE, work_width * (f32 + 1) + experts * f32),
+        # top values, their columns, index, weights, weights in the output dtype, row sums
         Buffer(
             "top-K rows",
             "sbuf",
             TOKEN_TILE,
-            rounds * MAX8_WIDTH * f32 + 2 * MAX8_WIDTH * 4 + 4 + top_k * (4 + f32 + out_bytes) + 4 * f32,
+            2 * rounds * MAX8_WIDTH * 4 + top_k * (4 + f32 + out_bytes) + 4 * f32,
         ),
     ]
     if h_tiles:
@@ -370,16 +371,17 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "ties",
-            "each of the K steps takes the next max8 value v, finds its first column with nc_find_index8 "
-            "(all 8 vals equal to v, only column 0 used: the first occurrence in any duplicate "
-            "convention), records it and overwrites that column with -inf: the lower expert wins a tie "
-            "and no expert is chosen twice",
+            "each round of 8: max8 gives the 8 largest keys with their multiplicity, one nc_find_index8 with "
+            "those 8 values finds their columns (a repeated value takes its successive occurrences in "
+            "ascending order, NKI 0.6), so the lower expert wins a tie and no expert is chosen twice; "
+            "nc_match_replace8 (imm=-inf) removes the chosen columns for the next round and gives the "
+            "chosen-column mask (row before != row after)",
         ),
         (
             "non-finite scores",
             "max8 ranks selection keys: NaN -> the lowest finite fp32 value (below every number), -inf -> the "
-            "second-lowest; the K weights come from the raw values of the chosen experts (gathered with "
-            "select_reduce), so a NaN score never wins a slot, the experts stay in range and distinct, and "
+            "second-lowest; the K weights come from the raw values of the chosen experts (gathered by column "
+            "with nc_n_gather), so a NaN score never wins a slot, the experts stay in range and distinct, and "
             "a NaN weight stays NaN in its own expert's column",
         ),
         (
@@ -392,7 +394,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             f"none: expert_affinities holds the {act} scores of all E experts (AWS's pre-norm pipeline "
             "without L1 norm), one DMA per tile"
             if affinities == "all"
-            else "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile"
+            else "one-hot: the weight steps run on the whole row too and the chosen-column mask selects them "
+            "(0 elsewhere) on chip, one DMA per tile"
             if scatter == "onehot"
             else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
             "(vector_offset on the flattened [T*E, 1] view)",
