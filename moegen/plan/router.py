@@ -10,7 +10,7 @@ spec can hold the seed kernel's option matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -100,7 +100,8 @@ class RouterPlan(KernelPlan):
     h_tiles: int
     h_rest: int
     token_tile: int
-    tile_bufs: int  # token tiles rotate through this many buffers of x and of the logits
+    tile_bufs: int  # token tiles rotate through this many buffers of x, routing groups through this many of logits
+    route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
     x_copy_engines: tuple[str, ...]  # layout th: engine of each x.T PSUM -> SBUF copy, cycled over the groups
@@ -123,6 +124,22 @@ TILE_BUFS = 2
 X_PE_ROWS = 32
 # ScalarE makes every x.T PSUM -> SBUF copy: VectorE runs the routing steps of the tile
 X_COPY_ENGINES = ("scalar",)
+# Full token tiles routed together: their logits share one PSUM bank (at most 512 fp32 per partition), and
+# each routing step is issued for every tile of the group in turn (or as one instruction over all of
+# them), so while one tile's dependent step waits for its producer's latency the others' run. 4 tiles of
+# E = 128 fill the bank; more would only lengthen the pipeline's fill and drain.
+ROUTE_GROUP_MAX = 4
+ROUTING_ROWS = (
+    "selection row (work)",
+    "key and gather rows",
+    "remaining row, chosen mask, row weights",
+    "top-K rows",
+    "logits out",
+    "scores (or exp scratch)",
+    "group top-8",
+    "group rows",
+    "affinities tile",
+)
 
 
 def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tuple[str | None, str]]]:
@@ -242,8 +259,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     rounds = ceil_div(top_k, MAX8_WIDTH)
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
+    route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
     buffers = [
-        Buffer("logits", "psum", TOKEN_TILE, experts * f32, TILE_BUFS),
+        Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
         # NaN mask of the keys (uint8), the raw row in SBUF, the K gathered values
@@ -312,6 +330,12 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         buffers.append(
             Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE, experts * out_bytes + 4 + top_k * 8)
         )
+
+    # the routing rows of one tile exist once per tile of a routing group
+    buffers = [
+        replace(b, bytes_per_partition=b.bytes_per_partition * route_group) if b.name in ROUTING_ROWS else b
+        for b in buffers
+    ]
 
     overrides = [
         f"{name}={variant.options[name]}"
@@ -460,6 +484,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
+        route_group=route_group,
         x_pe_rows=X_PE_ROWS,
         x_group=x_group,
         x_copy_engines=X_COPY_ENGINES,
