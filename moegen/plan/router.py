@@ -100,7 +100,8 @@ class RouterPlan(KernelPlan):
     h_tiles: int
     h_rest: int
     token_tile: int
-    tile_bufs: int  # token tiles rotate through this many buffers of x, routing groups through this many of logits
+    tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
+    x_bufs: int  # token tiles rotate through this many SBUF buffers of x
     route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
@@ -120,6 +121,9 @@ class RouterPlan(KernelPlan):
 
 # x and logits buffers per token tile: the next tile's load and transposes overlap this tile's routing
 TILE_BUFS = 2
+# x buffers per token tile, in routing groups: a group's loads (~1.4 us per 512 KiB tile at the DMA rate,
+# plus the ~1.3 us fixed latency) are issued one group ahead of its transposes, so TensorE does not wait
+X_BUF_GROUPS = 2
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
 # ScalarE makes every x.T PSUM -> SBUF copy: VectorE runs the routing steps of the tile
@@ -260,6 +264,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
     route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
+    x_bufs = X_BUF_GROUPS * route_group
     buffers = [
         Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
@@ -279,7 +284,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if h_tiles:
         buffers += [
             Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, TILE_BUFS),
+            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, x_bufs),
         ]
     if h_rest:
         buffers += [
@@ -287,7 +292,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes),
         ]
     if variant.options["layout"] == "th":
-        buffers.append(Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, hidden * in_bytes, TILE_BUFS))
+        buffers.append(Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, hidden * in_bytes, x_bufs))
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
         if h_tiles:
             buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, TILE_BUFS))
@@ -360,8 +365,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                 f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
                 f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and ScalarE copy (an "
                 f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
-                "the transposes' latency; x and the logits rotate through "
-                f"{TILE_BUFS} buffers, the next tile's logits issued before this tile's routing"
+                f"the transposes' latency; x rotates through {x_bufs} buffers (loads run ahead), the logits of "
+                f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
+                "logits issued before this group's routing"
                 if variant.options["layout"] == "th"
                 else "layout ht: x read in runs of one token tile per partition row"
             )
@@ -484,6 +490,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
+        x_bufs=x_bufs,
         route_group=route_group,
         x_pe_rows=X_PE_ROWS,
         x_group=x_group,
