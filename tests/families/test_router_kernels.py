@@ -224,6 +224,24 @@ def test_ties_across_two_rounds_of_eight():
 # ------------------------------------------------------------------ modern routers
 
 
+@pytest.mark.parametrize(
+    ("experts", "router", "options"),
+    [
+        (16, "linear -> softmax -> topk -> renormalize", "eager"),
+        (256, "linear -> topk -> softmax", "scatter=dma"),
+        (64, "linear -> sigmoid -> topk -> renormalize", "layout=ht eager"),
+    ],
+)
+def test_routing_groups_of_full_tiles_then_the_partial_tile(experts, router, options):
+    """T = 5 x 128 + 3: full tiles are routed in groups of up to 4 (2 for E = 256, whose logits fill a
+    PSUM bank in 2 tiles), the last group holds fewer tiles and the partial tile is routed alone; every
+    output row lands at its own tokens."""
+    text = router_spec(experts=experts, top_k=8, router=router, kernels=f"kernel route : router {{ {options} }}")
+    plan = next(p for p in build(text)[0].plans if p.kernel_name == "route")
+    assert plan.route_group == (2 if experts == 256 else 4)
+    assert_matches(text, tokens=5 * 128 + 3)
+
+
 def test_deepseek_style_group_limit_selection_bias_and_scaling():
     """sigmoid, selection bias, 8 groups keep 3, top-6 of 64, renormalised, scaled 2.5, LNC=2, odd T."""
     text = router_spec(
