@@ -102,6 +102,8 @@ class RouterPlan(KernelPlan):
     token_tile: int
     tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
     x_bufs: int  # token tiles rotate through this many SBUF buffers of x
+    x_load_rows: int  # layout th: token rows per DMA of a tile's x load
+    x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
     route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
@@ -124,10 +126,20 @@ TILE_BUFS = 2
 # x buffers per token tile, in routing groups: a group's loads (~1.4 us per 512 KiB tile at the DMA rate,
 # plus the ~1.3 us fixed latency) are issued one group ahead of its transposes, so TensorE does not wait
 X_BUF_GROUPS = 2
+# a token tile's x rows arrive in DMAs of this many rows: shorter transfers spread over more of the 16 DMA
+# queues, so one transfer's fixed latency overlaps the others' data movement
+X_LOAD_ROWS = 32
+# PSUM banks of x.T: a group's transposes wait for the copy out of its bank X_PSUM_BUFS groups earlier, so
+# the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2)
+X_PSUM_BUFS = 4
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
-# ScalarE makes every x.T PSUM -> SBUF copy: VectorE runs the routing steps of the tile
-X_COPY_ENGINES = ("scalar",)
+# The engines of the x.T PSUM -> SBUF copies, cycled over a tile's H-tile groups. With few experts the
+# routing steps hardly use VectorE, so it takes every other copy (Mixtral E = 8, T = 4096: 161 -> 136 us
+# modeled); with many (E = 128: 112 -> 148 us, E = 256: 195 -> 232 us) VectorE carries the routing and
+# ScalarE makes every copy.
+X_COPY_ENGINES = {True: ("scalar", "vector"), False: ("scalar",)}
+LIGHT_ROUTING_EXPERTS = 32  # at most this many experts: routing is light (the split copies above)
 # Full token tiles routed together: their logits share one PSUM bank (at most 512 fp32 per partition), and
 # each routing step is issued for every tile of the group in turn (or as one instruction over all of
 # them), so while one tile's dependent step waits for its producer's latency the others' run. 4 tiles of
@@ -295,7 +307,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         buffers.append(Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, hidden * in_bytes, x_bufs))
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
         if h_tiles:
-            buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, TILE_BUFS))
+            buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, X_PSUM_BUFS))
         if h_rest:
             buffers.append(Buffer("x.T rest transpose", "psum", h_rest, TOKEN_TILE * in_bytes))
     if router.bias:
@@ -363,7 +375,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             f"{h_tiles * experts} elements per partition); "
             + (
                 f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
-                f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and ScalarE copy (an "
+                f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and copy (an "
                 f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
                 f"the transposes' latency; x rotates through {x_bufs} buffers (loads run ahead), the logits of "
                 f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
@@ -491,10 +503,12 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
         x_bufs=x_bufs,
+        x_load_rows=X_LOAD_ROWS,
+        x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
         x_pe_rows=X_PE_ROWS,
         x_group=x_group,
-        x_copy_engines=X_COPY_ENGINES,
+        x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],
         select_on=select_on,
         full_scores=full_scores,
         weights_from=weights_from,
