@@ -101,8 +101,9 @@ class RouterPlan(KernelPlan):
     h_rest: int
     token_tile: int
     tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
-    x_bufs: int  # token tiles rotate through this many SBUF buffers of x
-    x_load_rows: int  # layout th: token rows per DMA of a tile's x load
+    x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
+    x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
+    x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
     route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
@@ -123,11 +124,11 @@ class RouterPlan(KernelPlan):
 
 # x and logits buffers per token tile: the next tile's load and transposes overlap this tile's routing
 TILE_BUFS = 2
-# x buffers per token tile, in routing groups: a group's loads (~1.4 us per 512 KiB tile at the DMA rate,
-# plus the ~1.3 us fixed latency) are issued one group ahead of its transposes, so TensorE does not wait
+# x buffers in routing groups: a group's loads (~1.4 us per 512 KiB tile at the DMA rate, plus the ~1.3 us
+# fixed latency) are issued one group ahead of its transposes, so TensorE does not wait
 X_BUF_GROUPS = 2
-# a token tile's x rows arrive in DMAs of this many rows: shorter transfers spread over more of the 16 DMA
-# queues, so one transfer's fixed latency overlaps the others' data movement
+# a routing group's x rows arrive in DMAs of this many partitions: shorter transfers spread over more of the
+# 16 DMA queues, so one transfer's fixed latency overlaps the others' data movement
 X_LOAD_ROWS = 32
 # PSUM banks of x.T: a group's transposes wait for the copy out of its bank X_PSUM_BUFS groups earlier, so
 # the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2)
@@ -155,6 +156,7 @@ ROUTING_ROWS = (
     "group top-8",
     "group rows",
     "affinities tile",
+    "zero rows, row offsets, DMA targets",
 )
 
 
@@ -276,7 +278,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
     route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
-    x_bufs = X_BUF_GROUPS * route_group
+    if variant.options["layout"] == "ht":
+        route_group = 1  # x.T rows hold consecutive tokens: a group's interleaved tokens would be 2-byte runs
+    x_tile_bufs = X_BUF_GROUPS * route_group
     buffers = [
         Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
@@ -296,7 +300,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if h_tiles:
         buffers += [
             Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, x_bufs),
+            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
     if h_rest:
         buffers += [
@@ -304,7 +308,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes),
         ]
     if variant.options["layout"] == "th":
-        buffers.append(Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, hidden * in_bytes, x_bufs))
+        buffers.append(
+            Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, X_BUF_GROUPS)
+        )
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
         if h_tiles:
             buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, X_PSUM_BUFS))
@@ -377,7 +383,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                 f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
                 f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and copy (an "
                 f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
-                f"the transposes' latency; x rotates through {x_bufs} buffers (loads run ahead), the logits of "
+                f"the transposes' latency; x rotates through {X_BUF_GROUPS} group buffers (loads run ahead), the logits of "
                 f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
                 "logits issued before this group's routing"
                 if variant.options["layout"] == "th"
@@ -502,7 +508,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
-        x_bufs=x_bufs,
+        x_row_bufs=X_BUF_GROUPS,
+        x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
