@@ -305,7 +305,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if h_rest:
         buffers += [
             Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
-            Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes),
+            Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
     if variant.options["layout"] == "th":
         buffers.append(
