@@ -44,8 +44,8 @@ OPTIONS = (
     OptionSpec(
         "scatter",
         "choice",
-        "how the K weights reach expert_affinities [T, E]: a one-hot mask per "
-        "selected expert on chip (onehot), or an indirect DMA write per weight (dma)",
+        "how the K weights reach expert_affinities [T, E]: selected on chip by the chosen-expert mask "
+        "(onehot), or an indirect DMA write per weight (dma)",
         default="onehot",
         choices=("onehot", "dma"),
     ),
