@@ -399,7 +399,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         (
             "logits",
             f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
-            "axis: one fp32 PSUM bank per tile"
+            f"axis; the {route_group} tiles of a routing group share one fp32 PSUM bank and partition p of its "
+            "tile u holds token t0 + p * tiles + u, so each output row block is one DMA per group with one run "
+            "of tiles x width per partition"
             + (
                 "; the bias is one extra K=1 matmul of a ones row into the same PSUM accumulation"
                 if router.bias
@@ -440,10 +442,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         (
             "scatter",
             f"none: expert_affinities holds the {act} scores of all E experts (AWS's pre-norm pipeline "
-            "without L1 norm), one DMA per tile"
+            "without L1 norm), one DMA per routing group"
             if affinities == "all"
             else "one-hot: the weight steps run on the whole row too and the chosen-column mask selects them "
-            "(0 elsewhere) on chip, one DMA per tile"
+            "(0 elsewhere) on chip, one DMA per routing group"
             if scatter == "onehot"
             else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
             "(vector_offset on the flattened [T*E, 1] view)",
