@@ -231,6 +231,12 @@ class TkgPlan(KernelPlan):
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     mx_epilogue_buffers: int = 1  # MX: PSUM / scratch sets the packed positions' gate/up epilogues rotate through
+    # down projection with H on partitions (weights stationary, h moving): partition p of chunk c is output
+    # column p * (H / 128) + c; the sums over I tiles and experts stay in PSUM ([P, down_acc_chunks, token
+    # tile] fp32 per bank, down_acc_banks banks); the affinity scales h
+    down_transposed: bool = False
+    down_acc_chunks: int = 0
+    down_acc_banks: int = 0
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -749,6 +755,20 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
             tkg_plan = replace(pe, decisions=pe.decisions + (("x.T", why),))
     loop = options.get("gate_up_loop", "auto")
     depth = options.get("weight_buffers")
+    # (down_columns = H asks for whole down rows, which the transposed layout reads too)
+    # (a layer with shared experts keeps the [T, H] accumulation the fused shared experts add into)
+    shared = layer.shared_expert is not None and bool(layer.dims.shared_experts)
+    if (
+        loop != "i_outer"
+        and options.get("down_columns") in (None, hidden)
+        and not shared
+        and _down_transposed_applies(tkg_plan)
+    ):
+        transposed = _down_transposed(tkg_plan)
+        passes, acc_tiles, acc_banks = _h_outer_passes(transposed)
+        fits = _other_psum_banks(transposed) + transposed.mlp.projections * acc_banks <= PSUM_BANKS
+        if fits and all(len(core) == 1 for core in passes):
+            return _h_outer_plan(transposed, passes, acc_tiles, acc_banks, depth, loop)
     passes, acc_tiles, acc_banks = _h_outer_passes(tkg_plan)
     fits = _other_psum_banks(tkg_plan) + tkg_plan.mlp.projections * acc_banks <= PSUM_BANKS
     if loop == "h_outer" or (loop == "auto" and fits and all(len(core) == 1 for core in passes)):
@@ -969,6 +989,54 @@ def _h_outer_passes(p: TkgPlan) -> tuple[tuple[tuple[tuple[int, int, int], ...],
     return tuple(table), acc_tiles, min(acc_banks, ceil_div(max(t for c in table for _, t, _ in c), acc_tiles))
 
 
+def _down_transposed_applies(p: TkgPlan) -> bool:
+    """The transposed down projection (H on partitions, sums in PSUM over experts) covers distinct mode
+    with whole H tiles, HBM input and output, no down scales or bias, no pre-scaling (its rows tile is the
+    one h's scale uses), and no LNC split or the intermediate split with an even
+    number of 128-column chunks (each core writes half)."""
+    m = p.mlp
+    chunks = p.hidden // PARTITIONS
+    return (
+        p.mode == "distinct"
+        and not p.mx
+        and p.hidden % PARTITIONS == 0
+        and p.input == "hbm"
+        and p.output == "hbm"
+        and not m.dequant
+        and not m.down_bias
+        and m.input_quant != "fp8_static"
+        and p.affinity_scale != "pre"
+        and (p.shard == "none" or (p.shard == "intermediate" and chunks % 2 == 0))
+    )
+
+
+def _down_transposed(p: TkgPlan) -> TkgPlan:
+    """The plan with the transposed down projection: per I tile one DMA of whole down rows ([I tile, H],
+    runs of H x weight bytes); 128 output columns per matmul (weights stationary, h moving: max(64, n)
+    cycles), partition p of chunk c holding column p * (H / 128) + c, so each partition writes H / 128
+    contiguous output columns per token; the sums of all experts accumulate in PSUM."""
+    chunks = p.hidden // PARTITIONS
+    per_bank = max(1, PSUM_BANK_BYTES // (4 * p.token_tile))
+    banks = ceil_div(chunks, per_bank)
+    run = p.hidden * DTYPE_BYTES[p.weight_dtype]
+    why = (
+        f"H on partitions: per I tile one DMA of whole down rows ({run}-byte runs); 128 output columns per "
+        f"matmul (down weights stationary, every {chunks}th column: partition p of chunk c is column "
+        f"p * {chunks} + c, so the output leaves in runs of {chunks} columns per partition and token); each "
+        f"token's affinity (or 0/1 selection) scales h, and the sums over I tiles and experts stay in PSUM ({banks} bank(s) of "
+        f"{per_bank} chunks): no per-expert [T, H] accumulation"
+    )
+    p = replace(
+        p,
+        down_transposed=True,
+        down_acc_chunks=min(per_bank, chunks),
+        down_acc_banks=banks,
+        group_columns=p.hidden,
+        decisions=p.decisions + (("down projection", why),),
+    )
+    return replace(p, buffers=_buffers(p))
+
+
 def _h_outer_slab_bytes(p: TkgPlan) -> int:
     columns = max(cols for core in p.gate_up_passes for _, _, cols in core)
     return p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
@@ -1026,10 +1094,10 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("x_rows", "sbuf", tt, p.hidden * in_bytes),
             Buffer("x_psum", "psum", PARTITIONS, _x_group(p) * tt * in_bytes),
         ]
-    if scale == "pre":
+    if scale == "pre" or p.down_transposed:
         x_item = p.mx.h_slabs * tt * 4 * in_bytes if p.mx else p.h_tiles * tt * in_bytes
+        buffers += [Buffer("x_item", "sbuf", PARTITIONS, x_item)] if scale == "pre" else []
         buffers += [
-            Buffer("x_item", "sbuf", PARTITIONS, x_item),
             Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
             Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4),
         ]
@@ -1086,11 +1154,22 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
                 + ([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else [])
             ),
         ]
-    buffers += [
-        Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
-        Buffer("acc", "sbuf", tt, acc_h * 4),
-    ]
-    if selective or scale == "pre" or (p.input == "sbuf" and p.output == "sbuf"):
+    if p.down_transposed:
+        chunks, out_chunks = p.hidden // PARTITIONS, p.hidden // PARTITIONS // (2 if p.exchanges_partials else 1)
+        buffers.append(Buffer("down_acc", "psum", PARTITIONS, p.down_acc_chunks * tt * 4, count=p.down_acc_banks))
+        buffers.append(Buffer("h_f", "sbuf", PARTITIONS, tt * 4))
+        if p.exchanges_partials:
+            buffers += [
+                Buffer("partial_t", "sbuf", PARTITIONS, tt * chunks * 4),
+                Buffer("partner_t", "sbuf", PARTITIONS, tt * out_chunks * 4),
+            ]
+        buffers.append(Buffer("result_t", "sbuf", PARTITIONS, tt * out_chunks * out_bytes))
+    else:
+        buffers += [
+            Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
+            Buffer("acc", "sbuf", tt, acc_h * 4),
+        ]
+    if selective or scale == "pre" or p.down_transposed or (p.input == "sbuf" and p.output == "sbuf"):
         buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
     if selective:
         buffers.append(Buffer("expert_id", "sbuf", 1, 4))
@@ -1120,9 +1199,9 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         ]
     if p.mode == "distinct":
         buffers += _distinct_buffers(p)
-    if p.exchanges_partials:
+    if p.exchanges_partials and not p.down_transposed:
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
-    if p.output == "hbm" and p.out_dtype != "fp32":
+    if p.output == "hbm" and p.out_dtype != "fp32" and not p.down_transposed:
         buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in p.core_columns) * out_bytes))
     if p.output == "sbuf" and p.input == "hbm":
         buffers.append(Buffer("output (returned)", "sbuf", tt, p.hidden * out_bytes))
