@@ -227,6 +227,9 @@ class TkgPlan(KernelPlan):
     gate_up_passes: tuple[tuple[tuple[int, int, int], ...], ...] = ()
     acc_tiles: int = 1  # h_outer: I tiles per PSUM accumulator tile ([P, acc_tiles, token tile] fp32, one bank)
     acc_banks: int = 1  # h_outer: accumulator tiles per projection
+    # h_outer with one pass of all I: H rows per partition in one gate/up slab (partition p, row r of slab s is
+    # H row s * 128 * gate_up_rows + p * gate_up_rows + r; x.T is built in the same H order)
+    gate_up_rows: int = 1
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
@@ -768,7 +771,8 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
         passes, acc_tiles, acc_banks = _h_outer_passes(transposed)
         fits = _other_psum_banks(transposed) + transposed.mlp.projections * acc_banks <= PSUM_BANKS
         if fits and all(len(core) == 1 for core in passes):
-            return _h_outer_plan(transposed, passes, acc_tiles, acc_banks, depth, loop)
+            rows = _gate_up_rows(transposed, passes)
+            return _h_outer_plan(transposed, passes, acc_tiles, acc_banks, depth, loop, rows)
     passes, acc_tiles, acc_banks = _h_outer_passes(tkg_plan)
     fits = _other_psum_banks(tkg_plan) + tkg_plan.mlp.projections * acc_banks <= PSUM_BANKS
     if loop == "h_outer" or (loop == "auto" and fits and all(len(core) == 1 for core in passes)):
@@ -954,6 +958,7 @@ def _x_group(p: TkgPlan) -> int:
     return max(1, min(p.h_tiles, PSUM_BANK_BYTES // (p.token_tile * DTYPE_BYTES[p.in_dtype])))
 
 
+GATE_UP_ROWS = (4, 2, 1)  # H rows per partition of a gate/up slab (h_outer, whole rows), the most that divides H
 H_OUTER_MAX_BUFFERS = 8  # h_outer slabs when the spec does not say: enough loads in flight to cover the matmuls
 
 
@@ -1037,19 +1042,33 @@ def _down_transposed(p: TkgPlan) -> TkgPlan:
     return replace(p, buffers=_buffers(p))
 
 
+def _gate_up_rows(p: TkgPlan, passes) -> int:
+    """H rows per partition in a gate/up slab: the most of GATE_UP_ROWS that divides the H tiles when one
+    pass reads whole gate and up rows (back to back in HBM, so a partition's rows are one run) and x.T is
+    built on the PE array (in the slabs' H order); else 1."""
+    whole = all(len(core) == 1 and core[0][2] == p.intermediate for core in passes)
+    if not (whole and p.x_transpose == "pe" and p.h_last == PARTITIONS):
+        return 1
+    return next(rows for rows in GATE_UP_ROWS if p.h_tiles % rows == 0)
+
+
 def _h_outer_slab_bytes(p: TkgPlan) -> int:
     columns = max(cols for core in p.gate_up_passes for _, _, cols in core)
-    return p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
+    return p.gate_up_rows * p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
 
 
-def _h_outer_plan(p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int | None, loop: str) -> TkgPlan:
-    """The plan with the h_outer gate/up loop: `depth` slabs of one H tile's rows (as many as fit, up to
+def _h_outer_plan(
+    p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int | None, loop: str, rows: int = 1
+) -> TkgPlan:
+    """The plan with the h_outer gate/up loop: `depth` slabs of `rows` H tiles' rows (as many as fit, up to
     H_OUTER_MAX_BUFFERS, when depth is None)."""
-    p = replace(p, gate_up_loop="h_outer", gate_up_passes=passes, acc_tiles=acc_tiles, acc_banks=acc_banks)
+    p = replace(
+        p, gate_up_loop="h_outer", gate_up_passes=passes, acc_tiles=acc_tiles, acc_banks=acc_banks, gate_up_rows=rows
+    )
     p = replace(p, gate_up_buffers=1, gate_up_columns=max(c for core in passes for _, _, c in core))
     p = replace(p, buffers=_buffers(p))
     slab = _h_outer_slab_bytes(p)
-    loads = p.h_tiles * max(len(core) for core in passes)
+    loads = p.h_tiles // rows * max(len(core) for core in passes)
     capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM - (p.sbuf_bytes() - slab)
     slabs = depth or max(1, min(H_OUTER_MAX_BUFFERS, loads, capacity // slab))
     p = replace(p, gate_up_buffers=slabs)
@@ -1059,8 +1078,9 @@ def _h_outer_plan(p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int
     single = all(len(c) == 1 for c in passes) and all(cols == p.intermediate for c in passes for _, _, cols in c)
     why = (
         f"h_outer{' (the spec asks)' if loop == 'h_outer' else ''}: {len(core)} pass(es) of "
-        f"{'/'.join(str(t) for _, t, _ in core)} I tiles; per H tile one DMA reads the pass's gate and up "
-        f"columns ({p.mlp.projections * run if single else run}-byte contiguous runs"
+        f"{'/'.join(str(t) for _, t, _ in core)} I tiles; per {rows} H tile(s) one DMA reads the pass's gate and up "
+        f"columns ({rows * p.mlp.projections * run if single else run}-byte contiguous runs"
+        f"{f': {rows} H rows per partition, x.T built in the same H order' if rows > 1 else ''}"
         f"{', gate and up rows back to back' if single and p.mlp.projections == 2 else ''}) into one of "
         f"{slabs} slab(s) of {slab} bytes per partition; the sums stay in PSUM over H "
         f"({acc_banks} bank(s) per projection, {acc_tiles} I tiles per bank at {p.token_tile} tokens)"

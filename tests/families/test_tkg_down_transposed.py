@@ -129,3 +129,34 @@ def test_whole_down_rows_per_dma():
             nbytes, descriptors, _ = dma_transfer(instruction)  # the timeline model's descriptor count
             runs.add(nbytes // descriptors)
     assert runs == {4096 * 2}
+
+
+@pytest.mark.parametrize(
+    "kernel, expert, tokens",
+    [
+        ("kernel k : tkg { mode=distinct tokens<=32 }", SILU_POST, 1),
+        ("kernel k : tkg { mode=distinct tokens<=32 }", SILU_POST, 32),
+        ("kernel k : tkg { mode=distinct ep=2 tokens<=32 }", "gate_up(bias) -> silu -> down", 5),
+        ("kernel k : tkg { mode=distinct eager tokens<=32 }", SILU_POST, 3),
+        ("kernel k : tkg { mode=distinct tokens<=32 }", "gate_up -> clamp(gate <= 0.5) -> gelu -> down -> scale", 4),
+    ],
+)
+def test_gate_up_slabs_of_four_h_rows_per_partition(kernel, expert, tokens):
+    """H 512 = 4 H tiles: one gate/up slab holds 4 H rows per partition, x.T built in the same H order."""
+    plan, _, _ = check(spec_text(kernel, expert=expert, hidden=512, intermediate=192), tokens=tokens)
+    assert plan.down_transposed and plan.gate_up_rows == 4
+
+
+def test_gate_up_runs_span_the_slab_rows():
+    """Each gate/up DMA moves, per partition, 4 whole gate + up rows back to back: runs of 4 x 2 x I x 2 bytes."""
+    text = spec_text("kernel k : tkg { mode=distinct tokens<=32 }", hidden=512, intermediate=192)
+    plans, kernels = build(text)
+    inputs = harness.make_inputs(plans["k"], 2, np.random.default_rng(SEED))
+    with sim.recording():
+        harness.run(kernels["k"], plans["k"], inputs)
+    runs = set()
+    for instruction in sim.last_run().trace:
+        if any("expert_gate_up_weights" in region["mem"] for region in instruction.get("reads", ())):
+            nbytes, descriptors, _ = dma_transfer(instruction)
+            runs.add(nbytes // descriptors)
+    assert runs == {4 * 2 * 192 * 2}
