@@ -22,6 +22,12 @@ into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down ma
 (h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;
 acc[N, H] += scale column * (y (* down scale) (+ down bias)). The output is acc rounded to the
 output dtype, written to HBM [T, H] or returned in SBUF.
+Distinct mode at small token tiles (`down_transposed`, the decode kernels) turns the down projection
+around: down weights stationary [I tile, 128 columns], h moving [I tile, N], into PSUM [128, N] per
+chunk of output columns (H on partitions: partition p of chunk c is column p * H/128 + c), one DMA
+of whole down rows per I tile; the scale column multiplies h instead of y, so every expert's down
+matmuls accumulate into the same PSUM sums and no [N, H] vector work remains per expert; the gate/up
+slabs then hold 4 (or 2) H rows per partition (one run of whole gate + up rows), x.T in that H order.
 
 EP and TP: E_L = E / ep local experts, I_TP = I / tp. Both are layer dimensions (`dims`); a tkg
 kernel may set its own `ep=` / `tp=` option, so the EP (or TP) variant of a model lives next to its
