@@ -106,12 +106,14 @@ def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
 
 
 def start_values(variant) -> dict:
-    """The values a search starts from: a cte kernel's searched options at their rule's values, so every
-    candidate (and so the recorded choice) names them; a tkg search starts from the spec's options."""
+    """The values a search starts from: a cte kernel's searched options at the spec's values, or the rule's
+    for those at auto, so every candidate (and so the recorded choice) names them and an untuned kernel's
+    first candidate is its own plan; a tkg search starts from the spec's options."""
     if variant.family != "cte":
         return {}
     searched = {name for name, _ in axes(variant)}
-    return {name: value for name, value in AUTO_RULES.items() if name in searched}
+    start = {name: variant.options.get(name) for name in AUTO_RULES if name in searched}
+    return {name: AUTO_RULES[name] if value == "auto" else value for name, value in start.items()}
 
 
 def plan_candidate(spec, variant, options: dict) -> Candidate:

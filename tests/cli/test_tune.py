@@ -266,3 +266,18 @@ def test_block_takes_a_number_or_auto(tmp_path, capsys):
     assert main(["build", str(path), "--out", str(tmp_path / "out")]) != 0
     err = capsys.readouterr().err
     assert "t.moe:6:" in err and "block=big: expected a number or auto" in err
+
+
+def test_untuned_cte_kernel_is_advised_when_named(tmp_path, capsys, monkeypatch):
+    """An untuned cte kernel is tuned only when named: every axis is searched from the spec's own values
+    (its plan is the first candidate), and nothing is recorded for it."""
+    seen = _fake_profile(monkeypatch, lambda plan: 100.0 - plan.block / 100)
+    path = _cte_spec(tmp_path, "lnc=2 block=256 loop=hybrid")
+    assert main(["tune", str(path), "--tokens", "64"]) == 1  # no tuned cte kernel: nothing to tune
+    assert "no tkg or cte kernel to tune" in capsys.readouterr().err
+    assert main(["tune", str(path), "--variant", "k", "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "searched: shard, block, loop, weights" in lines[0]
+    assert (seen[0].block, seen[0].hybrid, seen[0].shard) == (256, True, "block")
+    assert lines[1].split()[:3] == ["chosen", "shard=block", "block=1024"]
+    assert "k" not in json.loads((tmp_path / "t.choices.json").read_text())["kernels"]
