@@ -102,6 +102,8 @@ def resolve(spec_path: str | Path, layer: Layer, variant: Variant) -> tuple[Vari
     options.update(chosen)
     table = entry.get("table", [])
     spelled = " ".join(f"{k}={v}" for k, v in sorted(chosen.items())) or "(the rule's values)"
+    if table and table[0].get("label"):  # cte: the whole plan the choice resolves to
+        spelled = table[0]["label"]
     at = "T=" + " + ".join(str(t) for t in entry["tokens"])
     why = f"{spelled}: {table[0]['modeled_us']:.1f} us modeled at {at} ({entry['target']})" if table else spelled
     if len(table) > 1:

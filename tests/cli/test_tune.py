@@ -212,10 +212,10 @@ def test_cte_tune_is_deterministic_and_explain_shows_the_runner_up(tmp_path, cap
     from moegen.codegen.build import write
     from moegen.verify import verify_plan
 
-    path = _cte_spec(tmp_path, "tuned block=128 loop=auto weights=resident verify_tokens=64")
-    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    path = _cte_spec(tmp_path, "tuned block=128 loop=auto weights=resident verify_tokens=32", hidden=128)
+    assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
     first = capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()
-    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
     assert (capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()) == first
     assert "searched: loop" in first[0] and "refused" not in first[0]
     generated = generate(path)
@@ -223,8 +223,9 @@ def test_cte_tune_is_deterministic_and_explain_shows_the_runner_up(tmp_path, cap
     assert main(["explain", str(path)]) == 0
     explained = capsys.readouterr().out
     decision = next(line for line in explained.splitlines() if "model's choice:" in line)
+    assert "model's choice: shard=block block=128 loop=" in decision
     assert (
-        "us modeled at T=64 (trn2); runner-up shard=block block=128 loop=" in decision
+        "us modeled at T=32 (trn2); runner-up shard=block block=128 loop=" in decision
         and "auto by rule" not in explained
     )
     folder = write(generated, tmp_path / "out")
