@@ -24,7 +24,7 @@ The plan resolves every tile, chunk and buffer to numbers; the template only spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moegen.plan import cte_mx
 from moegen.plan.common import (
@@ -48,14 +48,32 @@ from moegen.spec.options import OptionSpec
 
 # SBUF the compiler and runtime keep for themselves (nki-library reserves about 16 KiB per partition).
 SBUF_RESERVED = 16 * 1024
+TUNE_TOKENS = 4096  # the real-shape prefill T of benchmarks/modeled.py
+# What `auto` means without `tuned` (the rule: the values these options defaulted to before `auto`)
+AUTO_RULES = {"block": 512, "shard": "block", "loop": "static"}
 
 OPTIONS = (
     OptionSpec(
+        "tuned",
+        "flag",
+        "the options left at auto (block, shard, loop, weights) take the model's choice recorded in "
+        "SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
+    ),
+    OptionSpec(
+        "tune_tokens",
+        "int",
+        "token count T at which `moegen tune` compares this kernel's candidates (the kernel still takes any T "
+        "up to 32768)",
+        default=TUNE_TOKENS,
+        minimum=1,
+        maximum=32768,
+    ),
+    OptionSpec(
         "shard",
         "choice",
-        "how an LNC=2 kernel splits the work between its two cores",
+        "how an LNC=2 kernel splits the work between its two cores; auto: block (with `tuned`: the model's choice)",
         default="block",
-        choices=("block", "intermediate"),
+        choices=("block", "intermediate", "auto"),
     ),
     OptionSpec(
         "distribute",
@@ -70,19 +88,21 @@ OPTIONS = (
         "loop",
         "choice",
         "static: every block in a trace-time loop; hybrid: a static loop over the "
-        "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions)",
+        "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions); auto: static (with "
+        "`tuned`: the model's choice)",
         default="static",
-        choices=("static", "hybrid"),
+        choices=("static", "hybrid", "auto"),
     ),
     OptionSpec("dropping", "flag", "token-dropping layout: N = E blocks, block i is expert i"),
     OptionSpec(
         "block",
         "int",
-        "tokens per block B",
+        "tokens per block B; auto: 512 (with `tuned`: the model's choice)",
         default=512,
         minimum=128,
         maximum=1024,
         multiple_of=128,
+        auto=True,
         reason="a block is whole 128-token tiles (tokens sit on the 128 partitions for the gather and "
         "the down projection) and at most 1024 tokens, the block layer of the seed",
     ),
@@ -543,8 +563,21 @@ def _buffers(
 
 def plan(layer: Layer, variant: Variant) -> CtePlan:
     """The routed plan, then its `shared` option resolved (moegen/plan/shared_fusion.py)."""
+    variant, rules = _auto_by_rule(variant)
     routed = _routed_plan(layer, variant)
+    if rules:
+        routed = replace(routed, decisions=(*rules, *routed.decisions))
     return fuse_into_cte(kernel_layer(layer, variant), variant.options, routed)
+
+
+def _auto_by_rule(variant: Variant) -> tuple[Variant, tuple[tuple[str, str], ...]]:
+    """Options still at auto take the rule's value (a `tuned` kernel's record has replaced them before)."""
+    rules = {name: value for name, value in AUTO_RULES.items() if variant.options.get(name) == "auto"}
+    if not rules:
+        return variant, ()
+    spelled = ", ".join(f"{name}={value}" for name, value in rules.items())
+    decision = ("auto by rule", f"{spelled} (untuned: `tuned` takes the timeline model's choice from moegen tune)")
+    return replace(variant, options={**variant.options, **rules}), (decision,)
 
 
 def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
