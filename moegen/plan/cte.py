@@ -177,6 +177,9 @@ class CtePlan(KernelPlan):
     output_dma_add: bool = False  # accumulate into the output rows with dma_compute (scatter read-modify-write)
     down_scale_on_scalar: bool = False  # one ScalarE activation: y_out = round(down PSUM * affinity)
     down_ids_copy: bool = False  # the down phase reads its own copy of the output row ids (made before it)
+    metadata_prefetch: bool = False  # each block DMAs the next block's ids and expert into *_next tiles
+    down_whole_rows: bool = False  # per token tile all output columns, then one dma_compute of whole rows
+    gather_prefetch: bool = False  # each block gathers the next block's token rows (one x_rows tile per token tile)
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
@@ -496,14 +499,17 @@ def _buffers(
         Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, slots),
         Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
         Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
-        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
+        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, max(2, n_t) if pipelined else 2),  # pipelined: one per tile
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
         Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
         *([] if scale_on_scalar else [Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2)]),  # token tiles alternate
-        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col, 2),
+        # (whole rows: [128, H_OUT] per token tile)
+        Buffer(
+            "y_out", "sbuf", PARTITIONS, out_dt * (h_out if scale_on_scalar and resident and accumulate else col), 2
+        ),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
     if mlp.affinity_scale != "none":
@@ -515,7 +521,12 @@ def _buffers(
     if accumulate and not pipelined:  # pipelined: dma_compute adds y_out into the rows in HBM
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
     if pipelined:
-        sb.append(Buffer("out_ids_down", "sbuf", PARTITIONS, 4 * n_t))  # the down phase's copy of the row ids
+        sb += [
+            Buffer("out_ids_down", "sbuf", PARTITIONS, 4 * n_t),  # the down phase's copy of the row ids
+            # the next block's prefetched metadata: token ids, expert broadcast; slot ids and expert on one partition
+            Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
+            Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
+        ]
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -547,7 +558,9 @@ def _buffers(
         Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
         # four 128x128 transposes per tile, two alternating (one when exchanging: its PSUM goes to other_psum)
         # (pipelined: two groups per bank, its halves)
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE * (2 if pipelined else 1), 1 if exchange else 2),
+        Buffer(
+            "transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE * (2 if pipelined else 1), 1 if exchange else 2
+        ),
         Buffer("down_psum", "psum", PARTITIONS, 4 * col, 3 if exchange else 2),  # two alternating (+ the other core's)
     ]
     return tuple(sb + ps)
@@ -670,7 +683,11 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             (
                 "weights",
                 "resident: the expert's gate/up and down weights fit SBUF with the block buffers"
-                + (f"; gate/up in {parts} parts of {chunk_tiles} I tiles, each loaded before its matmuls" if parts > 1 else ""),
+                + (
+                    f"; gate/up in {parts} parts of {chunk_tiles} I tiles, each loaded before its matmuls"
+                    if parts > 1
+                    else ""
+                ),
             )
         )
     else:
@@ -838,6 +855,9 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         output_dma_add=pipelined and accumulate,
         down_scale_on_scalar=scale_on_scalar,
         down_ids_copy=pipelined,
+        metadata_prefetch=pipelined,
+        gather_prefetch=pipelined,
+        down_whole_rows=scale_on_scalar and resident and accumulate,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
         token_chunks=_tiles(b, TOKEN_TILE if skip_tiles else MATMUL_MOVING_FREE_MAX),
