@@ -189,7 +189,17 @@ class CtePlan(KernelPlan):
     skip_padding_tiles: bool  # 128-slot tiles holding only padding skip their work (a 0/1 runtime trip count)
     skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
     block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
-    x_psum_slots: int  # PSUM tiles of the token transposes (groups of four alternate): 2, or 1 when exchanging
+    x_psum_slots: int  # PSUM banks of the token transposes (groups of four alternate): 2, or 1 when exchanging
+    # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
+    x_copy_engines: tuple[str, ...] = ("vector",)  # engines evacuating the transposes' PSUM groups, alternating
+    weight_dma_tiles: int = 0  # resident weights: contraction tiles per weight DMA (0: one DMA per tensor)
+    x_psum_groups_per_bank: int = 1  # groups of four transposes in flight per PSUM bank (2: each bank's two halves)
+    output_dma_add: bool = False  # accumulate into the output rows with dma_compute (scatter read-modify-write)
+    down_scale_on_scalar: bool = False  # one ScalarE activation: y_out = round(down PSUM * affinity)
+    down_ids_copy: bool = False  # the down phase reads its own copy of the output row ids (made before it)
+    metadata_prefetch: bool = False  # each block DMAs the next block's ids and expert into *_next tiles
+    down_whole_rows: bool = False  # per token tile all output columns, then one dma_compute of whole rows
+    gather_prefetch: bool = False  # each block gathers the next block's token rows (one x_rows tile per token tile)
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
@@ -494,6 +504,8 @@ def _buffers(
     hybrid: bool,
     hybrid_blocks: int,
     skip_tiles: bool,
+    pipelined: bool = False,
+    scale_on_scalar: bool = False,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
@@ -507,14 +519,17 @@ def _buffers(
         Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, slots),
         Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
         Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
-        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
+        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, max(2, n_t) if pipelined else 2),  # pipelined: one per tile
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
         Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
-        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2),  # consecutive token tiles alternate
-        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col, 2),
+        *([] if scale_on_scalar else [Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2)]),  # token tiles alternate
+        # (whole rows: [128, H_OUT] per token tile)
+        Buffer(
+            "y_out", "sbuf", PARTITIONS, out_dt * (h_out if scale_on_scalar and resident and accumulate else col), 2
+        ),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
     if mlp.affinity_scale != "none":
@@ -523,8 +538,15 @@ def _buffers(
             Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t, slots),
             Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t, slots),
         ]
-    if accumulate:
+    if accumulate and not pipelined:  # pipelined: dma_compute adds y_out into the rows in HBM
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
+    if pipelined:
+        sb += [
+            Buffer("out_ids_down", "sbuf", PARTITIONS, 4 * n_t),  # the down phase's copy of the row ids
+            # the next block's prefetched metadata: token ids, expert broadcast; slot ids and expert on one partition
+            Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
+            Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
+        ]
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -555,7 +577,10 @@ def _buffers(
     ps = [
         Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
         # four 128x128 transposes per tile, two alternating (one when exchanging: its PSUM goes to other_psum)
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 1 if exchange else 2),
+        # (pipelined: two groups per bank, its halves)
+        Buffer(
+            "transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE * (2 if pipelined else 1), 1 if exchange else 2
+        ),
         Buffer("down_psum", "psum", PARTITIONS, 4 * col, 3 if exchange else 2),  # two alternating (+ the other core's)
     ]
     return tuple(sb + ps)
@@ -612,6 +637,20 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     i_tiles = _tiles(i_core, CONTRACTION_TILE)
     capacity = SBUF_BYTES["trn2"] - SBUF_RESERVED
     hybrid_blocks = ceil_div(T_MAX * k - (dims.local_experts - 1), b) + dims.local_experts - 1
+    # The hybrid body is one program for every block: its per-block tiles have one copy, so the next block's
+    # metadata waits for the last reader of this block's. Keep the block's tail off VectorE and those tiles: the
+    # output rows are updated by dma_compute (read-modify-write inside the DMA), the down PSUM is evacuated and
+    # affinity-scaled by one ScalarE activation, the down phase reads its own copy of the row ids, and ScalarE
+    # shares the evacuation of the token transposes.
+    pipelined = hybrid and not mx
+    scale_on_scalar = (
+        pipelined
+        and mlp.affinity_scale in ("post", "none")
+        and mlp.weight_quant == "none"
+        and not mlp.down_bias
+        and not exchange
+        and not checkpoint
+    )
     common = dict(
         h=h,
         i_core=i_core,
@@ -627,6 +666,8 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         accumulate=accumulate,
         hybrid=hybrid,
         skip_tiles=not checkpoint,
+        pipelined=pipelined,
+        scale_on_scalar=scale_on_scalar,
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -667,8 +708,21 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         )
     resident = want == "resident" or (want == "auto" and fits_resident)
     if resident:
-        buffers, chunk_tiles = resident_buffers, len(i_tiles)
-        decisions.append(("weights", "resident: the expert's gate/up and down weights fit SBUF with the block buffers"))
+        # pipelined: the gate/up weights in two parts of I tiles, so the next block's load of the first part
+        # overlaps this block's matmuls on the second (and its down phase)
+        parts = 2 if pipelined and len(i_tiles) > 1 else 1
+        buffers, chunk_tiles = resident_buffers, ceil_div(len(i_tiles), parts)
+        decisions.append(
+            (
+                "weights",
+                "resident: the expert's gate/up and down weights fit SBUF with the block buffers"
+                + (
+                    f"; gate/up in {parts} parts of {chunk_tiles} I tiles, each loaded before its matmuls"
+                    if parts > 1
+                    else ""
+                ),
+            )
+        )
     else:
         buffers = None
         # the widest gate/up chunk (I tiles) and down chunk (output columns) that fit, in this order
@@ -828,6 +882,15 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
         x_psum_slots=1 if exchange else 2,
+        x_copy_engines=("vector", "scalar") if pipelined else ("vector",),
+        x_psum_groups_per_bank=2 if pipelined else 1,
+        weight_dma_tiles=4 if pipelined and resident else 0,
+        output_dma_add=pipelined and accumulate,
+        down_scale_on_scalar=scale_on_scalar,
+        down_ids_copy=pipelined,
+        metadata_prefetch=pipelined,
+        gather_prefetch=pipelined,
+        down_whole_rows=scale_on_scalar and resident and accumulate,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
         token_chunks=_tiles(b, TOKEN_TILE if skip_tiles else MATMUL_MOVING_FREE_MAX),
