@@ -74,6 +74,20 @@ def _table(target: str) -> dict[str, Fact]:
             arch,
             "" if not trn3 else "trn3 guide names the 2x mode for ScalarE; VectorE taken as 2x",
         ),
+        # the sync engine: registers and runtime-loop bookkeeping
+        "sync_clock_ghz": Fact(
+            1.2, "GHz", assumption="the docs give no sequencer clock; taken as the ScalarE / GpSimd clock"
+        ),
+        "sync_instruction_cycles": Fact(
+            100,
+            "cycles",
+            PERF_GUIDE,
+            "a register instruction (register_alloc / move / load / store) and each step of a runtime loop "
+            "(fori_loop / dynamic_range / while_loop: entry, then one branch + induction update + bound compare "
+            "per iteration) costs the guide's ~100-cycle static instruction overhead; the docs give no figure "
+            "for control instructions. Charged once, on the sync queue (the loop's copies in the other "
+            "engines' instruction streams are not charged)",
+        ),
         # DMA
         "dma_engines": Fact(16, "engines per core", DMA_OVERVIEW),
         # the per-engine peak of the tables of both DMA pages (TRN2 23 B/ns, TRN3 33 B/ns); the overview's prose
@@ -133,6 +147,7 @@ class Costs:
     matmul_fp32_passes: float
     min_ii_cycles: float
     latency_cycles: float
+    sync_instruction_ns: float  # a register or loop-bookkeeping instruction on the sync queue
     vector_bf16_speedup: float
     dma_bytes_per_ns: float  # per core, all engines
     dma_latency_ns: float
@@ -160,6 +175,7 @@ class Costs:
             matmul_fp32_passes=v["matmul_fp32_passes"],
             min_ii_cycles=v["min_ii_cycles"],
             latency_cycles=v["instruction_latency_cycles"],
+            sync_instruction_ns=v["sync_instruction_cycles"] / v["sync_clock_ghz"],
             vector_bf16_speedup=v["vector_bf16_speedup"],
             dma_bytes_per_ns=v["dma_engines"] * v["dma_engine_gbps"],
             dma_latency_ns=v["dma_fixed_latency_ns"],

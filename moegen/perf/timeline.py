@@ -8,6 +8,13 @@ their engine for their cost in cycles and complete `latency_cycles` later; a DMA
 latency, then moves its bytes through the core's DMA bandwidth (a calendar shared by its queues), no
 faster than the core's share of its HBM stack (the two cores of an LNC=2 pair split the stack). `core_barrier` and `sendrecv` fence
 every queue of both cores at the later arrival. Times are in ns.
+
+Registers are memory too (a 'reg<core>' region per register): an instruction whose address or bound
+comes from a register or a tile (`addr_reads`: a DMA with `scalar_offset=reg` or a tile offset, an
+indirect DMA's index vector, a loop's register trip count) starts after the instruction that wrote it
+completes; those address reads happen at issue, so a later write to them waits only for that issue.
+Register instructions and runtime-loop bookkeeping (one per loop entry and per iteration) occupy the
+sync queue for `sync_instruction_ns` each.
 """
 
 from __future__ import annotations
@@ -164,6 +171,14 @@ def dma_transfer(rec: dict) -> tuple[int, int, bool]:
     return nbytes, descriptors, hbm
 
 
+def dma_compute_streams(rec: dict) -> int:
+    """How many dst-sized streams a DMA moves: one per source for dma_compute (its reduction reads every
+    source), one for every other DMA."""
+    if rec["opcode"] != "dma_compute":
+        return 1
+    return max(1, sum(1 for name in rec["operands"] if name.startswith("srcs[")))
+
+
 def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int = 5) -> Timeline:
     stalls_kept = 16 * n_stalls  # the longest distinct (line, producer) pairs come from these
     """Schedule `trace` (moegen.sim RunResult.trace) on the engines of its cores; see the module doc."""
@@ -205,12 +220,17 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
         rec = trace[idx]
         c = rec["core"]
         engine = rec["engine"]
-        reads, writes = rec.get("reads", ()), rec.get("writes", ())
+        reads, writes, addr = rec.get("reads", ()), rec.get("writes", ()), rec.get("addr_reads", ())
         if reads or writes:
             tracked_reads, tracked_writes = mem.prepare(reads, True), mem.prepare(writes, False)
             dep, who, kind, where = mem.wait_for(tracked_reads, tracked_writes)
         else:
             dep, who, kind, where = 0.0, -1, "", ""
+        if addr:  # address / bound sources: read-after-write only
+            tracked_addr = mem.prepare(addr, True)
+            a_dep, a_who, _, a_where = mem.wait_for(tracked_addr, [])
+            if a_dep > dep:
+                dep, who, kind, where = a_dep, a_who, "address", a_where
         if engine == "dma":
             # the queue that frees first takes it (a DMA waiting for its data holds only its own queue)
             frees = dma_free[c]
@@ -221,6 +241,8 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             dur = (nbytes + desc * costs.dma_descriptor_overhead_bytes) / costs.dma_bytes_per_ns
             if on_hbm:  # the cores of the launch share their HBM stack's bandwidth evenly
                 dur = max(dur, nbytes / hbm_share)
+            # dma_compute streams each of its sources through the engine to write dst once
+            dur *= dma_compute_streams(rec)
             t = ready + costs.dma_latency_ns
             s = dma_cal[c].earliest(t, dur)
             if on_hbm:
@@ -246,7 +268,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             start = max(free, dep)
             note_stall(rec, idx, free, dep, who, kind, where)
             if eng == "sync":
-                end = start
+                end = start + costs.sync_instruction_ns
                 done = end
             else:
                 cycles, m, ide = compute_cycles(rec, costs)
@@ -260,6 +282,8 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
         done_at[idx] = done
         if reads or writes:
             mem.record(tracked_reads, tracked_writes, done, idx)
+        if addr:
+            mem.record(tracked_addr, [], start, idx)
         if keep_events:
             events.append(Event(c, track, rec["opcode"], rec["line"], start, end))
 

@@ -10,7 +10,7 @@ spec can hold the seed kernel's option matrix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,8 +44,8 @@ OPTIONS = (
     OptionSpec(
         "scatter",
         "choice",
-        "how the K weights reach expert_affinities [T, E]: a one-hot mask per "
-        "selected expert on chip (onehot), or an indirect DMA write per weight (dma)",
+        "how the K weights reach expert_affinities [T, E]: selected on chip by the chosen-expert mask "
+        "(onehot), or an indirect DMA write per weight (dma)",
         default="onehot",
         choices=("onehot", "dma"),
     ),
@@ -100,14 +100,19 @@ class RouterPlan(KernelPlan):
     h_tiles: int
     h_rest: int
     token_tile: int
-    tile_bufs: int  # token tiles rotate through this many buffers of x and of the logits
+    tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
+    x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
+    x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
+    x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
+    x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
+    route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
     x_copy_engines: tuple[str, ...]  # layout th: engine of each x.T PSUM -> SBUF copy, cycled over the groups
     affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
     select_on: str  # 'logits' | 'scores': what max8 ranks
     full_scores: bool  # the activation over all E is materialised
-    weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by one-hot)
+    weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by column)
     topk_rounds: int  # max8 rounds: ceil(K / 8)
     work_width: int  # selection row width: max(E, 8), padded with -inf
     group_width: int  # group score row width: max(n_group, 8)
@@ -119,10 +124,40 @@ class RouterPlan(KernelPlan):
 
 # x and logits buffers per token tile: the next tile's load and transposes overlap this tile's routing
 TILE_BUFS = 2
+# x buffers in routing groups: a group's loads (~1.4 us per 512 KiB tile at the DMA rate, plus the ~1.3 us
+# fixed latency) are issued one group ahead of its transposes, so TensorE does not wait
+X_BUF_GROUPS = 2
+# a routing group's x rows arrive in DMAs of this many partitions: shorter transfers spread over more of the
+# 16 DMA queues, so one transfer's fixed latency overlaps the others' data movement
+X_LOAD_ROWS = 32
+# PSUM banks of x.T: a group's transposes wait for the copy out of its bank X_PSUM_BUFS groups earlier, so
+# the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2)
+X_PSUM_BUFS = 4
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
-# ScalarE makes every x.T PSUM -> SBUF copy: VectorE runs the routing steps of the tile
-X_COPY_ENGINES = ("scalar",)
+# The engines of the x.T PSUM -> SBUF copies, cycled over a tile's H-tile groups. With few experts the
+# routing steps hardly use VectorE, so it takes every other copy (Mixtral E = 8, T = 4096: 161 -> 136 us
+# modeled); with many (E = 128: 112 -> 148 us, E = 256: 195 -> 232 us) VectorE carries the routing and
+# ScalarE makes every copy.
+X_COPY_ENGINES = {True: ("scalar", "vector"), False: ("scalar",)}
+LIGHT_ROUTING_EXPERTS = 32  # at most this many experts: routing is light (the split copies above)
+# Full token tiles routed together: their logits share one PSUM bank (at most 512 fp32 per partition), and
+# each routing step is issued for every tile of the group in turn (or as one instruction over all of
+# them), so while one tile's dependent step waits for its producer's latency the others' run. 4 tiles of
+# E = 128 fill the bank; more would only lengthen the pipeline's fill and drain.
+ROUTE_GROUP_MAX = 4
+ROUTING_ROWS = (
+    "selection row (work)",
+    "key and gather rows",
+    "remaining row, chosen mask, row weights",
+    "top-K rows",
+    "logits out",
+    "scores (or exp scratch)",
+    "group top-8",
+    "group rows",
+    "affinities tile",
+    "zero rows, row offsets, DMA targets",
+)
 
 
 def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tuple[str | None, str]]]:
@@ -242,36 +277,43 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     rounds = ceil_div(top_k, MAX8_WIDTH)
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
+    route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
+    if variant.options["layout"] == "ht":
+        route_group = 1  # x.T rows hold consecutive tokens: a group's interleaved tokens would be 2-byte runs
+    x_tile_bufs = X_BUF_GROUPS * route_group
     buffers = [
-        Buffer("logits", "psum", TOKEN_TILE, experts * f32, TILE_BUFS),
+        Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
         Buffer("expert iota", "sbuf", TOKEN_TILE, work_width * f32),
-        Buffer("one-hot masks (uint8)", "sbuf", TOKEN_TILE, top_k * work_width),
-        # NaN mask of the keys (uint8), the gather row, the K raw values of the chosen experts
+        # NaN mask of the keys (uint8), the raw row in SBUF, the K gathered values
         Buffer("key and gather rows", "sbuf", TOKEN_TILE, experts * (1 + f32) + top_k * f32),
-        # top values, same8, found8, column, index, weights, weights in the output dtype, row sums
+        # the row without the chosen columns, the chosen-column mask (uint8), the weights of the whole row
+        Buffer("remaining row, chosen mask, row weights", "sbuf", TOKEN_TILE, work_width * (f32 + 1) + experts * f32),
+        # top values, their columns, index, weights, weights in the output dtype, row sums
         Buffer(
             "top-K rows",
             "sbuf",
             TOKEN_TILE,
-            rounds * MAX8_WIDTH * f32 + 2 * MAX8_WIDTH * 4 + 4 + top_k * (4 + f32 + out_bytes) + 4 * f32,
+            2 * rounds * MAX8_WIDTH * 4 + top_k * (4 + f32 + out_bytes) + 4 * f32,
         ),
     ]
     if h_tiles:
         buffers += [
             Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, TILE_BUFS),
+            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
     if h_rest:
         buffers += [
             Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
-            Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes),
+            Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
     if variant.options["layout"] == "th":
-        buffers.append(Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, hidden * in_bytes, TILE_BUFS))
+        buffers.append(
+            Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, X_BUF_GROUPS)
+        )
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
         if h_tiles:
-            buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, TILE_BUFS))
+            buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, X_PSUM_BUFS))
         if h_rest:
             buffers.append(Buffer("x.T rest transpose", "psum", h_rest, TOKEN_TILE * in_bytes))
     if router.bias:
@@ -312,6 +354,12 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE, experts * out_bytes + 4 + top_k * 8)
         )
 
+    # the routing rows of one tile exist once per tile of a routing group
+    buffers = [
+        replace(b, bytes_per_partition=b.bytes_per_partition * route_group) if b.name in ROUTING_ROWS else b
+        for b in buffers
+    ]
+
     overrides = [
         f"{name}={variant.options[name]}"
         for name in ("act", "norm", "renormalize", "affinities")
@@ -333,10 +381,11 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             f"{h_tiles * experts} elements per partition); "
             + (
                 f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
-                f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and ScalarE copy (an "
+                f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and copy (an "
                 f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
-                "the transposes' latency; x and the logits rotate through "
-                f"{TILE_BUFS} buffers, the next tile's logits issued before this tile's routing"
+                f"the transposes' latency; x rotates through {X_BUF_GROUPS} group buffers (loads run ahead), the logits of "
+                f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
+                "logits issued before this group's routing"
                 if variant.options["layout"] == "th"
                 else "layout ht: x read in runs of one token tile per partition row"
             )
@@ -350,7 +399,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         (
             "logits",
             f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
-            "axis: one fp32 PSUM bank per tile"
+            f"axis; the {route_group} tiles of a routing group share one fp32 PSUM bank and partition p of its "
+            "tile u holds token t0 + p * tiles + u, so each output row block is one DMA per group with one run "
+            "of tiles x width per partition"
             + (
                 "; the bias is one extra K=1 matmul of a ones row into the same PSUM accumulation"
                 if router.bias
@@ -370,16 +421,17 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "ties",
-            "each of the K steps takes the next max8 value v, finds its first column with nc_find_index8 "
-            "(all 8 vals equal to v, only column 0 used: the first occurrence in any duplicate "
-            "convention), records it and overwrites that column with -inf: the lower expert wins a tie "
-            "and no expert is chosen twice",
+            "each round of 8: max8 gives the 8 largest keys with their multiplicity, one nc_find_index8 with "
+            "those 8 values finds their columns (a repeated value takes its successive occurrences in "
+            "ascending order, NKI 0.6), so the lower expert wins a tie and no expert is chosen twice; "
+            "nc_match_replace8 (imm=-inf) removes the chosen columns for the next round and gives the "
+            "chosen-column mask (row before != row after)",
         ),
         (
             "non-finite scores",
             "max8 ranks selection keys: NaN -> the lowest finite fp32 value (below every number), -inf -> the "
-            "second-lowest; the K weights come from the raw values of the chosen experts (gathered with "
-            "select_reduce), so a NaN score never wins a slot, the experts stay in range and distinct, and "
+            "second-lowest; the K weights come from the raw values of the chosen experts (gathered by column "
+            "with nc_n_gather), so a NaN score never wins a slot, the experts stay in range and distinct, and "
             "a NaN weight stays NaN in its own expert's column",
         ),
         (
@@ -390,9 +442,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         (
             "scatter",
             f"none: expert_affinities holds the {act} scores of all E experts (AWS's pre-norm pipeline "
-            "without L1 norm), one DMA per tile"
+            "without L1 norm), one DMA per routing group"
             if affinities == "all"
-            else "one-hot: affinities = sum_k onehot_k * w_k on chip, one DMA per tile"
+            else "one-hot: the weight steps run on the whole row too and the chosen-column mask selects them "
+            "(0 elsewhere) on chip, one DMA per routing group"
             if scatter == "onehot"
             else "indirect DMA: zero the tile's rows, then one DMA per k writes w_k at row*E + expert "
             "(vector_offset on the flattened [T*E, 1] view)",
@@ -457,9 +510,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
+        x_row_bufs=X_BUF_GROUPS,
+        x_tile_bufs=x_tile_bufs,
+        x_load_rows=X_LOAD_ROWS,
+        x_psum_bufs=X_PSUM_BUFS,
+        route_group=route_group,
         x_pe_rows=X_PE_ROWS,
         x_group=x_group,
-        x_copy_engines=X_COPY_ENGINES,
+        x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],
         select_on=select_on,
         full_scores=full_scores,
         weights_from=weights_from,

@@ -22,6 +22,12 @@ into PSUM [I tile, N]; dequant, bias (+1), clamp, activation, h = a * u; down ma
 (h stationary [I tile, N], down weights moving [I tile, <=512]) into PSUM [N, 512] per column chunk;
 acc[N, H] += scale column * (y (* down scale) (+ down bias)). The output is acc rounded to the
 output dtype, written to HBM [T, H] or returned in SBUF.
+Distinct mode at small token tiles (`down_transposed`, the decode kernels) turns the down projection
+around: down weights stationary [I tile, 128 columns], h moving [I tile, N], into PSUM [128, N] per
+chunk of output columns (H on partitions: partition p of chunk c is column p * H/128 + c), one DMA
+of whole down rows per I tile; the scale column multiplies h instead of y, so every expert's down
+matmuls accumulate into the same PSUM sums and no [N, H] vector work remains per expert; the gate/up
+slabs then hold 4 (or 2) H rows per partition (one run of whole gate + up rows), x.T in that H order.
 
 EP and TP: E_L = E / ep local experts, I_TP = I / tp. Both are layer dimensions (`dims`); a tkg
 kernel may set its own `ep=` / `tp=` option, so the EP (or TP) variant of a model lives next to its
@@ -227,10 +233,19 @@ class TkgPlan(KernelPlan):
     gate_up_passes: tuple[tuple[tuple[int, int, int], ...], ...] = ()
     acc_tiles: int = 1  # h_outer: I tiles per PSUM accumulator tile ([P, acc_tiles, token tile] fp32, one bank)
     acc_banks: int = 1  # h_outer: accumulator tiles per projection
+    # h_outer with one pass of all I: H rows per partition in one gate/up slab (partition p, row r of slab s is
+    # H row s * 128 * gate_up_rows + p * gate_up_rows + r; x.T is built in the same H order)
+    gate_up_rows: int = 1
     verify_tokens: int | None = None
     mx: MxWeightsPlan | None = None  # MX weights (trn3): slabs and dtypes, templates/common/mx_expert.j2
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     mx_epilogue_buffers: int = 1  # MX: PSUM / scratch sets the packed positions' gate/up epilogues rotate through
+    # down projection with H on partitions (weights stationary, h moving): partition p of chunk c is output
+    # column p * (H / 128) + c; the sums over I tiles and experts stay in PSUM ([P, down_acc_chunks, token
+    # tile] fp32 per bank, down_acc_banks banks); the affinity scales h
+    down_transposed: bool = False
+    down_acc_chunks: int = 0
+    down_acc_banks: int = 0
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -749,6 +764,21 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
             tkg_plan = replace(pe, decisions=pe.decisions + (("x.T", why),))
     loop = options.get("gate_up_loop", "auto")
     depth = options.get("weight_buffers")
+    # (down_columns = H asks for whole down rows, which the transposed layout reads too)
+    # (a layer with shared experts keeps the [T, H] accumulation the fused shared experts add into)
+    shared = layer.shared_expert is not None and bool(layer.dims.shared_experts)
+    if (
+        loop != "i_outer"
+        and options.get("down_columns") in (None, hidden)
+        and not shared
+        and _down_transposed_applies(tkg_plan)
+    ):
+        transposed = _down_transposed(tkg_plan)
+        passes, acc_tiles, acc_banks = _h_outer_passes(transposed)
+        fits = _other_psum_banks(transposed) + transposed.mlp.projections * acc_banks <= PSUM_BANKS
+        if fits and all(len(core) == 1 for core in passes):
+            rows = _gate_up_rows(transposed, passes)
+            return _h_outer_plan(transposed, passes, acc_tiles, acc_banks, depth, loop, rows)
     passes, acc_tiles, acc_banks = _h_outer_passes(tkg_plan)
     fits = _other_psum_banks(tkg_plan) + tkg_plan.mlp.projections * acc_banks <= PSUM_BANKS
     if loop == "h_outer" or (loop == "auto" and fits and all(len(core) == 1 for core in passes)):
@@ -934,6 +964,7 @@ def _x_group(p: TkgPlan) -> int:
     return max(1, min(p.h_tiles, PSUM_BANK_BYTES // (p.token_tile * DTYPE_BYTES[p.in_dtype])))
 
 
+GATE_UP_ROWS = (4, 2, 1)  # H rows per partition of a gate/up slab (h_outer, whole rows), the most that divides H
 H_OUTER_MAX_BUFFERS = 8  # h_outer slabs when the spec does not say: enough loads in flight to cover the matmuls
 
 
@@ -969,19 +1000,81 @@ def _h_outer_passes(p: TkgPlan) -> tuple[tuple[tuple[tuple[int, int, int], ...],
     return tuple(table), acc_tiles, min(acc_banks, ceil_div(max(t for c in table for _, t, _ in c), acc_tiles))
 
 
+def _down_transposed_applies(p: TkgPlan) -> bool:
+    """The transposed down projection (H on partitions, sums in PSUM over experts) covers distinct mode
+    with whole H tiles, HBM input and output, no down scales or bias, no pre-scaling (its rows tile is the
+    one h's scale uses), and no LNC split or the intermediate split with an even
+    number of 128-column chunks (each core writes half)."""
+    m = p.mlp
+    chunks = p.hidden // PARTITIONS
+    return (
+        p.mode == "distinct"
+        and not p.mx
+        and p.hidden % PARTITIONS == 0
+        and p.input == "hbm"
+        and p.output == "hbm"
+        and not m.dequant
+        and not m.down_bias
+        and m.input_quant != "fp8_static"
+        and p.affinity_scale != "pre"
+        and (p.shard == "none" or (p.shard == "intermediate" and chunks % 2 == 0))
+    )
+
+
+def _down_transposed(p: TkgPlan) -> TkgPlan:
+    """The plan with the transposed down projection: per I tile one DMA of whole down rows ([I tile, H],
+    runs of H x weight bytes); 128 output columns per matmul (weights stationary, h moving: max(64, n)
+    cycles), partition p of chunk c holding column p * (H / 128) + c, so each partition writes H / 128
+    contiguous output columns per token; the sums of all experts accumulate in PSUM."""
+    chunks = p.hidden // PARTITIONS
+    per_bank = max(1, PSUM_BANK_BYTES // (4 * p.token_tile))
+    banks = ceil_div(chunks, per_bank)
+    run = p.hidden * DTYPE_BYTES[p.weight_dtype]
+    why = (
+        f"H on partitions: per I tile one DMA of whole down rows ({run}-byte runs); 128 output columns per "
+        f"matmul (down weights stationary, every {chunks}th column: partition p of chunk c is column "
+        f"p * {chunks} + c, so the output leaves in runs of {chunks} columns per partition and token); each "
+        f"token's affinity (or 0/1 selection) scales h, and the sums over I tiles and experts stay in PSUM ({banks} bank(s) of "
+        f"{per_bank} chunks): no per-expert [T, H] accumulation"
+    )
+    p = replace(
+        p,
+        down_transposed=True,
+        down_acc_chunks=min(per_bank, chunks),
+        down_acc_banks=banks,
+        group_columns=p.hidden,
+        decisions=p.decisions + (("down projection", why),),
+    )
+    return replace(p, buffers=_buffers(p))
+
+
+def _gate_up_rows(p: TkgPlan, passes) -> int:
+    """H rows per partition in a gate/up slab: the most of GATE_UP_ROWS that divides the H tiles when one
+    pass reads whole gate and up rows (back to back in HBM, so a partition's rows are one run) and x.T is
+    built on the PE array (in the slabs' H order); else 1."""
+    whole = all(len(core) == 1 and core[0][2] == p.intermediate for core in passes)
+    if not (whole and p.x_transpose == "pe" and p.h_last == PARTITIONS):
+        return 1
+    return next(rows for rows in GATE_UP_ROWS if p.h_tiles % rows == 0)
+
+
 def _h_outer_slab_bytes(p: TkgPlan) -> int:
     columns = max(cols for core in p.gate_up_passes for _, _, cols in core)
-    return p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
+    return p.gate_up_rows * p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
 
 
-def _h_outer_plan(p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int | None, loop: str) -> TkgPlan:
-    """The plan with the h_outer gate/up loop: `depth` slabs of one H tile's rows (as many as fit, up to
+def _h_outer_plan(
+    p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int | None, loop: str, rows: int = 1
+) -> TkgPlan:
+    """The plan with the h_outer gate/up loop: `depth` slabs of `rows` H tiles' rows (as many as fit, up to
     H_OUTER_MAX_BUFFERS, when depth is None)."""
-    p = replace(p, gate_up_loop="h_outer", gate_up_passes=passes, acc_tiles=acc_tiles, acc_banks=acc_banks)
+    p = replace(
+        p, gate_up_loop="h_outer", gate_up_passes=passes, acc_tiles=acc_tiles, acc_banks=acc_banks, gate_up_rows=rows
+    )
     p = replace(p, gate_up_buffers=1, gate_up_columns=max(c for core in passes for _, _, c in core))
     p = replace(p, buffers=_buffers(p))
     slab = _h_outer_slab_bytes(p)
-    loads = p.h_tiles * max(len(core) for core in passes)
+    loads = p.h_tiles // rows * max(len(core) for core in passes)
     capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM - (p.sbuf_bytes() - slab)
     slabs = depth or max(1, min(H_OUTER_MAX_BUFFERS, loads, capacity // slab))
     p = replace(p, gate_up_buffers=slabs)
@@ -991,8 +1084,9 @@ def _h_outer_plan(p: TkgPlan, passes, acc_tiles: int, acc_banks: int, depth: int
     single = all(len(c) == 1 for c in passes) and all(cols == p.intermediate for c in passes for _, _, cols in c)
     why = (
         f"h_outer{' (the spec asks)' if loop == 'h_outer' else ''}: {len(core)} pass(es) of "
-        f"{'/'.join(str(t) for _, t, _ in core)} I tiles; per H tile one DMA reads the pass's gate and up "
-        f"columns ({p.mlp.projections * run if single else run}-byte contiguous runs"
+        f"{'/'.join(str(t) for _, t, _ in core)} I tiles; per {rows} H tile(s) one DMA reads the pass's gate and up "
+        f"columns ({rows * p.mlp.projections * run if single else run}-byte contiguous runs"
+        f"{f': {rows} H rows per partition, x.T built in the same H order' if rows > 1 else ''}"
         f"{', gate and up rows back to back' if single and p.mlp.projections == 2 else ''}) into one of "
         f"{slabs} slab(s) of {slab} bytes per partition; the sums stay in PSUM over H "
         f"({acc_banks} bank(s) per projection, {acc_tiles} I tiles per bank at {p.token_tile} tokens)"
@@ -1026,10 +1120,10 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
             Buffer("x_rows", "sbuf", tt, p.hidden * in_bytes),
             Buffer("x_psum", "psum", PARTITIONS, _x_group(p) * tt * in_bytes),
         ]
-    if scale == "pre":
+    if scale == "pre" or p.down_transposed:
         x_item = p.mx.h_slabs * tt * 4 * in_bytes if p.mx else p.h_tiles * tt * in_bytes
+        buffers += [Buffer("x_item", "sbuf", PARTITIONS, x_item)] if scale == "pre" else []
         buffers += [
-            Buffer("x_item", "sbuf", PARTITIONS, x_item),
             Buffer("ones + scale_rows_in", "sbuf", tt, PARTITIONS * 4, count=2),
             Buffer("scale_rows_psum", "psum", PARTITIONS, tt * 4),
         ]
@@ -1086,11 +1180,22 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
                 + ([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else [])
             ),
         ]
-    buffers += [
-        Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
-        Buffer("acc", "sbuf", tt, acc_h * 4),
-    ]
-    if selective or scale == "pre" or (p.input == "sbuf" and p.output == "sbuf"):
+    if p.down_transposed:
+        chunks, out_chunks = p.hidden // PARTITIONS, p.hidden // PARTITIONS // (2 if p.exchanges_partials else 1)
+        buffers.append(Buffer("down_acc", "psum", PARTITIONS, p.down_acc_chunks * tt * 4, count=p.down_acc_banks))
+        buffers.append(Buffer("h_f", "sbuf", PARTITIONS, tt * 4))
+        if p.exchanges_partials:
+            buffers += [
+                Buffer("partial_t", "sbuf", PARTITIONS, tt * chunks * 4),
+                Buffer("partner_t", "sbuf", PARTITIONS, tt * out_chunks * 4),
+            ]
+        buffers.append(Buffer("result_t", "sbuf", PARTITIONS, tt * out_chunks * out_bytes))
+    else:
+        buffers += [
+            Buffer("down_psum", "psum", tt, CHUNK * 4, count=p.chunks_per_group),
+            Buffer("acc", "sbuf", tt, acc_h * 4),
+        ]
+    if selective or scale == "pre" or p.down_transposed or (p.input == "sbuf" and p.output == "sbuf"):
         buffers.append(Buffer("token_rows", "sbuf", tt, tt * 4))
     if selective:
         buffers.append(Buffer("expert_id", "sbuf", 1, 4))
@@ -1120,9 +1225,9 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
         ]
     if p.mode == "distinct":
         buffers += _distinct_buffers(p)
-    if p.exchanges_partials:
+    if p.exchanges_partials and not p.down_transposed:
         buffers.append(Buffer("partner", "sbuf", tt, p.hidden // 2 * 4))
-    if p.output == "hbm" and p.out_dtype != "fp32":
+    if p.output == "hbm" and p.out_dtype != "fp32" and not p.down_transposed:
         buffers.append(Buffer("result", "sbuf", tt, max(cols for _, cols in p.core_columns) * out_bytes))
     if p.output == "sbuf" and p.input == "hbm":
         buffers.append(Buffer("output (returned)", "sbuf", tt, p.hidden * out_bytes))

@@ -357,8 +357,15 @@ def assign(dst: NkiTensor, value) -> None:
 # ------------------------------------------------------------------------------------------------
 def register_alloc(x=None) -> VirtualRegister:
     """A new 32-bit register, optionally initialised to int `x` (or the value of register `x`)."""
-    runtime.current().record("sync", "register_alloc", {"x": x if isinstance(x, int) else None})
-    return VirtualRegister(value_of(x, "register_alloc", "x") if x is not None else None)
+    reg = VirtualRegister(value_of(x, "register_alloc", "x") if x is not None else None)
+    runtime.current().record(
+        "sync",
+        "register_alloc",
+        {"x": x if isinstance(x, int) else None},
+        reg_reads=(x,) if isinstance(x, VirtualRegister) else (),
+        reg_writes=(reg,),
+    )
+    return reg
 
 
 def _check_reg(instr: str, operand: str, r) -> VirtualRegister:
@@ -372,7 +379,13 @@ def register_move(dst, src):
     _check_reg("register_move", "dst", dst)
     if not isinstance(src, (int, VirtualRegister)) or isinstance(src, bool):
         raise NkiSimError(f"register_move: src must be an int or VirtualRegister, got {type(src).__name__}")
-    runtime.current().record("sync", "register_move", {"src": src if isinstance(src, int) else "register"})
+    runtime.current().record(
+        "sync",
+        "register_move",
+        {"src": src if isinstance(src, int) else "register"},
+        reg_reads=(src,) if isinstance(src, VirtualRegister) else (),
+        reg_writes=(dst,),
+    )
     dst._set(value_of(src, "register_move", "src"), "register_move")
     dst.origin = src.origin if isinstance(src, VirtualRegister) else None
     return NkiInstruction("register_move")
@@ -394,7 +407,7 @@ def register_load(dst, src):
     """dst register = the value of the 1-element tensor src (SBUF or HBM)."""
     _check_reg("register_load", "dst", dst)
     _check_scalar_tensor("register_load", "src", src)
-    runtime.current().record("sync", "register_load", {"src": src})
+    runtime.current().record("sync", "register_load", {"src": src}, reg_writes=(dst,))
     dst._set(value_of(src, "register_load", "src"), "register_load")
     dst.origin = origin_of(src)
     return NkiInstruction("register_load")
@@ -404,7 +417,7 @@ def register_store(dst, src):
     """Write register src into the 1-element tensor dst (SBUF or HBM)."""
     _check_reg("register_store", "src", src)
     _check_scalar_tensor("register_store", "dst", dst)
-    runtime.current().record("sync", "register_store", {"dst": dst})
+    runtime.current().record("sync", "register_store", {"dst": dst}, reg_reads=(src,))
     dst.write(np.array(src._get()).reshape(dst.shape), "register_store", "dst")
     return NkiInstruction("register_store")
 

@@ -109,6 +109,7 @@ class RunResult:
     precise: bool = True
     lnc: int = 1
     written_names: list = field(default_factory=list)
+    output_mems: list = field(default_factory=list)  # trace mem keys of the HBM tensors the kernel returned
 
     def assert_wrote_only(self, *names: str) -> None:
         """Raise AssertionError if the kernel wrote an argument other than the named parameters (the
@@ -365,6 +366,23 @@ def _check_arguments(fn, args, kwargs) -> None:
             )
 
 
+def _returned_mems(results: list) -> list:
+    """Trace mem keys ('hbm:<name>:<core>.<id>') of the HBM tensors the cores' kernel calls returned."""
+    values = list(results)
+    mems: list = []
+    while values:
+        v = values.pop(0)
+        if isinstance(v, (tuple, list)):
+            values.extend(v)
+            continue
+        alloc = getattr(v, "_alloc", None)
+        if alloc is not None and alloc.pstride is None:
+            key = alloc.region_key()
+            if key not in mems:
+                mems.append(key)
+    return mems
+
+
 def _run(kernel: Kernel, args, kwargs, target, precise, trace, trace_only=False) -> RunResult:
     _check_arguments(kernel.fn, args, kwargs)
     run = runtime.Run(
@@ -439,6 +457,7 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace, trace_only=False)
         precise=run.precise,
         lnc=lnc,
         written_names=[allocs[k].name for k in written],
+        output_mems=_returned_mems(results),
     )
     _last_global[0] = res
     return res

@@ -241,14 +241,27 @@ def dynamic_range(start, stop=None, step=1):
     step = _check_step(step, "dynamic_range")
     lo, hi = _bound(start, "dynamic_range"), _bound(stop, "dynamic_range")
     core = _runtime.current()
-    core.record("sync", "dynamic_range", {"start": lo, "stop": hi, "step": step})
+    core.record("sync", "dynamic_range", {"start": lo, "stop": hi, "step": step}, reg_reads=_registers(start, stop))
 
     def gen():
         for i in range(lo, hi, step):
             with _loop_iteration(core):
-                yield _Reg(i, frozen=True)
+                yield _next_index(core, i)
 
     return gen()
+
+
+def _registers(*values) -> tuple:
+    """The registers among a loop's bounds (read when the loop starts)."""
+    return tuple(v for v in values if isinstance(v, _Reg))
+
+
+def _next_index(core, i: int) -> _Reg:
+    """The induction register of one iteration of a runtime loop; its bookkeeping (the branch back, the
+    induction update and the bound compare) is one sync-engine instruction in the trace."""
+    reg = _Reg(i, frozen=True)
+    core.record("sync", "loop_iteration", {"index": i}, reg_writes=(reg,))
+    return reg
 
 
 @contextlib.contextmanager
@@ -272,10 +285,10 @@ def fori_loop(lower, upper, body_fun, step=1):
     if not callable(body_fun):
         raise NkiSimError("fori_loop: body_fun must be callable")
     core = _runtime.current()
-    core.record("sync", "fori_loop", {"lower": lo, "upper": hi, "step": step})
+    core.record("sync", "fori_loop", {"lower": lo, "upper": hi, "step": step}, reg_reads=_registers(lower, upper))
     for i in range(lo, hi, step):
         with _loop_iteration(core):
-            ret = body_fun(_Reg(i, frozen=True))
+            ret = body_fun(_next_index(core, i))
         if ret is not None:
             raise NkiSimError(
                 f"fori_loop: body_fun must return None, returned {type(ret).__name__} "
@@ -288,7 +301,7 @@ def while_loop(init, body_fun):
     if not isinstance(init, _Reg):
         raise NkiSimError(f"while_loop: init must be a VirtualRegister, got {type(init).__name__}")
     core = _runtime.current()
-    core.record("sync", "while_loop", {})
+    core.record("sync", "while_loop", {}, reg_reads=(init,))
     r = init
     n = 0
     while r._get() != 0:
@@ -296,6 +309,7 @@ def while_loop(init, body_fun):
             r = body_fun(r)
         if not isinstance(r, _Reg):
             raise NkiSimError(f"while_loop: body_fun must return the condition VirtualRegister, got {type(r).__name__}")
+        core.record("sync", "loop_iteration", {}, reg_reads=(r,))  # the branch back on the new condition
         n += 1
         if n > _MAX_WHILE_ITERATIONS:
             raise NkiSimError(f"while_loop: more than {_MAX_WHILE_ITERATIONS} iterations (limit), likely endless")

@@ -33,6 +33,7 @@ class VirtualRegister:
         self._value = wrap_int32(0 if state is None else _as_int(state, "register_alloc", "x"))
         self.frozen = bool(frozen)
         self.origin = None  # "arg[i, j] = v" when the value was register_load-ed from a kernel argument's id
+        self.trace_slot = None  # its slot in the trace's register space (runtime.Core.register_region)
 
     def _get(self) -> int:
         return self._value

@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 
 from moegen.sim.errors import NkiSimError
+from moegen.sim.registers import VirtualRegister
 
 TARGETS = ("trn2", "trn3")
 _TARGET_ALIASES = {"trn2": "trn2", "gen3": "trn2", "trn3": "trn3", "gen4": "trn3"}
@@ -106,6 +107,7 @@ class Core:
         self.loop_pins: list[list] = []
         self.next_id = 0
         self.instr_count = 0
+        self.registers_traced = 0  # registers given a trace slot (their 'reg<core>' region)
         self.cur_instr = "?"
 
     # -- facts --------------------------------------------------------------------------
@@ -127,11 +129,22 @@ class Core:
 
     # -- trace --------------------------------------------------------------------------
     def record(
-        self, engine: str, opcode: str, operands: dict, source_line: str | None = None, bytes_moved: int = 0
+        self,
+        engine: str,
+        opcode: str,
+        operands: dict,
+        source_line: str | None = None,
+        bytes_moved: int = 0,
+        reg_reads: tuple = (),
+        reg_writes: tuple = (),
     ) -> dict:
         """Append one executed instruction to the trace and return the entry.
 
-        operands: name -> NkiTensor (summarised as shape/dtype/buffer) or plain value.
+        operands: name -> NkiTensor (summarised as shape/dtype/buffer) or plain value. reg_reads /
+        reg_writes: registers the instruction reads / writes besides its register operands. The entry's
+        ``addr_reads`` are the regions read when the instruction issues, to form its addresses or bounds:
+        the registers it reads, and the tiles a runtime offset (scalar_offset, ``nl.ds`` on a tile) or an
+        index vector (vector_offset) comes from; register writes join its ``writes``.
         """
         self.instr_count += 1
         if engine != "dma" and opcode not in RUNTIME_OFFSET_COMPUTE:
@@ -152,10 +165,38 @@ class Core:
             "bytes": int(bytes_moved),
             "line": line,
             "reads": [ops[k]["region"] for k in operands if k not in WRITTEN_OPERANDS and _has_region(ops[k])],
-            "writes": [ops[k]["region"] for k in operands if k in WRITTEN_OPERANDS and _has_region(ops[k])],
+            "writes": [ops[k]["region"] for k in operands if k in WRITTEN_OPERANDS and _has_region(ops[k])]
+            + [self.register_region(r) for r in reg_writes],
+            "addr_reads": self._address_regions(operands, reg_reads),
         }
         self.run.trace.append(entry)
         return entry
+
+    def register_region(self, reg: VirtualRegister) -> dict:
+        """A register as a trace region: 4 bytes of this core's 'reg<core>' space, one slot per register
+        (a loop's induction value is a new register each iteration)."""
+        if reg.trace_slot is None:
+            self.registers_traced += 1
+            reg.trace_slot = self.registers_traced
+        b0 = 4 * reg.trace_slot
+        return {"mem": f"reg{self.program_id}", "parts": [0, 1], "bytes": [b0, b0 + 4], "contig": 4}
+
+    def _address_regions(self, operands: dict, reg_reads: tuple) -> list:
+        """Regions read at issue to form addresses / bounds: registers, runtime-offset and index tiles."""
+        out = [self.register_region(r) for r in reg_reads]
+        for value in operands.values():
+            if isinstance(value, VirtualRegister):
+                out.append(self.register_region(value))
+                continue
+            for src, _ in getattr(value, "_dyn", None) or ():
+                if isinstance(src, VirtualRegister):
+                    out.append(self.register_region(src))
+                elif hasattr(src, "_region"):
+                    out.append(src._region())
+            vec = getattr(value, "_vec", None)
+            if vec is not None and hasattr(vec[0], "_region"):
+                out.append(vec[0]._region())
+        return out
 
     def new_id(self) -> int:
         self.next_id += 1

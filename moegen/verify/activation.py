@@ -96,9 +96,10 @@ def algorithmic_macs(plan: ActivationPlan, rows: int) -> int:
     return 0
 
 
-def minimum_hbm_bytes(plan: ActivationPlan, inputs: dict[str, np.ndarray], trace: list) -> int:
+def minimum_hbm_bytes(plan: ActivationPlan, inputs: dict[str, np.ndarray], trace: list, output_mems: list) -> int:
     """`moegen profile`: the live rows (r < n_used, permutation_map[r] != -1) of x read and of the
-    outputs written once, the map up to n_used and n_used itself; padding rows need no traffic."""
+    outputs written once, the map up to n_used and n_used itself; padding rows need no traffic (sized
+    from the inputs: trace, output_mems unused)."""
     used = int(min(max(int(inputs["n_used"][0]), 0), inputs["x"].shape[0]))
     live = int(np.count_nonzero(inputs["permutation_map"][:used] != -1))
     row_out = sum(inputs[name].nbytes // inputs[name].shape[0] for name in outputs(plan))

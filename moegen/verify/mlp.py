@@ -168,9 +168,10 @@ def algorithmic_macs(plan: MlpPlan, tokens: int) -> int:
     return tokens * 3 * plan.hidden * plan.intermediate
 
 
-def minimum_hbm_bytes(plan: MlpPlan, inputs: dict[str, np.ndarray], trace: list) -> int:
+def minimum_hbm_bytes(plan: MlpPlan, inputs: dict[str, np.ndarray], trace: list, output_mems: list) -> int:
     """`moegen profile`: every input once (x, weights, scales) and each returned tensor once (out [S, H],
-    each checkpoint [S, I]); the HBM scratch of intermediate=hbm is not needed."""
+    each checkpoint [S, I]), sized from the plan (trace, output_mems unused); the HBM scratch of
+    intermediate=hbm is not needed."""
     tokens = inputs["x"].shape[0] if not plan.x_swizzled or plan.input_mx else inputs["x"].shape[1] // 4
     returned = tokens * (plan.hidden + plan.intermediate * len(plan.checkpoints)) * np_dtype(plan.out_dtype).itemsize
     return sum(a.nbytes for a in inputs.values()) + returned

@@ -2,7 +2,7 @@
 
 The knowledge the timeline model must not have comes from each family's verify harness
 (`moegen/verify/<family>.py`): `algorithmic_macs(plan, tokens)`, the multiply-accumulates the math needs,
-and optionally `minimum_hbm_bytes(plan, inputs, trace)`, the HBM bytes any kernel must move (absent or
+and optionally `minimum_hbm_bytes(plan, inputs, trace, output_mems)`, the HBM bytes any kernel must move (absent or
 None: every distinct HBM byte the kernel touched, once). A kernel planned for trn3 (it may use
 Trainium3-only instructions: nc_matmul_mx, quantize_mx) is not modeled on the trn2 cost table:
 `ProfileError` says so.
@@ -31,10 +31,11 @@ def algorithmic_macs(plan: KernelPlan, tokens: int) -> int:
     return int(harness(plan.family).algorithmic_macs(plan, tokens))
 
 
-def minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list) -> int | None:
-    """The HBM minimum of the family's harness, or None (the model's default: every byte touched once)."""
+def minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list, output_mems: list) -> int | None:
+    """The HBM minimum of the family's harness, or None (the model's default: every byte touched once).
+    output_mems: trace mem keys of the HBM tensors the kernel returned (`RunResult.output_mems`)."""
     rule = getattr(harness(plan.family), "minimum_hbm_bytes", None)
-    return rule(plan, inputs, trace) if rule else None
+    return rule(plan, inputs, trace, output_mems) if rule else None
 
 
 def check_target(plan: KernelPlan, target: str) -> None:
@@ -74,7 +75,7 @@ def profile_plan(
         run.trace,
         target,
         run.lnc,
-        hbm_min_bytes=minimum_hbm_bytes(plan, inputs, run.trace),
+        hbm_min_bytes=minimum_hbm_bytes(plan, inputs, run.trace, run.output_mems),
         macs_algorithmic=algorithmic_macs(plan, tokens),
     )
     return report, simulated, time.perf_counter() - start

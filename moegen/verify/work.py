@@ -38,9 +38,12 @@ def needed_experts(plan: KernelPlan, inputs: dict) -> tuple[int, int] | None:
     return int(ids.size), held
 
 
-def moe_minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list) -> int | None:
-    """HBM bytes any kernel must move: each needed expert's weights (and biases, scales) once, every other
-    input once, and what the kernel writes to its own HBM tensors once. None: the model's default."""
+def moe_minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list, output_mems: list) -> int | None:
+    """HBM bytes the layer needs moved: each needed expert's weights (and biases, scales) once, every other
+    input once, and the tensors the kernel returns (`output_mems`, trace mem keys) once, as far as it
+    touched them. HBM scratch the kernel allocates for itself (e.g. the two cores' partial sums of a
+    shard=block prefill) is the kernel's choice, not the layer's need: not counted. None: no routing
+    (the model's default)."""
     import moegen.perf as perf
 
     need = needed_experts(plan, inputs)
@@ -51,8 +54,8 @@ def moe_minimum_hbm_bytes(plan: KernelPlan, inputs: dict, trace: list) -> int | 
     for mem, nbytes in perf.report.touched_hbm_bytes(trace).items():
         name = mem.split(":")[1]
         array = inputs.get(name)
-        if array is None:  # a tensor the kernel allocated (its output): as much as it touched
-            total += nbytes
+        if array is None:  # a tensor the kernel allocated: its output (as much as it touched) or scratch
+            total += nbytes if mem in output_mems else 0
         elif (
             array.ndim
             and array.shape[0] == held

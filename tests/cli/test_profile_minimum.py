@@ -34,7 +34,21 @@ def test_minimum_counts_only_the_selected_experts_weights():
     )
     weights = inputs["expert_gate_up_weights"].nbytes + inputs["expert_down_weights"].nbytes
     assert needed_experts(plan, inputs) == (3, 8)
-    assert minimum_hbm_bytes(plan, inputs, trace) == weights * 3 // 8 + 4 * 256 * 2 + 4 * 256 * 4
+    assert minimum_hbm_bytes(plan, inputs, trace, ["hbm:output:0.9"]) == weights * 3 // 8 + 4 * 256 * 2 + 4 * 256 * 4
+
+
+def test_minimum_leaves_out_the_kernels_own_hbm_scratch():
+    """A shard=block prefill keeps the two cores' partial sums in shared HBM ([2T, H]): the kernel's choice,
+    not the layer's need. The minimum is the needed inputs and the returned output, each once."""
+    plan = _plan(family="cte")
+    inputs = {"hidden_states": np.zeros((4, 256), np.float16), "expert_index": np.array([[0, 1]] * 4, np.int32)}
+    trace = _trace(
+        ("hbm:hidden_states:0.1", (0, 4 * 256 * 2)),
+        ("hbm:partials:0.7", (0, 2 * 4 * 256 * 2)),  # written by both cores, read back and summed
+        ("hbm:partials:0.7", (0, 2 * 4 * 256 * 2)),
+        ("hbm:out:0.8", (0, 4 * 256 * 2)),
+    )
+    assert minimum_hbm_bytes(plan, inputs, trace, ["hbm:out:0.8"]) == 4 * 256 * 2 + 4 * 256 * 2
 
 
 def test_expert_parallel_rank_needs_only_its_window():

@@ -90,11 +90,16 @@ def test_streamed_shard_block_pipelines_blocks_within_sbuf(tmp_path):
     stream, hybrid = plans(
         tmp_path, layer_spec("kernel p : cte { lnc=2 }\n  kernel q : cte { lnc=2 loop=hybrid }", dims=dims)
     )
-    assert stream.pipeline_blocks and stream.out_prefetch and stream.down_scalar_evacuate
+    assert stream.pipeline_blocks and stream.out_prefetch and stream.down_scale_on_scalar
     assert stream.zero_in_first_block and stream.final_sum_tiles == 8 and stream.serpentine
+    assert stream.x_copy_engines == ("vector", "scalar") and stream.x_psum_groups_per_bank == 2
+    assert not (stream.output_dma_add or stream.metadata_prefetch or stream.gather_prefetch or stream.down_ids_copy)
     assert stream.sbuf_bytes() <= 224 * 1024 - 16 * 1024 and stream.psum_banks() <= 8
-    # the hybrid body is one program for every block: no cross-block pipelining, the zero fill before the loops
-    assert not hybrid.pipeline_blocks and not hybrid.zero_in_first_block
+    # the hybrid body is one program for every block: no cross-block pipelining, the zero fill before the loops;
+    # its own pipelining adds into the output rows by dma_compute instead of reading them ahead
+    assert not hybrid.pipeline_blocks and not hybrid.zero_in_first_block and not hybrid.out_prefetch
+    assert hybrid.output_dma_add and hybrid.metadata_prefetch and hybrid.down_scale_on_scalar
+    assert hybrid.sbuf_bytes() <= 224 * 1024 - 16 * 1024 and hybrid.psum_banks() <= 8
 
 
 def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):

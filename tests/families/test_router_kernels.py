@@ -203,33 +203,45 @@ def test_repeated_scores_match_the_reference(router, scatter):
     assert compare("expert_affinities", got["expert_affinities"], want["expert_affinities"], kind="bf16").ok
 
 
-def test_ties_do_not_depend_on_how_find_index8_pairs_duplicate_values(monkeypatch):
-    """Older nc_find_index8 (before NKI 0.6) returned the first occurrence for every repeated value, which
-    is how the seed kernel picks an expert twice. The generated kernels only read result column 0 with
-    all 8 vals equal, so they give the same answer under that convention too."""
-    from moegen.sim import isa_compute
-
-    def first_occurrence_for_every_val(dst, data, vals, name=None):
-        rows = data.shape[0]
-        values = isa_compute._read_f32(data).reshape(rows, -1)
-        wanted = isa_compute._read_f32(vals).reshape(rows, 8)
-        positions, found = isa_compute._occurrence_positions(values, wanted, np.zeros((rows, 8), np.int64))
-        isa_compute._write(dst, np.where(found, positions, 0xFFFFFFFF).astype(np.uint32))
-
+def test_ties_across_two_rounds_of_eight():
+    """K = 10: the second max8 round reads the row after nc_match_replace8 removed the first 8 columns.
+    Each round finds its 8 columns with one nc_find_index8 whose vals repeat a tied value: NKI 0.6 pairs
+    the repetitions with successive occurrences in ascending order (nki_api NOTES, section 4), so the lower
+    expert comes first and no expert is taken twice, across the round boundary too."""
     text = router_spec(
         experts=32,
         top_k=10,
         router="linear -> softmax -> topk -> renormalize",
         kernels="kernel route : router { scatter=dma }",
     )
-    _, modules = build(text)
-    monkeypatch.setattr(modules["route"].nisa, "nc_find_index8", first_occurrence_for_every_val)
     plan, _, got, want = run_kernel(text, "route", 20, ties=True)
+    for row in got["expert_index"]:
+        assert len(set(row.tolist())) == 10
     assert (got["expert_index"] == want["expert_index"]).all()
     assert compare("expert_affinities", got["expert_affinities"], want["expert_affinities"], kind="bf16").ok
 
 
 # ------------------------------------------------------------------ modern routers
+
+
+@pytest.mark.parametrize(
+    ("experts", "router", "options"),
+    [
+        (16, "linear -> softmax -> topk -> renormalize", "eager"),
+        (256, "linear -> topk -> softmax", "scatter=dma"),
+        (64, "linear -> sigmoid -> topk -> renormalize", "eager skip_logits"),
+        (64, "linear -> sigmoid -> topk -> renormalize", "layout=ht eager"),
+    ],
+)
+def test_routing_groups_of_full_tiles_then_the_partial_tile(experts, router, options):
+    """T = 5 x 128 + 3: full tiles are routed in groups of up to 4 (2 for E = 256, whose logits fill a
+    PSUM bank in 2 tiles; 1 for layout ht), the last group holds fewer tiles and the partial tile is routed
+    alone; partition p of a group's tile u holds token t0 + p * tiles + u, and every output row lands at
+    its own token."""
+    text = router_spec(experts=experts, top_k=8, router=router, kernels=f"kernel route : router {{ {options} }}")
+    plan = next(p for p in build(text)[0].plans if p.kernel_name == "route")
+    assert plan.route_group == (1 if "ht" in options else 2 if experts == 256 else 4)
+    assert_matches(text, tokens=5 * 128 + 3)
 
 
 def test_deepseek_style_group_limit_selection_bias_and_scaling():

@@ -92,8 +92,10 @@ def test_h_outer_in_several_passes(kernel, quant):
 
 def test_h_outer_reads_whole_rows_when_one_pass_holds_i():
     """Mixtral TP8 at tokens<=32: the 14 I tiles' sums fit one bank per projection, so each gate/up DMA reads
-    a row of gate then up back to back (2 x 1792 x 2 B = 7 KiB runs)."""
+    rows of gate then up back to back (2 x 1792 x 2 B = 7 KiB per row), 4 rows per partition with the
+    transposed down projection (28 KiB runs)."""
     text = spec_text("kernel k : tkg { mode=distinct tokens<=32 }", hidden=4096, intermediate=1792)
     plan = build(text)[0]["k"]
     assert plan.gate_up_loop == "h_outer" and plan.gate_up_passes == (((0, 14, 1792),),)
-    assert any(what == "gate/up loop" and "7168-byte contiguous runs" in why for what, why in plan.decisions)
+    assert plan.down_transposed and plan.gate_up_rows == 4
+    assert any(what == "gate/up loop" and "28672-byte contiguous runs" in why for what, why in plan.decisions)

@@ -164,7 +164,7 @@ def test_trace_is_plain_data_with_the_documented_fields():
     trace = sim.last_run().trace
     assert json.loads(json.dumps(trace))  # only builtins
     for e in trace:
-        assert set(e) == {"core", "engine", "opcode", "operands", "bytes", "line", "reads", "writes"}
+        assert set(e) == {"core", "engine", "opcode", "operands", "bytes", "line", "reads", "writes", "addr_reads"}
         assert e["line"].startswith("test_runtime.py:")
     dma = trace[0]
     assert dma["engine"] == "dma" and dma["bytes"] == 64
@@ -184,6 +184,11 @@ def test_trace_is_plain_data_with_the_documented_fields():
         },
     }
     assert dma["reads"] == [dma["operands"]["src"]["region"]]
+    # the register: written by register_alloc, read (at issue) by the copy whose offset it holds
+    alloc, copy = trace[2], trace[3]
+    reg_region = {"mem": "reg0", "parts": [0, 1], "bytes": [4, 8], "contig": 4}
+    assert alloc["opcode"] == "register_alloc" and alloc["writes"] == [reg_region]
+    assert copy["opcode"] == "tensor_copy" and copy["addr_reads"] == [reg_region]
 
 
 # -- backend switch: the real nki.simulate when the real package is importable ------------------------
