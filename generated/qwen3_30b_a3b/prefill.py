@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/qwen3_30b_a3b.moe
 # spec-sha256: 3674b561af412194882195340efa3884e318f762903c2b4f697f8a5c257f421c
 # templates-sha256: cd45edd6da9a776d842f9eb0bf9a86993dc2a1ec1366db7113ee0a3eaa7be2d0
-# content-sha256: 4327f9bd57e018a0e4c84c266771f801d5925641f6e4effa015f67b83d38382a
+# content-sha256: cb6bf77781b4a57c0dc310e1dbfb0521aa3353995efff0d9f722ee8007d092f3
 """prefill: blockwise MoE expert MLP for context encoding (qwen3_30b_a3b).
 
 MoE CTE shard_on_block_hybrid (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -335,16 +335,12 @@ def prefill(hidden_states, expert_affinities_masked, gate_up_proj_weight, down_p
 
     # out = partial of core 0 + partial of core 1; each core adds every other 128-row tile.
     nisa.core_barrier(data=partials, cores=(0, 1))
-    # the sum's tiles are pairs of [128, ZERO_COLUMNS] views of xT (free once the blocks are done), used in turn,
-    # so 1 row pieces are in flight at once
-    sum_tiles = xT.reshape((128, -1, ZERO_COLUMNS))
-    piece = 0
     for r0 in range(core * 128, T, 256):
         rows = min(128, T - r0)  # the T token rows (a padding row T is cleared below)
         for z0 in range(0, H, ZERO_COLUMNS):
             cols = min(ZERO_COLUMNS, H - z0)
-            sum_rows, other_rows = sum_tiles[:, 2 * piece, :], sum_tiles[:, 2 * piece + 1, :]
-            piece = (piece + 1) % 1
+            sum_rows = nl.ndarray((128, ZERO_COLUMNS), dtype=nl.bfloat16, buffer=nl.sbuf)
+            other_rows = nl.ndarray((128, ZERO_COLUMNS), dtype=nl.bfloat16, buffer=nl.sbuf)
             nisa.dma_copy(dst=sum_rows[0:rows, 0:cols], src=partials[r0:r0 + rows, z0:z0 + cols])
             nisa.dma_copy(dst=other_rows[0:rows, 0:cols], src=partials[ROWS + r0:ROWS + r0 + rows, z0:z0 + cols])
             # the adds alternate between VectorE and GpSimd (the sum would otherwise wait on one engine, not on HBM)

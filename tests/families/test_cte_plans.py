@@ -102,6 +102,18 @@ def test_streamed_shard_block_pipelines_blocks_within_sbuf(tmp_path):
     assert hybrid.sbuf_bytes() <= 224 * 1024 - 16 * 1024 and hybrid.psum_banks() <= 8
 
 
+def test_final_sum_uses_xt_views_only_with_two_pieces_in_flight(tmp_path):
+    """xT of a 256-token block at H = 2048 holds one pair of [128, 2048] views: the final sum keeps new tiles
+    (one pair would serialize the pieces); at H = 4096, B = 512 it cycles through four pairs."""
+    small = "hidden=2048 intermediate=768 experts=16 top_k=8"
+    (qwen,) = plans(tmp_path, layer_spec("kernel p : cte { lnc=2 loop=hybrid block=256 }", dims=small))
+    (mixtral,) = plans(
+        tmp_path, layer_spec("kernel p : cte { lnc=2 }", dims="hidden=4096 intermediate=1024 experts=8 top_k=2")
+    )
+    assert qwen.partial_output and qwen.final_sum_tiles == 0
+    assert mixtral.partial_output and mixtral.final_sum_tiles == 8
+
+
 def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):
     expert = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
     (plan,) = plans(tmp_path, layer_spec("kernel p : cte { }", expert=expert, quant="weights=fp8_row"))
