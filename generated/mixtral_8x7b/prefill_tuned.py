@@ -2,10 +2,10 @@
 # Regenerate with: moegen build specs/mixtral_8x7b.moe
 # spec-sha256: 4ad063c81c6e5c6e80eb604c3cdffa7b1ec042fe2b21032bab40b9e2a12f1135
 # templates-sha256: cd45edd6da9a776d842f9eb0bf9a86993dc2a1ec1366db7113ee0a3eaa7be2d0
-# content-sha256: 7a28bc0888dddf21bad7d3f55ed60d077282021dfdbd094f06c8d229d61b85f5
+# content-sha256: d5446a2f8aec3697bcdbd9cdb62bf0b91de8ba6acb57119de1eb6b6cb9e72544
 """prefill_tuned: blockwise MoE expert MLP for context encoding (mixtral_8x7b).
 
-MoE CTE shard_on_block_hybrid (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
+MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
 
 Computes, for every block b of B token slots (token ids token_position_to_id[b*B:(b+1)*B],
 expert e = block_to_expert[b]):
@@ -26,13 +26,12 @@ Args:
     down_proj_weight: [E, I_TP, H] bf16, HBM.
     token_position_to_id: [N*B] int32, HBM; token id of each block slot, T (the zero row) for empty slots.
     block_to_expert: [N, 1] (or [N]) int32, HBM.
-    conditions: [N+1] int32, HBM; 1 for each block holding tokens, then 0.
 
 Returns:
     out: [T+1, H] bf16, shared HBM; row T is zeros.
 
 Pseudocode:
-    for b in range(c, ceil(T*K/B), 2), then nl.fori_loop(.., sum(conditions), step=2):
+    for b in blocks of this core (core c: b = c, c+2, ...):
         ids = token_position_to_id[b*B:(b+1)*B]; e = block_to_expert[b]
         x = hidden_states[ids]
         g, u = x @ Wg[e], x @ Wu[e]
@@ -60,21 +59,21 @@ H_FULL_TILES = 32
 I_CORE = 1792  # intermediate columns this core computes
 I_TILES = ((0, 128), (128, 128), (256, 128), (384, 128), (512, 128), (640, 128), (768, 128), (896, 128), (1024, 128), (1152, 128), (1280, 128), (1408, 128), (1536, 128), (1664, 128))  # (offset, size) within this core's share
 I_FULL_TILES = 14
-GATE_UP_CHUNKS = ((0, 256, 0, 2), (256, 256, 2, 2), (512, 256, 4, 2), (768, 256, 6, 2), (1024, 256, 8, 2), (1280, 256, 10, 2), (1536, 256, 12, 2))  # (I offset, columns, first tile, tiles) per weight load
+GATE_UP_CHUNKS = ((0, 384, 0, 3), (384, 384, 3, 3), (768, 384, 6, 3), (1152, 384, 9, 3), (1536, 256, 12, 2))  # (I offset, columns, first tile, tiles) per weight load
 H_OUT = 4096  # output columns this core finishes
 DOWN_CHUNKS = ((0, 512), (512, 512), (1024, 512), (1536, 512), (2048, 512), (2560, 512), (3072, 512), (3584, 512))  # (offset, size) output column chunks within H_OUT
 ZERO_COLUMNS = 2048
+PRE_GATHERED = 2  # token tiles whose rows are gathered when a block starts (x_rows copies)
+NEXT_CHUNK_PIECES = tuple(range(min(1, len(DOWN_CHUNKS) - 1), max(min(1, len(DOWN_CHUNKS) - 1) + 1, len(DOWN_CHUNKS) - 1)))
+# (the down chunks that load a piece of the next block's second gate/up weight chunk)
 T_MAX = 32768  # tokens per call
 X_COPY_ENGINES = (nisa.vector_engine, nisa.scalar_engine, )  # evacuate transpose groups in turn
-BLOCK_STEP = 2  # the next block this core runs is block + BLOCK_STEP
-STATIC_BLOCKS_PER_TOKEN_SLOT = TOP_K  # the first ceil(T*K/B) blocks surely hold tokens
 # Valid values of the integer arguments: every element in [low, high), high an int or (argument, axis),
 # that argument's size along axis. Not read by the kernel; moegen's simulator refuses a call breaking one,
 # naming the argument, the element and the value (the hardware does not check them).
 ARGUMENT_RANGES = {
     "token_position_to_id": (0, ('hidden_states', 0)),
     "block_to_expert": (0, 8),
-    "conditions": (0, 2),
 }
 
 
@@ -85,13 +84,14 @@ def _check_shape(name, tensor, expected):
 
 
 def _order(turn, position, count):
-    """The chunk a block runs at `position`: in order."""
-    return position
+    """The chunk a block runs at `position`: a core's consecutive blocks run their weight chunks in opposite orders,
+    so a block starts with the two chunks the previous one ended with (still in their buffers if the expert repeats)."""
+    return position if turn % 2 == 0 else count - 1 - position
 
 
 def _slot(turn, position, count):
-    """The buffer copy of `position`: copies alternate across a core's consecutive chunks."""
-    return (turn * count + position) % 2
+    """The buffer copy of `position`: copies alternate, and a block's first position takes the previous one's last."""
+    return (turn * (count - 1) + position) % 2
 
 
 def _check_dtype(name, tensor, expected, expected_name):
@@ -99,8 +99,8 @@ def _check_dtype(name, tensor, expected, expected_name):
 
 
 @nki.jit
-def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, down_proj_weight, token_position_to_id, block_to_expert, conditions):
-    """MoE CTE shard_on_block_hybrid (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate. See the module docstring for shapes and pseudocode."""
+def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, down_proj_weight, token_position_to_id, block_to_expert):
+    """MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate. See the module docstring for shapes and pseudocode."""
     T = hidden_states.shape[0] - 1
     ROWS = T + 1  # rows of hidden_states and out: row T is the zero padding row
     N = block_to_expert.shape[0]
@@ -114,13 +114,11 @@ def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, 
         _check_shape("block_to_expert", block_to_expert, (N, 1))
     assert ROWS * E <= 1 << 24, (f"prefill_tuned: rows*E = {ROWS * E} exceeds 2^24: the affinity index "
                                  "id*E + e is computed in fp32 on VectorE and would not be exact")
-    _check_shape("conditions", conditions, (N + 1,))
     _check_dtype("hidden_states", hidden_states, nl.bfloat16, "bf16")
     _check_dtype("gate_up_proj_weight", gate_up_proj_weight, nl.bfloat16, "bf16")
     _check_dtype("down_proj_weight", down_proj_weight, nl.bfloat16, "bf16")
     _check_dtype("token_position_to_id", token_position_to_id, nl.int32, "int32")
     _check_dtype("block_to_expert", block_to_expert, nl.int32, "int32")
-    _check_dtype("conditions", conditions, nl.int32, "int32")
 
     core = nl.program_id(0)
     i_base = 0
@@ -136,47 +134,43 @@ def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, 
     zero_row_starts = range(0, ROWS, 128)
     zero_pieces = [(r0, min(128, ROWS - r0), z0, min(ZERO_COLUMNS, H_OUT - z0))
                    for r0 in zero_row_starts for z0 in range(0, H_OUT, ZERO_COLUMNS)]  # (row, rows, column, columns)
-    for r0, rows, z0, cols in zero_pieces:
-        nisa.dma_copy(dst=partials[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
+    # The pieces go out during this core's first block, between its gate/up weight loads (its down phase is the
+    # first to read the rows), so they fill the DMA time the matmuls leave instead of delaying the first weights.
+    zeroed = False
 
-
-    token_blocks = token_position_to_id.reshape((N, B))
 
     # The block's tiles, allocated once and reused by every block (a dynamic-loop body allocates nothing:
     # its tensors are allocated once for the whole loop).
-    token_ids = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # slot t*128 + p at [p, t]
-    pad_shift = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    out_ids = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    expert = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)
-    weight_expert = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)
+    token_ids_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))  # slot t*128 + p at [p, t]
+    pad_shift_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
+    out_ids_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
+    expert_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))
+    weight_expert_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))
+    reuse_expert_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))  # weight_expert, or out of bounds if it repeats
     # padding tiles: the block's slot ids on one partition (then, in place, 1 where a slot holds a token), the max per tile
-    slot_ids = nl.ndarray((1, TOKEN_TILES, 128), dtype=nl.int32, buffer=nl.sbuf)
-    tile_real = nl.ndarray((1, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
+    slot_ids_slots = (nl.ndarray((1, TOKEN_TILES, 128), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, TOKEN_TILES, 128), dtype=nl.int32, buffer=nl.sbuf))
+    tile_real_slots = (nl.ndarray((1, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
     tile_active0 = []  # per tile: 1 if it holds a token, else 0 (the trip count of its work)
     for t in range(TOKEN_TILES):
         tile_active0.append(nisa.register_alloc(0))
-    tile_active = tile_active0
-    block_empty = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)
-    expert_bcast = nl.ndarray((128, 1), dtype=nl.float32, buffer=nl.sbuf)
-    affinity_index = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    affinity = nl.ndarray((128, TOKEN_TILES), dtype=nl.float32, buffer=nl.sbuf)
-    # Per-block metadata is prefetched one block ahead into *_next tiles: a block copies its own into the working
-    # tiles, then DMAs the next block's (ahead of this block's weight loads and gathers).
-    token_ids_next = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.memset(dst=token_ids_next, value=0)  # a valid row id until a prefetch lands (a core past the last block gets none)
-    slot_ids_next = nl.ndarray((1, TOKEN_TILES, 128), dtype=nl.int32, buffer=nl.sbuf)
-    expert_next = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)
-    expert_bcast_next = nl.ndarray((128, 1), dtype=nl.float32, buffer=nl.sbuf)
+    tile_active1 = []  # per tile: 1 if it holds a token, else 0 (the trip count of its work)
+    for t in range(TOKEN_TILES):
+        tile_active1.append(nisa.register_alloc(0))
+    block_empty_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))
+    expert_bcast_slots = (nl.ndarray((128, 1), dtype=nl.float32, buffer=nl.sbuf), nl.ndarray((128, 1), dtype=nl.float32, buffer=nl.sbuf))
+    affinity_index_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
+    affinity_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.float32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.float32, buffer=nl.sbuf))
     xT = nl.ndarray((128, len(H_TILES), B), dtype=nl.bfloat16, buffer=nl.sbuf)
-    x_rows_slots = [nl.ndarray((128, H), dtype=nl.bfloat16, buffer=nl.sbuf) for _ in range(TOKEN_TILES)]  # one per token tile
+    x_rows_slots = (nl.ndarray((128, H), dtype=nl.bfloat16, buffer=nl.sbuf),
+                    nl.ndarray((128, H), dtype=nl.bfloat16, buffer=nl.sbuf))  # token tiles alternate
     # transposes: each PSUM bank holds 2 groups of four, so 4 groups are in flight
     x_psum_banks = [nl.ndarray((128, 8, 128), dtype=nl.bfloat16, buffer=nl.psum) for _ in range(2)]
     x_psum_pipe = tuple(bank[:, 4 * g:4 * g + 4, :] for bank in x_psum_banks for g in range(2))
     hT = nl.ndarray((128, len(I_TILES), B), dtype=nl.bfloat16, buffer=nl.sbuf)
     # streamed weights: two buffers each, alternating between consecutive chunks (a load overlaps the
     # matmuls on the previous chunk)
-    w_gate_up_slots = (nl.ndarray((128, len(H_TILES), 2, 256), dtype=nl.bfloat16, buffer=nl.sbuf),
-                       nl.ndarray((128, len(H_TILES), 2, 256), dtype=nl.bfloat16, buffer=nl.sbuf))
+    w_gate_up_slots = (nl.ndarray((128, len(H_TILES), 2, 384), dtype=nl.bfloat16, buffer=nl.sbuf),
+                       nl.ndarray((128, len(H_TILES), 2, 384), dtype=nl.bfloat16, buffer=nl.sbuf))
     gate_psum_pipe = (nl.ndarray((128, 128), dtype=nl.float32, buffer=nl.psum), nl.ndarray((128, 128), dtype=nl.float32, buffer=nl.psum))
     up_psum_pipe = (nl.ndarray((128, 128), dtype=nl.float32, buffer=nl.psum), nl.ndarray((128, 128), dtype=nl.float32, buffer=nl.psum))
     gate_tile_pipe = (nl.ndarray((128, 128), dtype=nl.float32, buffer=nl.sbuf), nl.ndarray((128, 128), dtype=nl.float32, buffer=nl.sbuf))
@@ -186,49 +180,136 @@ def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, 
                     nl.ndarray((128, len(I_TILES), 512), dtype=nl.bfloat16, buffer=nl.sbuf))
     down_psum_pipe = (nl.ndarray((128, 512), dtype=nl.float32, buffer=nl.psum), nl.ndarray((128, 512), dtype=nl.float32, buffer=nl.psum))
     y_out_pipe = (nl.ndarray((128, 512), dtype=nl.bfloat16, buffer=nl.sbuf), nl.ndarray((128, 512), dtype=nl.bfloat16, buffer=nl.sbuf))
-    out_ids_down = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # the down phase's row ids
+    # output rows of every token tile for one down chunk, read ahead; consecutive chunks alternate copies
+    out_rows_slots = (nl.ndarray((128, TOKEN_TILES, 512), dtype=nl.bfloat16, buffer=nl.sbuf),
+                      nl.ndarray((128, TOKEN_TILES, 512), dtype=nl.bfloat16, buffer=nl.sbuf))
+    for rows_copy in out_rows_slots:
+        nisa.memset(dst=rows_copy, value=0.0)  # rows a padding slot skips keep finite values
 
-    def process_block(block):
-        """One block: gather its tokens, run expert e's MLP on them, update their output rows."""
-        turn = 0  # the body is one program for every block: each block starts on weight buffer 0
+    def start_block(block, turn):
+        """A block's routing metadata, its first gate/up weight chunk and the row gathers of its first token tiles
+        (for this core's next block: during the previous block's last gate/up chunk, so the loads overlap its
+        matmuls)."""
+        # this block's copy of the per-block tiles (the next block fills the other one)
+        token_ids = token_ids_slots[turn % 2]
+        pad_shift = pad_shift_slots[turn % 2]
+        out_ids = out_ids_slots[turn % 2]
+        expert = expert_slots[turn % 2]
+        weight_expert = weight_expert_slots[turn % 2]
+        reuse_expert = reuse_expert_slots[turn % 2]
+        slot_ids = slot_ids_slots[turn % 2]
+        tile_real = tile_real_slots[turn % 2]
+        block_empty = block_empty_slots[turn % 2]
+        expert_bcast = expert_bcast_slots[turn % 2]
+        affinity_index = affinity_index_slots[turn % 2]
+        affinity = affinity_slots[turn % 2]
+        tile_active = (tile_active0, tile_active1)[turn % 2]
         # -- routing metadata: token ids [128, TOKEN_TILES] (slot t*128 + p at [p, t]) and the expert
-        # this block's metadata (prefetched) into the working tiles, then the next block's prefetch
-        nisa.tensor_copy(dst=token_ids, src=token_ids_next, engine=nisa.gpsimd_engine)
-        nisa.tensor_copy(dst=slot_ids, src=slot_ids_next, engine=nisa.gpsimd_engine)
-        nisa.tensor_copy(dst=expert, src=expert_next, engine=nisa.gpsimd_engine)
-        nisa.tensor_copy(dst=expert_bcast, src=expert_bcast_next, engine=nisa.gpsimd_engine)
-        nisa.dma_copy(dst=token_ids_next, src=token_blocks.ap(pattern=[[1, 128], [128, TOKEN_TILES]], offset=BLOCK_STEP * B,
-                                                              scalar_offset=block, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-        nisa.dma_copy(dst=slot_ids_next, src=token_blocks.ap(pattern=[[B, 1], [128, TOKEN_TILES], [1, 128]], offset=BLOCK_STEP * B,
-                                                             scalar_offset=block, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-        nisa.dma_copy(dst=expert_next, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=BLOCK_STEP, scalar_offset=block,
-                                                              indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-        nisa.dma_copy(dst=expert_bcast_next, src=block_to_expert.ap(pattern=[[0, 128], [1, 1]], offset=BLOCK_STEP, scalar_offset=block,
-                                                                    indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+        nisa.dma_copy(dst=token_ids, src=token_position_to_id.ap(pattern=[[1, 128], [128, TOKEN_TILES]], offset=block * B))
         # output rows: padding slots (id T) become -1 so that the output DMAs skip them
         nisa.tensor_scalar(dst=pad_shift, data=token_ids, op0=nl.equal, operand0=float(T), op1=nl.multiply,
                            operand1=float(-(T + 1)))
         nisa.tensor_tensor(dst=out_ids, data1=token_ids, data2=pad_shift, op=nl.add)
         # -- padding tiles: tile_active[t] = 1 when one of tile t's 128 slots holds a token (id < T)
+        nisa.dma_copy(dst=slot_ids, src=token_position_to_id.ap(pattern=[[B, 1], [128, TOKEN_TILES], [1, 128]], offset=block * B))
         nisa.tensor_scalar(dst=slot_ids, data=slot_ids, op0=nl.less, operand0=float(T))
         nisa.tensor_reduce(dst=tile_real, op=nl.max, data=slot_ids, axis=2)
         for t in range(TOKEN_TILES):
             nisa.register_load(tile_active[t], tile_real[0:1, t:t + 1])
+        nisa.dma_copy(dst=expert, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=block))
         # weight_expert = expert, or expert + E (out of bounds: the weight DMAs are skipped) for a block of padding only
         nisa.tensor_reduce(dst=block_empty, op=nl.max, data=tile_real, axis=1)
         nisa.tensor_scalar(dst=block_empty, data=block_empty, op0=nl.subtract, operand0=1.0, op1=nl.multiply, operand1=float(-E))
         nisa.tensor_tensor(dst=weight_expert, data1=expert, data2=block_empty, op=nl.add)
         # -- affinities [128, TOKEN_TILES] fp32: expert_affinities_masked[id * E + e]
+        nisa.dma_copy(dst=expert_bcast, src=block_to_expert.ap(pattern=[[0, 128], [1, 1]], offset=block))
         nisa.tensor_scalar(dst=affinity_index, data=token_ids, op0=nl.multiply, operand0=float(E),
                            op1=nl.add, operand1=expert_bcast)
         for t in range(TOKEN_TILES):
             nisa.dma_copy(dst=affinity[:, t:t + 1],
                           src=expert_affinities_masked.ap(pattern=[[1, 128], [1, 1]], offset=0,
                                                           vector_offset=affinity_index[:, t:t + 1], indirect_dim=0))
-        # -- transpose the block's token rows (gathered one block ahead): xT [H (partitions), H tile, B]
+        # reuse_expert = weight_expert, or out of bounds (+E: the DMAs are skipped) when this core's previous block had
+        # the same expert: the first two chunks of each weight are that block's last two, still in their buffers
+        if turn > 0:
+            nisa.tensor_tensor(dst=reuse_expert, data1=expert, data2=weight_expert_slots[(turn + 1) % 2], op=nl.equal)
+            nisa.scalar_tensor_tensor(dst=reuse_expert, data=reuse_expert, op0=nl.multiply, operand0=float(E),
+                                      op1=nl.add, operand1=weight_expert)
+        else:
+            nisa.tensor_copy(dst=reuse_expert, src=weight_expert)
+        for load_position in (1,):  # the other of the first two: continue_block
+            if load_position < len(GATE_UP_CHUNKS):
+                load_chunk0, load_cols = GATE_UP_CHUNKS[_order(turn, load_position, len(GATE_UP_CHUNKS))][0:2]
+                w_load = w_gate_up_slots[_slot(turn, load_position, len(GATE_UP_CHUNKS))]
+                nisa.dma_copy(dst=w_load[:, 0:H_FULL_TILES, :, 0:load_cols],
+                              src=gate_up_proj_weight.ap(pattern=[[2 * I_TP, 128], [128 * 2 * I_TP, H_FULL_TILES], [I_TP, 2], [1, load_cols]],
+                                                         offset=i_base + load_chunk0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+
+        for t in range(PRE_GATHERED):
+            x_rows = x_rows_slots[t % 2]
+            def gather_first_rows(_iteration):  # runs only when tile t holds a token
+                nisa.dma_copy(dst=x_rows, src=hidden_states.ap(pattern=[[H, 128], [1, H]], offset=0,
+                                                               vector_offset=token_ids[:, t:t + 1], indirect_dim=0))
+
+            nl.fori_loop(0, tile_active[t], gather_first_rows)
+
+
+    def continue_block(block, turn, h_lo, h_hi):
+        """H tiles [h_lo, h_hi) of a block's second gate/up weight chunk (for this core's next block: in pieces during
+        the previous block's down chunks, so no single long transfer holds back a down weight chunk)."""
+        # this block's copy of the per-block tiles (the next block fills the other one)
+        token_ids = token_ids_slots[turn % 2]
+        pad_shift = pad_shift_slots[turn % 2]
+        out_ids = out_ids_slots[turn % 2]
+        expert = expert_slots[turn % 2]
+        weight_expert = weight_expert_slots[turn % 2]
+        reuse_expert = reuse_expert_slots[turn % 2]
+        slot_ids = slot_ids_slots[turn % 2]
+        tile_real = tile_real_slots[turn % 2]
+        block_empty = block_empty_slots[turn % 2]
+        expert_bcast = expert_bcast_slots[turn % 2]
+        affinity_index = affinity_index_slots[turn % 2]
+        affinity = affinity_slots[turn % 2]
+        tile_active = (tile_active0, tile_active1)[turn % 2]
+        for load_position in (0,):
+            if load_position < len(GATE_UP_CHUNKS):
+                load_chunk0, load_cols = GATE_UP_CHUNKS[_order(turn, load_position, len(GATE_UP_CHUNKS))][0:2]
+                w_load = w_gate_up_slots[_slot(turn, load_position, len(GATE_UP_CHUNKS))]
+                if h_hi > h_lo:
+                    nisa.dma_copy(dst=w_load[:, h_lo:h_hi, :, 0:load_cols],
+                                  src=gate_up_proj_weight.ap(pattern=[[2 * I_TP, 128], [128 * 2 * I_TP, h_hi - h_lo], [I_TP, 2], [1, load_cols]],
+                                                             offset=h_lo * 128 * 2 * I_TP + i_base + load_chunk0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+
+
+    for block in range(core, N, 2):  # this core's blocks
+        # One block: gather its tokens, run expert e's MLP on them, update their output rows.
+        turn = block // 2  # blocks this core ran before (weight buffers alternate across blocks)
+        zero_now, zeroed = ([] if zeroed else zero_pieces), True  # this core's first block clears the accumulator
+        # this block's copy of the per-block tiles (the next block fills the other one)
+        token_ids = token_ids_slots[turn % 2]
+        pad_shift = pad_shift_slots[turn % 2]
+        out_ids = out_ids_slots[turn % 2]
+        expert = expert_slots[turn % 2]
+        weight_expert = weight_expert_slots[turn % 2]
+        reuse_expert = reuse_expert_slots[turn % 2]
+        slot_ids = slot_ids_slots[turn % 2]
+        tile_real = tile_real_slots[turn % 2]
+        block_empty = block_empty_slots[turn % 2]
+        expert_bcast = expert_bcast_slots[turn % 2]
+        affinity_index = affinity_index_slots[turn % 2]
+        affinity = affinity_slots[turn % 2]
+        tile_active = (tile_active0, tile_active1)[turn % 2]
+        if turn == 0:  # this core's first block starts here, every later one during the previous block
+            start_block(block, turn)
+            continue_block(block, turn, 0, H_FULL_TILES)
+        # -- gather the block's token rows and transpose them: xT [H (partitions), H tile, B]
         for t in range(TOKEN_TILES):
-            x_rows = x_rows_slots[t]
-            def transpose_tile(_iteration):  # runs only when tile t holds a token
+            x_rows = x_rows_slots[t % 2]
+            def gather_tile(_iteration):  # runs only when tile t holds a token
+                if t >= PRE_GATHERED:  # the first tiles' rows were gathered when the block started
+                    nisa.dma_copy(dst=x_rows, src=hidden_states.ap(pattern=[[H, 128], [1, H]], offset=0,
+                                                                   vector_offset=token_ids[:, t:t + 1], indirect_dim=0))
+
                 for g0 in range(0, H_FULL_TILES, 4):
                     x_psum = x_psum_pipe[(g0 // 4) % len(x_psum_pipe)]
                     group = min(4, H_FULL_TILES - g0)
@@ -236,27 +317,42 @@ def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, 
                         h0 = (g0 + j) * 128
                         nisa.nc_transpose(dst=x_psum[:, j, :], data=x_rows[:, h0:h0 + 128])
                     nisa.tensor_copy(dst=xT[:, g0:g0 + group, t * 128:(t + 1) * 128], src=x_psum[:, 0:group, :], engine=X_COPY_ENGINES[(g0 // 4) % len(X_COPY_ENGINES)])
-            nl.fori_loop(0, tile_active[t], transpose_tile)
-        # -- the next block's token rows (ids prefetched above), while this block computes
-        for t in range(TOKEN_TILES):
-            nisa.dma_copy(dst=x_rows_slots[t], src=hidden_states.ap(pattern=[[H, 128], [1, H]], offset=0,
-                                                                    vector_offset=token_ids_next[:, t:t + 1], indirect_dim=0))
+            nl.fori_loop(0, tile_active[t], gather_tile)
 
 
         # -- gate/up projections, activation, gating: hT [I (partitions), I tile, B]
         for chunk_position in range(len(GATE_UP_CHUNKS)):
             chunk_index = _order(turn, chunk_position, len(GATE_UP_CHUNKS))
             chunk0, chunk_cols, first_tile, chunk_tiles = GATE_UP_CHUNKS[chunk_index]
-            # weight prefetch: chunks 0 and 1 first, then chunk c + 1 before chunk c's matmuls (into the other buffer)
-            for load_position in ((0, 1) if chunk_position == 0 else (chunk_position + 1,)):
+            # weight prefetch: chunks 0 and 1 first (when the block started), then chunk c + 1 before chunk c's matmuls (into the other buffer)
+            for load_position in (() if chunk_position == 0 else (chunk_position + 1,)):
                 if load_position < len(GATE_UP_CHUNKS):
                     load_chunk0, load_cols = GATE_UP_CHUNKS[_order(turn, load_position, len(GATE_UP_CHUNKS))][0:2]
                     w_load = w_gate_up_slots[_slot(turn, load_position, len(GATE_UP_CHUNKS))]
                     nisa.dma_copy(dst=w_load[:, 0:H_FULL_TILES, :, 0:load_cols],
                                   src=gate_up_proj_weight.ap(pattern=[[2 * I_TP, 128], [128 * 2 * I_TP, H_FULL_TILES], [I_TP, 2], [1, load_cols]],
-                                                             offset=i_base + load_chunk0, scalar_offset=weight_expert, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                                                             offset=i_base + load_chunk0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
 
             w_gate_up = w_gate_up_slots[_slot(turn, chunk_position, len(GATE_UP_CHUNKS))]
+            for r0, rows, z0, cols in zero_now[chunk_position::len(GATE_UP_CHUNKS)]:
+                nisa.dma_copy(dst=partials[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
+
+            if chunk_position == len(GATE_UP_CHUNKS) - 1:
+                # the down phase's first chunks, and this core's next block: metadata, a first weight chunk, first rows
+                for load_position in range(min(2, len(DOWN_CHUNKS))):
+                    load_d0, load_ds = DOWN_CHUNKS[_order(turn, load_position, len(DOWN_CHUNKS))]
+                    w_load = w_down_slots[_slot(turn, load_position, len(DOWN_CHUNKS))]
+                    nisa.dma_copy(dst=w_load[:, 0:I_FULL_TILES, 0:load_ds],
+                                  src=down_proj_weight.ap(pattern=[[H, 128], [128 * H, I_FULL_TILES], [1, load_ds]],
+                                                          offset=i_base * H + h_base + load_d0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                    rows_read = out_rows_slots[_slot(turn, load_position, len(DOWN_CHUNKS))]
+                    for t in range(TOKEN_TILES):
+                        def read_tile(_iteration):  # runs only when tile t holds a token
+                            nisa.dma_copy(dst=rows_read[:, t, 0:load_ds], src=partials.ap(pattern=[[H, 128], [1, load_ds]], offset=acc_row0 * H + h_base + load_d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                        nl.fori_loop(0, tile_active[t], read_tile)
+
+                if block + 2 < N:
+                    start_block(block + 2, turn + 1)
             for tile_index in range(first_tile, first_tile + chunk_tiles):
                 i0, i_size = I_TILES[tile_index]
                 w_tile = w_gate_up[:, :, :, i0 - chunk0:i0 - chunk0 + i_size]
@@ -280,26 +376,34 @@ def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, 
                         nisa.tensor_tensor(dst=h_chunk, data1=act_tile[0:i_size, 0:cs], data2=up_psum[0:i_size, 0:cs], op=nl.multiply)
                     nl.fori_loop(0, tile_active[t], gate_up_tile)
         # -- down projection [tokens (partitions), H chunk], epilogue, output rows
-        # The down phase reads its own copy of the row ids: the next block's metadata (one copy in this loop body)
-        # then waits only for this copy, not for this block's last output update.
-        nisa.tensor_copy(dst=out_ids_down, src=out_ids, engine=nisa.gpsimd_engine)
         for d_position in range(len(DOWN_CHUNKS)):
             d0, ds = DOWN_CHUNKS[_order(turn, d_position, len(DOWN_CHUNKS))]
-            # prefetch (weights): chunks 0 and 1 first,
+            # prefetch (weights and output rows, so the add below never waits for HBM): chunks 0 and 1 during the last gate/up chunk,
             # then chunk d + 1 before chunk d's matmuls (into the other copy)
-            for load_position in ((0, 1) if d_position == 0 else (d_position + 1,)):
+            for load_position in (() if d_position == 0 else (d_position + 1,)):
                 if load_position < len(DOWN_CHUNKS):
                     load_d0, load_ds = DOWN_CHUNKS[_order(turn, load_position, len(DOWN_CHUNKS))]
                     w_load = w_down_slots[_slot(turn, load_position, len(DOWN_CHUNKS))]
                     nisa.dma_copy(dst=w_load[:, 0:I_FULL_TILES, 0:load_ds],
                                   src=down_proj_weight.ap(pattern=[[H, 128], [128 * H, I_FULL_TILES], [1, load_ds]],
-                                                          offset=i_base * H + h_base + load_d0, scalar_offset=weight_expert, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                                                          offset=i_base * H + h_base + load_d0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                    rows_read = out_rows_slots[_slot(turn, load_position, len(DOWN_CHUNKS))]
+                    for t in range(TOKEN_TILES):
+                        def read_tile(_iteration):  # runs only when tile t holds a token
+                            nisa.dma_copy(dst=rows_read[:, t, 0:load_ds], src=partials.ap(pattern=[[H, 128], [1, load_ds]], offset=acc_row0 * H + h_base + load_d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                        nl.fori_loop(0, tile_active[t], read_tile)
 
             w_down = w_down_slots[_slot(turn, d_position, len(DOWN_CHUNKS))]
+            out_rows_block = out_rows_slots[_slot(turn, d_position, len(DOWN_CHUNKS))]
+            if block + 2 < N and d_position in NEXT_CHUNK_PIECES:  # this core's next block: its other
+                next_piece, pieces = NEXT_CHUNK_PIECES.index(d_position), len(NEXT_CHUNK_PIECES)  # first chunk, piecewise
+                continue_block(block + 2, turn + 1, next_piece * H_FULL_TILES // pieces,
+                               (next_piece + 1) * H_FULL_TILES // pieces)
             for t in range(TOKEN_TILES):
                 pipe = (d_position * TOKEN_TILES + t) % 2  # this step's PSUM and output scratch copy
                 down_psum = down_psum_pipe[pipe]
                 y_out = y_out_pipe[pipe]
+                out_rows = out_rows_block[:, t, :]
                 def down_tile(_iteration):  # runs only when tile t holds a token
                     h_tile = hT[:, :, t * 128:(t + 1) * 128]
                     for i_index, (i0, i_size) in enumerate(I_TILES):
@@ -307,39 +411,14 @@ def prefill_tuned(hidden_states, expert_affinities_masked, gate_up_proj_weight, 
                                        moving=w_down[0:i_size, i_index, 0:0 + ds], accumulate=i_index > 0)
                     # y = round(down PSUM * affinity): the evacuation and the scaling in one ScalarE instruction
                     nisa.activation(dst=y_out[:, 0:ds], op=nl.copy, data=down_psum[:, 0:ds], scale=affinity[:, t:t + 1])
-                    # rows += y_out, read-modify-write inside the DMA engine (fp32 add, rounded to the output dtype)
-                    nisa.dma_compute(dst=partials.ap(pattern=[[H, 128], [1, ds]], offset=acc_row0 * H + h_base + d0, vector_offset=out_ids_down[:, t:t + 1], indirect_dim=0), srcs=[partials.ap(pattern=[[H, 128], [1, ds]], offset=acc_row0 * H + h_base + d0, vector_offset=out_ids_down[:, t:t + 1], indirect_dim=0), y_out[:, 0:ds]], reduce_op=nl.add, oob_mode=nisa.oob_mode.skip)
+                    nisa.tensor_tensor(dst=out_rows[:, 0:ds], data1=out_rows[:, 0:ds], data2=y_out[:, 0:ds], op=nl.add)
+                    nisa.dma_copy(dst=partials.ap(pattern=[[H, 128], [1, ds]], offset=acc_row0 * H + h_base + d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), src=out_rows[:, 0:ds], oob_mode=nisa.oob_mode.skip)
                 nl.fori_loop(0, tile_active[t], down_tile)
 
-    # Blocks [0, ceil(T*K/B)) surely hold tokens: a trace-time loop. The rest run in a runtime loop
-    # bounded by sum(conditions), so fully padded blocks cost nothing.
-    static_blocks = min(N, (T * TOP_K + B - 1) // B)
-    block_register = nisa.register_alloc(0)
-    nisa.register_move(block_register, core)  # this core's first block
-    nisa.dma_copy(dst=token_ids_next, src=token_blocks.ap(pattern=[[1, 128], [128, TOKEN_TILES]], offset=0 * B,
-                                                          scalar_offset=block_register, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-    nisa.dma_copy(dst=slot_ids_next, src=token_blocks.ap(pattern=[[B, 1], [128, TOKEN_TILES], [1, 128]], offset=0 * B,
-                                                         scalar_offset=block_register, indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-    nisa.dma_copy(dst=expert_next, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=0, scalar_offset=block_register,
-                                                          indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-    nisa.dma_copy(dst=expert_bcast_next, src=block_to_expert.ap(pattern=[[0, 128], [1, 1]], offset=0, scalar_offset=block_register,
-                                                                indirect_dim=0), oob_mode=nisa.oob_mode.skip)
-    for t in range(TOKEN_TILES):
-        nisa.dma_copy(dst=x_rows_slots[t], src=hidden_states.ap(pattern=[[H, 128], [1, H]], offset=0,
-                                                                vector_offset=token_ids_next[:, t:t + 1], indirect_dim=0))
-    # Each core runs its own blocks (core c: c, c+2, ...), so the two cores' runtime trip counts differ:
-    # an LNC=2 program holds one instruction stream per core, and no cross-core instruction is in a loop.
-    for b in range(core, static_blocks, 2):
-        nisa.register_move(block_register, b)
-        process_block(block_register)
-    condition_tile = nl.ndarray((1, N + 1), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.dma_copy(dst=condition_tile, src=conditions.ap(pattern=[[0, 1], [1, N + 1]], offset=0))
-    real_blocks = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.tensor_reduce(dst=real_blocks, op=nl.add, data=condition_tile, axis=1)
-    real_block_count = nisa.register_alloc(0)
-    nisa.register_load(real_block_count, real_blocks)
-    first_dynamic = static_blocks + (core - static_blocks) % 2  # this core's first block at or after static_blocks
-    nl.fori_loop(first_dynamic, real_block_count, process_block, step=2)
+
+    if not zeroed:  # this core ran no block: its accumulator is still cleared
+        for r0, rows, z0, cols in zero_pieces:
+            nisa.dma_copy(dst=partials[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
 
     # out = partial of core 0 + partial of core 1; each core adds every other 128-row tile.
     nisa.core_barrier(data=partials, cores=(0, 1))
