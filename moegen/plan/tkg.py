@@ -1283,7 +1283,7 @@ def _distinct_buffers(p: TkgPlan) -> list[Buffer]:
         Buffer("earlier + slot_iota + slot_onehot", "sbuf", el, el * 4, count=3),
         Buffer("distinct_psum", "psum", el, (el + 3) * 4),
         Buffer("distinct_ids", "sbuf", 1, (el + 1) * 4),
-        Buffer("expert_id", "sbuf", 1, 4),
+        Buffer("expert_id + next_expert_id", "sbuf", 1, 4, count=2),
     ]
     if scale != "none":
         buffers.append(Buffer("routing_scale", "sbuf", tt, el * 4))
