@@ -1,15 +1,16 @@
 """Plan choices made by the timeline model, recorded beside the spec in `SPEC.choices.json`.
 
-A kernel marked `tuned` takes its `auto` options (the family's `TUNABLE` options the spec leaves at
-auto) from the record `moegen tune SPEC --write` made by modeling the legal candidates
-(moegen/tune.py). A build only reads the record: it never simulates, so `moegen build` / `moegen check`
+A kernel marked `tuned` takes the options it leaves at `auto` (tkg: mode, shard, gate_up_loop,
+weight_buffers, down_columns; cte: shard, block, loop, weights) from the record `moegen tune SPEC
+--write` made by modeling the legal candidates (moegen/tune.py). A build only reads the record: it never simulates, so `moegen build` / `moegen check`
 stay as fast as before, and the output depends only on the spec and the checked-in record (same bytes
 every time). Each record carries a fingerprint of what the choice depends on (the layer, the kernel's
 family and options); a tuned kernel whose record is missing or whose fingerprint differs fails to
 plan, naming the command that refreshes it, so `moegen check` fails too.
 
 File format (sorted keys, deterministic): {"kernels": {NAME: {"fingerprint", "tokens", "target",
-"chosen": {option: value}, "table": [{"options", "modeled_us", "roofline", ...}, fastest first]}}}.
+"chosen": {option: value}, "table": [{"options", "label" (cte: what the plan resolved), "modeled_us",
+"per_tokens": [{"tokens", "modeled_us", "roofline", "bound", ...}]}, fastest first]}}}.
 Every time in it is **modeled** (moegen.perf), not measured.
 """
 
@@ -101,10 +102,12 @@ def resolve(spec_path: str | Path, layer: Layer, variant: Variant) -> tuple[Vari
     options.update(chosen)
     table = entry.get("table", [])
     spelled = " ".join(f"{k}={v}" for k, v in sorted(chosen.items())) or "(the rule's values)"
+    if table and table[0].get("label"):  # cte: the whole plan the choice resolves to
+        spelled = table[0]["label"]
     at = "T=" + " + ".join(str(t) for t in entry["tokens"])
     why = f"{spelled}: {table[0]['modeled_us']:.1f} us modeled at {at} ({entry['target']})" if table else spelled
     if len(table) > 1:
-        other = " ".join(f"{k}={v}" for k, v in sorted(table[1]["options"].items()))
+        other = table[1].get("label") or " ".join(f"{k}={v}" for k, v in sorted(table[1]["options"].items()))
         why += f"; runner-up {other}: {table[1]['modeled_us']:.1f} us"
     why += f"; {len(table)} candidates in {choices_path(spec_path).name} (moegen tune --write)"
     return dataclasses.replace(variant, options=options), ("model's choice", why)

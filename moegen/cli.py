@@ -339,7 +339,8 @@ def cmd_tune(args) -> int:
         print(error, file=sys.stderr)
         return EXIT_SPEC_ERROR
     if not tuned:
-        print(f"{args.spec}: error: no tkg kernel{f' named {args.variant!r}' if args.variant else ''}", file=sys.stderr)
+        named = f" named {args.variant!r}" if args.variant else ""
+        print(f"{args.spec}: error: no tkg or cte kernel{named} to tune", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -440,16 +441,21 @@ def parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser(
         "tune",
-        help="model the plan candidates of the tkg kernels at a token count (modeled, not measured)",
+        help="model the plan candidates of the tkg and cte kernels at a token count (modeled, not measured)",
         description="Plan, generate and model the candidates of each tkg kernel (mode, LNC split, gate/up "
-        "loop, weight buffers, down columns: the options the spec leaves at auto, one axis at a time); "
-        "print them fastest first (chosen, runner-up) or why one is refused. --write records the choice "
-        "of each `tuned` kernel in SPEC.choices.json, which builds read.",
+        "loop, weight buffers, down columns) and of each cte kernel with an option at auto (LNC split, block, "
+        "loop, resident or streamed weights; an untuned cte kernel named by --variant is shown every axis): "
+        "the options the spec leaves at auto, one axis at a time; print them fastest first (chosen, "
+        "runner-up) or why one is refused. --write records the choice of each `tuned` kernel in "
+        "SPEC.choices.json, which builds read.",
     )
     tune.add_argument("spec", metavar="SPEC")
     tune.add_argument("--variant", metavar="V", help="only this kernel")
     tune.add_argument(
-        "--tokens", type=_positive_int, default=None, help="token count (default: the kernel's tokens<= bound)"
+        "--tokens",
+        type=_positive_int,
+        default=None,
+        help="token count (default: tkg T=1 and its tokens<= bound; cte its tune_tokens, 4096 unless set)",
     )
     tune.add_argument("--write", action="store_true", help="record the tuned kernels' choices in SPEC.choices.json")
     tune.set_defaults(run=cmd_tune)

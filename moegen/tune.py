@@ -1,18 +1,22 @@
 """`moegen tune`: plan choices made by the timeline model (every time printed is **modeled**).
 
-For each tkg kernel of a spec (or the one named), the options the spec leaves at `auto` are searched one
-axis at a time, in a fixed order (mode, shard, gate_up_loop, weight_buffers, down_columns): each value of
-the axis is planned with the best values found so far for the earlier axes (a refused plan is listed with
-its reason), rendered into a scratch folder, run on the verify harness's seeded inputs and modeled by
-moegen.perf at T=1 and at the kernel's token bound (or the one `--tokens` names); the least summed time stays (ties: the earlier value). A kernel that names its
-mode is still shown the modes (advice), unless it is `tuned`. The whole table is printed fastest first
-("chosen", "runner-up"); `--write` records the choice of each `tuned` kernel in SPEC.choices.json
-(moegen/choices.py), which builds read without simulating anything.
+For each tkg kernel and each `tuned` cte kernel of a spec, or the one kernel named, the
+options the spec leaves at `auto` are searched one axis at a time, in a fixed order (tkg: mode, shard,
+gate_up_loop, weight_buffers, down_columns; cte: shard, block, loop, weights): each value of the axis is
+planned with the best values found so far for the earlier axes (a refused plan is listed with its
+reason), rendered into a scratch folder, run on the verify harness's seeded inputs and modeled by
+moegen.perf at the token counts (tkg: T=1 and the kernel's token bound; cte: its `tune_tokens`, 4096 by
+default; or the one `--tokens` names); the least summed time stays (ties: the earlier value).
+Candidates that generate the same kernel are one row. A tkg kernel that names its mode is still shown the
+modes, and an untuned cte kernel named by `--variant` every cte axis (advice), unless it is `tuned`. The
+whole table is printed fastest first ("chosen", "runner-up"); `--write` records the choice of each
+`tuned` kernel in SPEC.choices.json (moegen/choices.py), which builds read without simulating anything.
 
 A coordinate search, not the full product: 3 modes x 3 shards x 2 loops x 3 depths x 2 widths would be
-108 simulations per kernel; the axes are nearly independent (the mode sets the weight bytes, the rest
-how fast they stream), so ~13 simulations find the same optimum on the specs we have.
-"""
+108 simulations per tkg kernel; the axes are nearly independent (the mode sets the weight bytes, the rest
+how fast they stream), so ~13 simulations find the same optimum on the specs we have. A cte kernel at
+LNC 2 has at most 7 distinct candidates (each axis's value equal to the best so far is not simulated
+again), against 32 in the product."""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from moegen import choices
 from moegen.codegen.render import render
 from moegen.compiler import families, load_spec
 from moegen.plan.common import KernelPlan, PlanError, check_budget
+from moegen.plan.cte import AUTO_RULES
 
 CANDIDATE_MODES = ("selective", "distinct", "all_experts")
 # (option, candidate option sets); an axis is searched when the spec leaves its option at auto
@@ -41,6 +46,16 @@ TKG_AXES = (
     ("weight_buffers", ({"weight_buffers": 2}, {"weight_buffers": 4}, {"weight_buffers": 8})),
     ("down_columns", ({"down_columns": 1024}, {"down_columns": 2048})),
 )
+# cte (prefill): the LNC split first (it sets each core's share of the work), then the block size, the
+# loop, and whether an expert's weights stay resident (one buffer) or stream in double-buffered chunks.
+# Block 128..1024: the option's legal range (the plan refuses one whose buffers do not fit SBUF).
+CTE_AXES = (
+    ("shard", ({"shard": "block"}, {"shard": "intermediate"})),
+    ("block", ({"block": 128}, {"block": 256}, {"block": 512}, {"block": 1024})),
+    ("loop", ({"loop": "static"}, {"loop": "hybrid"})),
+    ("weights", ({"weights": "resident"}, {"weights": "stream"})),
+)
+TUNED_FAMILIES = ("tkg", "cte")
 
 
 @dataclass(frozen=True)
@@ -54,11 +69,28 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        if self.plan is not None and self.plan.family == "cte":  # the plan's values, rules resolved
+            return cte_label(self.plan)
         return " ".join(f"{k}={str(v).lower()}" for k, v in sorted(self.options.items())) or "(spec)"
 
 
+def cte_label(plan) -> str:
+    """What the cte axes resolved to in `plan`, and the gate/up chunk width the plan fitted."""
+    weights = "resident" if plan.resident_weights else f"stream (chunks of {plan.gate_up_chunk_cols} I)"
+    loop = "hybrid" if plan.hybrid else "static"
+    return f"shard={plan.shard} block={plan.block} loop={loop} weights={weights}"
+
+
 def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
-    """The axes searched for `variant`: options it leaves at auto (mode also as advice when untuned)."""
+    """The axes searched for `variant`: options it leaves at auto (mode also as advice when untuned; a cte
+    kernel that is not tuned is shown every axis as advice)."""
+    if variant.family == "cte":
+        tuned = variant.options.get("tuned")
+        return [
+            (option, values)
+            for option, values in CTE_AXES
+            if (variant.options.get(option) == "auto" or not tuned) and (option != "shard" or variant["lnc"] == 2)
+        ]
     found = []
     for option, values in TKG_AXES:
         value = variant.options.get(option)
@@ -73,14 +105,26 @@ def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
     return found
 
 
+def start_values(variant) -> dict:
+    """The values a search starts from: a cte kernel's searched options at the spec's values, or the rule's
+    for those at auto, so every candidate (and so the recorded choice) names them and an untuned kernel's
+    first candidate is its own plan; a tkg search starts from the spec's options."""
+    if variant.family != "cte":
+        return {}
+    searched = {name for name, _ in axes(variant)}
+    start = {name: variant.options.get(name) for name in AUTO_RULES if name in searched}
+    return {name: AUTO_RULES[name] if value == "auto" else value for name, value in start.items()}
+
+
 def plan_candidate(spec, variant, options: dict) -> Candidate:
     """The kernel with `options` over its spec options (the tuned flag dropped: nothing to resolve)."""
     family = families()[variant.family]
     merged = {**variant.options, "tuned": False, **options}
-    if merged.get("mode") != "all_experts":
-        merged["mask_unselected"] = options.get("mask_unselected", False)
-    else:
-        merged["eager"] = False
+    if variant.family == "tkg":
+        if merged.get("mode") != "all_experts":
+            merged["mask_unselected"] = options.get("mask_unselected", False)
+        else:
+            merged["eager"] = False
     try:
         plan = family.plan(spec.layer, replace(variant, options=merged))
         check_budget(plan)
@@ -95,24 +139,33 @@ def plan_candidate(spec, variant, options: dict) -> Candidate:
 @dataclass(frozen=True)
 class Row:
     """A candidate's modeled figures: the sum of its times over the token counts (the objective), and
-    per token count (us, roofline fraction, HBM actual / minimum)."""
+    per token count (us, roofline fraction, HBM actual / minimum, bounding engine)."""
 
     candidate: Candidate
     modeled_us: float = float("inf")
-    per_tokens: tuple[tuple[int, float, float, float], ...] = ()
+    per_tokens: tuple[tuple[int, float, float, float, str], ...] = ()
 
     def record(self) -> dict:
         return {
             "options": self.candidate.options,
+            **({"label": self.candidate.label} if self.candidate.plan.family == "cte" else {}),
             "modeled_us": round(self.modeled_us, 1),
             "per_tokens": [
-                {"tokens": t, "modeled_us": round(us, 1), "roofline": round(r, 3), "hbm_actual_over_min": round(h, 2)}
-                for t, us, r, h in self.per_tokens
+                {
+                    "tokens": t,
+                    "modeled_us": round(us, 1),
+                    "roofline": round(r, 3),
+                    "hbm_actual_over_min": round(h, 2),
+                    "bound": bound,
+                }
+                for t, us, r, h, bound in self.per_tokens
             ],
         }
 
     def text(self) -> str:
-        return "  ".join(f"T={t}: {us:8.1f} us roofline {r:.3f} HBM {h:.2f}x" for t, us, r, h in self.per_tokens)
+        return "  ".join(
+            f"T={t}: {us:8.1f} us roofline {r:.3f} bound {bound} HBM {h:.2f}x" for t, us, r, h, bound in self.per_tokens
+        )
 
 
 def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Path) -> list[Row]:
@@ -120,7 +173,7 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
     from moegen.verify.profile import profile_plan
 
     rows: dict[str, Row] = {}
-    best: dict = {}
+    best = start_values(variant)
     for _, values in axes(variant):
         axis_rows = []
         for value in values:
@@ -138,10 +191,10 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
                 path.write_text(key)
                 figures = []
                 for count in tokens:
-                    report, _, _ = profile_plan(candidate.plan, path, count)
+                    report, _, _ = profile_plan(candidate.plan, path, count, candidate.plan.target)
                     ratio = report.hbm_bytes / max(1, report.hbm_min_bytes)
-                    figures.append((count, report.modeled_us, report.roofline_fraction, ratio))
-                rows[key] = Row(candidate, sum(us for _, us, _, _ in figures), tuple(figures))
+                    figures.append((count, report.modeled_us, report.roofline_fraction, ratio, report.bound))
+                rows[key] = Row(candidate, sum(figure[1] for figure in figures), tuple(figures))
             axis_rows.append(rows[key])
         winner = min(axis_rows, key=lambda row: row.modeled_us)  # min keeps the first of equals
         if winner.modeled_us < float("inf"):
@@ -150,31 +203,54 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
     return ordered
 
 
+def token_counts(variant, tokens: int | None) -> tuple[int, ...]:
+    """The token counts a kernel's candidates are modeled at: `--tokens`, else T=1 and the tkg kernel's
+    bound (decode), or the cte kernel's `tune_tokens` (prefill)."""
+    if tokens:
+        return (tokens,)
+    if variant.family == "cte":
+        return (variant["tune_tokens"],)
+    return tuple(sorted({1, variant.options["tokens"]}))
+
+
+def kernels_to_tune(spec, variant_name: str | None) -> list:
+    """The named kernel (tkg or cte), else every tkg kernel and every `tuned` cte kernel (a real-shape
+    prefill simulation takes about a minute: untuned cte kernels are shown their candidates when named)."""
+    if variant_name is not None:
+        return [v for v in spec.variants if v.family in TUNED_FAMILIES and v.name == variant_name]
+    return [v for v in spec.variants if v.family == "tkg" or (v.family == "cte" and v.options.get("tuned"))]
+
+
 def tune(spec_path: Path, variant_name: str | None, tokens: int | None, out=print, write: bool = False) -> int:
-    """Print the candidate table of each tkg kernel (and record tuned ones with `write`); returns the
-    number of kernels tuned."""
+    """Print the candidate table of each kernel (and record tuned ones with `write`); returns the number of
+    kernels tuned."""
     spec = load_spec(spec_path)
-    chosen = [v for v in spec.variants if v.family == "tkg" and variant_name in (None, v.name)]
+    chosen = kernels_to_tune(spec, variant_name)
     record = choices.load(spec_path) if write else {}
     kernels = record.setdefault("kernels", {}) if write else {}
     with tempfile.TemporaryDirectory(prefix="moegen_tune_") as scratch:
         for variant in chosen:
-            counts = (tokens,) if tokens else tuple(sorted({1, variant.options["tokens"]}))
+            counts = token_counts(variant, tokens)
             rows = search(spec, spec_path, variant, counts, Path(scratch))
-            names = ", ".join(name for name, _ in axes(variant)) or "nothing left at auto"
+            searched = axes(variant)
+            names = ", ".join(name for name, _ in searched) or "nothing left at auto"
             at = "T=" + " + ".join(str(t) for t in counts)
-            out(f"{variant.name} (mode={variant.options['mode']} in the spec), {at}, trn2, modeled; searched: {names}")
+            shown = ("mode",) if variant.family == "tkg" else tuple(name for name, _ in searched)
+            in_spec = " ".join(f"{name}={variant.options.get(name)}" for name in shown)
+            target = next((row.candidate.plan.target for row in rows if row.candidate.plan), "trn2")
+            out(f"{variant.name} ({in_spec} in the spec), {at}, {target}, modeled; searched: {names}")
+            width = max([55] + [len(row.candidate.label) for row in rows if row.candidate.plan is not None])
             for rank, row in enumerate(rows):
                 if row.candidate.plan is None:
                     out(f"  {'refused':9} {row.candidate.label}: {row.candidate.refused}")
                     continue
                 mark = "chosen" if rank == 0 else ("runner-up" if rank == 1 else "")
-                out(f"  {mark:9} {row.candidate.label:55} {row.modeled_us:9.1f} us  ({row.text()})")
+                out(f"  {mark:9} {row.candidate.label:{width}} {row.modeled_us:9.1f} us  ({row.text()})")
             if write and variant.options.get("tuned") and rows and rows[0].candidate.plan is not None:
                 kernels[variant.name] = {
                     "fingerprint": choices.fingerprint(spec.layer, variant),
                     "tokens": list(counts),
-                    "target": "trn2",
+                    "target": target,
                     "chosen": rows[0].candidate.applied,
                     "table": [row.record() for row in rows if row.candidate.plan is not None],
                 }

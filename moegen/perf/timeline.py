@@ -171,6 +171,14 @@ def dma_transfer(rec: dict) -> tuple[int, int, bool]:
     return nbytes, descriptors, hbm
 
 
+def dma_compute_streams(rec: dict) -> int:
+    """How many dst-sized streams a DMA moves: one per source for dma_compute (its reduction reads every
+    source), one for every other DMA."""
+    if rec["opcode"] != "dma_compute":
+        return 1
+    return max(1, sum(1 for name in rec["operands"] if name.startswith("srcs[")))
+
+
 def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int = 5) -> Timeline:
     stalls_kept = 16 * n_stalls  # the longest distinct (line, producer) pairs come from these
     """Schedule `trace` (moegen.sim RunResult.trace) on the engines of its cores; see the module doc."""
@@ -233,6 +241,8 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             dur = (nbytes + desc * costs.dma_descriptor_overhead_bytes) / costs.dma_bytes_per_ns
             if on_hbm:  # the cores of the launch share their HBM stack's bandwidth evenly
                 dur = max(dur, nbytes / hbm_share)
+            # dma_compute streams each of its sources through the engine to write dst once
+            dur *= dma_compute_streams(rec)
             t = ready + costs.dma_latency_ns
             s = dma_cal[c].earliest(t, dur)
             if on_hbm:

@@ -24,7 +24,7 @@ The plan resolves every tile, chunk and buffer to numbers; the template only spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moegen.plan import cte_mx
 from moegen.plan.common import (
@@ -48,14 +48,32 @@ from moegen.spec.options import OptionSpec
 
 # SBUF the compiler and runtime keep for themselves (nki-library reserves about 16 KiB per partition).
 SBUF_RESERVED = 16 * 1024
+TUNE_TOKENS = 4096  # the real-shape prefill T of benchmarks/modeled.py
+# What `auto` means without `tuned` (the rule: the values these options defaulted to before `auto`)
+AUTO_RULES = {"block": 512, "shard": "block", "loop": "static"}
 
 OPTIONS = (
     OptionSpec(
+        "tuned",
+        "flag",
+        "the options left at auto (block, shard, loop, weights) take the model's choice recorded in "
+        "SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
+    ),
+    OptionSpec(
+        "tune_tokens",
+        "int",
+        "token count T at which `moegen tune` compares this kernel's candidates (the kernel still takes any T "
+        "up to 32768)",
+        default=TUNE_TOKENS,
+        minimum=1,
+        maximum=32768,
+    ),
+    OptionSpec(
         "shard",
         "choice",
-        "how an LNC=2 kernel splits the work between its two cores",
+        "how an LNC=2 kernel splits the work between its two cores; auto: block (with `tuned`: the model's choice)",
         default="block",
-        choices=("block", "intermediate"),
+        choices=("block", "intermediate", "auto"),
     ),
     OptionSpec(
         "distribute",
@@ -70,19 +88,21 @@ OPTIONS = (
         "loop",
         "choice",
         "static: every block in a trace-time loop; hybrid: a static loop over the "
-        "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions)",
+        "blocks that surely hold tokens, then a runtime loop bounded by sum(conditions); auto: static (with "
+        "`tuned`: the model's choice)",
         default="static",
-        choices=("static", "hybrid"),
+        choices=("static", "hybrid", "auto"),
     ),
     OptionSpec("dropping", "flag", "token-dropping layout: N = E blocks, block i is expert i"),
     OptionSpec(
         "block",
         "int",
-        "tokens per block B",
+        "tokens per block B; auto: 512 (with `tuned`: the model's choice)",
         default=512,
         minimum=128,
         maximum=1024,
         multiple_of=128,
+        auto=True,
         reason="a block is whole 128-token tiles (tokens sit on the 128 partitions for the gather and "
         "the down projection) and at most 1024 tokens, the block layer of the seed",
     ),
@@ -169,7 +189,23 @@ class CtePlan(KernelPlan):
     skip_padding_tiles: bool  # 128-slot tiles holding only padding skip their work (a 0/1 runtime trip count)
     skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
     block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
-    x_psum_slots: int  # PSUM tiles of the token transposes (groups of four alternate): 2, or 1 when exchanging
+    x_psum_slots: int  # PSUM banks of the token transposes (groups of four alternate): 2, or 1 when exchanging
+    x_psum_groups_per_bank: int  # groups of four transposes in flight per PSUM bank (2: each bank's two halves)
+    x_copy_engines: tuple[str, ...]  # engines evacuating the transposes' PSUM groups, alternating
+    down_scale_on_scalar: bool  # one ScalarE activation: y_out = round(down PSUM * affinity), no fp32 copy
+    final_sum_tiles: int  # partial sums: [128, zero_columns] views of xT the final sum cycles through (0: new tiles)
+    # Static block loops (streamed weights): the next block starts inside this one
+    out_prefetch: bool  # accumulating: a down chunk's output rows (every token tile) are read one chunk ahead
+    serpentine: bool  # pipelined: consecutive blocks run weight chunks in opposite orders (reuse on a repeated expert)
+    pipeline_blocks: bool  # metadata, first gathers and weights of a block start in the previous one
+    zero_in_first_block: bool  # the accumulator's zero fill goes out between the first block's gate/up weight loads
+    # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
+    weight_dma_tiles: int = 0  # resident weights: contraction tiles per weight DMA (0: one DMA per tensor)
+    output_dma_add: bool = False  # accumulate into the output rows with dma_compute (scatter read-modify-write)
+    down_ids_copy: bool = False  # the down phase reads its own copy of the output row ids (made before it)
+    metadata_prefetch: bool = False  # each block DMAs the next block's ids and expert into *_next tiles
+    down_whole_rows: bool = False  # per token tile all output columns, then one dma_compute of whole rows
+    gather_prefetch: bool = False  # each block gathers the next block's token rows (one x_rows tile per token tile)
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
@@ -338,6 +374,18 @@ class CtePlan(KernelPlan):
         return tuple(lines)
 
 
+def _final_sum_tiles(possible: bool, h: int, b: int, h_out: int) -> int:
+    """Even count (at most 8) of [128, zero_columns] views that fit xT [128, H tiles, B] for the final sum, or 0.
+
+    At least four (two pairs, so two row pieces are in flight): with one pair every piece waits for the previous
+    piece's output DMA (Qwen3 prefill at block 256 models ~90 us slower than with new tiles per piece)."""
+    zero_columns = min(h_out, ZERO_COLUMNS_MAX)
+    count = min(8, ceil_div(h, CONTRACTION_TILE) * b // zero_columns) // 2 * 2
+    if not possible or count < 4 or (ceil_div(h, CONTRACTION_TILE) * b) % zero_columns:
+        return 0
+    return count
+
+
 def _tiles(total: int, size: int) -> tuple[tuple[int, int], ...]:
     return tuple((start, min(size, total - start)) for start in range(0, total, size))
 
@@ -474,6 +522,11 @@ def _buffers(
     hybrid: bool,
     hybrid_blocks: int,
     skip_tiles: bool,
+    out_prefetch: bool,
+    scale_on_scalar: bool,
+    whole_rows: bool,
+    x_psum_groups: int,
+    hybrid_pipelined: bool,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
@@ -487,14 +540,15 @@ def _buffers(
         Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, slots),
         Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
         Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
-        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, 2),
+        Buffer("x_rows", "sbuf", PARTITIONS, dt * h, max(2, n_t) if hybrid_pipelined else 2),  # hybrid: one per tile
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
         Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
         Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
-        Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2),  # consecutive token tiles alternate
-        Buffer("y_out", "sbuf", PARTITIONS, out_dt * col, 2),
+        *([] if scale_on_scalar else [Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2)]),  # token tiles alternate
+        # (whole rows: [128, H_OUT] per token tile)
+        Buffer("y_out", "sbuf", PARTITIONS, out_dt * (h_out if whole_rows else col), 2),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * min(h_out, ZERO_COLUMNS_MAX)),
     ]
     if mlp.affinity_scale != "none":
@@ -503,8 +557,17 @@ def _buffers(
             Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t, slots),
             Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t, slots),
         ]
-    if accumulate:
+    if out_prefetch:  # a chunk's rows of every token tile, two chunks (read one ahead)
+        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * n_t * col, 2))
+    elif accumulate and not hybrid_pipelined:  # hybrid: dma_compute adds y_out into the rows in HBM
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
+    if hybrid_pipelined:
+        sb += [
+            Buffer("out_ids_down", "sbuf", PARTITIONS, 4 * n_t),  # the down phase's copy of the row ids
+            # the next block's prefetched metadata: token ids, expert broadcast; slot ids and expert on one partition
+            Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
+            Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
+        ]
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -534,8 +597,9 @@ def _buffers(
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
     ps = [
         Buffer("gate_up_psum", "psum", PARTITIONS, 4 * chunk, 2 * mlp.projections),  # gate (and up), double-buffered
-        # four 128x128 transposes per tile, two alternating (one when exchanging: its PSUM goes to other_psum)
-        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE, 1 if exchange else 2),
+        # x_psum_groups groups of four 128x128 transposes per bank, the groups in turn; two banks (one when
+        # exchanging: its PSUM goes to other_psum)
+        Buffer("transpose_psum", "psum", PARTITIONS, dt * 4 * TOKEN_TILE * x_psum_groups, 1 if exchange else 2),
         Buffer("down_psum", "psum", PARTITIONS, 4 * col, 3 if exchange else 2),  # two alternating (+ the other core's)
     ]
     return tuple(sb + ps)
@@ -543,8 +607,21 @@ def _buffers(
 
 def plan(layer: Layer, variant: Variant) -> CtePlan:
     """The routed plan, then its `shared` option resolved (moegen/plan/shared_fusion.py)."""
+    variant, rules = _auto_by_rule(variant)
     routed = _routed_plan(layer, variant)
+    if rules:
+        routed = replace(routed, decisions=(*rules, *routed.decisions))
     return fuse_into_cte(kernel_layer(layer, variant), variant.options, routed)
+
+
+def _auto_by_rule(variant: Variant) -> tuple[Variant, tuple[tuple[str, str], ...]]:
+    """Options still at auto take the rule's value (a `tuned` kernel's record has replaced them before)."""
+    rules = {name: value for name, value in AUTO_RULES.items() if variant.options.get(name) == "auto"}
+    if not rules:
+        return variant, ()
+    spelled = ", ".join(f"{name}={value}" for name, value in rules.items())
+    decision = ("auto by rule", f"{spelled} (untuned: `tuned` takes the timeline model's choice from moegen tune)")
+    return replace(variant, options={**variant.options, **rules}), (decision,)
 
 
 def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
@@ -579,6 +656,17 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     i_tiles = _tiles(i_core, CONTRACTION_TILE)
     capacity = SBUF_BYTES["trn2"] - SBUF_RESERVED
     hybrid_blocks = ceil_div(T_MAX * k - (dims.local_experts - 1), b) + dims.local_experts - 1
+    # The hybrid body is one program for every block: its per-block tiles have one copy, so the next block's
+    # metadata waits for the last reader of this block's. Keep the block's tail off VectorE and those tiles: the
+    # output rows are updated by dma_compute (read-modify-write inside the DMA), the down phase reads its own copy
+    # of the row ids, and the next block's metadata and token rows are fetched one block ahead.
+    hybrid_pipelined = hybrid and not mx
+    # ScalarE evacuates the down PSUM with the affinity scale (any loop), unless an epilogue step sits between
+    scale_on_scalar = not (exchange or checkpoint or mx or mlp.down_bias) and mlp.weight_quant not in (
+        "fp8_row",
+        "fp8_static",
+    )
+    whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
     common = dict(
         h=h,
         i_core=i_core,
@@ -594,6 +682,11 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         accumulate=accumulate,
         hybrid=hybrid,
         skip_tiles=not checkpoint,
+        # static loops: the output rows read a chunk ahead (the hybrid body adds them by dma_compute instead)
+        out_prefetch=accumulate and not (exchange or mx or hybrid),
+        scale_on_scalar=scale_on_scalar,
+        x_psum_groups=1 if mx else 2,
+        hybrid_pipelined=hybrid_pipelined,
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -619,7 +712,14 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     full_chunk = MATMUL_MOVING_FREE_MAX
-    resident_buffers = _buffers(chunk_cols=i_core, weight_count=1, resident=True, down_chunk=full_chunk, **common)
+    resident_buffers = _buffers(
+        chunk_cols=i_core,
+        weight_count=1,
+        resident=True,
+        down_chunk=full_chunk,
+        whole_rows=whole_rows_possible,
+        **common,
+    )
     fits_resident = sum(x.total_per_partition for x in resident_buffers if x.memory == "sbuf") <= capacity
     want = variant["weights"]
     if want == "resident" and not fits_resident:
@@ -634,8 +734,21 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         )
     resident = want == "resident" or (want == "auto" and fits_resident)
     if resident:
-        buffers, chunk_tiles = resident_buffers, len(i_tiles)
-        decisions.append(("weights", "resident: the expert's gate/up and down weights fit SBUF with the block buffers"))
+        # hybrid: the gate/up weights in two parts of I tiles, so the next block's load of the first part
+        # overlaps this block's matmuls on the second (and its down phase)
+        parts = 2 if hybrid_pipelined and len(i_tiles) > 1 else 1
+        buffers, chunk_tiles = resident_buffers, ceil_div(len(i_tiles), parts)
+        decisions.append(
+            (
+                "weights",
+                "resident: the expert's gate/up and down weights fit SBUF with the block buffers"
+                + (
+                    f"; gate/up in {parts} parts of {chunk_tiles} I tiles, each loaded before its matmuls"
+                    if parts > 1
+                    else ""
+                ),
+            )
+        )
     else:
         buffers = None
         # the widest gate/up chunk (I tiles) and down chunk (output columns) that fit, in this order
@@ -646,6 +759,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 weight_count=2,
                 resident=False,
                 down_chunk=down_chunk,
+                whole_rows=False,
                 **common,
             )
             if sum(x.total_per_partition for x in candidate if x.memory == "sbuf") <= capacity:
@@ -700,6 +814,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "DMA (its expert index is made out of bounds, oob_mode=skip)",
             )
         )
+    pipeline_blocks = not (hybrid or mx or resident)
     gate_up_chunks = []
     for first in range(0, len(i_tiles), chunk_tiles):
         tiles = i_tiles[first : first + chunk_tiles]
@@ -795,6 +910,24 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
         x_psum_slots=1 if exchange else 2,
+        x_psum_groups_per_bank=common["x_psum_groups"],
+        x_copy_engines=("vector",) if mx else ("vector", "scalar"),
+        down_scale_on_scalar=scale_on_scalar,
+        final_sum_tiles=_final_sum_tiles(partial_output and not mx and layer.dtype == layer.out_dtype, h, b, h_out),
+        out_prefetch=common["out_prefetch"],
+        pipeline_blocks=pipeline_blocks,
+        serpentine=pipeline_blocks and skip_empty,
+        # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows) or a
+        # block body shared by runtime loops (hybrid)
+        zero_in_first_block=zero_output
+        and not (hybrid or mx)
+        and not (shard == "block" and lnc == 2 and not (partial_output or per_core_output)),
+        weight_dma_tiles=4 if hybrid_pipelined and resident else 0,
+        output_dma_add=hybrid_pipelined and accumulate,
+        down_ids_copy=hybrid_pipelined,
+        metadata_prefetch=hybrid_pipelined,
+        gather_prefetch=hybrid_pipelined,
+        down_whole_rows=whole_rows_possible and resident,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
         token_chunks=_tiles(b, TOKEN_TILE if skip_tiles else MATMUL_MOVING_FREE_MAX),

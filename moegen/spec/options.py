@@ -28,6 +28,7 @@ class OptionSpec:
     maximum: float | None = None
     multiple_of: int | None = None
     reason: str = ""
+    auto: bool = False  # an 'int' option that also takes `auto` (the plan's rule, or the model's choice)
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -67,6 +68,8 @@ def convert(option: Option, spec: OptionSpec) -> tuple[object, Diagnostic | None
     if spec.kind != "bound" and option.op != "=":
         return None, Diagnostic(option.span, f"'{spec.name}' takes '=', not '{option.op}'")
     raw = option.value.value
+    if spec.auto and raw == "auto":
+        return "auto", None
     if spec.kind == "choice":
         if str(raw) not in spec.choices:
             hint = did_you_mean(str(raw), spec.choices)
@@ -74,7 +77,8 @@ def convert(option: Option, spec: OptionSpec) -> tuple[object, Diagnostic | None
             return None, Diagnostic(where, f"{spec.name}={raw}: expected one of {allowed}", hint)
         return str(raw), None
     if isinstance(raw, str):
-        return None, Diagnostic(where, f"{spec.name}={raw}: expected a number")
+        expected = "a number or auto" if spec.auto else "a number"
+        return None, Diagnostic(where, f"{spec.name}={raw}: expected {expected}")
     if spec.kind in ("int", "bound") and not isinstance(raw, int):
         return None, Diagnostic(where, f"{spec.name}={raw}: expected a whole number")
     if spec.kind == "float":  # plans get a float, even from `eps=1`

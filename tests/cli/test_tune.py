@@ -99,7 +99,7 @@ def test_a_spec_without_tkg_kernels_fails(tmp_path, capsys):
     path = tmp_path / "t.moe"
     path.write_text(SPEC.replace("kernel k : tkg {{ {options} }}", "kernel r : router {{ }}").format())
     assert main(["tune", str(path)]) == 1
-    assert "no tkg kernel" in capsys.readouterr().err
+    assert "no tkg or cte kernel" in capsys.readouterr().err
 
 
 def test_fingerprint_ignores_the_path_and_unset_options(tmp_path, monkeypatch):
@@ -136,3 +136,158 @@ def test_fingerprint_ignores_options_at_their_default(tmp_path):
     first = choices.fingerprint(spec.layer, variant)
     assert choices.fingerprint(spec.layer, without) == first
     assert choices.fingerprint(spec.layer, replace(variant, options={**variant.options, "shared": "separate"})) != first
+
+
+# --- cte (prefill): block=auto, the LNC split, the loop and the weights' residency chosen by the model ---
+
+CTE_SPEC = """moe t {{
+  dims   hidden={hidden} intermediate=256 experts=4 top_k=2
+  dtype  bf16
+  router = linear -> topk -> softmax
+  expert = gate_up -> silu -> down -> affinity_scale
+  kernel k : cte {{ {options} }}
+}}
+"""
+CTE_TUNED = "tuned lnc=2 shard=auto block=auto loop=auto weights=resident verify_tokens=64"
+
+
+def _cte_spec(tmp_path, options: str, hidden: int = 256) -> Path:
+    path = tmp_path / "t.moe"
+    path.write_text(CTE_SPEC.format(options=options, hidden=hidden))
+    return path
+
+
+def _fake_profile(monkeypatch, time_of) -> list:
+    """Replace the simulation + model by `time_of(plan)` modeled us (the search logic, no simulation);
+    returns the plans profiled."""
+    from types import SimpleNamespace
+
+    import moegen.verify.profile
+
+    seen = []
+
+    def profile_plan(plan, path, tokens, target="trn2"):
+        seen.append(plan)
+        report = SimpleNamespace(
+            modeled_us=time_of(plan), roofline_fraction=0.5, hbm_bytes=2, hbm_min_bytes=1, bound="tensor"
+        )
+        return report, 0.0, 0.0
+
+    monkeypatch.setattr(moegen.verify.profile, "profile_plan", profile_plan)
+    return seen
+
+
+def test_cte_tune_picks_the_least_modeled_time(tmp_path, capsys, monkeypatch):
+    """Each axis keeps its fastest value (block 1024 here, then hybrid), whatever the rule would take;
+    the table is fastest first, and the build applies the recorded choice without simulating."""
+    seen = _fake_profile(monkeypatch, lambda plan: 100.0 - plan.block / 100 - 5 * plan.hybrid + 20 * plan.exchange)
+    path = _cte_spec(tmp_path, CTE_TUNED)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "k (shard=auto block=auto loop=auto in the spec), T=64, trn2, modeled; searched: shard, block, loop"
+    )
+    assert lines[1].split()[:5] == ["chosen", "shard=block", "block=1024", "loop=hybrid", "weights=resident"]
+    assert "84.8 us" in lines[1] and "bound tensor" in lines[1]
+    assert lines[2].split()[:4] == ["runner-up", "shard=block", "block=1024", "loop=static"]
+    times = [float(line.split(" us ")[0].split()[-1]) for line in lines[1:-1]]
+    assert times == sorted(times) and len(times) == len(seen) == 6  # shard 2, block 3 more, loop 1 more
+    record = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]
+    assert record["chosen"] == {"block": 1024, "loop": "hybrid", "shard": "block"} and record["tokens"] == [64]
+    count = len(seen)
+    plan = generate(path).plans[0]
+    assert (plan.block, plan.shard, plan.hybrid) == (1024, "block", True) and len(seen) == count
+
+
+def test_cte_illegal_candidates_are_refused_with_their_reason(tmp_path, capsys, monkeypatch):
+    """H = 208 is not a multiple of 32: shard=intermediate at LNC 2 cannot halve the output columns; with
+    distribute=halves the hybrid loop is refused. Neither is simulated nor recorded."""
+    seen = _fake_profile(monkeypatch, lambda plan: 50.0)
+    path = _cte_spec(tmp_path, "tuned lnc=2 shard=auto loop=auto distribute=halves", hidden=208)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    refused = [line for line in lines if line.split()[:1] == ["refused"]]
+    assert any("shard=intermediate" in line and "needs H a multiple of 32" in line for line in refused)
+    assert any("loop=hybrid" in line and "distribute=halves cannot take loop=hybrid" in line for line in refused)
+    assert all(not plan.exchange and not plan.hybrid for plan in seen)
+    table = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]["table"]
+    assert all("intermediate" not in row["label"] and "hybrid" not in row["label"] for row in table)
+
+
+def test_cte_tune_is_deterministic_and_explain_shows_the_runner_up(tmp_path, capsys):
+    """Real simulations at a tiny shape: two runs print the same table and write the same record bytes; the
+    build gives the same kernel bytes; explain names the choice and the runner-up with modeled times; the
+    tuned kernel matches the reference."""
+    from moegen.codegen.build import write
+    from moegen.verify import verify_plan
+
+    path = _cte_spec(tmp_path, "tuned block=128 loop=auto weights=resident verify_tokens=32", hidden=128)
+    assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
+    first = capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()
+    assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
+    assert (capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()) == first
+    assert "searched: loop" in first[0] and "refused" not in first[0]
+    generated = generate(path)
+    assert generate(path).files == generated.files
+    assert main(["explain", str(path)]) == 0
+    explained = capsys.readouterr().out
+    decision = next(line for line in explained.splitlines() if "model's choice:" in line)
+    assert "model's choice: shard=block block=128 loop=" in decision
+    assert (
+        "us modeled at T=32 (trn2); runner-up shard=block block=128 loop=" in decision
+        and "auto by rule" not in explained
+    )
+    folder = write(generated, tmp_path / "out")
+    plan = generated.plans[0]
+    assert all(check.ok for check in verify_plan(plan, folder / "k.py"))
+
+
+def test_cte_stale_record_fails_the_build(tmp_path, capsys, monkeypatch):
+    """A record made for another layer or other options is stale: build (and so check) fails, naming the
+    command; a missing record fails the same way."""
+    _fake_profile(monkeypatch, lambda plan: 100.0 - plan.block / 100)
+    path = _cte_spec(tmp_path, CTE_TUNED)
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) != 0
+    assert "has no choice for it" in capsys.readouterr().err
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 0
+    for changed in (
+        CTE_SPEC.format(options=CTE_TUNED, hidden=384),
+        CTE_SPEC.format(options=CTE_TUNED.replace("lnc=2", "lnc=1"), hidden=256),
+    ):
+        capsys.readouterr()
+        path.write_text(changed)
+        assert main(["build", str(path), "--out", str(tmp_path / "out")]) != 0
+        err = capsys.readouterr().err
+        assert "stale" in err and "moegen tune" in err and "--variant k --write" in err
+
+
+def test_cte_auto_without_tuned_follows_the_rule(tmp_path, capsys):
+    """block=auto, shard=auto, loop=auto untuned: 512, block, static (the old defaults), said in explain."""
+    path = _cte_spec(tmp_path, "lnc=2 block=auto shard=auto loop=auto")
+    plan = generate(path).plans[0]
+    assert (plan.block, plan.shard, plan.hybrid) == (512, "block", False)
+    assert main(["explain", str(path)]) == 0
+    assert "auto by rule: block=512, shard=block, loop=static" in capsys.readouterr().out
+
+
+def test_block_takes_a_number_or_auto(tmp_path, capsys):
+    path = _cte_spec(tmp_path, "block=big")
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "t.moe:6:" in err and "block=big: expected a number or auto" in err
+
+
+def test_untuned_cte_kernel_is_advised_when_named(tmp_path, capsys, monkeypatch):
+    """An untuned cte kernel is tuned only when named: every axis is searched from the spec's own values
+    (its plan is the first candidate), and nothing is recorded for it."""
+    seen = _fake_profile(monkeypatch, lambda plan: 100.0 - plan.block / 100)
+    path = _cte_spec(tmp_path, "lnc=2 block=256 loop=hybrid")
+    assert main(["tune", str(path), "--tokens", "64"]) == 1  # no tuned cte kernel: nothing to tune
+    assert "no tkg or cte kernel to tune" in capsys.readouterr().err
+    assert main(["tune", str(path), "--variant", "k", "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "searched: shard, block, loop, weights" in lines[0]
+    assert (seen[0].block, seen[0].hybrid, seen[0].shard) == (256, True, "block")
+    assert lines[1].split()[:3] == ["chosen", "shard=block", "block=1024"]
+    assert "k" not in json.loads((tmp_path / "t.choices.json").read_text())["kernels"]

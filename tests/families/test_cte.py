@@ -303,6 +303,46 @@ def test_hybrid_shard_block_cores_run_different_trip_counts(top_k, tokens, used,
     assert_matches(plan, got, want)
 
 
+def test_core_without_blocks_still_clears_its_partial_sums():
+    """shard=block at LNC 2 with one block: core 1 runs no block, so the zero fill that pipelined kernels issue
+    during a core's first block must still clear its partial sums (out = partial 0 + partial 1)."""
+    text = cte_spec("kernel a : cte { block=128 lnc=2 weights=stream update=accumulate }", top_k=1)
+    expert_index = harness.routing(100, 4, 1, np.random.default_rng(SEED), experts_used=1)
+    plan, inputs, got, want = run(text, "a", 100, expert_index=expert_index, num_blocks=1)
+    assert plan.partial_output and plan.zero_in_first_block and inputs["block_to_expert"].shape[0] == 1
+    assert_matches(plan, got, want)
+
+
+@pytest.mark.parametrize("lnc", [1, 2])
+def test_repeated_expert_skips_the_weight_chunks_still_in_sbuf(lnc):
+    """Streamed weights, pipelined blocks: a core's consecutive blocks run their weight chunks in opposite orders,
+    so when the expert repeats the first two chunks of each weight are the ones the previous block ended with and
+    their DMAs are skipped (out-of-bounds expert); the output still matches the reference."""
+    from moegen import sim
+
+    text = cte_spec(f"kernel s : cte {{ block=128 lnc={lnc} weights=stream }}", hidden=1024, intermediate=1280)
+    expert_index = harness.routing(300, 4, 2, np.random.default_rng(SEED), experts_used=2)  # 3 blocks per expert
+    with sim.recording():
+        plan, inputs, got, want = run(text, "s", 300, expert_index=expert_index)
+        trace = sim.last_run().trace
+    assert plan.serpentine and len(plan.gate_up_chunks) >= 2 and len(plan.down_chunks) >= 2
+    assert_matches(plan, got, want)
+    experts = inputs["block_to_expert"].ravel().tolist()
+    real = (inputs["token_position_to_id"].reshape(len(experts), -1) < 300).any(axis=1).tolist()
+    order = [list(range(core, len(experts), lnc)) for core in range(lnc)]  # each core's blocks (interleaved)
+    repeats = sum(
+        1 for blocks in order for a, b in zip(blocks, blocks[1:]) if real[a] and real[b] and experts[a] == experts[b]
+    )
+    assert repeats >= 2
+    weight_bytes = sum(
+        rec["bytes"]
+        for rec in trace
+        if rec["opcode"] == "dma_copy" and "proj_weight" in str(rec["operands"].get("src"))
+    )
+    per_block = 3 * plan.hidden * plan.intermediate * 2  # gate, up and down weights of one expert, bf16
+    assert weight_bytes < sum(real) * per_block  # the repeated blocks skipped their first chunks
+
+
 PADDING_TILES = """\
 kernel res1    : cte { block=512 }
   kernel stream2 : cte { block=512 lnc=2 weights=stream padding=skip }
@@ -329,6 +369,39 @@ def test_padding_tiles_issue_no_matmuls(kernel):
     cores = 2 if plan.shard == "intermediate" and plan.lnc == 2 else 1  # shard=i: both cores run every tile
     matmuls = sum(1 for rec in trace if rec["opcode"] == "nc_matmul")
     assert matmuls == active_tiles * per_core_tile * cores
+
+
+PIPELINED = """\
+kernel hyb_block : cte { block=256 lnc=2 loop=hybrid }
+  kernel hyb_skip  : cte { block=256 lnc=2 loop=hybrid padding=skip }
+  kernel hyb_i     : cte { block=256 shard=intermediate lnc=2 loop=hybrid }"""
+
+
+@pytest.mark.parametrize("kernel", ["hyb_block", "hyb_skip", "hyb_i"])
+def test_hybrid_body_updates_rows_by_dma_compute(kernel):
+    """The hybrid body adds each token tile's result into its output rows with dma_compute (read-modify-write in
+    the DMA engine), not a read DMA, a VectorE add and a write DMA: one per active tile (shard=block: whole rows)
+    or per active tile and output chunk (shard=intermediate); no output row is read into SBUF; outputs match."""
+    from moegen import sim
+
+    with sim.recording():
+        plan, inputs, got, want = run(cte_spec(PIPELINED), kernel, 100)
+        trace = sim.last_run().trace
+    assert_matches(plan, got, want)
+    assert plan.output_dma_add and plan.metadata_prefetch and plan.gather_prefetch
+    assert plan.down_whole_rows == (plan.shard == "block")
+    slots = inputs["token_position_to_id"].reshape(-1, plan.token_tiles, 128)
+    active = int(((slots >= 0) & (slots < 100)).any(axis=2).sum())
+    per_tile = 1 if plan.down_whole_rows else len(plan.down_chunks)
+    cores = 2 if plan.shard == "intermediate" else 1  # shard=i: both cores run every tile
+    assert sum(1 for rec in trace if rec["opcode"] == "dma_compute") == active * per_tile * cores
+    accumulators = {r["mem"] for rec in trace if rec["opcode"] == "dma_compute" for r in rec["writes"]}
+    row_reads = [
+        rec
+        for rec in trace
+        if rec["opcode"] == "dma_copy" and any(r.get("indirect") and r["mem"] in accumulators for r in rec["reads"])
+    ]
+    assert accumulators and not row_reads  # the old update gathered the rows into SBUF first
 
 
 def test_kernel_rejects_a_wrong_shape_by_name():

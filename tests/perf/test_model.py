@@ -238,3 +238,32 @@ def test_fp8_double_row_contracts_256_rows_in_one_pass():
     assert (mm.end - mm.start) * COSTS.clock_ghz["tensor"] == pytest.approx(512)
     assert rep.macs_issued == 256 * 128 * 512
     assert rep.compute_bound_us == pytest.approx(512 / COSTS.clock_ghz["tensor"] / 1000)
+
+
+COSTS_TRN2 = perf.Costs.of("trn2")
+
+
+def _rows_update_kernel(sources: int):
+    @jit
+    def kernel(out_rows, update):
+        """out_rows [128, 512] fp32 in HBM = update (+ out_rows when sources == 2), by dma_compute."""
+        tile = nl.ndarray((128, 512), nl.float32, buffer=nl.sbuf)
+        nisa.dma_copy(dst=tile, src=update)
+        srcs = [out_rows, tile] if sources == 2 else [tile]
+        nisa.dma_compute(dst=out_rows, srcs=srcs, reduce_op=nl.add)
+        return out_rows
+
+    return kernel
+
+
+def test_dma_compute_streams_every_source():
+    """nki.isa.dma_compute page: the DMA engine reads each source and writes their sum to dst, so a
+    two-source accumulate takes twice as long as a one-source write of the same dst (the model used to
+    charge only dst's bytes)."""
+    rows = np.ones((128, 512), np.float32)
+    took = {}
+    for sources in (1, 2):
+        report = perf.profile(_rows_update_kernel(sources), rows.copy(), rows.copy(), target="trn2")
+        [event] = [e for e in report.timeline.events if e.opcode == "dma_compute"]
+        took[sources] = event.end - event.start - COSTS_TRN2.dma_latency_ns  # the data movement alone
+    assert took[2] == pytest.approx(2 * took[1], rel=0.01)
