@@ -1277,18 +1277,18 @@ def _distinct_buffers(p: TkgPlan) -> list[Buffer]:
     tt, el, scale = p.token_tile, p.local_experts, p.affinity_scale
     buffers = [
         Buffer("index + index_f", "sbuf", tt, p.top_k * 4, count=2),
-        Buffer("expert_iota + onehot + routing_count", "sbuf", tt, el * 4, count=3),
+        Buffer("expert_iota + routing_count", "sbuf", tt, el * 4, count=2),
         Buffer("ones_column", "sbuf", PARTITIONS, 4),
         Buffer("used + slot + expert_column", "sbuf", el, 4, count=3),
         Buffer("earlier + slot_iota + slot_onehot", "sbuf", el, el * 4, count=3),
         Buffer("distinct_psum", "psum", el, (el + 3) * 4),
         Buffer("distinct_ids", "sbuf", 1, (el + 1) * 4),
-        Buffer("expert_id", "sbuf", 1, 4),
+        Buffer("expert_id + next_expert_id", "sbuf", 1, 4, count=2),
     ]
     if scale != "none":
         buffers.append(Buffer("routing_scale", "sbuf", tt, el * 4))
-    if p.eager:
-        buffers.append(Buffer("eager_affinities", "sbuf", tt, p.top_k * 4))
+    if p.eager:  # the eager path keeps a one-hot row per k
+        buffers.append(Buffer("eager_affinities + onehot", "sbuf", tt, (p.top_k + el) * 4))
     if p.ep > 1:
         buffers.append(Buffer("rank_offset_f", "sbuf", tt, 4))
     if scale != "post":
