@@ -193,7 +193,6 @@ class CtePlan(KernelPlan):
     x_psum_groups_per_bank: int  # groups of four transposes in flight per PSUM bank (2: each bank's two halves)
     x_copy_engines: tuple[str, ...]  # engines evacuating the transposes' PSUM groups, alternating
     down_scale_on_scalar: bool  # one ScalarE activation: y_out = round(down PSUM * affinity), no fp32 copy
-    final_sum_tiles: int  # partial sums: [128, zero_columns] views of xT the final sum cycles through (0: new tiles)
     # Static block loops (streamed weights): the next block starts inside this one
     out_prefetch: bool  # accumulating: a down chunk's output rows (every token tile) are read one chunk ahead
     serpentine: bool  # pipelined: consecutive blocks run weight chunks in opposite orders (reuse on a repeated expert)
@@ -372,18 +371,6 @@ class CtePlan(KernelPlan):
         if not self.pad_skip:
             lines.append("out[T] = 0")
         return tuple(lines)
-
-
-def _final_sum_tiles(possible: bool, h: int, b: int, h_out: int) -> int:
-    """Even count (at most 8) of [128, zero_columns] views that fit xT [128, H tiles, B] for the final sum, or 0.
-
-    At least four (two pairs, so two row pieces are in flight): with one pair every piece waits for the previous
-    piece's output DMA (Qwen3 prefill at block 256 models ~90 us slower than with new tiles per piece)."""
-    zero_columns = min(h_out, ZERO_COLUMNS_MAX)
-    count = min(8, ceil_div(h, CONTRACTION_TILE) * b // zero_columns) // 2 * 2
-    if not possible or count < 4 or (ceil_div(h, CONTRACTION_TILE) * b) % zero_columns:
-        return 0
-    return count
 
 
 def _tiles(total: int, size: int) -> tuple[tuple[int, int], ...]:
@@ -913,14 +900,14 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         x_psum_groups_per_bank=common["x_psum_groups"],
         x_copy_engines=("vector",) if mx else ("vector", "scalar"),
         down_scale_on_scalar=scale_on_scalar,
-        final_sum_tiles=_final_sum_tiles(partial_output and not mx and layer.dtype == layer.out_dtype, h, b, h_out),
         out_prefetch=common["out_prefetch"],
         pipeline_blocks=pipeline_blocks,
         serpentine=pipeline_blocks and skip_empty,
-        # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows) or a
-        # block body shared by runtime loops (hybrid)
+        # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows); in a
+        # hybrid loop the pieces go out in this core's first trace-time block
         zero_in_first_block=zero_output
-        and not (hybrid or mx)
+        and not mx
+        and (hybrid_pipelined or not hybrid)
         and not (shard == "block" and lnc == 2 and not (partial_output or per_core_output)),
         weight_dma_tiles=4 if hybrid_pipelined and resident else 0,
         output_dma_add=hybrid_pipelined and accumulate,

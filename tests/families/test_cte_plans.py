@@ -85,33 +85,21 @@ def test_large_expert_streams_weights_in_chunks_that_fit(tmp_path):
 def test_streamed_shard_block_pipelines_blocks_within_sbuf(tmp_path):
     """Mixtral's prefill shape (shard=block, LNC 2, streamed weights): the next block starts during the previous
     one, output rows are read a chunk ahead, ScalarE evacuates the down PSUM, the zero fill goes out during the
-    first block, the final sum cycles through views of xT, and the extra buffers still fit trn2's SBUF."""
+    first block, and the extra buffers still fit trn2's SBUF."""
     dims = "hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8"
     stream, hybrid = plans(
         tmp_path, layer_spec("kernel p : cte { lnc=2 }\n  kernel q : cte { lnc=2 loop=hybrid }", dims=dims)
     )
     assert stream.pipeline_blocks and stream.out_prefetch and stream.down_scale_on_scalar
-    assert stream.zero_in_first_block and stream.final_sum_tiles == 8 and stream.serpentine
+    assert stream.zero_in_first_block and stream.serpentine
     assert stream.x_copy_engines == ("vector", "scalar") and stream.x_psum_groups_per_bank == 2
     assert not (stream.output_dma_add or stream.metadata_prefetch or stream.gather_prefetch or stream.down_ids_copy)
     assert stream.sbuf_bytes() <= 224 * 1024 - 16 * 1024 and stream.psum_banks() <= 8
-    # the hybrid body is one program for every block: no cross-block pipelining, the zero fill before the loops;
-    # its own pipelining adds into the output rows by dma_compute instead of reading them ahead
-    assert not hybrid.pipeline_blocks and not hybrid.zero_in_first_block and not hybrid.out_prefetch
+    # the hybrid body is one program for every block: no cross-block pipelining (the zero fill goes out in the
+    # first trace-time block); its own pipelining adds into the output rows by dma_compute, not reading them ahead
+    assert not hybrid.pipeline_blocks and hybrid.zero_in_first_block and not hybrid.out_prefetch
     assert hybrid.output_dma_add and hybrid.metadata_prefetch and hybrid.down_scale_on_scalar
     assert hybrid.sbuf_bytes() <= 224 * 1024 - 16 * 1024 and hybrid.psum_banks() <= 8
-
-
-def test_final_sum_uses_xt_views_only_with_two_pieces_in_flight(tmp_path):
-    """xT of a 256-token block at H = 2048 holds one pair of [128, 2048] views: the final sum keeps new tiles
-    (one pair would serialize the pieces); at H = 4096, B = 512 it cycles through four pairs."""
-    small = "hidden=2048 intermediate=768 experts=16 top_k=8"
-    (qwen,) = plans(tmp_path, layer_spec("kernel p : cte { lnc=2 loop=hybrid block=256 }", dims=small))
-    (mixtral,) = plans(
-        tmp_path, layer_spec("kernel p : cte { lnc=2 }", dims="hidden=4096 intermediate=1024 experts=8 top_k=2")
-    )
-    assert qwen.partial_output and qwen.final_sum_tiles == 0
-    assert mixtral.partial_output and mixtral.final_sum_tiles == 8
 
 
 def test_fp8_row_biases_clamps_swish_are_all_arguments(tmp_path):
