@@ -51,6 +51,12 @@ SBUF_RESERVED = 16 * 1024
 TUNE_TOKENS = 4096  # the real-shape prefill T of benchmarks/modeled.py
 # What `auto` means without `tuned` (the rule: the values these options defaulted to before `auto`)
 AUTO_RULES = {"block": 512, "shard": "block", "loop": "static"}
+# Streamed weights, options at auto: the first (gate/up I tiles, down columns) pair that fits SBUF, at the
+# rule's depth (copies per chunk); a narrower chunk than fits only leaves SBUF unused.
+STREAM_RULE = ((8, 512), (4, 512), (3, 512), (2, 512), (2, 256), (1, 256), (1, 128))
+STREAM_DEPTH_RULE = 2
+STREAM_OPTIONS = ("gate_up_tiles", "down_columns", "weight_buffers")
+DEPTH_WORDS = {2: "double", 3: "triple"}
 
 OPTIONS = (
     OptionSpec(
@@ -136,6 +142,41 @@ OPTIONS = (
         "also return gate/up pre-activations [N, 2, I, B] and down outputs [N, B, H] (activation checkpointing)",
     ),
     OptionSpec(
+        "gate_up_tiles",
+        "int",
+        "streamed weights: I tiles (128 columns) per gate/up weight chunk; auto: the widest of 8, 4, 3, 2, 1 that "
+        "fits SBUF (with `tuned`: the model's choice)",
+        default="auto",
+        minimum=1,
+        maximum=16,
+        auto=True,
+        reason="a chunk of 16 I tiles already moves 2048-column runs per H row",
+    ),
+    OptionSpec(
+        "down_columns",
+        "int",
+        "streamed weights: output columns per down weight chunk (and per down PSUM tile); auto: 512, or 256 / 128 "
+        "when SBUF is short (with `tuned`: the model's choice)",
+        default="auto",
+        minimum=128,
+        maximum=512,
+        multiple_of=128,
+        auto=True,
+        reason="a down chunk's fp32 sums fill at most one 2 KiB PSUM bank (512 columns), in 128-column steps",
+    ),
+    OptionSpec(
+        "weight_buffers",
+        "int",
+        "streamed weights: copies each weight chunk (and a prefetched chunk of output rows) rotates through, "
+        "the loads running weight_buffers - 1 chunks ahead; auto: 2 (with `tuned`: the model's choice)",
+        default="auto",
+        minimum=2,
+        maximum=3,
+        auto=True,
+        reason="two copies overlap one load with the matmuls; a third lets two loads be in flight, more than "
+        "that leaves no SBUF for wide chunks",
+    ),
+    OptionSpec(
         "weights",
         "choice",
         "resident: an expert's whole weights stay in SBUF and are not loaded "
@@ -197,6 +238,7 @@ class CtePlan(KernelPlan):
     out_prefetch: bool  # accumulating: a down chunk's output rows (every token tile) are read one chunk ahead
     serpentine: bool  # pipelined: consecutive blocks run weight chunks in opposite orders (reuse on a repeated expert)
     pipeline_blocks: bool  # metadata, first gathers and weights of a block start in the previous one
+    stream_depth: int  # copies each prefetched chunk rotates through (streamed weights, read-ahead output rows)
     zero_in_first_block: bool  # the accumulator's zero fill goes out between the first block's gate/up weight loads
     # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
     weight_dma_tiles: int = 0  # resident weights: contraction tiles per weight DMA (0: one DMA per tensor)
@@ -244,6 +286,18 @@ class CtePlan(KernelPlan):
         return {"none": "none", "fp8_row": "row", "fp8_static": "static", "mxfp4": "mx", "mxfp8": "mx"}[
             self.mlp.weight_quant
         ]
+
+    @property
+    def gate_up_first_loads(self) -> tuple[int, ...]:
+        """Gate/up chunk positions a block loads before its first chunk's matmuls (pipelined blocks: the
+        first two were loaded during the previous block)."""
+        return tuple(range(2 if self.pipeline_blocks else 0, self.stream_depth))
+
+    @property
+    def down_first_loads(self) -> tuple[int, ...]:
+        """Down chunk positions loaded before the first down chunk's matmuls (pipelined blocks: all of them
+        during the last gate/up chunk)."""
+        return () if self.pipeline_blocks else tuple(range(self.stream_depth))
 
     @property
     def affinity(self) -> str:
@@ -544,8 +598,8 @@ def _buffers(
             Buffer("affinity_index", "sbuf", PARTITIONS, 4 * n_t, slots),
             Buffer("affinity", "sbuf", PARTITIONS, 4 * n_t, slots),
         ]
-    if out_prefetch:  # a chunk's rows of every token tile, two chunks (read one ahead)
-        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * n_t * col, 2))
+    if out_prefetch:  # a chunk's rows of every token tile, as many chunks as the weights' copies (read ahead)
+        sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * n_t * col, max(2, weight_count)))
     elif accumulate and not hybrid_pipelined:  # hybrid: dma_compute adds y_out into the rows in HBM
         sb.append(Buffer("out_rows", "sbuf", PARTITIONS, out_dt * col, 2))
     if hybrid_pipelined:
@@ -616,6 +670,16 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     layer = kernel_layer(layer, variant)
     mx = cte_mx.is_mx(layer)
     problems = _layer_problems(layer, variant) + _variant_problems(layer, variant) + cte_mx.problems(layer, variant)
+    if mx:
+        problems += [
+            (
+                name,
+                f"{name}={variant[name]}: MX weights stream one I slab per load (moegen/plan/cte_mx.py); "
+                "the streamed chunk options apply to bf16 and fp8 weights",
+            )
+            for name in STREAM_OPTIONS
+            if variant[name] != "auto"
+        ]
     try:
         mlp = expert_mlp_plan(layer, mx=mx)
     except PlanError as error:
@@ -720,6 +784,24 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     resident = want == "resident" or (want == "auto" and fits_resident)
+    depth = STREAM_DEPTH_RULE  # copies of a prefetched chunk (resident weights: the output rows read ahead)
+    streamed_options = [name for name in STREAM_OPTIONS if variant[name] != "auto"]
+    if resident and streamed_options:
+        raise PlanError(
+            *(
+                (
+                    name,
+                    f"{name}={variant[name]} sets how streamed weights are chunked, but this kernel's weights are "
+                    + (
+                        "resident (weights=resident)"
+                        if want == "resident"
+                        else "resident (weights=auto: they fit SBUF)"
+                    )
+                    + ": write weights=stream, or leave it at auto",
+                )
+                for name in streamed_options
+            )
+        )
     if resident:
         # hybrid: the gate/up weights in two parts of I tiles, so the next block's load of the first part
         # overlaps this block's matmuls on the second (and its down phase)
@@ -737,40 +819,18 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     else:
-        buffers = None
-        # the widest gate/up chunk (I tiles) and down chunk (output columns) that fit, in this order
-        for chunk_tiles, down_chunk in ((8, 512), (4, 512), (3, 512), (2, 512), (2, 256), (1, 256), (1, 128)):
-            chunk_tiles = min(chunk_tiles, len(i_tiles))
-            candidate = _buffers(
-                chunk_cols=min(i_core, chunk_tiles * CONTRACTION_TILE),
-                weight_count=2,
-                resident=False,
-                down_chunk=down_chunk,
-                whole_rows=False,
-                **common,
-            )
-            if sum(x.total_per_partition for x in candidate if x.memory == "sbuf") <= capacity:
-                buffers, full_chunk = candidate, down_chunk
-                break
-        if buffers is None:
-            raise PlanError(
-                (
-                    "block",
-                    f"block {b}: even streaming one 128-column weight chunk at a time, the "
-                    f"block's buffers (x^T and h^T hold B columns per H and I tile) exceed the "
-                    f"{capacity} bytes per partition of trn2 SBUF; use a smaller block",
-                )
-            )
+        chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
         decisions.append(
             (
                 "weights",
                 f"streamed in chunks of {chunk_tiles} I tiles and {full_chunk} output "
-                "columns (double-buffered): "
+                f"columns ({DEPTH_WORDS[depth]}-buffered): "
                 + (
                     "asked for by weights=stream"
                     if want == "stream"
                     else "one expert's weights do not fit SBUF with the block buffers"
-                ),
+                )
+                + _spec_chunk_note(variant),
             )
         )
     reuse = resident and not dropping
@@ -902,6 +962,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         down_scale_on_scalar=scale_on_scalar,
         out_prefetch=common["out_prefetch"],
         pipeline_blocks=pipeline_blocks,
+        stream_depth=depth,
         serpentine=pipeline_blocks and skip_empty,
         # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows); in a
         # hybrid loop the pieces go out in this core's first trace-time block
@@ -938,6 +999,72 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         mlp=mlp,
     )
     return cte_mx.specialize(result, layer) if mx else result
+
+
+def _streamed_chunks(variant: Variant, i_tile_count: int, capacity: int, common: dict) -> tuple[int, int, int, tuple]:
+    """(gate/up I tiles per chunk, down columns per chunk, copies per chunk, buffers) of streamed weights: the
+    spec's values, and for those at auto the first of STREAM_RULE (widest first) that fits SBUF. PlanError
+    naming the option (and the bytes over) when the spec's values do not fit."""
+    asked = {name: variant[name] for name in STREAM_OPTIONS}
+    depth = STREAM_DEPTH_RULE if asked["weight_buffers"] == "auto" else asked["weight_buffers"]
+    if asked["gate_up_tiles"] != "auto" and asked["gate_up_tiles"] > i_tile_count:
+        raise PlanError(
+            (
+                "gate_up_tiles",
+                f"gate_up_tiles={asked['gate_up_tiles']}: this core's share of I ({common['i_core']} columns) has "
+                f"{i_tile_count} I tile(s) of 128; a chunk holds at most that many",
+            )
+        )
+    pairs = [
+        (tiles, columns)
+        for tiles, columns in STREAM_RULE
+        if asked["gate_up_tiles"] in ("auto", tiles) and asked["down_columns"] in ("auto", columns)
+    ]
+    if not pairs:  # a value the rule never takes: with the other's rule values, widest first
+        tiles_list = [asked["gate_up_tiles"]] if asked["gate_up_tiles"] != "auto" else [8, 4, 3, 2, 1]
+        columns_list = [asked["down_columns"]] if asked["down_columns"] != "auto" else [512, 256, 128]
+        pairs = [(tiles, columns) for tiles in tiles_list for columns in columns_list]
+    needed = None
+    for tiles, columns in pairs:
+        tiles = min(tiles, i_tile_count)
+        candidate = _buffers(
+            chunk_cols=min(common["i_core"], tiles * CONTRACTION_TILE),
+            weight_count=depth,
+            resident=False,
+            down_chunk=columns,
+            whole_rows=False,
+            **common,
+        )
+        total = sum(x.total_per_partition for x in candidate if x.memory == "sbuf")
+        if total <= capacity:
+            return tiles, columns, depth, candidate
+        needed = total if needed is None else min(needed, total)
+    spec_values = [f"{name}={value}" for name, value in asked.items() if value != "auto"]
+    if spec_values:
+        option = next(name for name, value in reversed(asked.items()) if value != "auto")
+        raise PlanError(
+            (
+                option,
+                f"{' '.join(spec_values)}: the streamed weight chunks with the block's buffers need {needed} bytes "
+                f"per partition, {needed - capacity} more than the {capacity} usable on trn2 (narrower chunks, "
+                "fewer weight_buffers or a smaller block)",
+            )
+        )
+    raise PlanError(
+        (
+            "block",
+            f"block {common['b']}: even streaming one 128-column weight chunk at a time, the "
+            f"block's buffers (x^T and h^T hold B columns per H and I tile) exceed the "
+            f"{capacity} bytes per partition of trn2 SBUF; use a smaller block",
+        )
+    )
+
+
+def _spec_chunk_note(variant: Variant) -> str:
+    """The streamed-chunk options the spec (or the model's record) set, for the weights decision."""
+    set_values = [f"{name}={variant[name]}" for name in STREAM_OPTIONS]
+    set_values = [value for value in set_values if not value.endswith("=auto")]
+    return f" ({' '.join(set_values)} from the spec or the model's record)" if set_values else ""
 
 
 def _family():

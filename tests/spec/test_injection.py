@@ -86,8 +86,8 @@ def test_real_families_offer_only_identifier_choices_and_plain_defaults():
             for choice in option.choices:
                 assert choice.isidentifier() and not keyword.iskeyword(choice), (family.name, option.name, choice)
             assert option.default is None or isinstance(option.default, (bool, int, float, str)), option
-            if isinstance(option.default, str):
-                assert option.default in option.choices, option
+            if isinstance(option.default, str):  # a choice, or `auto` of a number that also takes auto
+                assert option.default in option.choices or (option.auto and option.default == "auto"), option
 
 
 @pytest.mark.parametrize(
