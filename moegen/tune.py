@@ -28,7 +28,7 @@ from moegen import choices
 from moegen.codegen.render import render
 from moegen.compiler import families, load_spec
 from moegen.plan.common import KernelPlan, PlanError, check_budget
-from moegen.plan.cte import AUTO_RULES
+from moegen.plan.cte import AUTO_RULES, STREAM_OPTIONS
 
 CANDIDATE_MODES = ("selective", "distinct", "all_experts")
 # (option, candidate option sets); an axis is searched when the spec leaves its option at auto
@@ -49,11 +49,16 @@ TKG_AXES = (
 # cte (prefill): the LNC split first (it sets each core's share of the work), then the block size, the
 # loop, and whether an expert's weights stay resident (one buffer) or stream in double-buffered chunks.
 # Block 128..1024: the option's legal range (the plan refuses one whose buffers do not fit SBUF).
+# Streamed weights (searched only when the best plan so far streams them): the copies per chunk first, its
+# chunk widths at the rule's (the widest that fits at that depth), then the gate/up and down chunk widths.
 CTE_AXES = (
     ("shard", ({"shard": "block"}, {"shard": "intermediate"})),
     ("block", ({"block": 128}, {"block": 256}, {"block": 512}, {"block": 1024})),
     ("loop", ({"loop": "static"}, {"loop": "hybrid"})),
     ("weights", ({"weights": "resident"}, {"weights": "stream"})),
+    ("weight_buffers", ({"weight_buffers": 2}, {"weight_buffers": 3})),
+    ("gate_up_tiles", ({"gate_up_tiles": 2}, {"gate_up_tiles": 4}, {"gate_up_tiles": 8})),
+    ("down_columns", ({"down_columns": 256}, {"down_columns": 512})),
 )
 TUNED_FAMILIES = ("tkg", "cte")
 
@@ -75,10 +80,23 @@ class Candidate:
 
 
 def cte_label(plan) -> str:
-    """What the cte axes resolved to in `plan`, and the gate/up chunk width the plan fitted."""
-    weights = "resident" if plan.resident_weights else f"stream (chunks of {plan.gate_up_chunk_cols} I)"
+    """What the cte axes resolved to in `plan` (streamed weights: the chunk widths and copies the plan took)."""
+    weights = "resident" if plan.resident_weights else "stream " + stream_label(plan)
     loop = "hybrid" if plan.hybrid else "static"
     return f"shard={plan.shard} block={plan.block} loop={loop} weights={weights}"
+
+
+def stream_values(plan) -> dict:
+    """The streamed-weight options `plan` resolved to (gate/up I tiles per chunk, down columns, copies)."""
+    return {
+        "weight_buffers": plan.stream_depth,
+        "gate_up_tiles": max(tiles for _, _, _, tiles in plan.gate_up_chunks),
+        "down_columns": plan.down_cols,
+    }
+
+
+def stream_label(plan) -> str:
+    return " ".join(f"{name}={value}" for name, value in stream_values(plan).items())
 
 
 def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
@@ -89,7 +107,9 @@ def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
         return [
             (option, values)
             for option, values in CTE_AXES
-            if (variant.options.get(option) == "auto" or not tuned) and (option != "shard" or variant["lnc"] == 2)
+            if (variant.options.get(option) == "auto" or not tuned)
+            and (option != "shard" or variant["lnc"] == 2)
+            and (option not in STREAM_OPTIONS or variant["weights"] != "resident")  # (resident: no chunks to size)
         ]
     found = []
     for option, values in TKG_AXES:
@@ -174,7 +194,17 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
 
     rows: dict[str, Row] = {}
     best = start_values(variant)
-    for _, values in axes(variant):
+    best_plan = None
+    for name, values in axes(variant):
+        if name in STREAM_OPTIONS:
+            best_plan = best_plan or plan_candidate(spec, variant, best).plan
+            if best_plan is None or best_plan.resident_weights or best_plan.mx:
+                continue  # not_searched() names it: no streamed weight chunks to size
+            if name != "weight_buffers":  # the widths the best plan fitted at its depth, so candidates name them
+                resolved = stream_values(best_plan)
+                best = {**{k: resolved[k] for k in STREAM_OPTIONS if variant.options.get(k) == "auto"}, **best}
+            if name in best and {name: best[name]} not in values:  # the value the plan has now (first: wins ties)
+                values = ({name: best[name]}, *values)
         axis_rows = []
         for value in values:
             for alternative in value if isinstance(value, tuple) else (value,):  # the first that plans
@@ -198,9 +228,24 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
             axis_rows.append(rows[key])
         winner = min(axis_rows, key=lambda row: row.modeled_us)  # min keeps the first of equals
         if winner.modeled_us < float("inf"):
-            best = dict(winner.candidate.options)
+            best, best_plan = dict(winner.candidate.options), winner.candidate.plan
     ordered = sorted(rows.values(), key=lambda row: row.modeled_us)  # stable: search order among equals
     return ordered
+
+
+def not_searched(variant, rows: list[Row]) -> tuple[list[str], str]:
+    """The streamed-weight axes the search skipped (the best plan keeps its weights resident, or streams MX
+    slabs), and why."""
+    stream_axes = [name for name, _ in axes(variant) if name in STREAM_OPTIONS]
+    best = next((row.candidate.plan for row in rows if row.candidate.plan is not None), None)
+    if not stream_axes or (best is not None and not best.resident_weights and not best.mx):
+        return [], ""
+    if best is None:
+        return stream_axes, "no candidate planned"
+    return (
+        stream_axes,
+        "MX weights stream one I slab per load" if best.mx else "the chosen plan keeps its weights resident",
+    )
 
 
 def token_counts(variant, tokens: int | None) -> tuple[int, ...]:
@@ -232,8 +277,11 @@ def tune(spec_path: Path, variant_name: str | None, tokens: int | None, out=prin
         for variant in chosen:
             counts = token_counts(variant, tokens)
             rows = search(spec, spec_path, variant, counts, Path(scratch))
-            searched = axes(variant)
+            skipped, why = not_searched(variant, rows)
+            searched = [(name, values) for name, values in axes(variant) if name not in skipped]
             names = ", ".join(name for name, _ in searched) or "nothing left at auto"
+            if skipped:
+                names += f"; not searched: {', '.join(skipped)} ({why})"
             at = "T=" + " + ".join(str(t) for t in counts)
             shown = ("mode",) if variant.family == "tkg" else tuple(name for name, _ in searched)
             in_spec = " ".join(f"{name}={variant.options.get(name)}" for name in shown)

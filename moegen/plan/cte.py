@@ -823,7 +823,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         decisions.append(
             (
                 "weights",
-                f"streamed in chunks of {chunk_tiles} I tiles and {full_chunk} output "
+                f"streamed in chunks of {chunk_tiles} I tiles and {min(h_out, full_chunk)} output "
                 f"columns ({DEPTH_WORDS[depth]}-buffered): "
                 + (
                     "asked for by weights=stream"
@@ -1015,12 +1015,8 @@ def _streamed_chunks(variant: Variant, i_tile_count: int, capacity: int, common:
                 f"{i_tile_count} I tile(s) of 128; a chunk holds at most that many",
             )
         )
-    pairs = [
-        (tiles, columns)
-        for tiles, columns in STREAM_RULE
-        if asked["gate_up_tiles"] in ("auto", tiles) and asked["down_columns"] in ("auto", columns)
-    ]
-    if not pairs:  # a value the rule never takes: with the other's rule values, widest first
+    pairs = list(STREAM_RULE)
+    if asked["gate_up_tiles"] != "auto" or asked["down_columns"] != "auto":  # the other width: widest that fits
         tiles_list = [asked["gate_up_tiles"]] if asked["gate_up_tiles"] != "auto" else [8, 4, 3, 2, 1]
         columns_list = [asked["down_columns"]] if asked["down_columns"] != "auto" else [512, 256, 128]
         pairs = [(tiles, columns) for tiles in tiles_list for columns in columns_list]
