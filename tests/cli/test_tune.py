@@ -287,7 +287,92 @@ def test_untuned_cte_kernel_is_advised_when_named(tmp_path, capsys, monkeypatch)
     assert "no tkg or cte kernel to tune" in capsys.readouterr().err
     assert main(["tune", str(path), "--variant", "k", "--tokens", "64", "--write"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "searched: shard, block, loop, weights" in lines[0]
+    assert (
+        "searched: shard, block, loop, weights; not searched: weight_buffers, gate_up_tiles, down_columns (the "
+        "chosen plan keeps its weights resident)" in lines[0]
+    )
     assert (seen[0].block, seen[0].hybrid, seen[0].shard) == (256, True, "block")
     assert lines[1].split()[:3] == ["chosen", "shard=block", "block=1024"]
     assert "k" not in json.loads((tmp_path / "t.choices.json").read_text())["kernels"]
+
+
+# --- cte streamed weights: the copies per chunk and the chunk widths chosen by the model ---
+
+STREAM_TUNED = "tuned block=128 loop=static weights=stream verify_tokens=32"
+
+
+def _stream_spec(tmp_path, options: str, hidden: int = 512, intermediate: int = 1024) -> Path:
+    path = tmp_path / "t.moe"
+    text = CTE_SPEC.format(options=options, hidden=hidden).replace("intermediate=256", f"intermediate={intermediate}")
+    path.write_text(text)
+    return path
+
+
+def test_cte_stream_axes_keep_the_least_modeled_time(tmp_path, capsys, monkeypatch):
+    """weight_buffers first (its widths refitted by the rule), then gate_up_tiles from the width the plan has,
+    then down_columns: each keeps its fastest value; a candidate that generates the same kernel as an earlier one
+    is not simulated again; the build applies the record without simulating."""
+    seen = _fake_profile(
+        monkeypatch,
+        lambda plan: 100.0 - 2 * plan.stream_depth + abs(plan.gate_up_chunks[0][3] - 4) + 3 * (plan.down_cols == 512),
+    )
+    path = _stream_spec(tmp_path, STREAM_TUNED)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("searched: weight_buffers, gate_up_tiles, down_columns")
+    assert lines[1].split()[:8] == [
+        "chosen",
+        "shard=block",
+        "block=128",
+        "loop=static",
+        "weights=stream",
+        "weight_buffers=3",
+        "gate_up_tiles=4",
+        "down_columns=256",
+    ]
+    assert "94.0 us" in lines[1]
+    # depth 2 and 3 at the rule's 8 tiles and 512 columns, then 2 and 4 tiles (8 again: the same kernel), then 256
+    assert [(p.stream_depth, p.gate_up_chunks[0][3], p.down_cols) for p in seen] == [
+        (2, 8, 512),
+        (3, 8, 512),
+        (3, 2, 512),
+        (3, 4, 512),
+        (3, 4, 256),
+    ]
+    record = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]
+    assert record["chosen"] == {"down_columns": 256, "gate_up_tiles": 4, "weight_buffers": 3}
+    count = len(seen)
+    plan = generate(path).plans[0]
+    assert (plan.stream_depth, plan.gate_up_chunks[0][3], plan.down_cols) == (3, 4, 256) and len(seen) == count
+
+
+def test_cte_stream_candidates_that_cannot_plan_are_refused_with_their_reason(tmp_path, capsys, monkeypatch):
+    """I = 512 is 4 I tiles: a chunk of 8 is refused with the plan's reason, never simulated nor recorded."""
+    seen = _fake_profile(monkeypatch, lambda plan: 50.0)
+    path = _stream_spec(tmp_path, STREAM_TUNED, intermediate=512)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    refused = [line for line in lines if line.split()[:1] == ["refused"]]
+    assert len(refused) == 1 and "gate_up_tiles=8: this core's share of I (512 columns) has 4 I tile(s)" in refused[0]
+    assert all(max(tiles for *_, tiles in plan.gate_up_chunks) <= 4 for plan in seen)
+    table = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]["table"]
+    assert all("gate_up_tiles=8" not in row["label"] for row in table)
+
+
+def test_cte_stream_tune_is_deterministic_and_the_chosen_kernel_matches_the_reference(tmp_path, capsys):
+    """Real simulations at a tiny shape (the copies per chunk searched): two runs write the same record bytes,
+    the build gives the same kernel bytes, and the tuned kernel matches the reference."""
+    from moegen.codegen.build import write
+    from moegen.verify import verify_plan
+
+    path = _stream_spec(tmp_path, STREAM_TUNED + " gate_up_tiles=1 down_columns=128", hidden=256, intermediate=384)
+    assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
+    first = capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()
+    assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
+    assert (capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()) == first
+    assert "searched: weight_buffers" in first[0] and "weight_buffers=3" in first[0]
+    generated = generate(path)
+    assert generate(path).files == generated.files
+    folder = write(generated, tmp_path / "out")
+    plan = generated.plans[0]
+    assert all(check.ok for check in verify_plan(plan, folder / "k.py"))
