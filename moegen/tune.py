@@ -2,7 +2,8 @@
 
 For each tkg kernel and each `tuned` cte kernel of a spec, or the one kernel named, the
 options the spec leaves at `auto` are searched one axis at a time, in a fixed order (tkg: mode, shard,
-gate_up_loop, weight_buffers, down_columns; cte: shard, block, loop, weights): each value of the axis is
+gate_up_loop, weight_buffers, down_columns; cte: shard, block, loop, weights, then, when the best plan so far
+streams its weights, weight_buffers, gate_up_tiles, down_columns): each value of the axis is
 planned with the best values found so far for the earlier axes (a refused plan is listed with its
 reason), rendered into a scratch folder, run on the verify harness's seeded inputs and modeled by
 moegen.perf at the token counts (tkg: T=1 and the kernel's token bound; cte: its `tune_tokens`, 4096 by
@@ -15,8 +16,11 @@ whole table is printed fastest first ("chosen", "runner-up"); `--write` records 
 A coordinate search, not the full product: 3 modes x 3 shards x 2 loops x 3 depths x 2 widths would be
 108 simulations per tkg kernel; the axes are nearly independent (the mode sets the weight bytes, the rest
 how fast they stream), so ~13 simulations find the same optimum on the specs we have. A cte kernel at
-LNC 2 has at most 7 distinct candidates (each axis's value equal to the best so far is not simulated
-again), against 32 in the product."""
+LNC 2 has at most 13 distinct candidates, so at most 13 simulations per token count (each axis's value equal
+to the best so far is not simulated again; refused candidates are not simulated): 7 for shard, block, loop
+and weights, then 1 for weight_buffers 3 (its widths refitted by the rule), at most 3 for gate_up_tiles 2, 4,
+8 and 2 for down_columns 256, 512 (each axis also holds the plan's own width, kept on ties; it is simulated
+already), against 32 x 2 x 4 x 3 = 768 in the product. A real-shape prefill simulation takes minutes on a loaded machine."""
 
 from __future__ import annotations
 

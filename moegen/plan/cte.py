@@ -62,7 +62,8 @@ OPTIONS = (
     OptionSpec(
         "tuned",
         "flag",
-        "the options left at auto (block, shard, loop, weights) take the model's choice recorded in "
+        "the options left at auto (block, shard, loop, weights, weight_buffers, gate_up_tiles, down_columns) take "
+        "the model's choice recorded in "
         "SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
     ),
     OptionSpec(
