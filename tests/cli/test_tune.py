@@ -344,6 +344,10 @@ def test_cte_stream_axes_keep_the_least_modeled_time(tmp_path, capsys, monkeypat
     count = len(seen)
     plan = generate(path).plans[0]
     assert (plan.stream_depth, plan.gate_up_chunks[0][3], plan.down_cols) == (3, 4, 256) and len(seen) == count
+    assert main(["explain", str(path)]) == 0
+    explained = capsys.readouterr().out
+    assert "weight_buffers=3 gate_up_tiles=4 down_columns=256: 94.0 us modeled at T=64 (trn2); runner-up " in explained
+    assert "(triple-buffered)" in explained and "stream_depth" in explained
 
 
 def test_cte_stream_candidates_that_cannot_plan_are_refused_with_their_reason(tmp_path, capsys, monkeypatch):
