@@ -444,7 +444,8 @@ def parser() -> argparse.ArgumentParser:
         help="model the plan candidates of the tkg and cte kernels at a token count (modeled, not measured)",
         description="Plan, generate and model the candidates of each tkg kernel (mode, LNC split, gate/up "
         "loop, weight buffers, down columns) and of each cte kernel with an option at auto (LNC split, block, "
-        "loop, resident or streamed weights; an untuned cte kernel named by --variant is shown every axis): "
+        "loop, resident or streamed weights, and for streamed weights the copies per chunk and the gate/up and "
+        "down chunk widths; an untuned cte kernel named by --variant is shown every axis): "
         "the options the spec leaves at auto, one axis at a time; print them fastest first (chosen, "
         "runner-up) or why one is refused. --write records the choice of each `tuned` kernel in "
         "SPEC.choices.json, which builds read.",
