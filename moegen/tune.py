@@ -51,7 +51,7 @@ TKG_AXES = (
     ("down_columns", ({"down_columns": 1024}, {"down_columns": 2048})),
 )
 # cte (prefill): the LNC split first (it sets each core's share of the work), then the block size, the
-# loop, and whether an expert's weights stay resident (one buffer) or stream in double-buffered chunks.
+# loop, and whether an expert's weights stay resident (one buffer) or stream in chunks.
 # Block 128..1024: the option's legal range (the plan refuses one whose buffers do not fit SBUF).
 # Streamed weights (searched only when the best plan so far streams them): the copies per chunk first, its
 # chunk widths at the rule's (the widest that fits at that depth), then the gate/up and down chunk widths.
