@@ -1016,6 +1016,14 @@ def _streamed_chunks(variant: Variant, i_tile_count: int, capacity: int, common:
                 f"{i_tile_count} I tile(s) of 128; a chunk holds at most that many",
             )
         )
+    if asked["down_columns"] != "auto" and asked["down_columns"] > common["h_out"]:
+        raise PlanError(
+            (
+                "down_columns",
+                f"down_columns={asked['down_columns']}: this core finishes {common['h_out']} output columns; a down "
+                "chunk holds at most that many",
+            )
+        )
     pairs = list(STREAM_RULE)
     if asked["gate_up_tiles"] != "auto" or asked["down_columns"] != "auto":  # the other width: widest that fits
         tiles_list = [asked["gate_up_tiles"]] if asked["gate_up_tiles"] != "auto" else [8, 4, 3, 2, 1]

@@ -63,6 +63,10 @@ def test_chunks_that_do_not_fit_are_refused_by_how_many_bytes(tmp_path):
         ("gate_up_tiles=wide", "gate_up_tiles=wide: expected a number or auto"),
         ("weights=stream gate_up_tiles=8", "gate_up_tiles=8: this core's share of I (512 columns) has 4 I tile(s)"),
         (
+            "weights=stream shard=intermediate lnc=2 down_columns=512",
+            "down_columns=512: this core finishes 256 output columns",
+        ),
+        (
             "weight_buffers=3",
             "weight_buffers=3 sets how streamed weights are chunked, but this kernel's weights are "
             "resident (weights=auto: they fit SBUF)",
