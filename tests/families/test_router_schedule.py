@@ -91,3 +91,20 @@ def test_renormalised_softmax_row_weights_take_one_instruction_per_tile():
         and isinstance(r["operands"]["operand0"], dict)
     ]
     assert len(row_products) == 2  # one per tile of the routing group
+
+
+def test_transposes_rotate_through_every_psum_bank_of_x_across_tiles():
+    """Layout th, H = 2048 (16 H tiles = 2 PSUM groups per token tile): the transposes of consecutive
+    groups rotate through all X_PSUM_BUFS banks across token tiles, not the first two of each tile, so
+    the PE array runs further ahead of the PSUM -> SBUF copies."""
+    text = router_spec(hidden=2048, experts=128, top_k=8, router="linear -> softmax -> topk -> renormalize")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.h_tiles // plan.x_group == 2 and plan.x_psum_bufs == 4
+    banks = {
+        (w["mem"], w["bytes"][0] // 2048)  # 2 KiB PSUM banks per partition
+        for r in trace
+        if r["opcode"] == "nc_transpose"
+        for w in r["writes"]
+    }
+    assert len(banks) == plan.x_psum_bufs, sorted(banks)
