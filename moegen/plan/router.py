@@ -110,6 +110,7 @@ class RouterPlan(KernelPlan):
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
     x_copy_engines: tuple[str, ...]  # layout th: engine of each x.T PSUM -> SBUF copy, cycled over the groups
     affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
+    fuse_row_weights: bool  # one-hot rows of a renormalised pre-norm softmax: 1/sum and 1/(K sum) in one tensor_scalar
     select_on: str  # 'logits' | 'scores': what max8 ranks
     full_scores: bool  # the activation over all E is materialised
     weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by column)
@@ -131,15 +132,23 @@ X_BUF_GROUPS = 2
 # 16 DMA queues, so one transfer's fixed latency overlaps the others' data movement
 X_LOAD_ROWS = 32
 # PSUM banks of x.T: a group's transposes wait for the copy out of its bank X_PSUM_BUFS groups earlier, so
-# the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2)
+# the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2). The groups
+# rotate through the banks across token tiles: with 2 groups per tile (H = 2048) a per-tile rotation used
+# only 2 banks (Qwen3 T = 4096: 87.2 -> 85.9 us modeled, DeepSeek-V2 129.4 -> 124.8 us)
 X_PSUM_BUFS = 4
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
-# The engines of the x.T PSUM -> SBUF copies, cycled over a tile's H-tile groups. With few experts the
-# routing steps hardly use VectorE, so it takes every other copy (Mixtral E = 8, T = 4096: 161 -> 136 us
-# modeled); with many (E = 128: 112 -> 148 us, E = 256: 195 -> 232 us) VectorE carries the routing and
-# ScalarE makes every copy.
-X_COPY_ENGINES = {True: ("scalar", "vector"), False: ("scalar",)}
+# The engines of the x.T PSUM -> SBUF copies, cycled over the copies of the token tiles in order (not
+# restarted per tile). With few experts the routing steps hardly use VectorE, so it takes 3 of every 8
+# copies: a bf16 copy out of PSUM costs VectorE (0.96 GHz) 1.25x what it costs ScalarE (1.2 GHz), and
+# VectorE also runs most routing steps, whose dependent chain holds its in-order queue (Mixtral E = 8,
+# T = 4096, modeled: 1 of 2 copies 113.3 us, 1 of 3 113.1 us, 3 of 8 in this order 109.5 us); with many
+# experts (E = 128: 90.4 us all on ScalarE, 117.5 us with 1 of 4 on VectorE) VectorE carries the routing
+# and ScalarE makes every copy.
+X_COPY_ENGINES = {
+    True: ("scalar", "scalar", "vector", "scalar", "scalar", "vector", "scalar", "vector"),
+    False: ("scalar",),
+}
 LIGHT_ROUTING_EXPERTS = 32  # at most this many experts: routing is light (the split copies above)
 # Full token tiles routed together: their logits share one PSUM bank (at most 512 fp32 per partition), and
 # each routing step is issued for every tile of the group in turn (or as one instruction over all of
@@ -275,6 +284,17 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     group_width = max(router.n_group or 0, MAX8_WIDTH)
     group_pad = max(group_size or 0, MAX8_WIDTH)
     rounds = ceil_div(top_k, MAX8_WIDTH)
+    # the one-hot rows of a renormalised pre-norm softmax ranked on logits: exp * (1 / sum) * (1 / K sum) as one
+    # tensor_scalar per tile (op0, op1) instead of two, off VectorE's routing chain (Qwen3 T = 4096: 90.4 ->
+    # 87.2 us modeled); a scaling factor folded into the second product keeps the two steps
+    fuse_row_weights = (
+        pre_norm
+        and act == "softmax"
+        and select_on == "logits"
+        and not full_scores
+        and renormalize
+        and router.scaling_factor is None
+    )
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
     route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
@@ -307,6 +327,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             Buffer("w rest rows", "sbuf", h_rest, experts * in_bytes),
             Buffer("x rest rows", "sbuf", h_rest, TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
+    if variant.options["layout"] == "ht" and h_tiles:
+        buffers.append(
+            Buffer("x.T of a partial tile (dense)", "sbuf", PARTITIONS, (TOKEN_TILE - 1) * h_tiles * in_bytes)
+        )
     if variant.options["layout"] == "th":
         buffers.append(
             Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, X_BUF_GROUPS)
@@ -387,7 +411,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                 f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
                 "logits issued before this group's routing"
                 if variant.options["layout"] == "th"
-                else "layout ht: x read in runs of one token tile per partition row"
+                else "layout ht: x read in runs of one token tile per partition row; a partial tile lands in a "
+                "dense [128, H tiles, rows] tile, so with T <= 128 each partition's rows of x are one run"
             )
             + (
                 f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
@@ -506,6 +531,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         group_size=group_size,
         group_score=router.group_score,
         affinities=affinities,
+        fuse_row_weights=fuse_row_weights,
         h_tiles=h_tiles,
         h_rest=h_rest,
         token_tile=TOKEN_TILE,

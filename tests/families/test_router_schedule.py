@@ -1,0 +1,110 @@
+"""Schedule properties of the router kernels, read from the simulator's instruction trace.
+
+Each test runs a small generated router kernel, checks its outputs against the reference and then one
+property of the instructions it issued (DMA run lengths, engine choices, instruction counts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moegen import sim
+from moegen.verify import router as harness
+from tests.families.test_router_kernels import assert_matches, build, build_dir, router_spec
+
+__all__ = ["build_dir"]  # the module-scoped build folder fixture (autouse) of the router kernel tests
+
+SEED = 20261206
+
+
+def traced(text: str, tokens: int, kernel: str = "route"):
+    """(plan, trace) of one run of `kernel` on seeded inputs."""
+    generated, modules = build(text)
+    plan = next(p for p in generated.plans if p.kernel_name == kernel)
+    inputs = harness.make_inputs(plan, tokens, np.random.default_rng(SEED))
+    with sim.recording():
+        harness.run(getattr(modules[kernel], kernel), plan, inputs)
+    return plan, sim.last_run().trace
+
+
+def test_layout_ht_few_tokens_load_x_in_one_run_per_partition():
+    """Layout ht, T = 1 (Llama-4-Scout decode routing): x [H, 1] is read into a dense [128, H tiles, 1]
+    tile, so the DMA moves one run of H tiles elements per partition, not one 2-byte descriptor per
+    element (the old [128, H tiles, 128] buffer's column made every element its own run)."""
+    text = router_spec(
+        hidden=1280,
+        experts=16,
+        top_k=1,
+        router="linear -> topk -> sigmoid",
+        kernels="kernel route : router { layout=ht }",
+    )
+    assert_matches(text, tokens=1)
+    plan, trace = traced(text, 1)
+    x_loads = [r for r in trace if r["opcode"] == "dma_copy" and r["bytes"] == plan.h_tiles * 128 * 2]
+    assert x_loads, "no DMA moved x"
+    for rec in x_loads:
+        runs = [region["contig"] for region in rec["reads"] + rec["writes"]]
+        assert min(runs) >= plan.h_tiles * 2, runs
+
+
+def test_transposed_x_copies_cycle_over_the_tiles_in_order():
+    """Layout th, E = 8 (light routing): the x.T PSUM -> SBUF copies take the plan's engine pattern in
+    order across token tiles (3 of every 8 on VectorE), not restarted at each tile's first copy."""
+    text = router_spec(
+        hidden=2048,
+        experts=8,
+        top_k=2,
+        router="linear -> topk -> softmax",
+        kernels="kernel route : router { layout=th }",
+    )
+    assert_matches(text, tokens=3 * 128)
+    plan, trace = traced(text, 3 * 128)
+    copies = [
+        r["engine"]
+        for r in trace
+        if r["opcode"] == "tensor_copy"
+        and r["operands"]["src"]["buffer"] == "psum"
+        and r["operands"]["src"]["dtype"] == "bfloat16"
+    ]
+    per_tile = plan.h_tiles // plan.x_group
+    assert len(copies) == 3 * per_tile
+    assert copies == [plan.x_copy_engines[i % len(plan.x_copy_engines)] for i in range(len(copies))]
+    assert copies.count("vector") == 2  # s s v s | s v: the second tile does not restart at ScalarE
+
+
+def test_renormalised_softmax_row_weights_take_one_instruction_per_tile():
+    """Pre-norm softmax ranked on logits, L1 renormalised, one-hot scatter (Qwen3): the whole-row
+    weights exp * (1 / sum) * (1 / K sum) are one tensor_scalar per tile (two operands), so VectorE runs
+    one [rows, E] pass for them instead of two; the K weights keep their two steps and the affinities
+    match the reference."""
+    text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk -> renormalize")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.fuse_row_weights
+    row_products = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_scalar"
+        and r["operands"]["dst"]["shape"][-1] == plan.experts
+        and r["operands"]["dst"]["dtype"] == "float32"
+        and "operand0" in r["operands"]
+        and isinstance(r["operands"]["operand0"], dict)
+    ]
+    assert len(row_products) == 2  # one per tile of the routing group
+
+
+def test_transposes_rotate_through_every_psum_bank_of_x_across_tiles():
+    """Layout th, H = 2048 (16 H tiles = 2 PSUM groups per token tile): the transposes of consecutive
+    groups rotate through all X_PSUM_BUFS banks across token tiles, not the first two of each tile, so
+    the PE array runs further ahead of the PSUM -> SBUF copies."""
+    text = router_spec(hidden=2048, experts=128, top_k=8, router="linear -> softmax -> topk -> renormalize")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.h_tiles // plan.x_group == 2 and plan.x_psum_bufs == 4
+    banks = {
+        (w["mem"], w["bytes"][0] // 2048)  # 2 KiB PSUM banks per partition
+        for r in trace
+        if r["opcode"] == "nc_transpose"
+        for w in r["writes"]
+    }
+    assert len(banks) == plan.x_psum_bufs, sorted(banks)
