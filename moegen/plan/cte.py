@@ -248,6 +248,9 @@ class CtePlan(KernelPlan):
     metadata_prefetch: bool = False  # each block DMAs the next block's ids and expert into *_next tiles
     down_whole_rows: bool = False  # per token tile all output columns, then one dma_compute of whole rows
     gather_prefetch: bool = False  # each block gathers the next block's token rows (one x_rows tile per token tile)
+    # resident weights with reuse: each block computes the next block's weight_expert (GpSimd), so the next block's
+    # weight DMAs wait only for this block's matmuls on their buffer, not for the in-order VectorE metadata chain
+    weight_expert_ahead: bool = False
     verify_tokens: int
     # tiling
     token_tiles: int  # B / 128
@@ -976,6 +979,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         down_ids_copy=hybrid_pipelined,
         metadata_prefetch=hybrid_pipelined,
         gather_prefetch=hybrid_pipelined,
+        weight_expert_ahead=hybrid_pipelined and reuse,
         down_whole_rows=whole_rows_possible and resident,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
         token_tiles=b // TOKEN_TILE,
