@@ -48,6 +48,7 @@ from moegen.spec.options import OptionSpec
 
 # SBUF the compiler and runtime keep for themselves (nki-library reserves about 16 KiB per partition).
 SBUF_RESERVED = 16 * 1024
+GATHER_PIECES = 4  # column pieces of an in-block token-row gather (pipelined static loops; 1 KiB+ runs at H 2048)
 TUNE_TOKENS = 4096  # the real-shape prefill T of benchmarks/modeled.py
 # What `auto` means without `tuned` (the rule: the values these options defaulted to before `auto`)
 AUTO_RULES = {"block": 512, "shard": "block", "loop": "static"}
@@ -241,6 +242,8 @@ class CtePlan(KernelPlan):
     pipeline_blocks: bool  # metadata, first gathers and weights of a block start in the previous one
     stream_depth: int  # copies each prefetched chunk rotates through (streamed weights, read-ahead output rows)
     zero_in_first_block: bool  # the accumulator's zero fill goes out between the first block's gate/up weight loads
+    # (column offset, columns) per DMA of an in-block token-row gather: pieces let the transposes start on the first
+    gather_pieces: tuple[tuple[int, int], ...] = ()  # (empty: one DMA of whole rows)
     # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
     weight_dma_tiles: int = 0  # resident weights: contraction tiles per weight DMA (0: one DMA per tensor)
     output_dma_add: bool = False  # accumulate into the output rows with dma_compute (scatter read-modify-write)
@@ -866,6 +869,19 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     pipeline_blocks = not (hybrid or mx or resident)
+    # Pipelined static loops gather a block's later token tiles (after the first tiles' transposes free their x_rows)
+    # in column pieces of >= 2 KiB runs: the transposes of a tile start when its first piece lands instead of after
+    # the whole 128-row gather, which takes longer than the previous tile's transposes.
+    gather_pieces = _tiles(h, ceil_div(ceil_div(h, GATHER_PIECES), CONTRACTION_TILE) * CONTRACTION_TILE)
+    gather_pieces = gather_pieces if pipeline_blocks and len(gather_pieces) > 1 else ()
+    if gather_pieces:
+        decisions.append(
+            (
+                "token rows",
+                f"the gathers of a block's token tiles after the first {min(2, b // TOKEN_TILE)} go out in "
+                f"{len(gather_pieces)} column pieces, so a tile's transposes start when its first piece lands",
+            )
+        )
     gate_up_chunks = []
     for first in range(0, len(i_tiles), chunk_tiles):
         tiles = i_tiles[first : first + chunk_tiles]
@@ -967,6 +983,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         out_prefetch=common["out_prefetch"],
         pipeline_blocks=pipeline_blocks,
         stream_depth=depth,
+        gather_pieces=gather_pieces,
         serpentine=pipeline_blocks and skip_empty,
         # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows); in a
         # hybrid loop the pieces go out in this core's first trace-time block
