@@ -9,6 +9,8 @@ Static fp8 input scales are powers of two, so x / s and x * (1 / s) agree exactl
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from moegen.compare import TOLERANCES, Tolerance
@@ -290,6 +292,11 @@ def sbuf_wrapper(kernel, plan: TkgPlan):
             nisa.dma_copy(dst=output[0:t, 0:hidden], src=result[0:t, 0:hidden])
         return output
 
+    # the kernel's argument names, so that the trace names the HBM inputs (hbm:<name>:...) as an unwrapped
+    # kernel's do: the HBM minimum (moe_minimum_hbm_bytes) finds each input by that name
+    read_back.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in argument_names(plan)]
+    )
     return sim.jit(read_back)
 
 

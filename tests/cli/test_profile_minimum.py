@@ -1,5 +1,6 @@
 """The MoE knowledge `moegen profile` passes to the model: algorithmic MACs and the HBM minimum."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -63,3 +64,20 @@ def test_algorithmic_macs():
     router = SimpleNamespace(family="router", hidden=256, experts=8)
     assert algorithmic_macs(router, 4) == 4 * 256 * 8
     assert needed_experts(router, {}) is None
+
+
+def test_sbuf_variant_minimum_counts_its_inputs_like_the_hbm_variant():
+    """A tkg kernel that reads or writes SBUF runs inside the harness's wrapper kernel; the trace must name its
+    HBM inputs as the unwrapped kernel's do (hbm:expert_gate_up_weights:...), or the minimum finds none of
+    them (it read 0.0 MB, a roofline of 0.002, for selective_sbuf)."""
+    from moegen.compiler import generate
+    from moegen.verify.profile import profile_plan
+
+    spec = Path(__file__).resolve().parents[2] / "specs" / "tkg_seed_matrix.moe"
+    plans = {plan.kernel_name: plan for plan in generate(spec).plans}
+    generated = spec.parents[1] / "generated" / "tkg_seed_matrix"
+    minimum = {}
+    for name in ("selective", "selective_sbuf"):
+        report, _, _ = profile_plan(plans[name], generated / f"{name}.py", tokens=1)
+        minimum[name] = report.hbm_min_bytes
+    assert minimum["selective_sbuf"] == minimum["selective"] > 1_000_000  # the selected experts' weights
