@@ -133,3 +133,15 @@ def test_intermediate_is_the_rule():
     """Untuned, gate_up_split=auto keeps the intermediate split (the model's choice decides otherwise)."""
     plans, _ = build(spec_text("kernel k : tkg { mode=distinct lnc=2 tokens<=32 }", hidden=512, intermediate=256))
     assert plans["k"].gate_up_split == "intermediate" and plans["k"].down_transposed
+
+
+def test_a_tune_axis_at_lnc2_only(tmp_path):
+    """`moegen tune` searches gate_up_split on a tuned LNC 2 tkg kernel that leaves it at auto, not at LNC 1."""
+    from moegen.compiler import load_spec
+    from moegen.tune import axes
+
+    path = tmp_path / "t.moe"
+    kernels = "kernel a : tkg { mode=auto tuned lnc=2 tokens<=32 }\n  kernel b : tkg { mode=auto tuned tokens<=32 }"
+    path.write_text(spec_text(kernels, hidden=512, intermediate=256))
+    searched = {variant.name: [name for name, _ in axes(variant)] for variant in load_spec(path).variants}
+    assert "gate_up_split" in searched["a"] and "gate_up_split" not in searched["b"]
