@@ -2,8 +2,8 @@
 
 For each tkg kernel and each `tuned` cte kernel of a spec, or the one kernel named, the
 options the spec leaves at `auto` are searched one axis at a time, in a fixed order (tkg: mode, shard,
-gate_up_loop, weight_buffers, down_columns; cte: shard, block, loop, weights, then, when the best plan so far
-streams its weights, weight_buffers, gate_up_tiles, down_columns): each value of the axis is
+gate_up_loop, gate_up_split, weight_buffers, down_columns; cte: shard, block, loop, weights, then, when the best plan
+so far streams its weights, weight_buffers, gate_up_tiles, down_columns): each value of the axis is
 planned with the best values found so far for the earlier axes (a refused plan is listed with its
 reason), rendered into a scratch folder, run on the verify harness's seeded inputs and modeled by
 moegen.perf at the token counts (tkg: T=1 and the kernel's token bound; cte: its `tune_tokens`, 4096 by
@@ -47,6 +47,7 @@ TKG_AXES = (
     ),
     ("shard", ({"shard": "intermediate"}, {"shard": "hidden"}, {"shard": "tokens"})),
     ("gate_up_loop", ({"gate_up_loop": "h_outer"}, {"gate_up_loop": "i_outer"})),
+    ("gate_up_split", ({"gate_up_split": "intermediate"}, {"gate_up_split": "hidden"})),
     ("weight_buffers", ({"weight_buffers": 2}, {"weight_buffers": 4}, {"weight_buffers": 8})),
     ("down_columns", ({"down_columns": 1024}, {"down_columns": 2048})),
 )
@@ -121,7 +122,7 @@ def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
         if option == "mode":
             if value == "auto" or not variant.options.get("tuned"):
                 found.append((option, values))
-        elif option == "shard":
+        elif option in ("shard", "gate_up_split"):  # LNC=2 splits
             if variant.options.get("lnc") == 2 and value == "auto":
                 found.append((option, values))
         elif value in ("auto", None):  # weight_buffers / down_columns: unset means the plan's rule

@@ -67,7 +67,8 @@ OPTIONS = (
     OptionSpec(
         "tuned",
         "flag",
-        "the options left at auto or unset (mode, shard, gate_up_loop, weight_buffers, down_columns) take the model's "
+        "the options left at auto or unset (mode, shard, gate_up_loop, gate_up_split, weight_buffers, down_columns) "
+        "take the model's "
         "choice recorded in SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
     ),
     OptionSpec(
@@ -171,6 +172,17 @@ OPTIONS = (
         reason="16 slabs of one H tile's rows already cover the DMA latency many times over",
     ),
     OptionSpec(
+        "gate_up_split",
+        "choice",
+        "LNC=2 intermediate split with the transposed down projection: how the cores share the gate/up "
+        "weights. intermediate: each core its half of the I columns of every H row (two runs per row); "
+        "hidden: each core half of the H rows, all I columns (whole gate + up rows, one run), the partial "
+        "gate/up sums of its partner's I half exchanged (sendrecv) per expert before the activation; "
+        "auto: intermediate (with `tuned`: the timeline model's choice)",
+        default="auto",
+        choices=("auto", "intermediate", "hidden"),
+    ),
+    OptionSpec(
         "down_columns",
         "int",
         "output columns per down group (PSUM banks of 512 fp32 columns; the down weights' DMA run); unset: 2048",
@@ -246,6 +258,11 @@ class TkgPlan(KernelPlan):
     down_transposed: bool = False
     down_acc_chunks: int = 0
     down_acc_banks: int = 0
+    # how the LNC=2 intermediate split shares the gate/up weights: 'intermediate' (each core its I tiles of
+    # every H row) or 'hidden' (each core the H slabs gate_up_slabs[core], all I; the partial gate/up sums of
+    # the partner's I tiles exchanged per expert before the activation)
+    gate_up_split: str = "intermediate"
+    gate_up_slabs: tuple[tuple[int, int], ...] = ()  # h_outer with H rows per partition, per core: (first slab, slabs)
 
     @property
     def argument_ranges(self) -> tuple[tuple[str, int, int | tuple[str, int]], ...]:
@@ -253,6 +270,11 @@ class TkgPlan(KernelPlan):
         [0, E) is still a bad routing); rank_id a rank of the EP group."""
         ranges = (("expert_index", 0, self.experts),)
         return ranges + ((("rank_id", 0, self.ep),) if self.uses_rank else ())
+
+    @property
+    def row_slabs(self) -> bool:
+        """h_outer gate/up slabs addressed by (slab, row): several H rows per partition, or the cores' H halves."""
+        return self.gate_up_loop == "h_outer" and (self.gate_up_rows > 1 or self.gate_up_split == "hidden")
 
     @property
     def x_group(self) -> int:
@@ -767,12 +789,16 @@ def _routed_plan(layer: Layer, variant: Variant) -> TkgPlan:
     # (down_columns = H asks for whole down rows, which the transposed layout reads too)
     # (a layer with shared experts keeps the [T, H] accumulation the fused shared experts add into)
     shared = layer.shared_expert is not None and bool(layer.dims.shared_experts)
-    if (
+    split = options.get("gate_up_split", "auto")
+    transposed_applies = (
         loop != "i_outer"
         and options.get("down_columns") in (None, hidden)
         and not shared
         and _down_transposed_applies(tkg_plan)
-    ):
+    )
+    if split == "hidden":
+        return _hidden_split_plan(tkg_plan, transposed_applies, depth, loop)
+    if transposed_applies:
         transposed = _down_transposed(tkg_plan)
         passes, acc_tiles, acc_banks = _h_outer_passes(transposed)
         fits = _other_psum_banks(transposed) + transposed.mlp.projections * acc_banks <= PSUM_BANKS
@@ -1058,6 +1084,69 @@ def _gate_up_rows(p: TkgPlan, passes) -> int:
     return next(rows for rows in GATE_UP_ROWS if p.h_tiles % rows == 0)
 
 
+def _hidden_split_plan(p: TkgPlan, transposed_applies: bool, depth: int | None, loop: str) -> TkgPlan:
+    """gate_up_split=hidden: the LNC=2 intermediate split with the transposed down projection, but each core
+    reads half of the H rows of the gate/up weights with all their I columns (gate and up rows back to back:
+    one run of GATE_UP_ROWS whole rows per partition) and sums them over its H half in PSUM; per expert the
+    cores exchange the partial sums of each other's I tiles (sendrecv) and add them before the activation.
+    The down projection stays split by I. PlanError when the split does not apply."""
+    problems: list[tuple[str | None, str]] = []
+    if p.shard != "intermediate":
+        problems.append(
+            (
+                "gate_up_split",
+                f"gate_up_split=hidden shares the gate/up rows of the LNC=2 intermediate split (shard={p.shard})",
+            )
+        )
+    elif not transposed_applies:
+        problems.append(
+            (
+                "gate_up_split",
+                "gate_up_split=hidden needs the transposed down projection with the h_outer gate/up loop "
+                "(distinct mode, whole H tiles, down sums in PSUM: tokens<=32 at this H, no down bias or scales)",
+            )
+        )
+    if p.i_tiles % 2 or p.i_last != PARTITIONS:
+        problems.append(
+            (
+                "gate_up_split",
+                f"gate_up_split=hidden: I {p.intermediate} is not an even number of whole 128-row tiles; the cores "
+                "exchange equal halves of the gate/up sums (sendrecv shapes are equal)",
+            )
+        )
+    if p.h_tiles % 2:
+        problems.append(("gate_up_split", f"gate_up_split=hidden: H {p.hidden} is an odd number of 128-row tiles"))
+    if problems:
+        raise PlanError(*problems)
+    transposed = _down_transposed(p)
+    whole_i = replace(transposed, core_i_tiles=((0, p.i_tiles),) * p.lnc)  # every core sums all I tiles
+    passes, acc_tiles, acc_banks = _h_outer_passes(whole_i)
+    fits = _other_psum_banks(transposed) + transposed.mlp.projections <= PSUM_BANKS
+    if p.i_tiles > acc_tiles or not fits:
+        raise PlanError(
+            (
+                "gate_up_split",
+                f"gate_up_split=hidden: the gate/up sums of all {p.i_tiles} I tiles at {p.token_tile} tokens must fit "
+                f"one PSUM bank per projection ({acc_tiles} tiles per bank) beside the other PSUM tiles",
+            )
+        )
+    core_tiles = p.h_tiles // 2
+    rows = next(r for r in GATE_UP_ROWS if core_tiles % r == 0) if p.x_transpose == "pe" else 1
+    slabs = core_tiles // rows
+    split = replace(transposed, gate_up_split="hidden", gate_up_slabs=((0, slabs), (slabs, slabs)))
+    split = _h_outer_plan(split, passes, acc_tiles, 1, depth, loop, rows)
+    run = rows * p.mlp.projections * p.intermediate * DTYPE_BYTES[p.weight_dtype]
+    half = p.i_tiles // 2
+    why = (
+        f"hidden: each core reads H rows of {slabs} slab(s) "
+        f"({core_tiles} of the {p.h_tiles} H tiles) with all I columns ({run}-byte runs: whole gate + up rows) and "
+        f"sums them in PSUM; per expert it sends the partner the partial sums of the partner's {half} I tiles "
+        f"([128, {p.mlp.projections}, {half}, n] fp32, sendrecv) and adds the partner's partial of its own before "
+        "the activation; the down projection stays split by I"
+    )
+    return replace(split, decisions=split.decisions + (("gate/up split", why),))
+
+
 def _h_outer_slab_bytes(p: TkgPlan) -> int:
     columns = max(cols for core in p.gate_up_passes for _, _, cols in core)
     return p.gate_up_rows * p.mlp.projections * columns * DTYPE_BYTES[p.weight_dtype]
@@ -1072,9 +1161,11 @@ def _h_outer_plan(
         p, gate_up_loop="h_outer", gate_up_passes=passes, acc_tiles=acc_tiles, acc_banks=acc_banks, gate_up_rows=rows
     )
     p = replace(p, gate_up_buffers=1, gate_up_columns=max(c for core in passes for _, _, c in core))
+    if not p.gate_up_slabs:  # every core reads every H slab
+        p = replace(p, gate_up_slabs=((0, p.h_tiles // rows),) * p.lnc)
     p = replace(p, buffers=_buffers(p))
     slab = _h_outer_slab_bytes(p)
-    loads = p.h_tiles // rows * max(len(core) for core in passes)
+    loads = max(count for _, count in p.gate_up_slabs) * max(len(core) for core in passes)
     capacity = SBUF_BYTES[p.target] - SBUF_HEADROOM - (p.sbuf_bytes() - slab)
     slabs = depth or max(1, min(H_OUTER_MAX_BUFFERS, loads, capacity // slab))
     p = replace(p, gate_up_buffers=slabs)
@@ -1180,6 +1271,13 @@ def _buffers(p: TkgPlan) -> tuple[Buffer, ...]:
                 + ([Buffer("up_psum", "psum", PARTITIONS, tt * 4)] if m.gated else [])
             ),
         ]
+    if p.gate_up_split == "hidden":
+        half = p.i_tiles // 2
+        buffers.append(
+            Buffer(
+                "gate_up_send + gate_up_recv + gate_up_sum", "sbuf", PARTITIONS, m.projections * half * tt * 4, count=3
+            )
+        )
     if p.down_transposed:
         chunks, out_chunks = p.hidden // PARTITIONS, p.hidden // PARTITIONS // (2 if p.exchanges_partials else 1)
         buffers.append(Buffer("down_acc", "psum", PARTITIONS, p.down_acc_chunks * tt * 4, count=p.down_acc_banks))
@@ -1281,14 +1379,17 @@ def _distinct_buffers(p: TkgPlan) -> list[Buffer]:
         Buffer("ones_column", "sbuf", PARTITIONS, 4),
         Buffer("used + slot + expert_column", "sbuf", el, 4, count=3),
         Buffer("earlier + slot_iota + slot_onehot", "sbuf", el, el * 4, count=3),
-        Buffer("distinct_psum", "psum", el, (el + 3) * 4),
+        Buffer("distinct_psum", "psum", el, (2 * el + 3) * 4),
+        Buffer("reverse_iota + first_score", "sbuf", 1, el * 4, count=2),
+        Buffer("first_max", "sbuf", 1, 4),
         Buffer("distinct_ids", "sbuf", 1, (el + 1) * 4),
         Buffer("expert_id + next_expert_id", "sbuf", 1, 4, count=2),
     ]
     if scale != "none":
         buffers.append(Buffer("routing_scale", "sbuf", tt, el * 4))
-    if p.eager:  # the eager path keeps a one-hot row per k
-        buffers.append(Buffer("eager_affinities + onehot", "sbuf", tt, (p.top_k + el) * 4))
+    buffers.append(Buffer("onehots", "sbuf", tt, p.top_k * el * 4))  # the one-hot of every k
+    if p.eager:
+        buffers.append(Buffer("eager_affinities", "sbuf", tt, p.top_k * 4))
     if p.ep > 1:
         buffers.append(Buffer("rank_offset_f", "sbuf", tt, 4))
     if scale != "post":

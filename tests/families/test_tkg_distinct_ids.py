@@ -1,7 +1,8 @@
 """Distinct mode's expert ids: the weight DMAs of every used expert take their address from a tile written by
-a compute-engine copy (slot 0's id from the compaction's PSUM row, later ones from an id loaded while the
-previous expert's weights stream), never from a DMA issued at the expert change (which queues behind the
-weight transfers; docs/faster_decode.md, round 4)."""
+a compute engine (slot 0's id from a row of the per-expert counts, later ones copied from an id loaded while
+the previous expert's weights stream), never from a DMA issued at the expert change (which queues behind the
+weight transfers; docs/faster_decode.md, round 4); slot 0's id is few dependent steps from the routing
+(round 5)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,46 @@ def _id_writers(text: str, tokens: int) -> list[tuple[str, str]]:
     ],
 )
 def test_weight_addresses_come_from_engine_copies(kernel, tokens):
-    """Several used experts: each weight DMA's expert id was last written by a tensor_copy, not a DMA."""
+    """Several used experts: each weight DMA's expert id was last written by a compute engine, not a DMA."""
     writers = _id_writers(spec_text(kernel, hidden=256, intermediate=128), tokens)
-    assert writers and set(writers) <= {("scalar", "tensor_copy"), ("gpsimd", "tensor_copy")}
+    assert writers and set(writers) <= {("vector", "tensor_scalar"), ("gpsimd", "tensor_copy")}
     assert ("gpsimd", "tensor_copy") in writers  # a second expert ran on the prefetched id
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    ["kernel k : tkg { mode=distinct tokens<=32 }", "kernel k : tkg { mode=distinct ep=2 lnc=2 tokens<=32 }"],
+)
+def test_first_expert_id_is_few_steps_after_the_routing(kernel):
+    """The longest chain of dependent instructions (read after write) from the expert_index DMA to the first
+    weight DMA's expert id: index DMA, float ids, the one-hots (independent per k), the counts row (matmuls
+    accumulating over k), score, max, id = 7 instructions at K = 2; through routing_count (one step per k) and
+    the compaction (counts column, used, slot, slot copy, slot one-hot, ids row, id copy) it was 11."""
+    text = spec_text(kernel, hidden=256, intermediate=128)
+    check(text, tokens=3)
+    plans, kernels = build(text)
+    inputs = harness.make_inputs(plans["k"], 3, np.random.default_rng(SEED))
+    with sim.recording():
+        harness.run(kernels["k"], plans["k"], inputs)
+    trace = [r for r in sim.last_run().trace if r.get("core", 0) == 0]
+    depth: dict[int, int] = {}
+    for idx, instruction in enumerate(trace):
+        reads = list(instruction.get("reads", ())) + list(instruction.get("addr_reads", ()))
+        if any("expert_index" in r["mem"] for r in reads):
+            depth[idx] = 1
+            continue
+        producers = [
+            max((j for j in range(idx) if any(_overlaps(r, w) for w in trace[j].get("writes", ()))), default=None)
+            for r in reads
+            if not r["mem"].startswith("hbm")
+        ]
+        chained = [depth[j] for j in producers if j in depth]
+        if chained:
+            depth[idx] = 1 + max(chained)
+        weights = any("expert_gate_up_weights" in r["mem"] for r in instruction.get("reads", ()))
+        if weights and instruction["engine"] == "dma":
+            (address,) = [r for r in instruction["addr_reads"] if r["mem"].startswith("sbuf")]
+            writer = max(j for j in range(idx) if any(_overlaps(address, w) for w in trace[j].get("writes", ())))
+            assert depth[writer] == 7, (trace[writer]["opcode"], depth[writer])
+            return
+    raise AssertionError("no gate/up weight DMA")
