@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from moegen.plan.common import DTYPE_BYTES, MATMUL_MOVING_FREE_MAX, PARTITIONS, Buffer, ceil_div
+from moegen.plan.common import DTYPE_BYTES, PARTITIONS, Buffer, ceil_div
 from moegen.plan.mx_expert import mx_weights_plan
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
@@ -113,7 +113,7 @@ def specialize(p: CtePlan, layer: Layer) -> CtePlan:
     residency, no reuse), MX slabs, MX buffers and decisions."""
     mx = mx_weights_plan(layer.quant.weights, p.hidden, p.intermediate)
     slabs = core_slabs(mx.i_slabs, p.exchange)
-    dropped = {"weights", "weight reuse", "tiling", "uneven intermediate split"}
+    dropped = {"weights", "weight reuse", "tiling", "uneven intermediate split", "padding tiles"}
     name = {"block": "shard_on_block_mx", "intermediate": "shard_on_i_mx"}[p.shard] + ("_hybrid" if p.hybrid else "")
     decisions = [d for d in p.decisions if d[0] not in dropped] + [
         (
@@ -137,6 +137,16 @@ def specialize(p: CtePlan, layer: Layer) -> CtePlan:
             "column chunk (<= 512) of this core's I slabs at a time",
         ),
     ]
+    if p.skip_padding_tiles:
+        decisions.append(
+            (
+                "padding tiles",
+                "each 128-slot tile's gather, transposes and quantize_mx, its gate/up matmuls and epilogue (moving "
+                "one 128-token tile: TensorE time per token is the same as at 512), its h quantize_mx and its "
+                "down matmuls, partial exchange and output update run in nl.fori_loop(0, active) with active (0 or "
+                "1: the tile holds a token) loaded into a register, so issued MACs follow the real tokens",
+            )
+        )
     if p.exchange:
         decisions.append(
             (
@@ -163,7 +173,7 @@ def buffers(p: CtePlan) -> tuple[Buffer, ...]:
     mx = p.mx
     b, dt, out_dt, word = p.block, DTYPE_BYTES[p.dtype], DTYPE_BYTES[p.out_dtype], mx.word_bytes
     n_t = b // TRANSPOSE_TOKENS
-    chunk = min(b, MATMUL_MOVING_FREE_MAX)
+    chunk = max(size for _, size in p.token_chunks)  # gate/up moving chunk (one 128-token tile when skipping)
     col = p.down_cols
     core_i = max(count for _, count in p.mx_core_slabs)
     sb = [
