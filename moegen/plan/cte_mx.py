@@ -134,7 +134,8 @@ def specialize(p: CtePlan, layer: Layer) -> CtePlan:
             "weights",
             "streamed per block: one I slab of the gate/up weights and scales at a time (contiguous runs of the "
             "slab's columns; packed position q is read as the stride-4 view q::4), and the down weights one "
-            "column chunk (<= 512) of this core's I slabs at a time",
+            "column chunk (<= 512) of this core's I slabs at a time; two copies of each, consecutive slabs "
+            "(chunks) alternating, so a load overlaps the matmuls on the previous slab (chunk)",
         ),
     ]
     if p.skip_padding_tiles:
@@ -183,11 +184,15 @@ def buffers(p: CtePlan) -> tuple[Buffer, ...]:
         Buffer("x_rows", "sbuf", PARTITIONS, dt * p.hidden),
         Buffer("x_stage", "sbuf", PARTITIONS, dt * mx.h_slabs * b * 4),
         Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * b * (4 + 1)),
-        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * 4 * PARTITIONS * (word + 1)),
+        Buffer(
+            "w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * 4 * PARTITIONS * (word + 1), 2
+        ),  # slabs alternate
         Buffer("gate/up/act scratch", "sbuf", PARTITIONS, 4 * chunk, 3),
         Buffer("h_il", "sbuf", PARTITIONS, dt * mx.i_slabs * b * 4),
         Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * b * (4 + 1)),
-        Buffer("w_down + scales", "sbuf", PARTITIONS, core_i * col * (word + 1), 2 if p.exchange else 1),
+        Buffer(
+            "w_down + scales", "sbuf", PARTITIONS, core_i * col * (word + 1), 4 if p.exchange else 2
+        ),  # chunks alternate
         Buffer("y_tile", "sbuf", PARTITIONS, 4 * col),
         Buffer("y_out", "sbuf", PARTITIONS, out_dt * col),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * p.zero_columns),
