@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from moegen.plan.common import DTYPE_BYTES, MATMUL_MOVING_FREE_MAX, PARTITIONS, Buffer, ceil_div
+from moegen.plan.common import DTYPE_BYTES, PARTITIONS, Buffer, ceil_div
 from moegen.plan.mx_expert import mx_weights_plan
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
@@ -113,7 +113,7 @@ def specialize(p: CtePlan, layer: Layer) -> CtePlan:
     residency, no reuse), MX slabs, MX buffers and decisions."""
     mx = mx_weights_plan(layer.quant.weights, p.hidden, p.intermediate)
     slabs = core_slabs(mx.i_slabs, p.exchange)
-    dropped = {"weights", "weight reuse", "tiling", "uneven intermediate split"}
+    dropped = {"weights", "weight reuse", "tiling", "uneven intermediate split", "padding tiles"}
     name = {"block": "shard_on_block_mx", "intermediate": "shard_on_i_mx"}[p.shard] + ("_hybrid" if p.hybrid else "")
     decisions = [d for d in p.decisions if d[0] not in dropped] + [
         (
@@ -134,9 +134,20 @@ def specialize(p: CtePlan, layer: Layer) -> CtePlan:
             "weights",
             "streamed per block: one I slab of the gate/up weights and scales at a time (contiguous runs of the "
             "slab's columns; packed position q is read as the stride-4 view q::4), and the down weights one "
-            "column chunk (<= 512) of this core's I slabs at a time",
+            "column chunk (<= 512) of this core's I slabs at a time; two copies of each, consecutive slabs "
+            "(chunks) alternating, so a load overlaps the matmuls on the previous slab (chunk)",
         ),
     ]
+    if p.skip_padding_tiles:
+        decisions.append(
+            (
+                "padding tiles",
+                "each 128-slot tile's gather, transposes and quantize_mx, its gate/up matmuls and epilogue (moving "
+                "one 128-token tile: TensorE time per token is the same as at 512), its h quantize_mx and its "
+                "down matmuls, partial exchange and output update run in nl.fori_loop(0, active) with active (0 or "
+                "1: the tile holds a token) loaded into a register, so issued MACs follow the real tokens",
+            )
+        )
     if p.exchange:
         decisions.append(
             (
@@ -163,7 +174,7 @@ def buffers(p: CtePlan) -> tuple[Buffer, ...]:
     mx = p.mx
     b, dt, out_dt, word = p.block, DTYPE_BYTES[p.dtype], DTYPE_BYTES[p.out_dtype], mx.word_bytes
     n_t = b // TRANSPOSE_TOKENS
-    chunk = min(b, MATMUL_MOVING_FREE_MAX)
+    chunk = max(size for _, size in p.token_chunks)  # gate/up moving chunk (one 128-token tile when skipping)
     col = p.down_cols
     core_i = max(count for _, count in p.mx_core_slabs)
     sb = [
@@ -173,11 +184,15 @@ def buffers(p: CtePlan) -> tuple[Buffer, ...]:
         Buffer("x_rows", "sbuf", PARTITIONS, dt * p.hidden),
         Buffer("x_stage", "sbuf", PARTITIONS, dt * mx.h_slabs * b * 4),
         Buffer("x_q + x_scales", "sbuf", PARTITIONS, mx.h_slabs * b * (4 + 1)),
-        Buffer("w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * 4 * PARTITIONS * (word + 1)),
+        Buffer(
+            "w_gate_up + scales", "sbuf", PARTITIONS, mx.h_slabs * 2 * 4 * PARTITIONS * (word + 1), 2
+        ),  # slabs alternate
         Buffer("gate/up/act scratch", "sbuf", PARTITIONS, 4 * chunk, 3),
         Buffer("h_il", "sbuf", PARTITIONS, dt * mx.i_slabs * b * 4),
         Buffer("h_q + h_scales", "sbuf", PARTITIONS, mx.i_slabs * b * (4 + 1)),
-        Buffer("w_down + scales", "sbuf", PARTITIONS, core_i * col * (word + 1), 2 if p.exchange else 1),
+        Buffer(
+            "w_down + scales", "sbuf", PARTITIONS, core_i * col * (word + 1), 4 if p.exchange else 2
+        ),  # chunks alternate
         Buffer("y_tile", "sbuf", PARTITIONS, 4 * col),
         Buffer("y_out", "sbuf", PARTITIONS, out_dt * col),
         Buffer("zero_rows", "sbuf", PARTITIONS, out_dt * p.zero_columns),

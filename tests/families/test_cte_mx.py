@@ -214,3 +214,37 @@ def test_bf16_cte_on_trn3_is_refused(tmp_path):
         ),
     )
     assert "MX variants" in message
+
+
+# ------------------------------------------------------------------ padding tiles skipped at run time
+
+PADDING_TILES = """\
+kernel block2 : cte { block=512 lnc=2 }
+  kernel i2     : cte { block=512 shard=intermediate lnc=2 }
+  kernel hyb2   : cte { block=512 shard=intermediate lnc=2 loop=hybrid padding=skip }"""
+
+
+@pytest.mark.parametrize("kernel", ["block2", "i2", "hyb2"])
+def test_padding_tiles_issue_no_mx_work(kernel):
+    """Blocks of 512 slots holding ~70 tokens: only each block's first 128-slot tile runs its transposes,
+    quantize_mx and nc_matmul_mx (each tile's work in a 0/1 nl.fori_loop); the outputs match the reference.
+    Fails on the kernels that skipped nothing (every tile of every block issued its MX work)."""
+    from moegen import sim
+
+    with sim.recording():
+        plan, inputs, _, _ = check(spec_text(PADDING_TILES), kernel, 100)
+        trace = sim.last_run().trace
+    assert plan.skip_padding_tiles and plan.token_chunks == tuple((c, 128) for c in range(0, 512, 128))
+    slots = inputs["token_position_to_id"].reshape(-1, plan.token_tiles, 128)
+    active = int(((slots >= 0) & (slots < 100)).any(axis=2).sum())
+    assert active < slots.shape[0] * plan.token_tiles  # most tiles hold only padding
+    # per active tile, summed over the cores that run it (shard=intermediate: both, each its I slabs)
+    slabs = sum(count for _, count in plan.mx_core_slabs)
+    h_slabs, partials = plan.mx.h_slabs, 2 if plan.exchange else 1
+    counts = {
+        op: sum(1 for rec in trace if rec["opcode"] == op) for op in ("nc_matmul_mx", "quantize_mx", "nc_transpose")
+    }
+    cores = len(plan.mx_core_slabs)
+    assert counts["nc_matmul_mx"] == active * slabs * (4 * h_slabs * 2 + len(plan.down_chunks) * partials)
+    assert counts["quantize_mx"] == active * (cores * h_slabs + slabs)
+    assert counts["nc_transpose"] == active * cores * h_slabs * 4
