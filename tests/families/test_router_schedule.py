@@ -148,3 +148,24 @@ def test_last_step_routes_the_previous_group_before_its_later_tiles():
     assert len(transposes) == 8 * plan.h_tiles and len(max8s) == 8
     last_tile = transposes[7 * plan.h_tiles]  # the first transpose of the last tile
     assert max8s[3] < last_tile, (max8s, last_tile)  # group 0's routing (its 4 max8) comes before it
+
+
+def test_topk_chain_keeps_two_steps_off_vector_engine():
+    """Post-norm softmax, K = 2 (Mixtral): the values nc_match_replace8 removes (the K chosen, -inf in
+    the other slots) are a GpSimd copy made while nc_find_index8 reads max8's values, not a VectorE memset
+    after it; -top for the K-value softmax is one ScalarE tensor_scalar, next to the exponentials."""
+    text = router_spec(
+        hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
+    )
+    assert_matches(text, tokens=2 * 128)
+    _, trace = traced(text, 2 * 128)
+    vector_memsets = [r for r in trace if r["opcode"] == "memset" and r["engine"] == "vector"]
+    assert vector_memsets == []
+    value_copies = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_copy" and r["engine"] == "gpsimd" and r["operands"]["dst"]["dtype"] == "float32"
+    ]
+    assert len(value_copies) == 1  # one per routing group, over its 2 tiles
+    negations = [r for r in trace if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
+    assert len(negations) == 1
