@@ -135,8 +135,9 @@ def test_k_weights_that_stay_on_chip_skip_their_final_scaling():
 
 def test_last_step_routes_the_previous_group_before_its_later_tiles():
     """Layout th, E = 8, T = 1024 (two routing groups of 4 tiles): the last step issues group 0's
-    routing after its first LAST_ROUTE_SPLIT tiles' transposes, so the in-order VectorE / ScalarE queues
-    route group 0 while the last tiles' x rows still load, instead of after every copy of group 1."""
+    selection (keys, max8, indices) after its first LAST_ROUTE_SPLIT tiles, so the in-order VectorE /
+    ScalarE queues select while the last tiles' x rows still load, and group 0's weights and affinities
+    after the last tile's transposes and copies, so they do not delay them."""
     text = router_spec(
         hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
     )
@@ -147,7 +148,9 @@ def test_last_step_routes_the_previous_group_before_its_later_tiles():
     max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
     assert len(transposes) == 8 * plan.h_tiles and len(max8s) == 8
     last_tile = transposes[7 * plan.h_tiles]  # the first transpose of the last tile
-    assert max8s[3] < last_tile, (max8s, last_tile)  # group 0's routing (its 4 max8) comes before it
+    assert max8s[3] < last_tile, (max8s, last_tile)  # group 0's selection (its 4 max8) comes before it
+    selects = [i for i, r in enumerate(trace) if r["opcode"] == "select_reduce"]
+    assert len(selects) == 2 and selects[0] > transposes[-1]  # its weights come after the last tile
 
 
 def test_topk_chain_keeps_two_steps_off_vector_engine():
