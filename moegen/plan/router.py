@@ -105,11 +105,13 @@ class RouterPlan(KernelPlan):
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
+    last_route_split: int  # the last step selects the previous group's experts after this many of its tiles
     route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
     x_copy_engines: tuple[str, ...]  # layout th: engine of each x.T PSUM -> SBUF copy, cycled over the groups
     affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
+    k_weights_out: bool  # the K weights leave the kernel (eager or scatter=dma): their final scaling is issued
     fuse_row_weights: bool  # one-hot rows of a renormalised pre-norm softmax: 1/sum and 1/(K sum) in one tensor_scalar
     select_on: str  # 'logits' | 'scores': what max8 ranks
     full_scores: bool  # the activation over all E is materialised
@@ -155,6 +157,14 @@ LIGHT_ROUTING_EXPERTS = 32  # at most this many experts: routing is light (the s
 # them), so while one tile's dependent step waits for its producer's latency the others' run. 4 tiles of
 # E = 128 fill the bank; more would only lengthen the pipeline's fill and drain.
 ROUTE_GROUP_MAX = 4
+# The last step (no next group to load) splits the previous group's routing: its selection (keys, max8,
+# indices) after the first 2 tiles of the last group, its weights and affinities after all of them. The
+# selection's VectorE steps then run while the last tiles' x rows still arrive, and the weights do not
+# hold ScalarE / VectorE ahead of the last tile's x.T copies (Mixtral T = 4096, modeled: the whole routing
+# after 0 - 5 tiles 109.6, 109.5, 108.2, 109.4, 108.9 us; split as here 105.8 us, with the weights after 3
+# tiles 106.5 us; the selection after 1 or 3 tiles 107.0 us; earlier in every step is slower:
+# docs/faster_router.md)
+LAST_ROUTE_SPLIT = 2
 ROUTING_ROWS = (
     "selection row (work)",
     "key and gather rows",
@@ -434,6 +444,18 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             ),
         ),
         (
+            "routing order",
+            f"step s transposes and multiplies group s, then routes group s - 1; the last step selects the "
+            f"previous group's experts after its first {LAST_ROUTE_SPLIT} tiles and computes their weights "
+            "after all of its tiles"
+            + (
+                ""
+                if eager or scatter == "dma"
+                else "; the K weights stay on chip (no eager output, no DMA scatter), so only the whole-row "
+                "weights are scaled by 1 / sum"
+            ),
+        ),
+        (
             "selection",
             f"max8 ranks the {select_on}"
             + (
@@ -532,6 +554,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         group_score=router.group_score,
         affinities=affinities,
         fuse_row_weights=fuse_row_weights,
+        k_weights_out=eager or scatter == "dma",
         h_tiles=h_tiles,
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
@@ -541,6 +564,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_load_rows=X_LOAD_ROWS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
+        last_route_split=LAST_ROUTE_SPLIT,
         x_pe_rows=X_PE_ROWS,
         x_group=x_group,
         x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],

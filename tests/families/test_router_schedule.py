@@ -108,3 +108,67 @@ def test_transposes_rotate_through_every_psum_bank_of_x_across_tiles():
         for w in r["writes"]
     }
     assert len(banks) == plan.x_psum_bufs, sorted(banks)
+
+
+def test_k_weights_that_stay_on_chip_skip_their_final_scaling():
+    """Post-norm softmax, one-hot scatter, no eager output (Mixtral): the affinities come from the
+    whole-row weights, so the K weights' product by 1 / sum (which nothing reads) is not issued; with
+    eager=true it is, and both kernels match the reference."""
+    router = "linear -> topk -> softmax"
+    kernels = "kernel route : router { layout=th }\n  kernel eager : router { layout=th eager }"
+    text = router_spec(hidden=256, experts=8, top_k=2, router=router, kernels=kernels)
+    assert_matches(text, tokens=2 * 128)
+
+    def k_products(kernel):
+        plan, trace = traced(text, 2 * 128, kernel)
+        return [
+            r
+            for r in trace
+            if r["opcode"] == "tensor_scalar"
+            and r["operands"]["dst"]["shape"][-1] == plan.top_k
+            and isinstance(r["operands"].get("operand0"), dict)
+        ]
+
+    assert k_products("route") == []
+    assert len(k_products("eager")) == 2  # one per tile of the routing group
+
+
+def test_last_step_routes_the_previous_group_before_its_later_tiles():
+    """Layout th, E = 8, T = 1024 (two routing groups of 4 tiles): the last step issues group 0's
+    selection (keys, max8, indices) after its first LAST_ROUTE_SPLIT tiles, so the in-order VectorE /
+    ScalarE queues select while the last tiles' x rows still load, and group 0's weights and affinities
+    after the last tile's transposes and copies, so they do not delay them."""
+    text = router_spec(
+        hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
+    )
+    assert_matches(text, tokens=8 * 128)
+    plan, trace = traced(text, 8 * 128)
+    assert plan.route_group == 4
+    transposes = [i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose"]
+    max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
+    assert len(transposes) == 8 * plan.h_tiles and len(max8s) == 8
+    last_tile = transposes[7 * plan.h_tiles]  # the first transpose of the last tile
+    assert max8s[3] < last_tile, (max8s, last_tile)  # group 0's selection (its 4 max8) comes before it
+    selects = [i for i, r in enumerate(trace) if r["opcode"] == "select_reduce"]
+    assert len(selects) == 2 and selects[0] > transposes[-1]  # its weights come after the last tile
+
+
+def test_topk_chain_keeps_two_steps_off_vector_engine():
+    """Post-norm softmax, K = 2 (Mixtral): the values nc_match_replace8 removes (the K chosen, -inf in
+    the other slots) are a GpSimd copy made while nc_find_index8 reads max8's values, not a VectorE memset
+    after it; -top for the K-value softmax is one ScalarE tensor_scalar, next to the exponentials."""
+    text = router_spec(
+        hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
+    )
+    assert_matches(text, tokens=2 * 128)
+    _, trace = traced(text, 2 * 128)
+    vector_memsets = [r for r in trace if r["opcode"] == "memset" and r["engine"] == "vector"]
+    assert vector_memsets == []
+    value_copies = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_copy" and r["engine"] == "gpsimd" and r["operands"]["dst"]["dtype"] == "float32"
+    ]
+    assert len(value_copies) == 1  # one per routing group, over its 2 tiles
+    negations = [r for r in trace if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
+    assert len(negations) == 1
