@@ -49,15 +49,30 @@ def token_counts(plan, decode=DECODE_TOKENS, router=ROUTER_TOKENS, prefill=(PREF
     return tuple(t for t in decode if t <= bound)
 
 
+def kernel_label(plan, experts_used: int | str | None) -> str:
+    """The kernel column: its name, and the routing's expert pool when --experts-used chose it."""
+    if experts_used is None or plan.family != "cte":
+        return plan.kernel_name
+    used = plan.global_experts if experts_used == "all" else experts_used
+    return f"{plan.kernel_name} (routed over {used} experts)"
+
+
+def _experts_used(text: str) -> int | str:
+    return "all" if text == "all" else int(text)
+
+
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
 
-def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
-    """One table row. A kernel planned for trn3 has no trn2 figures: its trn2 columns show its trn3 model."""
+def row(spec: str, plan, tokens: int, experts_used: int | str | None = None) -> tuple[str, float, float]:
+    """One table row. A kernel planned for trn3 has no trn2 figures: its trn2 columns show its trn3 model.
+    experts_used (cte): the routing's expert pool; when given, the kernel column says so ("prefill (E=128)")."""
     trn3_only = plan.target == "trn3"
     path = REPO / "generated" / spec / f"{plan.kernel_name}.py"
-    report, sim_s, model_s = profile_plan(plan, path, tokens, "trn3" if trn3_only else "trn2")
+    report, sim_s, model_s = profile_plan(
+        plan, path, tokens, "trn3" if trn3_only else "trn2", experts_used=experts_used
+    )
     trace = sim.last_run().trace
     trn3 = (
         report
@@ -73,7 +88,7 @@ def row(spec: str, plan, tokens: int) -> tuple[str, float, float]:
     )
     busy = "/".join(f"{100 * report.engine_busy[e]:.0f}" for e in ("tensor", "vector", "scalar", "gpsimd", "dma"))
     text = (
-        f"| {spec} | {plan.kernel_name} | {plan.family} | {report.lnc} | {tokens} "
+        f"| {spec} | {kernel_label(plan, experts_used)} | {plan.family} | {report.lnc} | {tokens} "
         f"| {'trn3 only: ' if trn3_only else ''}{report.modeled_us:.1f} "
         f"| {report.roofline_fraction:.3f} | {report.bound} | {report.hbm_bytes / 1e6:.1f} MB / "
         f"{report.hbm_min_bytes / 1e6:.1f} MB ({report.hbm_bytes / max(1, report.hbm_min_bytes):.2f}x) "
@@ -92,6 +107,12 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=_ints, default=DECODE_TOKENS, help="e.g. 1,32")
     parser.add_argument("--router-tokens", type=_ints, default=ROUTER_TOKENS, help="e.g. 1,4096")
     parser.add_argument("--prefill-tokens", type=_ints, default=(PREFILL_TOKENS,), help="cte / mlp / activation")
+    parser.add_argument(
+        "--experts-used",
+        type=_experts_used,
+        default=None,
+        help="cte: route over N experts or 'all' (default: the verify harness's pool; labelled in the kernel column)",
+    )
     parser.add_argument("--append", action="store_true", help="add rows to an existing table")
     args = parser.parse_args()
     specs = [Path(s) for s in args.specs] if args.specs else sorted((REPO / "specs").glob("*.moe"))
@@ -119,10 +140,13 @@ def main() -> None:
                     continue
                 for tokens in token_counts(plan, args.decode_tokens, args.router_tokens, args.prefill_tokens):
                     start = time.perf_counter()
+                    used = args.experts_used if plan.family == "cte" else None
                     try:
-                        text, sim_s, model_s = row(generated.name, plan, tokens)
+                        text, sim_s, model_s = row(generated.name, plan, tokens, used)
                     except Exception as error:  # a kernel the simulator cannot run at this size: say so
-                        text = f"| {generated.name} | {plan.kernel_name} | {plan.family} | {plan.lnc} | {tokens} "
+                        text = (
+                            f"| {generated.name} | {kernel_label(plan, used)} | {plan.family} | {plan.lnc} | {tokens} "
+                        )
                         text += f"| failed: {type(error).__name__}: {str(error)[:80]} |" + " |" * 9 + "\n"
                         sim_s = model_s = 0.0
                     table.write(text)

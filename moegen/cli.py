@@ -202,6 +202,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _experts_used(text: str) -> int | str:
+    """argparse type of --experts-used: 'all' or an integer >= 1."""
+    return "all" if text == "all" else _positive_int(text)
+
+
 def cmd_profile(args) -> int:
     import json
 
@@ -240,7 +245,13 @@ def cmd_profile(args) -> int:
     plans = [p for p in plans if all(p is not r for r, _ in refused)]
     results = {}
     for plan in plans:
-        report, _, _ = profile_plan(plan, kernel_dir / f"{plan.kernel_name}.py", args.tokens, args.target)
+        try:
+            report, _, _ = profile_plan(
+                plan, kernel_dir / f"{plan.kernel_name}.py", args.tokens, args.target, experts_used=args.experts_used
+            )
+        except (ProfileError, ValueError) as error:
+            print(f"{args.spec}: error: {error}", file=sys.stderr)
+            return EXIT_FAILED
         results[plan.kernel_name] = report
         if not args.json:
             print(f"{plan.kernel_name}:")
@@ -411,6 +422,12 @@ def parser() -> argparse.ArgumentParser:
     profile.add_argument("--variant", metavar="V", help="only this kernel")
     profile.add_argument("--tokens", type=_positive_int, help="token count (default: each kernel's verify_tokens)")
     profile.add_argument("--target", choices=("trn2", "trn3"), default="trn2", help="cost table (default: trn2)")
+    profile.add_argument(
+        "--experts-used",
+        type=_experts_used,
+        metavar="N|all",
+        help="cte: route over N experts or all (default: all, or 2K when all the weights exceed 1 GiB)",
+    )
     profile.add_argument("--json", action="store_true", help="print the report as JSON")
     profile.add_argument("--perfetto", metavar="FILE", help="write the timeline as Chrome trace-event JSON")
     profile.add_argument("--plot", metavar="FILE.png", help="write a roofline + engine utilisation chart")

@@ -32,6 +32,7 @@ from moegen.plan.common import (
     EP_OPTION,
     MATMUL_MOVING_FREE_MAX,
     PARTITIONS,
+    PSUM_BANK_BYTES,
     SBUF_BYTES,
     TP_OPTION,
     Buffer,
@@ -265,6 +266,8 @@ class CtePlan(KernelPlan):
     i_tiles: tuple[tuple[int, int], ...]  # intermediate tiles of this core's I share
     i_full_tiles: int
     gate_up_chunks: tuple[tuple[int, int, int, int], ...]  # (I offset, columns, first tile, tiles) per weight load
+    # resident weights in parts of H tiles (first H tile, tiles) per load, whole rows; () = parts of I (gate_up_chunks)
+    gate_up_h_parts: tuple[tuple[int, int], ...] = ()
     gate_up_chunk_cols: int  # widest chunk in I columns (buffer width)
     h_out: int  # output columns this core finishes (H, or H / 2 for shard=intermediate at LNC=2)
     down_chunks: tuple[tuple[int, int], ...]  # output column chunks (<= 512) within this core's H share
@@ -809,21 +812,43 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 for name in streamed_options
             )
         )
+    gate_up_h_parts: tuple[tuple[int, int], ...] = ()
     if resident:
         # hybrid: the gate/up weights in two parts of I tiles, so the next block's load of the first part
         # overlaps this block's matmuls on the second (and its down phase)
         parts = 2 if hybrid_pipelined and len(i_tiles) > 1 else 1
         buffers, chunk_tiles = resident_buffers, ceil_div(len(i_tiles), parts)
+        # Parts of H tiles instead: each weight row (PJ x I_CORE elements) moves as one contiguous run, 4x
+        # longer than a part's share of I at 2 parts (the DMA cost per run: moegen/perf/costs.py). Every I tile's
+        # gate/up sums then stay open in PSUM across the parts, so only for one-tile blocks, plain weights.
+        h_tiles_full = h // CONTRACTION_TILE
+        if (
+            parts > 1
+            and not exchange
+            and h % CONTRACTION_TILE == 0
+            and b == TOKEN_TILE
+            and common["skip_tiles"]
+            and mlp.weight_quant == "none"
+            and not mlp.gate_up_bias
+        ):
+            half = ceil_div(h_tiles_full, parts)
+            gate_up_h_parts = tuple((first, min(half, h_tiles_full - first)) for first in range(0, h_tiles_full, half))
+            chunk_tiles = len(i_tiles)
+            accumulators = len(i_tiles) * mlp.projections
+            buffers = [x for x in buffers if x.name != "gate_up_psum"] + [
+                Buffer("gate_up_psum", "psum", PARTITIONS, PSUM_BANK_BYTES, ceil_div(accumulators, 4))
+            ]
+        detail = (
+            f"; gate/up in {len(gate_up_h_parts)} parts of {gate_up_h_parts[0][1]} H tiles (whole rows: runs of "
+            f"{mlp.projections * i_core * wdt} B), each loaded before its matmuls; every I tile's sums stay in PSUM "
+            "across the parts"
+            if gate_up_h_parts
+            else f"; gate/up in {parts} parts of {chunk_tiles} I tiles, each loaded before its matmuls"
+            if parts > 1
+            else ""
+        )
         decisions.append(
-            (
-                "weights",
-                "resident: the expert's gate/up and down weights fit SBUF with the block buffers"
-                + (
-                    f"; gate/up in {parts} parts of {chunk_tiles} I tiles, each loaded before its matmuls"
-                    if parts > 1
-                    else ""
-                ),
-            )
+            ("weights", "resident: the expert's gate/up and down weights fit SBUF with the block buffers" + detail)
         )
     else:
         chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
@@ -1008,6 +1033,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         i_tiles=i_tiles,
         i_full_tiles=i_core // CONTRACTION_TILE,
         gate_up_chunks=tuple(gate_up_chunks),
+        gate_up_h_parts=gate_up_h_parts,
         gate_up_chunk_cols=chunk_cols,
         h_out=h_out,
         down_chunks=_tiles(h_out, full_chunk),

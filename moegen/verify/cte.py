@@ -41,9 +41,12 @@ def make_inputs(
     expert_index: np.ndarray | None = None,
     num_blocks: int | None = None,
     aws_forms: bool = False,
+    experts_used: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Kernel arguments by name (plan.arguments), plus `expert_index`, `expert_affinities` [T, K] and
     `dropped` [T, K] for the per-token reference. `num_blocks` overrides the dropless block budget.
+    experts_used: the random routing draws from this many experts instead of `routing_pool(plan)` (all E:
+    the real routing of a layer whose weights exceed WEIGHT_BYTES_RESIDENT, at the cost of their memory).
     aws_forms: the forms AWS's moe_cte tests pass (block_to_expert [N], fp8 row scales [E, 1, 2I] and
     [E, 1, H]), same values."""
     h, i, e, k = plan.hidden, plan.intermediate, plan.experts, plan.top_k
@@ -51,6 +54,10 @@ def make_inputs(
     if expert_index is None:
         # EP: global ids over all E experts (the rank stores only its E_L experts' weights)
         pool = plan.global_experts if plan.ep > 1 else routing_pool(plan)
+        if experts_used is not None:
+            if not plan.top_k <= experts_used <= plan.global_experts:
+                raise ValueError(f"experts_used={experts_used}: must be in [top_k={plan.top_k}, {plan.global_experts}]")
+            pool = experts_used
         expert_index = routing(tokens, plan.global_experts, k, rng, experts_used=pool)
     tokens = expert_index.shape[0]
     raw = rng.random((tokens, k)) + 0.25

@@ -54,8 +54,11 @@ def profile_plan(
     tokens: int | None = None,
     target: str = "trn2",
     seed: int = DEFAULT_SEED,
+    experts_used: int | str | None = None,
 ):
-    """(report, simulation seconds, model seconds) of one generated kernel on seeded inputs."""
+    """(report, simulation seconds, model seconds) of one generated kernel on seeded inputs.
+    experts_used: route over this many experts, "all" = every one (cte only; default: the harness's routing
+    pool, which narrows to 2K experts when all weights exceed its memory budget)."""
     import moegen.perf as perf
     from moegen import sim
 
@@ -64,7 +67,12 @@ def profile_plan(
     module = sim.load_module(kernel_path)
     kernel = getattr(module, plan.kernel_name)
     tokens = tokens or default_tokens(plan)
-    inputs = family.make_inputs(plan, tokens, np.random.default_rng(seed))
+    if experts_used is not None and plan.family != "cte":
+        raise ProfileError(f"{plan.kernel_name}: experts used applies to cte kernels, not {plan.family}")
+    if experts_used == "all":
+        experts_used = plan.global_experts
+    options = {} if experts_used is None else {"experts_used": experts_used}
+    inputs = family.make_inputs(plan, tokens, np.random.default_rng(seed), **options)
     start = time.perf_counter()
     with sim.recording():
         family.run(kernel, plan, inputs)
