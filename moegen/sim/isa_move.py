@@ -310,7 +310,7 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
         if s.buffer is MemoryRegion.psum:
             raise NkiSimError(f"{instr}: srcs[{i}] '{s.name}' is in psum (limit: DMA cannot read PSUM)")
         _elements_match(instr, dst, s)
-    runtime.current().record(
+    entry = runtime.current().record(
         "dma",
         instr,
         {"dst": dst, **{f"srcs[{i}]": s for i, s in enumerate(srcs)}},
@@ -318,6 +318,9 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
     )
     if runtime.current().run.trace_only:
         return _trace_only_dma(instr, dst, srcs)
+    if entry and mode is _OOB.skip:  # skipped rows move nothing, as for dma_copy
+        share = min(_rows_in_bounds(t) for t in (dst, *srcs))
+        entry["bytes"] = int(round(dst.size * dst.dtype.itemsize * share))
     total = np.zeros(dst.shape, np.float32)
     mask_all = None
     for s in srcs:

@@ -166,6 +166,23 @@ def test_dma_compute_scatter_add(core):
         nisa.dma_compute(view, [view, src], nl.multiply)
 
 
+def test_dma_compute_skipped_rows_move_no_bytes(core):
+    """nki.isa.dma_compute takes the same oob_mode as nki.isa.dma_copy: with oob_mode.skip the out-of-bounds
+    rows of an indirect destination are skipped (neither read nor written), so the trace records only the
+    rows moved, as it does for dma_copy (test_skipped_transfers_move_no_bytes)."""
+    acc = hbm(np.ones((6, 4), np.float32))
+    src = nl.ndarray((4, 4), nl.float32)
+    src.write(np.full((4, 4), 2.0, np.float32))
+    idx = nl.ndarray((4, 1), nl.int32)
+    idx.write(np.array([[1], [-1], [4], [-1]]))
+    view = acc.ap([[4, 4], [1, 4]], vector_offset=idx, indirect_dim=0)
+    nisa.dma_compute(view, [view, src], nl.add, oob_mode=nisa.oob_mode.skip)
+    assert core.run.trace[-1]["bytes"] == 2 * 4 * 4
+    ref = np.ones((6, 4), np.float32)
+    ref[[1, 4]] += 2
+    np.testing.assert_array_equal(acc.read(), ref)
+
+
 def test_setitem_copies(core):
     t = nl.ndarray((4, 4), nl.float32)
     t[...] = 0.0
