@@ -6,8 +6,11 @@ starts when its queue is free and every instruction it depends on (read-after-wr
 write-after-read on overlapping bytes, `moegen.perf.memory`) has completed. Compute instructions occupy
 their engine for their cost in cycles and complete `latency_cycles` later; a DMA waits its fixed
 latency, then moves its bytes through the core's DMA bandwidth (a calendar shared by its queues), no
-faster than the core's share of its HBM stack (the two cores of an LNC=2 pair split the stack). `core_barrier` and `sendrecv` fence
-every queue of both cores at the later arrival. Times are in ns.
+faster than the core's share of its HBM stack (the two cores of an LNC=2 pair split the stack); a DMA that
+moves no bytes (every row skipped) pays only the fixed latency. A `sendrecv` is a DMA paired with the peer
+core's sendrecv of the same position in program order: it waits for its own operands, the peer's, and the
+previous exchange on its `pipe_id`, and orders nothing else. `core_barrier` fences every queue of both cores
+at the later arrival. Times are in ns.
 
 Registers are memory too (a 'reg<core>' region per register): an instruction whose address or bound
 comes from a register or a tile (`addr_reads`: a DMA with `scalar_offset=reg` or a tile offset, an
@@ -195,6 +198,7 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
     busy: dict = {}
     dma_active = [[] for _ in range(cores)]  # (start, end) of every DMA's data movement, merged at the end
     done_at = [0.0] * len(trace)
+    pipe_done: dict = {}  # sendrecv pipe_id -> when its last exchange completed
     events: list = []
     stalls: list = []  # heap of (stall ns, seq, dict)
     macs = 0
@@ -215,22 +219,35 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
         elif item > stalls[0][0]:
             heapq.heapreplace(stalls, (item, rec, who, kind, where))
 
+    def dependencies(rec: dict) -> tuple:
+        """((ready ns, producer, kind, region), tracked regions) of an entry's memory and address reads."""
+        reads, writes, addr = rec.get("reads", ()), rec.get("writes", ()), rec.get("addr_reads", ())
+        tracked_reads = mem.prepare(reads, True) if reads or writes else None
+        tracked_writes = mem.prepare(writes, False) if reads or writes else None
+        tracked_addr = mem.prepare(addr, True) if addr else None
+        found = mem.wait_for(tracked_reads, tracked_writes) if reads or writes else (0.0, -1, "", "")
+        if addr:  # address / bound sources: read-after-write only
+            a_dep, a_who, _, a_where = mem.wait_for(tracked_addr, [])
+            if a_dep > found[0]:
+                found = (a_dep, a_who, "address", a_where)
+        return found, (tracked_reads, tracked_writes, tracked_addr)
+
+    def finish(idx: int, tracked: tuple, start: float, done: float) -> None:
+        """Record an entry's completion for the instructions that depend on it."""
+        tracked_reads, tracked_writes, tracked_addr = tracked
+        done_at[idx] = done
+        if tracked_reads is not None:
+            mem.record(tracked_reads, tracked_writes, done, idx)
+        if tracked_addr is not None:
+            mem.record(tracked_addr, [], start, idx)
+
     def run(idx: int) -> None:
         nonlocal macs, ideal, hbm_bytes
         rec = trace[idx]
         c = rec["core"]
         engine = rec["engine"]
-        reads, writes, addr = rec.get("reads", ()), rec.get("writes", ()), rec.get("addr_reads", ())
-        if reads or writes:
-            tracked_reads, tracked_writes = mem.prepare(reads, True), mem.prepare(writes, False)
-            dep, who, kind, where = mem.wait_for(tracked_reads, tracked_writes)
-        else:
-            dep, who, kind, where = 0.0, -1, "", ""
-        if addr:  # address / bound sources: read-after-write only
-            tracked_addr = mem.prepare(addr, True)
-            a_dep, a_who, _, a_where = mem.wait_for(tracked_addr, [])
-            if a_dep > dep:
-                dep, who, kind, where = a_dep, a_who, "address", a_where
+        reads, writes = rec.get("reads", ()), rec.get("writes", ())
+        (dep, who, kind, where), tracked = dependencies(rec)
         if engine == "dma":
             # the queue that frees first takes it (a DMA waiting for its data holds only its own queue)
             frees = dma_free[c]
@@ -244,7 +261,8 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             # dma_compute streams each of its sources through the engine to write dst once
             dur *= dma_compute_streams(rec)
             t = ready + costs.dma_latency_ns
-            s = dma_cal[c].earliest(t, dur)
+            # a DMA that moves nothing (every row skipped) pays its fixed latency and books no bandwidth
+            s = dma_cal[c].earliest(t, dur) if dur > 0 else t
             if on_hbm:
                 sides = sum(1 for r in (*reads, *writes) if r["mem"].startswith("hbm"))
                 hbm_bytes += nbytes * max(1, sides)
@@ -254,10 +272,10 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
             end = s + dur
             if dur > 0:
                 dma_cal[c].book(s, end)
-            # DMA active time as the profiler counts it: "at least one DMA packet is transferring", not the
-            # wait before the transfer starts (Neuron Explorer profile schema reference, dma_active_time:
-            # https://awsdocs-neuron.readthedocs-hosted.com/en/latest/tools/neuron-explorer/profile-schema-reference.html)
-            dma_active[c].append((s, end))
+                # DMA active time as the profiler counts it: "at least one DMA packet is transferring", not
+                # the wait before the transfer starts (Neuron Explorer profile schema reference,
+                # dma_active_time: https://awsdocs-neuron.readthedocs-hosted.com/en/latest/tools/neuron-explorer/profile-schema-reference.html)
+                dma_active[c].append((s, end))
             dma_free[c][q] = end
             done = end
             track = f"dma{q}"
@@ -279,13 +297,46 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
                 busy[(c, eng)] = busy.get((c, eng), 0.0) + (end - start)
             queues[c][eng] = end
             track = eng
-        done_at[idx] = done
-        if reads or writes:
-            mem.record(tracked_reads, tracked_writes, done, idx)
-        if addr:
-            mem.record(tracked_addr, [], start, idx)
+        finish(idx, tracked, start, done)
         if keep_events:
             events.append(Event(c, track, rec["opcode"], rec["line"], start, end))
+
+    def exchange(idxs: list) -> None:
+        """The Nth sendrecv of every core, paired (nki.lnc.sendrecv page: paired by program order). Each
+        takes a DMA queue of its core; the pair moves data once every core's src is written and dst free
+        (its own dependencies), after the pair before it on the same pipe_id completed (the sendrecv page:
+        operations with the same pipe_id complete as a group before any proceeds, other pipes progress
+        independently), and completes on every core when the last byte arrives. Nothing else waits."""
+        pipe = trace[idxs[0]]["operands"].get("pipe_id")
+        ready = pipe_done.get(pipe, 0.0)
+        taken = []
+        for idx in idxs:
+            rec = trace[idx]
+            c = rec["core"]
+            (dep, who, kind, where), tracked = dependencies(rec)
+            q = min(range(len(dma_free[c])), key=dma_free[c].__getitem__)
+            note_stall(rec, idx, dma_free[c][q], dep, who, kind, where)
+            nbytes, desc, _ = dma_transfer(rec)
+            dur = (nbytes + desc * costs.dma_descriptor_overhead_bytes) / costs.dma_bytes_per_ns
+            taken.append((idx, c, q, dur, tracked))
+            ready = max(ready, dma_free[c][q], dep)
+        dur = max(t[3] for t in taken)
+        s = ready + costs.dma_latency_ns
+        while dur > 0:  # the earliest time free in every core's DMA calendar
+            later = max(dma_cal[c].earliest(s, dur) for _, c, *_ in taken)
+            if later == s:
+                break
+            s = later
+        end = s + dur
+        for idx, c, q, own, tracked in taken:
+            if own > 0:
+                dma_cal[c].book(s, s + own)
+                dma_active[c].append((s, s + own))
+            dma_free[c][q] = end
+            finish(idx, tracked, ready, end)
+            if keep_events:
+                events.append(Event(c, f"dma{q}", "sendrecv", trace[idx]["line"], ready, end))
+        pipe_done[pipe] = end
 
     def fence(idxs: list) -> None:
         """core_barrier / sendrecv on every core: all arrive, then every queue waits for the latest."""
@@ -314,7 +365,11 @@ def schedule(trace: list, costs: Costs, keep_events: bool = True, n_stalls: int 
                 pos[c] += 1
         if not at_sync:
             break
-        fence(at_sync)
+        opcodes = {trace[i]["opcode"] for i in at_sync}
+        if opcodes == {"sendrecv"} and len(at_sync) == cores:
+            exchange(at_sync)
+        else:
+            fence(at_sync)
 
     end_ns = 0.0
     for c in range(cores):
