@@ -201,7 +201,7 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
     best = start_values(variant)
     best_plan = None
     for name, values in axes(variant):
-        if name in STREAM_OPTIONS:
+        if variant.family == "cte" and name in STREAM_OPTIONS:  # (tkg has its own weight_buffers / down_columns axes)
             best_plan = best_plan or plan_candidate(spec, variant, best).plan
             if best_plan is None or best_plan.resident_weights or best_plan.mx:
                 continue  # not_searched() names it: no streamed weight chunks to size
@@ -243,7 +243,7 @@ def not_searched(variant, rows: list[Row]) -> tuple[list[str], str]:
     slabs), and why."""
     stream_axes = [name for name, _ in axes(variant) if name in STREAM_OPTIONS]
     best = next((row.candidate.plan for row in rows if row.candidate.plan is not None), None)
-    if not stream_axes or (best is not None and not best.resident_weights and not best.mx):
+    if variant.family != "cte" or not stream_axes or (best is not None and not best.resident_weights and not best.mx):
         return [], ""
     if best is None:
         return stream_axes, "no candidate planned"

@@ -53,6 +53,15 @@ def test_refused_candidates_are_listed_with_their_reason(tmp_path, capsys):
     assert lines[1].split()[0] == "chosen"
 
 
+def test_tkg_weight_buffers_and_down_columns_axes_are_searched_when_unset(tmp_path, capsys):
+    """A tkg kernel leaving weight_buffers / down_columns unset searches them as its own axes (the cte
+    streamed-weight axes share their names; the search used to treat them as cte ones and fail on a tkg
+    plan)."""
+    lines = _tune(tmp_path, capsys, "mode=distinct tuned tokens<=4 gate_up_loop=h_outer", "--tokens", "1")
+    assert lines[0].endswith("searched: weight_buffers, down_columns")
+    assert lines[1].split()[0] == "chosen"
+
+
 def test_tuned_kernel_builds_from_the_recorded_choice(tmp_path, capsys):
     """--write records the fastest candidate; the build applies it without simulating; the same record
     gives the same bytes; explain shows the choice and the runner-up; a changed layer makes it stale."""
