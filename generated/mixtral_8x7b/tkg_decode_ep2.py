@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/mixtral_8x7b.moe
 # spec-sha256: 4ad063c81c6e5c6e80eb604c3cdffa7b1ec042fe2b21032bab40b9e2a12f1135
 # templates-sha256: 5d44fff774aac941608894d6a3e7206cb26b89b97dbbc52e10c3b1d6d061bebd
-# content-sha256: 4ad1fcc6e36334ba7f32bfa88fe8c947dcc98f8224288d66da6d2dfa77f45ed9
+# content-sha256: 663a771672818af9a0b4f377a43b85cef56c97d3c28112985c511626b16a30d2
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -22,11 +22,13 @@ GROUP_COLUMNS = 4096  # down columns of one down-weight slab (whole rows of one 
 DOWN_CHUNKS = 32  # output chunks of 128 columns: partition p of chunk c is column p * DOWN_CHUNKS + c
 ACC_CHUNKS = 16  # chunks per PSUM tile of the down sums ([P, ACC_CHUNKS, token tile] fp32, one bank)
 DOWN_BUFFERS = 4  # down-weight slabs, alternating by I tile (the next load overlaps the matmuls)
-GATE_UP_COLUMNS = 896  # I columns of one gate/up weight slab (a group of I tiles)
-GATE_UP_BUFFERS = 8  # gate/up slabs (one H tile's rows of a pass each), in rotation
+GATE_UP_COLUMNS = 1792  # I columns of one gate/up weight slab (a group of I tiles)
+GATE_UP_ROWS = 4  # H rows per partition of a gate/up slab (one contiguous run each)
+GATE_UP_BUFFERS = 4  # gate/up slabs (GATE_UP_ROWS H tiles' rows of a pass each), in rotation
+GATE_UP_SLABS = ((0, 4), (4, 4))  # per core: (first, count) of the H slabs it reads (its half of H: partial gate/up sums)
 ACC_TILES = 16  # I tiles per PSUM accumulator tile of the gate (and up) sums
 # per core: (first I tile, I tiles, I columns) of each pass of the gate/up loop
-GATE_UP_PASSES = (((0, 7, 896),), ((7, 7, 896),))
+GATE_UP_PASSES = (((0, 14, 1792),), ((0, 14, 1792),))
 # LNC=2, split by intermediate: core c computes I tiles CORE_I_TILES[c] (first, count) for all columns,
 # then the cores exchange partial sums and core c writes output columns CORE_COLUMNS[c].
 CORE_I_TILES = ((0, 7), (7, 7))
@@ -105,6 +107,7 @@ def tkg_decode_ep2(hidden_input, expert_gate_up_weights, expert_down_weights, ex
     out_first, partner_first = core * out_chunks, (1 - core) * out_chunks
     i_first, i_count = CORE_I_TILES[core]
     gate_up_passes = GATE_UP_PASSES[core]
+    slab_first, slab_count = GATE_UP_SLABS[core]
     token_blocks = [(t0, min(TOKEN_TILE, T - t0)) for t0 in range(0, T, TOKEN_TILE)]
 
     # On-chip buffers (the plan lists each with its size).
@@ -115,12 +118,16 @@ def tkg_decode_ep2(hidden_input, expert_gate_up_weights, expert_down_weights, ex
     nisa.memset(dst=ones, value=1.0)
     scale_rows_in = nl.ndarray((TOKEN_TILE, P), dtype=nl.float32, buffer=nl.sbuf)
     scale_rows_psum = nl.ndarray((P, TOKEN_TILE), dtype=nl.float32, buffer=nl.psum)
-    w_gate_up = [nl.ndarray((P, 2, GATE_UP_COLUMNS), dtype=nl.bfloat16, buffer=nl.sbuf) for _ in range(GATE_UP_BUFFERS)]
+    w_gate_up = [nl.ndarray((P, GATE_UP_ROWS, 2, GATE_UP_COLUMNS), dtype=nl.bfloat16, buffer=nl.sbuf) for _ in range(GATE_UP_BUFFERS)]
     w_down = [nl.ndarray((P, GROUP_COLUMNS), dtype=nl.bfloat16, buffer=nl.sbuf) for _ in range(DOWN_BUFFERS)]
     gate = nl.ndarray((P, TOKEN_TILE), dtype=nl.float32, buffer=nl.sbuf)
     up = nl.ndarray((P, TOKEN_TILE), dtype=nl.float32, buffer=nl.sbuf)
     act = nl.ndarray((P, TOKEN_TILE), dtype=nl.float32, buffer=nl.sbuf)
     h = nl.ndarray((P, I_TILES, TOKEN_TILE), dtype=nl.bfloat16, buffer=nl.sbuf)  # h.T per I tile
+    # the partial gate/up sums of the partner's I tiles (sent), of ours from the partner (received), and their sum
+    gate_up_send = nl.ndarray((P, 2, i_count, TOKEN_TILE), dtype=nl.float32, buffer=nl.sbuf)
+    gate_up_recv = nl.ndarray((P, 2, i_count, TOKEN_TILE), dtype=nl.float32, buffer=nl.sbuf)
+    gate_up_sum = nl.ndarray((P, 2, i_count, TOKEN_TILE), dtype=nl.float32, buffer=nl.sbuf)
     # gate (and up) sums of a pass: I tile j in gate_acc[j // ACC_TILES][:, j % ACC_TILES, :]
     gate_acc = [nl.ndarray((P, ACC_TILES, TOKEN_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(1)]
     up_acc = [nl.ndarray((P, ACC_TILES, TOKEN_TILE), dtype=nl.float32, buffer=nl.psum) for _ in range(1)]
@@ -233,7 +240,9 @@ def tkg_decode_ep2(hidden_input, expert_gate_up_weights, expert_down_weights, ex
         for g in range(0, H_TILES, X_GROUP):
             g_tiles = min(X_GROUP, H_TILES - g)
             for j in range(g_tiles):
-                nisa.nc_transpose(dst=x_psum[0:P, j, 0:n], data=x_rows[0:n, (g + j) * P:(g + j + 1) * P])
+                # tile ht holds H columns s * P * GATE_UP_ROWS + p * GATE_UP_ROWS + r (ht = s * GATE_UP_ROWS + r): the slabs' order
+                c0 = (g + j) // GATE_UP_ROWS * P * GATE_UP_ROWS + (g + j) % GATE_UP_ROWS
+                nisa.nc_transpose(dst=x_psum[0:P, j, 0:n], data=x_rows[0:n, c0:c0 + P * GATE_UP_ROWS:GATE_UP_ROWS])
             nisa.tensor_copy(dst=x_t[0:P, g:g + g_tiles, 0:n], src=x_psum[0:P, 0:g_tiles, 0:n])
 
         def run_distinct(slot_index):
@@ -247,30 +256,41 @@ def tkg_decode_ep2(hidden_input, expert_gate_up_weights, expert_down_weights, ex
             nisa.tensor_scalar(dst=scale_rows_in[0:n, 0:P], data=ones[0:n, 0:P], op0=nl.multiply, operand0=item_scale[0:n, 0:1])
             nisa.nc_matmul(dst=scale_rows_psum[0:P, 0:n], stationary=scale_rows_in[0:n, 0:P], moving=token_rows[0:n, 0:n],
                            accumulate=False)
-            # Gate/up, H outer: per pass of I tiles, each H tile's rows of gate and up (the pass's columns) arrive in
-            # one DMA (long contiguous runs) into the next of GATE_UP_BUFFERS slabs; the sums stay in PSUM over H.
+            # Gate/up, H outer, GATE_UP_ROWS H rows per partition: slab s holds H rows s * P * GATE_UP_ROWS + p * GATE_UP_ROWS + r
+            # (partition p, row r), each partition's gate and up rows one contiguous run; H tile ht = s * GATE_UP_ROWS + r
+            # contracts with x_t tile ht (x.T is built in the same H order). The sums stay in PSUM over this core's slabs.
             for pass_index, (pass_first, pass_tiles, pass_columns) in enumerate(gate_up_passes):
-                for ht in range(H_TILES):
-                    h_size = P
-                    w_rows = w_gate_up[(pass_index * H_TILES + ht) % GATE_UP_BUFFERS]
-                    # w_rows[p, j, c] = W[e, row(ht, p), j, pass_first * P + c]
-                    nisa.dma_copy(dst=w_rows[0:h_size, 0:2, 0:pass_columns],
-                                  src=expert_gate_up_weights.ap(pattern=[[2 * INTERMEDIATE, h_size], [INTERMEDIATE, 2], [1, pass_columns]], offset=ht * P * 2 * INTERMEDIATE + pass_first * P, scalar_offset=expert_id, indirect_dim=0))
-                    for it in range(pass_first, pass_first + pass_tiles):
-                        i_size = P
-                        j = it - pass_first
-                        nisa.nc_matmul(dst=gate_acc[j // ACC_TILES][0:i_size, j % ACC_TILES, 0:n],
-                                       stationary=w_rows[0:h_size, 0, j * P:j * P + i_size], moving=x_t[0:h_size, ht, 0:n],
-                                       accumulate=ht > 0)
-                        nisa.nc_matmul(dst=up_acc[j // ACC_TILES][0:i_size, j % ACC_TILES, 0:n],
-                                       stationary=w_rows[0:h_size, 1, j * P:j * P + i_size], moving=x_t[0:h_size, ht, 0:n],
-                                       accumulate=ht > 0)
-                for it in range(pass_first, pass_first + pass_tiles):
+                for s in range(slab_first, slab_first + slab_count):
+                    w_rows = w_gate_up[(pass_index * (H_TILES // GATE_UP_ROWS) + s) % GATE_UP_BUFFERS]
+                    nisa.dma_copy(dst=w_rows[0:P, 0:GATE_UP_ROWS, 0:2, 0:pass_columns],
+                                  src=expert_gate_up_weights.ap(pattern=[[GATE_UP_ROWS * 2 * INTERMEDIATE, P], [2 * INTERMEDIATE, GATE_UP_ROWS], [INTERMEDIATE, 2], [1, pass_columns]], offset=s * P * GATE_UP_ROWS * 2 * INTERMEDIATE + pass_first * P, scalar_offset=expert_id, indirect_dim=0))
+                    for r in range(GATE_UP_ROWS):
+                        ht = s * GATE_UP_ROWS + r
+                        for it in range(pass_first, pass_first + pass_tiles):
+                            i_size = P
+                            j = it - pass_first
+                            nisa.nc_matmul(dst=gate_acc[j // ACC_TILES][0:i_size, j % ACC_TILES, 0:n],
+                                           stationary=w_rows[0:P, r, 0, j * P:j * P + i_size], moving=x_t[0:P, ht, 0:n],
+                                           accumulate=ht > slab_first * GATE_UP_ROWS)
+                            nisa.nc_matmul(dst=up_acc[j // ACC_TILES][0:i_size, j % ACC_TILES, 0:n],
+                                           stationary=w_rows[0:P, r, 1, j * P:j * P + i_size], moving=x_t[0:P, ht, 0:n],
+                                           accumulate=ht > slab_first * GATE_UP_ROWS)
+                # The gate/up sums are partial (each core's over its half of H): send the partner the sums of its I tiles,
+                # receive the partner's partial of ours, and add (before the activation).
+                partner_i_first = CORE_I_TILES[1 - core][0]
+                nisa.tensor_copy(dst=gate_up_send[0:P, 0, 0:i_count, 0:n], src=gate_acc[0][0:P, partner_i_first:partner_i_first + i_count, 0:n])
+                nisa.tensor_copy(dst=gate_up_send[0:P, 1, 0:i_count, 0:n], src=up_acc[0][0:P, partner_i_first:partner_i_first + i_count, 0:n], engine=nisa.scalar_engine)
+                nisa.sendrecv(src=gate_up_send[0:P, 0:2, 0:i_count, 0:n], dst=gate_up_recv[0:P, 0:2, 0:i_count, 0:n],
+                              send_to_rank=1 - core, recv_from_rank=1 - core, pipe_id=1)
+                nisa.tensor_tensor(dst=gate_up_sum[0:P, 0, 0:i_count, 0:n], data1=gate_acc[0][0:P, i_first:i_first + i_count, 0:n],
+                                   data2=gate_up_recv[0:P, 0, 0:i_count, 0:n], op=nl.add)
+                nisa.tensor_tensor(dst=gate_up_sum[0:P, 1, 0:i_count, 0:n], data1=up_acc[0][0:P, i_first:i_first + i_count, 0:n],
+                                   data2=gate_up_recv[0:P, 1, 0:i_count, 0:n], op=nl.add)
+                for it in range(i_first, i_first + i_count):
                     i_size = P
                     i0 = it * P
-                    j = it - pass_first
-                    gate_sum = gate_acc[j // ACC_TILES][0:i_size, j % ACC_TILES, 0:n]
-                    up_sum = up_acc[j // ACC_TILES][0:i_size, j % ACC_TILES, 0:n]
+                    gate_sum = gate_up_sum[0:i_size, 0, it - i_first, 0:n]
+                    up_sum = gate_up_sum[0:i_size, 1, it - i_first, 0:n]
                     nisa.activation(dst=act[0:i_size, 0:n], op=nl.silu, data=gate_sum)
                     nisa.tensor_tensor(dst=h_f[0:i_size, 0:n], data1=act[0:i_size, 0:n], data2=up_sum, op=nl.multiply)
                     # The affinity scales h (per token, along the free axis): the down sums of all experts share PSUM.
