@@ -623,8 +623,8 @@ def _buffers(
             Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
             Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
         ]
-    if gather_real_rows:  # the next block's gather ids (padding out of bounds) and the padding id T to compare with
-        sb.append(Buffer("gather_ids", "sbuf", PARTITIONS, 4 * n_t, 2))
+    if gather_real_rows:  # the next block's gather ids (padding out of bounds), its padding flags, the padding id T
+        sb.append(Buffer("gather_ids", "sbuf", PARTITIONS, 4 * n_t, 3))
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -971,8 +971,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip); AWS's shapes: "
             "hidden_states [T, H], expert_affinities_masked [T*E, 1] and out [T, H], no padding row"
             if pad_skip
-            else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
-            "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end",
+            else (
+                "slots holding T are skipped by the row gathers (see token rows)"
+                if gather_real_rows
+                else "slots holding T read the zero row T of hidden_states"
+            )
+            + "; their output DMAs are skipped (id T becomes -1, oob_mode=skip), so no core ever writes row T, which "
+            "is zeroed once at the end",
         ),
     ]
     decisions.append(
