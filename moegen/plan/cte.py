@@ -252,6 +252,9 @@ class CtePlan(KernelPlan):
     metadata_prefetch: bool = False  # each block DMAs the next block's ids and expert into *_next tiles
     down_whole_rows: bool = False  # per token tile all output columns, then one dma_compute of whole rows
     gather_prefetch: bool = False  # each block gathers the next block's token rows (one x_rows tile per token tile)
+    # hybrid gathers move only the real rows: padding slots (id T) get id T + 1, out of bounds, and oob_mode=skip
+    # leaves their x_rows rows as they were (zeroed once before the loop, later an earlier block's finite rows)
+    gather_real_rows: bool = False
     # resident weights with reuse: each block computes the next block's weight_expert (GpSimd), so the next block's
     # weight DMAs wait only for this block's matmuls on their buffer, not for the in-order VectorE metadata chain
     weight_expert_ahead: bool = False
@@ -578,6 +581,7 @@ def _buffers(
     whole_rows: bool,
     x_psum_groups: int,
     hybrid_pipelined: bool,
+    gather_real_rows: bool,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
@@ -619,6 +623,8 @@ def _buffers(
             Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
             Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
         ]
+    if gather_real_rows:  # the next block's gather ids (padding out of bounds), its padding flags, the padding id T
+        sb.append(Buffer("gather_ids", "sbuf", PARTITIONS, 4 * n_t, 3))
     if mlp.weight_quant == "fp8_row":
         sb += [
             Buffer("gate_up_scale", "sbuf", PARTITIONS, 4 * n_i * mlp.projections),
@@ -722,6 +728,10 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     # output rows are updated by dma_compute (read-modify-write inside the DMA), the down phase reads its own copy
     # of the row ids, and the next block's metadata and token rows are fetched one block ahead.
     hybrid_pipelined = hybrid and not mx
+    # The hybrid gathers skip padding slots (id T made out of bounds) instead of reading the zero row T for them;
+    # with padding=skip the ids are already -1 and skipped. Not with checkpointing: its activations of every slot
+    # are outputs, a padding slot's computed from the zero row.
+    gather_real_rows = hybrid_pipelined and not pad_skip and not checkpoint
     # ScalarE evacuates the down PSUM with the affinity scale (any loop), unless an epilogue step sits between
     scale_on_scalar = not (exchange or checkpoint or mx or mlp.down_bias) and mlp.weight_quant not in (
         "fp8_row",
@@ -748,6 +758,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         scale_on_scalar=scale_on_scalar,
         x_psum_groups=1 if mx else 2,
         hybrid_pipelined=hybrid_pipelined,
+        gather_real_rows=gather_real_rows,
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -899,6 +910,16 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     # the whole 128-row gather, which takes longer than the previous tile's transposes.
     gather_pieces = _tiles(h, ceil_div(ceil_div(h, GATHER_PIECES), CONTRACTION_TILE) * CONTRACTION_TILE)
     gather_pieces = gather_pieces if pipeline_blocks and len(gather_pieces) > 1 else ()
+    if gather_real_rows:
+        decisions.append(
+            (
+                "token rows",
+                "each block gathers the next block's rows of real tokens only: padding slots (id T) get id T + 1, "
+                "out of bounds, and oob_mode=skip moves nothing for them; their rows of the x_rows tiles, zeroed "
+                "once before the loop, keep an earlier block's finite rows (a transpose on the PE array "
+                "multiplies every row by the identity, so a non-finite padding row would reach every token)",
+            )
+        )
     if gather_pieces:
         decisions.append(
             (
@@ -950,8 +971,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             "slots holding -1 are skipped by the gathers and scatters (oob_mode=skip); AWS's shapes: "
             "hidden_states [T, H], expert_affinities_masked [T*E, 1] and out [T, H], no padding row"
             if pad_skip
-            else "slots holding T read the zero row T of hidden_states; their output DMAs are skipped (id T "
-            "becomes -1, oob_mode=skip), so no core ever writes row T, which is zeroed once at the end",
+            else (
+                "slots holding T are skipped by the row gathers (see token rows)"
+                if gather_real_rows
+                else "slots holding T read the zero row T of hidden_states"
+            )
+            + "; their output DMAs are skipped (id T becomes -1, oob_mode=skip), so no core ever writes row T, which "
+            "is zeroed once at the end",
         ),
     ]
     decisions.append(
@@ -1021,6 +1047,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         down_ids_copy=hybrid_pipelined,
         metadata_prefetch=hybrid_pipelined,
         gather_prefetch=hybrid_pipelined,
+        gather_real_rows=gather_real_rows,
         weight_expert_ahead=hybrid_pipelined and reuse,
         down_whole_rows=whole_rows_possible and resident,
         verify_tokens=variant.options.get("verify_tokens") or max(b // 2, 64),
