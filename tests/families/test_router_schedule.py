@@ -172,3 +172,44 @@ def test_topk_chain_keeps_two_steps_off_vector_engine():
     assert len(value_copies) == 1  # one per routing group, over its 2 tiles
     negations = [r for r in trace if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
     assert len(negations) == 1
+
+
+def test_light_routing_outputs_leave_in_long_runs():
+    """Layout th, E = 8, K = 2 (Mixtral), T = 12 x 128 (three routing groups of 4 tiles, one output run): each
+    output is written in two DMAs, the first two groups' rows together after group 1 (one run of 8 tiles x
+    width per partition: 128 B of logits) and the last group's alone, not one DMA of 64 B runs per group."""
+    text = router_spec(
+        hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
+    )
+    assert_matches(text, tokens=12 * 128)
+    plan, trace = traced(text, 12 * 128)
+    assert plan.route_group == 4 and plan.out_run_tiles == 32
+    writes = [r for r in trace if r["opcode"] == "dma_copy" and any(w["mem"].startswith("hbm") for w in r["writes"])]
+    assert len(writes) == 3 * 2  # logits, index, affinities: two DMAs each
+    runs = sorted(w["contig"] for r in writes for w in r["writes"])
+    assert runs == [4 * 2 * 4, 8 * 2 * 4, 4 * 8 * 2, 4 * 8 * 2, 8 * 8 * 2, 8 * 8 * 2], runs
+
+
+def test_every_step_selects_the_previous_group_after_two_tiles():
+    """Light routing (E = 8), T = 12 x 128: a middle step (group 1's tiles) issues group 0's selection after
+    its first ROUTE_SPLIT = 2 tiles, so a routing block does not hold ScalarE / VectorE ahead of the group's
+    later x.T copies; heavy routing (E = 128) keeps the whole block after the group's tiles."""
+    for experts, split in ((8, 2), (128, 5)):
+        text = router_spec(
+            hidden=256,
+            experts=experts,
+            top_k=2,
+            router="linear -> topk -> softmax",
+            kernels="kernel route : router",
+        )
+        plan, trace = traced(text, 12 * 128)
+        assert plan.route_split == split
+        transposes = [i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose"]
+        max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
+        assert len(transposes) == 12 * plan.h_tiles and len(max8s) == 12
+        group1_tile2 = transposes[6 * plan.h_tiles]
+        group1_last = transposes[8 * plan.h_tiles - 1]
+        if split == 2:
+            assert max8s[3] < group1_tile2, (max8s, group1_tile2)
+        else:
+            assert max8s[0] > group1_last, (max8s, group1_last)
