@@ -156,7 +156,8 @@ def test_last_step_routes_the_previous_group_before_its_later_tiles():
 def test_topk_chain_keeps_two_steps_off_vector_engine():
     """Post-norm softmax, K = 2 (Mixtral): the values nc_match_replace8 removes (the K chosen, -inf in
     the other slots) are a GpSimd copy made while nc_find_index8 reads max8's values, not a VectorE memset
-    after it; -top for the K-value softmax is one ScalarE tensor_scalar, next to the exponentials."""
+    after it; -top for the K-value softmax is gathered with the chosen -logits (one ScalarE negation of
+    the whole logits rows, before the selection), so the exponentials read the gather's output directly."""
     text = router_spec(
         hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
     )
@@ -170,8 +171,14 @@ def test_topk_chain_keeps_two_steps_off_vector_engine():
         if r["opcode"] == "tensor_copy" and r["engine"] == "gpsimd" and r["operands"]["dst"]["dtype"] == "float32"
     ]
     assert len(value_copies) == 1  # one per routing group, over its 2 tiles
-    negations = [r for r in trace if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
+    negations = [i for i, r in enumerate(trace) if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
     assert len(negations) == 1
+    gathers = [i for i, r in enumerate(trace) if r["opcode"] == "nc_n_gather"]
+    exps = [i for i, r in enumerate(trace) if r["opcode"] == "activation"]
+    assert negations[0] < min(r for r in [i for i, r in enumerate(trace) if r["opcode"] == "max8"])
+    gathered = {trace[i]["operands"]["dst"]["name"] for i in gathers}
+    k_exps = [i for i in exps if trace[i]["operands"]["data"]["name"] in gathered]
+    assert len(k_exps) == 2 and all(trace[i]["operands"]["bias"]["name"] in gathered for i in k_exps)
 
 
 def test_light_routing_outputs_leave_in_long_runs():
