@@ -468,8 +468,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             "logits",
             f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
             f"axis; the {route_group} tiles of a routing group share one fp32 PSUM bank and partition p of its "
-            "tile u holds token t0 + p * tiles + u, so each output row block is one DMA per group with one run "
-            "of tiles x width per partition"
+            + (
+                "tile u holds token t0 + p * tiles + u, so each output row block is one DMA per group with one run "
+                "of tiles x width per partition"
+                if out_run_tiles == route_group
+                else f"tile u holds token t0 + p * run + u, full tiles taken in runs of up to {out_run_tiles} tiles: a "
+                "run's outputs gather in SBUF and leave in one DMA (one run per partition) after its second-to-last "
+                "group, its last group alone"
+            )
             + (
                 "; the bias is one extra K=1 matmul of a ones row into the same PSUM accumulation"
                 if router.bias
@@ -478,9 +484,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "routing order",
-            f"step s transposes and multiplies group s, then routes group s - 1; the last step selects the "
-            f"previous group's experts after its first {LAST_ROUTE_SPLIT} tiles and computes their weights "
-            "after all of its tiles"
+            "step s transposes and multiplies group s, then routes group s - 1; "
+            + (
+                f"each step selects the previous group's experts after its first {ROUTE_SPLIT[True]} tiles (light "
+                f"routing), the last after {LAST_ROUTE_SPLIT}, and computes their weights after all of its tiles"
+                if experts <= LIGHT_ROUTING_EXPERTS
+                else f"the last step selects the previous group's experts after its first {LAST_ROUTE_SPLIT} tiles "
+                "and computes their weights after all of its tiles"
+            )
             + (
                 ""
                 if eager or scatter == "dma"
