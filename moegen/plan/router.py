@@ -105,7 +105,9 @@ class RouterPlan(KernelPlan):
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
+    route_split: int  # every step but the last selects the previous group's experts after this many of its tiles
     last_route_split: int  # the last step selects the previous group's experts after this many of its tiles
+    out_run_tiles: int  # full token tiles per output run (partition p of a run holds consecutive tokens)
     route_group: int  # full token tiles routed together: each routing step issued for all of them in turn
     x_pe_rows: int  # layout th: tiles of at least this many tokens transpose x on the PE array, smaller: x.T DMA
     x_group: int  # layout th: H tiles per PSUM tile of x.T (transposed on the PE array from whole rows of x)
@@ -165,6 +167,24 @@ ROUTE_GROUP_MAX = 4
 # tiles 106.5 us; the selection after 1 or 3 tiles 107.0 us; earlier in every step is slower:
 # docs/faster_router.md)
 LAST_ROUTE_SPLIT = 2
+# With light routing every other step selects the previous group's experts after the first 2 of its tiles too,
+# and computes their weights after all of them. With the outputs in long runs (below) the x DMAs run ahead of
+# TensorE, and a whole routing block after the group's tiles holds ScalarE / VectorE (and so the next group's
+# x.T copies and transposes) for ~4 us per group: TensorE fell 0.3 us behind per group (Mixtral T = 4096,
+# modeled: whole routing after the tiles 105.25 us, selection after 1, 2 or 3 tiles 104.17 us, after 4 105.25
+# us). Heavy routing keeps the whole block after the tiles (split after 2: Qwen3 85.9 -> 88.6 us, Nemotron 3
+# 99.1 -> 102.0 us).
+ROUTE_SPLIT = {True: 2, False: ROUTE_GROUP_MAX + 1}
+# Output runs: full token tiles gather their outputs in SBUF per run of up to OUT_RUN_TILES_MAX tiles, partition p
+# holding consecutive tokens, so a run's rows leave in one DMA with one long run per partition (plus one for its
+# last group, kept short for the kernel's end) instead of one run of a group's tiles x width per partition and
+# group. Worth it when a group's runs are short (each run costs a 256 B descriptor): with E = 8 a group writes
+# 64 B runs (Mixtral T = 4096: 105.8 -> 104.2 us modeled, with ROUTE_SPLIT). A run's outputs take at most
+# OUT_RUN_BYTES per partition (of each of 2 rotating buffers); larger rows keep one DMA per group, and so does
+# scatter=dma, whose indirect writes then span a whole run's rows (router_seed_matrix th_dma_pre_l1, T = 4096:
+# 116.2 -> 167.7 us modeled with runs).
+OUT_RUN_TILES_MAX = 32
+OUT_RUN_BYTES = 2048
 ROUTING_ROWS = (
     "selection row (work)",
     "key and gather rows",
@@ -311,6 +331,16 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if variant.options["layout"] == "ht":
         route_group = 1  # x.T rows hold consecutive tokens: a group's interleaved tokens would be 2-byte runs
     x_tile_bufs = X_BUF_GROUPS * route_group
+    # bytes per partition of one token tile's outputs (the dense ones: logits, index, affinities, eager)
+    out_tile_bytes = (
+        experts * out_bytes * store_logits
+        + top_k * 4
+        + experts * out_bytes * (scatter == "onehot" or affinities == "all")
+        + top_k * out_bytes * eager
+    )
+    out_run_tiles = route_group
+    if variant.options["layout"] == "th" and scatter == "onehot":  # layout ht: a tile holds 128 consecutive tokens
+        out_run_tiles = route_group * max(1, min(OUT_RUN_TILES_MAX, OUT_RUN_BYTES // out_tile_bytes) // route_group)
     buffers = [
         Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
@@ -388,6 +418,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             Buffer("zero rows, row offsets, DMA targets", "sbuf", TOKEN_TILE, experts * out_bytes + 4 + top_k * 8)
         )
 
+    if out_run_tiles > route_group:
+        buffers.append(Buffer("output runs", "sbuf", TOKEN_TILE, out_run_tiles * out_tile_bytes, 2))
+
     # the routing rows of one tile exist once per tile of a routing group
     buffers = [
         replace(b, bytes_per_partition=b.bytes_per_partition * route_group) if b.name in ROUTING_ROWS else b
@@ -435,8 +468,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             "logits",
             f"tokens on PSUM partitions (128 per tile, remainder tile for the rest), E={experts} on the free "
             f"axis; the {route_group} tiles of a routing group share one fp32 PSUM bank and partition p of its "
-            "tile u holds token t0 + p * tiles + u, so each output row block is one DMA per group with one run "
-            "of tiles x width per partition"
+            + (
+                "tile u holds token t0 + p * tiles + u, so each output row block is one DMA per group with one run "
+                "of tiles x width per partition"
+                if out_run_tiles == route_group
+                else f"tile u holds token t0 + p * run + u, full tiles taken in runs of up to {out_run_tiles} tiles: a "
+                "run's outputs gather in SBUF and leave in one DMA (one run per partition) after its second-to-last "
+                "group, its last group alone"
+            )
             + (
                 "; the bias is one extra K=1 matmul of a ones row into the same PSUM accumulation"
                 if router.bias
@@ -445,9 +484,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "routing order",
-            f"step s transposes and multiplies group s, then routes group s - 1; the last step selects the "
-            f"previous group's experts after its first {LAST_ROUTE_SPLIT} tiles and computes their weights "
-            "after all of its tiles"
+            "step s transposes and multiplies group s, then routes group s - 1; "
+            + (
+                f"each step selects the previous group's experts after its first {ROUTE_SPLIT[True]} tiles (light "
+                f"routing), the last after {LAST_ROUTE_SPLIT}, and computes their weights after all of its tiles"
+                if experts <= LIGHT_ROUTING_EXPERTS
+                else f"the last step selects the previous group's experts after its first {LAST_ROUTE_SPLIT} tiles "
+                "and computes their weights after all of its tiles"
+            )
             + (
                 ""
                 if eager or scatter == "dma"
@@ -564,7 +608,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_load_rows=X_LOAD_ROWS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
+        route_split=ROUTE_SPLIT[experts <= LIGHT_ROUTING_EXPERTS],
         last_route_split=LAST_ROUTE_SPLIT,
+        out_run_tiles=out_run_tiles,
         x_pe_rows=X_PE_ROWS,
         x_group=x_group,
         x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],

@@ -515,3 +515,19 @@ def test_spec_router_variant_verifies(spec, kernel):
     plan = next(p for p in generated.plans if p.kernel_name == kernel)
     checks = verify_plan(plan, folder / f"{kernel}.py")
     assert all(check.ok for check in checks), [check.detail for check in checks if not check.ok]
+
+
+@pytest.mark.parametrize(
+    ("experts", "top_k", "options"),
+    [(8, 2, ""), (16, 8, "eager"), (8, 2, "lnc=2"), (16, 4, "affinities=all")],
+)
+def test_output_runs_of_full_tiles_then_the_partial_tile(experts, top_k, options):
+    """Light routing, layout th: full tiles gather their outputs in runs of out_run_tiles tiles (partition p
+    of a run holds consecutive tokens) that rotate through two SBUF buffers. T = 37 x 128 + 5 gives more than
+    one run (runs of 32, or 16 with the eager output, then the rest), a last run that is not a whole number
+    of routing groups, and the partial tile alone; every output row lands at its own token."""
+    router = "linear -> softmax -> topk" if "all" in options else "linear -> topk -> softmax"
+    text = router_spec(experts=experts, top_k=top_k, router=router, kernels=f"kernel route : router {{ {options} }}")
+    plan = next(p for p in build(text)[0].plans if p.kernel_name == "route")
+    assert plan.out_run_tiles > plan.route_group
+    assert_matches(text, tokens=37 * 128 + 5)

@@ -156,7 +156,8 @@ def test_last_step_routes_the_previous_group_before_its_later_tiles():
 def test_topk_chain_keeps_two_steps_off_vector_engine():
     """Post-norm softmax, K = 2 (Mixtral): the values nc_match_replace8 removes (the K chosen, -inf in
     the other slots) are a GpSimd copy made while nc_find_index8 reads max8's values, not a VectorE memset
-    after it; -top for the K-value softmax is one ScalarE tensor_scalar, next to the exponentials."""
+    after it; -top for the K-value softmax is gathered with the chosen -logits (one ScalarE negation of
+    the whole logits rows, before the selection), so the exponentials read the gather's output directly."""
     text = router_spec(
         hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
     )
@@ -170,5 +171,52 @@ def test_topk_chain_keeps_two_steps_off_vector_engine():
         if r["opcode"] == "tensor_copy" and r["engine"] == "gpsimd" and r["operands"]["dst"]["dtype"] == "float32"
     ]
     assert len(value_copies) == 1  # one per routing group, over its 2 tiles
-    negations = [r for r in trace if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
+    negations = [i for i, r in enumerate(trace) if r["opcode"] == "tensor_scalar" and r["engine"] == "scalar"]
     assert len(negations) == 1
+    gathers = [i for i, r in enumerate(trace) if r["opcode"] == "nc_n_gather"]
+    exps = [i for i, r in enumerate(trace) if r["opcode"] == "activation"]
+    assert negations[0] < min(r for r in [i for i, r in enumerate(trace) if r["opcode"] == "max8"])
+    gathered = {trace[i]["operands"]["dst"]["name"] for i in gathers}
+    k_exps = [i for i in exps if trace[i]["operands"]["data"]["name"] in gathered]
+    assert len(k_exps) == 2 and all(trace[i]["operands"]["bias"]["name"] in gathered for i in k_exps)
+
+
+def test_light_routing_outputs_leave_in_long_runs():
+    """Layout th, E = 8, K = 2 (Mixtral), T = 12 x 128 (three routing groups of 4 tiles, one output run): each
+    output is written in two DMAs, the first two groups' rows together after group 1 (one run of 8 tiles x
+    width per partition: 128 B of logits) and the last group's alone, not one DMA of 64 B runs per group."""
+    text = router_spec(
+        hidden=256, experts=8, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router"
+    )
+    assert_matches(text, tokens=12 * 128)
+    plan, trace = traced(text, 12 * 128)
+    assert plan.route_group == 4 and plan.out_run_tiles == 32
+    writes = [r for r in trace if r["opcode"] == "dma_copy" and any(w["mem"].startswith("hbm") for w in r["writes"])]
+    assert len(writes) == 3 * 2  # logits, index, affinities: two DMAs each
+    runs = sorted(w["contig"] for r in writes for w in r["writes"])
+    assert runs == [4 * 2 * 4, 8 * 2 * 4, 4 * 8 * 2, 4 * 8 * 2, 8 * 8 * 2, 8 * 8 * 2], runs
+
+
+def test_every_step_selects_the_previous_group_after_two_tiles():
+    """Light routing (E = 8), T = 12 x 128: a middle step (group 1's tiles) issues group 0's selection after
+    its first ROUTE_SPLIT = 2 tiles, so a routing block does not hold ScalarE / VectorE ahead of the group's
+    later x.T copies; heavy routing (E = 128) keeps the whole block after the group's tiles."""
+    for experts, split in ((8, 2), (128, 5)):
+        text = router_spec(
+            hidden=256,
+            experts=experts,
+            top_k=2,
+            router="linear -> topk -> softmax",
+            kernels="kernel route : router",
+        )
+        plan, trace = traced(text, 12 * 128)
+        assert plan.route_split == split
+        transposes = [i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose"]
+        max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
+        assert len(transposes) == 12 * plan.h_tiles and len(max8s) == 12
+        group1_tile2 = transposes[6 * plan.h_tiles]
+        group1_last = transposes[8 * plan.h_tiles - 1]
+        if split == 2:
+            assert max8s[3] < group1_tile2, (max8s, group1_tile2)
+        else:
+            assert max8s[0] > group1_last, (max8s, group1_last)
