@@ -118,7 +118,7 @@ MATRIX = [
     ("not_gated_512", dict(expert="up -> relu -> down -> scale"), "block=512 lnc=2"),
     ("out_fp32_3_copies", dict(dtype="in=bf16 out=fp32"), "block=256 weight_buffers=3 gate_up_tiles=1"),
     ("partial_h_i_tiles", dict(hidden=320, intermediate=192), "block=256 lnc=2"),
-    ("gpt_oss_h_2880_i_1856", dict(hidden=2880, intermediate=1856), "block=256"),
+    ("h_2880_i_464", dict(hidden=2880, intermediate=464), "block=256"),  # gpt-oss H; I with a partial tile
 ]
 
 
