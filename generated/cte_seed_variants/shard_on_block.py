@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/cte_seed_variants.moe
 # spec-sha256: 38c3c4677b0cc4edeb64ae4eeddcac56940427ddf2fd24606f8574c425796801
 # templates-sha256: 95c5c4649a29e7b5023dc2c5c17ce5d04dcef048bf78e479a0a1660c9f142a7a
-# content-sha256: 9ee15026d451b2badb17afd4cd27daf86eae1812b35f73ebd36d70682f04e9b2
+# content-sha256: aa572160b600a50428df3c56c48c7b123b44d912e10e118a2714fc3c25ac5fcf
 """shard_on_block: blockwise MoE expert MLP for context encoding (cte_seed_variants).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -33,6 +33,8 @@ Returns:
 Pseudocode:
     for b in blocks of this core (core c: b = c, c+2, ...):
         ids = token_position_to_id[b*B:(b+1)*B]; e = block_to_expert[b]
+        (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,
+         ids also takes those 128 slots and block b+1 runs nothing)
         x = hidden_states[ids]
         g, u = x @ Wg[e], x @ Wu[e]
         h = silu(g) * u

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/cte_seed_variants.moe
 # spec-sha256: 38c3c4677b0cc4edeb64ae4eeddcac56940427ddf2fd24606f8574c425796801
 # templates-sha256: 95c5c4649a29e7b5023dc2c5c17ce5d04dcef048bf78e479a0a1660c9f142a7a
-# content-sha256: 01d8e0a5f0d579751a3993f27804fbaedeabbb36118e2acc7406205b07d0f768
+# content-sha256: e3dca96ab3aab34db0ba533889e3833f159f641b6ab8e158ca765618db409c3f
 """shard_on_block_aws: blockwise MoE expert MLP for context encoding (cte_seed_variants).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -33,6 +33,8 @@ Returns:
 Pseudocode:
     for b in blocks of this core (core c: b = c, c+2, ...):
         ids = token_position_to_id[b*B:(b+1)*B]; e = block_to_expert[b]
+        (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,
+         ids also takes those 128 slots and block b+1 runs nothing)
         x = hidden_states[ids]  (-1 slots skipped: zero rows)
         g, u = x @ Wg[e], x @ Wu[e]
         h = silu(g) * u

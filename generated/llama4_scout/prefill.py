@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/llama4_scout.moe
 # spec-sha256: bed2c8a99f195d48cbea26e84936ec49c0cc8f74d39b87887df344464829fb85
 # templates-sha256: 95c5c4649a29e7b5023dc2c5c17ce5d04dcef048bf78e479a0a1660c9f142a7a
-# content-sha256: 74573952da0319569aaec6e063358240fc49f2660f553c9db234360fd9c7e434
+# content-sha256: 8117faad0afb5cfd28b06f71d51348c08bd3dfa9fd4d986e555e0398e3096c48
 """prefill: blockwise MoE expert MLP for context encoding (llama4_scout).
 
 MoE CTE shard_on_block (LNC=1), bf16 weights, silu, PRE_SCALE, top-1 overwrite.
@@ -36,6 +36,8 @@ Returns:
 Pseudocode:
     for b in range(N):
         ids = token_position_to_id[b*B:(b+1)*B]; e = block_to_expert[b]
+        (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,
+         ids also takes those 128 slots and block b+1 runs nothing)
         x = hidden_states[ids]
         x = x * affinity[ids, e]
         g, u = x @ Wg[e], x @ Wu[e]

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/mixtral_8x7b.moe
 # spec-sha256: 4ad063c81c6e5c6e80eb604c3cdffa7b1ec042fe2b21032bab40b9e2a12f1135
 # templates-sha256: 95c5c4649a29e7b5023dc2c5c17ce5d04dcef048bf78e479a0a1660c9f142a7a
-# content-sha256: 36b61826b1a9dc88101e2a6a56ca5d127eccb9124790caa697dfe8d8c0daafee
+# content-sha256: 552f4e68d1835143372609a2cb7dfdd2ec8aac70ebb3eab1d80f4d27bd9858ad
 """prefill: blockwise MoE expert MLP for context encoding (mixtral_8x7b).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -33,6 +33,8 @@ Returns:
 Pseudocode:
     for b in blocks of this core (core c: b = c, c+2, ...):
         ids = token_position_to_id[b*B:(b+1)*B]; e = block_to_expert[b]
+        (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,
+         ids also takes those 128 slots and block b+1 runs nothing)
         x = hidden_states[ids]
         g, u = x @ Wg[e], x @ Wu[e]
         h = silu(g) * u

@@ -397,6 +397,14 @@ class CtePlan(KernelPlan):
         lines = [
             blocks,
             "    ids = token_position_to_id[b*B:(b+1)*B]; e = " + ("b" if self.dropping else "block_to_expert[b]"),
+            *(
+                [
+                    "    (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,",
+                    "     ids also takes those 128 slots and block b+1 runs nothing)",
+                ]
+                if self.absorb_tail
+                else []
+            ),
             "    x = hidden_states[ids]" + ("  (-1 slots skipped: zero rows)" if self.pad_skip else ""),
         ]
         if self.affinity == "pre":
