@@ -188,6 +188,16 @@ OPTIONS = (
         default="auto",
         choices=("auto", "resident", "stream"),
     ),
+    OptionSpec(
+        "tail",
+        "choice",
+        "absorb: a block whose next block has the same expert and at most 128 tokens (an expert's tail) runs that "
+        "tile in its own weight passes, so the tail does not reload the expert's weights (pipelined static loops with "
+        "streamed weights; x^T, h^T and the read-ahead output rows take one more token tile of SBUF); block: every "
+        "block runs its own tiles; auto: absorb where the kernel can",
+        default="auto",
+        choices=("auto", "absorb", "block"),
+    ),
     EP_OPTION,
     TP_OPTION,
     SHARED_OPTION,
@@ -243,6 +253,9 @@ class CtePlan(KernelPlan):
     pipeline_blocks: bool  # metadata, first gathers and weights of a block start in the previous one
     stream_depth: int  # copies each prefetched chunk rotates through (streamed weights, read-ahead output rows)
     zero_in_first_block: bool  # the accumulator's zero fill goes out between the first block's gate/up weight loads
+    # pipelined static loops: a block runs the next block's only token tile as one more tile of its own weight passes
+    # when that block has the same expert and at most 128 tokens (the next block then runs nothing, loads nothing)
+    absorb_tail: bool = False
     # (column offset, columns) per DMA of an in-block token-row gather: pieces let the transposes start on the first
     gather_pieces: tuple[tuple[int, int], ...] = ()  # (empty: one DMA of whole rows)
     # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
@@ -387,6 +400,14 @@ class CtePlan(KernelPlan):
         lines = [
             blocks,
             "    ids = token_position_to_id[b*B:(b+1)*B]; e = " + ("b" if self.dropping else "block_to_expert[b]"),
+            *(
+                [
+                    "    (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,",
+                    "     ids also takes those 128 slots and block b+1 runs nothing)",
+                ]
+                if self.absorb_tail
+                else []
+            ),
             "    x = hidden_states[ids]" + ("  (-1 slots skipped: zero rows)" if self.pad_skip else ""),
         ]
         if self.affinity == "pre":
@@ -582,9 +603,11 @@ def _buffers(
     x_psum_groups: int,
     hybrid_pipelined: bool,
     gather_real_rows: bool,
+    extra_tiles: int = 0,
 ) -> tuple[Buffer, ...]:
-    """Every on-chip allocation of one core, per partition."""
-    n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
+    """Every on-chip allocation of one core, per partition (extra_tiles: token tiles a block may run beyond its
+    own B slots, the next block's absorbed tile)."""
+    n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE + extra_tiles
     chunk = TOKEN_TILE if skip_tiles else min(b, MATMUL_MOVING_FREE_MAX)  # gate/up moving chunk
     col = min(h_out, down_chunk)
     # resident: all H columns (shard=intermediate needs the other core's columns too); streamed: one
@@ -596,10 +619,10 @@ def _buffers(
         Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
         Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, max(2, n_t) if hybrid_pipelined else 2),  # hybrid: one per tile
-        Buffer("xT", "sbuf", PARTITIONS, dt * n_h * b),
+        Buffer("xT", "sbuf", PARTITIONS, dt * n_h * n_t * TOKEN_TILE),
         Buffer("w_gate_up", "sbuf", PARTITIONS, wdt * n_h * mlp.projections * chunk_cols, weight_count),
         Buffer("gate_up_act_scratch", "sbuf", PARTITIONS, 4 * chunk, 2 * (mlp.projections + 1)),  # two steps
-        Buffer("hT", "sbuf", PARTITIONS, dt * n_i * b),
+        Buffer("hT", "sbuf", PARTITIONS, dt * n_i * n_t * TOKEN_TILE),
         Buffer("w_down", "sbuf", PARTITIONS, wdt * n_i * down_cols, weight_count),
         *([] if scale_on_scalar else [Buffer("y_sb", "sbuf", PARTITIONS, 4 * col, 2)]),  # token tiles alternate
         # (whole rows: [128, H_OUT] per token tile)
@@ -649,6 +672,8 @@ def _buffers(
     if skip_tiles:
         # the block's slot ids (then, in place, their token flags) on one partition [1, B], the per-tile flags
         sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
+    if extra_tiles:  # the neighbour blocks' expert and tile flags, the absorb flags (scratch, and one per block)
+        sb.append(Buffer("absorb_flags", "sbuf", 1, 4 * (n_t + 4) + 4 * slots))
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
@@ -805,6 +830,17 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     resident = want == "resident" or (want == "auto" and fits_resident)
+    if resident and variant["tail"] == "absorb":
+        raise PlanError(
+            (
+                "tail",
+                "tail=absorb runs an expert's tail tile in its previous block's streamed weight passes; this kernel's "
+                "weights are resident"
+                + ("" if want == "resident" else " (weights=auto: they fit SBUF)")
+                + ", so a tail block of a repeated expert already skips their loads: write weights=stream or leave "
+                "tail at auto",
+            )
+        )
     depth = STREAM_DEPTH_RULE  # copies of a prefetched chunk (resident weights: the output rows read ahead)
     streamed_options = [name for name in STREAM_OPTIONS if variant[name] != "auto"]
     if resident and streamed_options:
@@ -862,7 +898,17 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             ("weights", "resident: the expert's gate/up and down weights fit SBUF with the block buffers" + detail)
         )
     else:
-        chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
+        # Pipelined blocks absorb a same-expert next block of one token tile (a tail): its tile's x^T, h^T and output
+        # rows take one more token tile in the block buffers.
+        absorb = _absorbs_tails(variant, b, hybrid=hybrid, mx=mx, exchange=exchange)
+        common["extra_tiles"] = 1 if absorb else 0
+        try:
+            chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
+        except PlanError:
+            if not absorb or variant["tail"] == "absorb":
+                raise
+            common["extra_tiles"] = 0  # tail=auto yields to chunk widths the spec sets that fit only without it
+            chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
         decisions.append(
             (
                 "weights",
@@ -877,6 +923,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             )
         )
     reuse = resident and not dropping
+    absorb = not resident and bool(common.get("extra_tiles"))
     # Padding tiles: a 128-slot tile of only padding runs none of its gathers, matmuls or output updates
     # (a runtime trip count of 0 or 1 per tile). Not with checkpointing: its outputs hold every slot.
     skip_tiles = common["skip_tiles"]
@@ -894,6 +941,16 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                     if skip_empty
                     else ""
                 ),
+            )
+        )
+    if absorb:
+        decisions.append(
+            (
+                "tail tiles",
+                "a block whose next block (in block order) has the same expert and holds at most 128 tokens runs that "
+                "block's tile as one more token tile of its own weight passes (the next block then runs no tile and "
+                "skips its weight loads), so an expert's last few tokens do not reload its weights; x^T, h^T and the "
+                "read-ahead output rows hold one more token tile",
             )
         )
     if reuse:
@@ -1036,6 +1093,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         stream_depth=depth,
         gather_pieces=gather_pieces,
         serpentine=pipeline_blocks and skip_empty,
+        absorb_tail=absorb,
         # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows); in a
         # hybrid loop the pieces go out in this core's first trace-time block
         zero_in_first_block=zero_output
@@ -1137,6 +1195,27 @@ def _streamed_chunks(variant: Variant, i_tile_count: int, capacity: int, common:
             f"{capacity} bytes per partition of trn2 SBUF; use a smaller block",
         )
     )
+
+
+def _absorbs_tails(variant: Variant, b: int, *, hybrid: bool, mx: bool, exchange: bool) -> bool:
+    """Whether a streamed-weight kernel absorbs tail tiles (option tail): where it can unless tail=block.
+    PlanError naming the reason when tail=absorb asks for it where it cannot."""
+    reasons = []
+    if hybrid:
+        reasons.append("loop=hybrid (the runtime loop's body is one program for every block)")
+    if mx:
+        reasons.append("MX weights (streamed one I slab per block by their own block program)")
+    if variant.options.get("dropping"):
+        reasons.append("dropping (one block per expert: no two blocks share an expert)")
+    if exchange:
+        reasons.append("shard=intermediate at lnc=2 (partial projections are exchanged per token tile)")
+    if variant.options.get("checkpoint"):
+        reasons.append("checkpoint (its outputs hold every slot of every block)")
+    if b < 2 * TOKEN_TILE:
+        reasons.append(f"block {b} (one token tile: every block would be a tail)")
+    if variant["tail"] == "absorb" and reasons:
+        raise PlanError(("tail", "tail=absorb cannot be built with " + "; ".join(reasons)))
+    return variant["tail"] != "block" and not reasons
 
 
 def _spec_chunk_note(variant: Variant) -> str:

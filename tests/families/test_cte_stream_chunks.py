@@ -20,13 +20,15 @@ def _without_decisions(plan):
 
 
 def test_auto_is_the_widest_chunks_that_fit_with_two_copies(tmp_path):
-    """Mixtral's prefill shape: auto takes 3 I tiles and 512 columns, double-buffered; writing those values
-    gives the same plan (so the same kernel); depth 3 at auto widths refits narrower chunks within SBUF."""
+    """Mixtral's prefill shape (tail=block: no absorbed tail tile, test_cte_tail.py): auto takes 3 I tiles and 512
+    columns, double-buffered; writing those values gives the same plan (so the same kernel); depth 3 at auto widths
+    refits narrower chunks within SBUF."""
     auto, spelled, deep = plans(
         tmp_path,
         layer_spec(
-            "kernel a : cte { lnc=2 }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 weight_buffers=2 }"
-            "\n  kernel d : cte { lnc=2 weight_buffers=3 }",
+            "kernel a : cte { lnc=2 tail=block }\n"
+            "  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 weight_buffers=2 tail=block }"
+            "\n  kernel d : cte { lnc=2 weight_buffers=3 tail=block }",
             dims=MIXTRAL_TP8,
         ),
     )

@@ -1,0 +1,194 @@
+"""Tail tiles (cte option `tail`, plan field absorb_tail): in a pipelined static block loop with streamed weights, a
+block whose next block has the same expert and holds at most 128 tokens runs that block's tile as one more token tile
+of its own weight passes; the tail block then runs nothing and loads no weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.families.test_cte import assert_matches, build_dir, cte_spec, run  # noqa: F401 (build_dir: fixture)
+from tests.families.test_cte_plans import layer_spec, plans, refusal
+
+# Tokens per expert at block 256: expert 0 a full block and a tail of 30 (absorbed), expert 1 a full block and 164
+# (two tiles: not a tail), expert 2 one block of 100 (its previous block is another expert's), expert 3 two full blocks
+# and a tail of 28 (absorbed by the second).
+COUNTS = (286, 420, 100, 540)
+TOKENS = sum(COUNTS) // 2
+
+
+def tail_routing(counts=COUNTS) -> np.ndarray:
+    """expert_index [T, 2]: the pairs of expert e are `counts[e]` tokens; token t picks the t-th and (t + T)-th entries
+    of the experts listed in order (distinct for these counts)."""
+    order = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    tokens = order.size // 2
+    index = np.stack([order[:tokens], order[tokens:]], axis=1)
+    assert (index[:, 0] != index[:, 1]).all()
+    return index
+
+
+def weight_bytes_per_expert(plan, trace) -> list[int]:
+    """HBM bytes of gate/up and down weights each expert's DMAs moved (skipped DMAs move none)."""
+    sizes = {
+        "gate_up_proj_weight": plan.hidden * plan.mlp.projections * plan.intermediate * 2,
+        "down_proj_weight": plan.intermediate * plan.hidden * 2,
+    }
+    moved = [0] * plan.experts
+    for rec in trace:
+        src = rec["operands"].get("src") if rec["opcode"] == "dma_copy" else None
+        if isinstance(src, dict) and src.get("name") in sizes and rec["bytes"]:
+            moved[src["region"]["bytes"][0] // sizes[src["name"]]] += rec["bytes"]
+    return moved
+
+
+def _traced(text: str, kernel: str):
+    from moegen import sim
+
+    with sim.recording():
+        plan, inputs, got, want = run(text, kernel, TOKENS, expert_index=tail_routing())
+        trace = sim.last_run().trace
+    return plan, inputs, got, want, trace
+
+
+TAIL_KERNELS = """\
+kernel absorb2 : cte { block=256 lnc=2 weights=stream }
+  kernel own2    : cte { block=256 lnc=2 weights=stream tail=block }
+  kernel absorb1 : cte { block=256 weights=stream padding=skip }"""
+TAIL_TEXT = cte_spec(TAIL_KERNELS)
+
+
+def test_tail_tiles_run_in_the_previous_blocks_weight_passes():
+    """LNC 2, interleaved blocks: the tails of experts 0 and 3 (blocks 1 and 7, core 1) run in blocks 0 and 6 (core 0).
+    Each expert's weights are loaded once per block that runs (expert 3: two full blocks on different cores), not for
+    its tail; core 0 issues the matmuls of 9 token tiles, core 1 of 4; the output matches the reference. The kernel
+    with tail=block reloads expert 0's weights for its tail and splits the tiles 7 / 6."""
+    plan, inputs, got, want, trace = _traced(TAIL_TEXT, "absorb2")
+    assert plan.absorb_tail and plan.serpentine
+    assert_matches(plan, got, want)
+    experts = inputs["block_to_expert"].ravel().tolist()
+    assert experts == [0, 0, 1, 1, 2, 3, 3, 3, 3]
+    per_expert = 3 * plan.hidden * plan.intermediate * 2  # gate, up and down weights of one expert, bf16
+    assert weight_bytes_per_expert(plan, trace) == [per_expert, 2 * per_expert, per_expert, 2 * per_expert]
+    per_core = [sum(1 for rec in trace if rec["opcode"] == "nc_matmul" and rec["core"] == c) for c in (0, 1)]
+    tile_matmuls = sum(per_core) // 13  # 13 token tiles hold tokens
+    assert per_core == [9 * tile_matmuls, 4 * tile_matmuls]
+
+    own, _, got_own, want_own, own_trace = _traced(TAIL_TEXT, "own2")
+    assert not own.absorb_tail
+    assert_matches(own, got_own, want_own)
+    own_bytes = weight_bytes_per_expert(own, own_trace)
+    assert own_bytes[0] == 2 * per_expert  # expert 0's tail (block 1, core 1) reloaded its weights
+    assert sum(own_bytes) == 7 * per_expert  # (expert 3's tail follows its block 5 on core 1: serpentine reuse)
+    own_per_core = [sum(1 for rec in own_trace if rec["opcode"] == "nc_matmul" and rec["core"] == c) for c in (0, 1)]
+    assert own_per_core == [7 * tile_matmuls, 6 * tile_matmuls]
+
+
+def test_tail_tiles_at_lnc1_skip_the_tail_blocks_weights():
+    """LNC 1, padding=skip (-1 slots): the two tails load no weights, and at this size (one weight chunk each) a block
+    that repeats its expert reuses every chunk (serpentine): each expert's weights are loaded exactly once."""
+    plan, _, got, want, trace = _traced(TAIL_TEXT, "absorb1")
+    assert plan.absorb_tail and plan.pad_skip
+    assert len(plan.gate_up_chunks) == len(plan.down_chunks) == 1
+    assert_matches(plan, got, want)
+    assert weight_bytes_per_expert(plan, trace) == [3 * plan.hidden * plan.intermediate * 2] * 4
+
+
+# Where the rule applies, across the cte matrix: dtypes, quantization, activations, clamps, biases, scaling modes,
+# padding modes, LNC 1 / 2, distribution, per-core output, top-1, EP, odd sizes.
+MATRIX = [
+    # id, spec keywords, kernel options
+    ("bf16_lnc1", {}, "block=256"),
+    ("fp16_lnc2", dict(dtype="fp16"), "block=256 lnc=2"),
+    (
+        "fp8_row_bias_clamp",
+        dict(
+            quant="weights=fp8_row",
+            expert="gate_up(bias) -> clamp(-1.5 <= gate <= 1, -1 <= up <= 1) -> swish(1.702) -> up_plus_one "
+            "-> down(bias) -> scale",
+        ),
+        "block=256 lnc=2",
+    ),
+    (
+        "fp8_static_pre_gelu_tanh_skip",
+        dict(quant="weights=fp8_static", expert="scale -> gate_up -> gelu_tanh -> down"),
+        "block=256 padding=skip",
+    ),
+    ("no_scale_relu_halves", dict(expert="gate_up -> relu -> down"), "block=256 lnc=2 distribute=halves"),
+    ("per_core_output", {}, "block=256 lnc=2 output=per_core"),
+    ("not_gated_512", dict(expert="up -> relu -> down -> scale"), "block=512 lnc=2"),
+    ("out_fp32_3_copies", dict(dtype="in=bf16 out=fp32"), "block=256 weight_buffers=3 gate_up_tiles=1"),
+    ("partial_h_i_tiles", dict(hidden=320, intermediate=192), "block=256 lnc=2"),
+    ("h_2880_i_464", dict(hidden=2880, intermediate=464), "block=256"),  # gpt-oss H; I with a partial tile
+]
+
+
+@pytest.mark.parametrize("spec_kw, options", [m[1:] for m in MATRIX], ids=[m[0] for m in MATRIX])
+def test_tail_tiles_match_the_reference(spec_kw, options):
+    text = cte_spec(f"kernel k : cte {{ {options} weights=stream }}", **spec_kw)
+    plan, _, got, want = run(text, "k", TOKENS, expert_index=tail_routing())
+    assert plan.absorb_tail
+    assert_matches(plan, got, want)
+
+
+def test_tail_tiles_with_top1_and_ep():
+    """Top-1 (each row written once, shard=block at LNC 2) and EP 2 (the last rank's local experts)."""
+    top1 = cte_spec("kernel k : cte { block=256 lnc=2 weights=stream }", top_k=1)
+    order = np.repeat(np.arange(4, dtype=np.int32), COUNTS)[:, None]  # the same per-expert counts, one pair per token
+    plan, _, got, want = run(top1, "k", order.shape[0], expert_index=order)
+    assert plan.absorb_tail and not plan.accumulate
+    assert_matches(plan, got, want)
+    ep = cte_spec("kernel k : cte { block=256 lnc=2 weights=stream ep=2 }", experts=8)
+    index = tail_routing((40, 50, 60, 70, 286, 420, 100, 540))
+    index = np.concatenate([index, index[: len(index) // 10]])  # more tokens than pairs of the first rank need
+    plan, _, got, want = run(ep, "k", index.shape[0], expert_index=index)
+    assert plan.absorb_tail and plan.ep == 2
+    assert_matches(plan, got, want)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ("block=128 weights=stream tail=absorb", "block 128 (one token tile"),
+        ("block=256 weights=stream loop=hybrid tail=absorb", "loop=hybrid"),
+        ("block=256 weights=stream checkpoint tail=absorb", "checkpoint"),
+        ("block=256 weights=stream dropping tail=absorb", "dropping"),
+        ("block=256 weights=stream shard=intermediate lnc=2 tail=absorb", "shard=intermediate at lnc=2"),
+        ("block=256 weights=resident tail=absorb", "weights are resident"),
+        ("block=256 tail=sometimes", "tail"),
+    ],
+)
+def test_tail_absorb_is_refused_where_it_cannot_be_built(tmp_path, options, message):
+    text = layer_spec(f"kernel k : cte {{ {options} }}")
+    error = refusal(tmp_path, text)
+    assert "t.moe:5:" in error and "^" in error and message in error
+
+
+def test_tail_absorb_costs_one_token_tile_of_sbuf(tmp_path):
+    """The plan counts the absorbed tile: x^T and h^T hold B + 128 columns, the read-ahead rows one more tile."""
+    text = layer_spec(
+        "kernel a : cte { block=256 weights=stream }\n  kernel b : cte { block=256 weights=stream tail=block }"
+    )
+    absorbing, own = plans(tmp_path, text)
+    assert absorbing.absorb_tail and not own.absorb_tail
+    sizes = [{buf.name: buf.total_per_partition for buf in plan.buffers} for plan in (absorbing, own)]
+    for name in ("xT", "hT", "out_rows"):
+        assert sizes[0][name] == sizes[1][name] * 3 // 2
+    assert "tail tiles" in dict(absorbing.decisions) and "tail tiles" not in dict(own.decisions)
+
+
+def test_tail_auto_refits_the_chunk_rule_and_yields_to_spelled_widths(tmp_path):
+    """Mixtral's prefill shape: with the absorbed tile the rule's widest chunks that fit are 2 I tiles and 512 columns
+    (3 I tiles fit only without it); widths the spec spells that fit only without the tile turn it off under
+    tail=auto, and are refused with tail=absorb."""
+    dims = "hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8"
+    auto, spelled = plans(
+        tmp_path,
+        layer_spec("kernel a : cte { lnc=2 }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 }", dims=dims),
+    )
+    assert auto.absorb_tail and (auto.gate_up_chunks[0][3], auto.down_cols) == (2, 512)
+    assert auto.sbuf_bytes() <= 208 * 1024
+    assert not spelled.absorb_tail and (spelled.gate_up_chunks[0][3], spelled.down_cols) == (3, 512)
+    error = refusal(
+        tmp_path, layer_spec("kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 tail=absorb }", dims=dims)
+    )
+    assert "more than the 212992 usable" in error
