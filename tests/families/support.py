@@ -5,9 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from moegen import sim
 from moegen.codegen.build import write
 from moegen.compiler import GeneratedSpec, generate
+
+# The tkg modes the shared matrices of tests/families/test_tkg_kernels.py and test_tkg_mx.py run: the kernel
+# options that select each.
+MODES = {"selective": "", "distinct": "mode=distinct"}
+each_mode = pytest.mark.parametrize("mode", list(MODES))
+
+
+def kernel_line(mode: str, options: str = "") -> str:
+    """The line of tkg kernel k in `mode` (a MODES key) with further options."""
+    words = " ".join(word for word in (MODES[mode], options) if word)
+    return f"kernel k : tkg {{ {words} }}" if words else "kernel k : tkg { }"
 
 
 def layer_spec(
