@@ -547,11 +547,6 @@ class NkiTensor:
         return _prod(self.shape)
 
     @property
-    def partition_size(self) -> int:
-        """Partitions spanned (dim 0) for on-chip tensors; 1 for HBM tensors."""
-        return self.shape[0] if self._alloc.pstride is not None else 1
-
-    @property
     def free_size(self) -> int:
         """Elements per partition (product of dims 1..n) for on-chip tensors; all elements for HBM."""
         return _prod(self.shape[1:]) if self._alloc.pstride is not None else self.size
