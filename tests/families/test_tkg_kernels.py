@@ -9,7 +9,6 @@ runs in every mode of MODES, what one mode alone runs follows it. Real-model sha
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from moegen.compare import compare
 from moegen.compiler import generate
 from moegen.reference.tkg import moe_tkg
 from moegen.verify import tkg as harness
-from tests.families.support import MODES, build_spec, each_mode, kernel_line, layer_spec
+from tests.families.support import MODES, build, each_mode, kernel_line, layer_spec, module_builds
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
@@ -51,23 +50,7 @@ def spec_text(
     )
 
 
-_BUILD_DIR: list[Path] = []
-
-
-@cache
-def build(text: str):
-    """({kernel name: plan}, {kernel name: kernel function}) for a spec text, built once per session."""
-    generated, modules = build_spec(text, _BUILD_DIR[0])
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    return plans, {name: getattr(modules[name], name) for name in plans}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_builds")
 
 
 def check(text: str, kernel: str = "k", tokens: int = 4, *, seed: int = SEED, inputs=None):

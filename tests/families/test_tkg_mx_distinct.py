@@ -16,16 +16,10 @@ import pytest
 from moegen import sim
 from moegen.compare import compare
 from moegen.verify import tkg as harness
-from tests.families import test_tkg_mx as base
+from tests.families.support import module_builds
 from tests.families.test_tkg_mx import GPT_OSS, SEED, SILU_POST, build, check, spec_text
 
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_mx_distinct_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_mx_distinct_builds")
 
 
 @pytest.mark.parametrize("ep", [1, 2])
