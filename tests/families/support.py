@@ -52,6 +52,30 @@ def layer_spec(
     return "\n".join(lines) + "\n"
 
 
+def tkg_spec(
+    kernels: str,
+    *,
+    expert: str = "gate_up -> silu -> down -> scale",
+    hidden: int = 256,
+    intermediate: int = 192,
+    experts: int = 8,
+    top_k: int = 2,
+    dtype: str = "bf16",
+    quant: str = "",
+) -> str:
+    """The small layer of the tkg tests: H 256 (two full tiles), I 192 (128 + 64), E 8, K 2, SiLU with POST_SCALE."""
+    return layer_spec(
+        kernels,
+        hidden=hidden,
+        intermediate=intermediate,
+        experts=experts,
+        top_k=top_k,
+        dtype=dtype,
+        expert=expert,
+        quant=quant,
+    )
+
+
 def build_spec(text: str, builds: Path) -> tuple[GeneratedSpec, dict[str, ModuleType]]:
     """Write `text` as t.moe in a fresh folder under `builds`, build it, load every kernel in the simulator."""
     root = builds / f"spec{len(list(builds.iterdir()))}"

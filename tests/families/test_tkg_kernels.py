@@ -19,35 +19,13 @@ from moegen.compare import compare
 from moegen.compiler import generate
 from moegen.reference.tkg import moe_tkg
 from moegen.verify import tkg as harness
-from tests.families.support import MODES, build, each_mode, kernel_line, layer_spec, module_builds
+from tests.families.support import MODES, build, each_mode, kernel_line, module_builds
+from tests.families.support import tkg_spec as spec_text
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
 SILU_POST = "gate_up -> silu -> down -> scale"
 GPT_OSS = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
-
-
-def spec_text(
-    kernels: str,
-    *,
-    expert: str = SILU_POST,
-    hidden: int = 256,
-    intermediate: int = 192,
-    experts: int = 8,
-    top_k: int = 2,
-    dtype: str = "bf16",
-    quant: str = "",
-) -> str:
-    return layer_spec(
-        kernels,
-        hidden=hidden,
-        intermediate=intermediate,
-        experts=experts,
-        top_k=top_k,
-        dtype=dtype,
-        expert=expert,
-        quant=quant,
-    )
 
 
 build_dir = module_builds("tkg_builds")
