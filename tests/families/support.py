@@ -4,7 +4,7 @@ spec text and test module), and the tkg modes the tkg matrices run in."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 
@@ -52,28 +52,11 @@ def layer_spec(
     return "\n".join(lines) + "\n"
 
 
-def tkg_spec(
-    kernels: str,
-    *,
-    expert: str = "gate_up -> silu -> down -> scale",
-    hidden: int = 256,
-    intermediate: int = 192,
-    experts: int = 8,
-    top_k: int = 2,
-    dtype: str = "bf16",
-    quant: str = "",
-) -> str:
-    """The small layer of the tkg tests: H 256 (two full tiles), I 192 (128 + 64), E 8, K 2, SiLU with POST_SCALE."""
-    return layer_spec(
-        kernels,
-        hidden=hidden,
-        intermediate=intermediate,
-        experts=experts,
-        top_k=top_k,
-        dtype=dtype,
-        expert=expert,
-        quant=quant,
-    )
+# The small layer of the tkg tests: H 256 (two full tiles), I 192 (128 + 64), E 8, K 2, SiLU with POST_SCALE
+# (keywords override each).
+tkg_spec = partial(
+    layer_spec, hidden=256, intermediate=192, experts=8, top_k=2, expert="gate_up -> silu -> down -> scale"
+)
 
 
 def build_spec(text: str, builds: Path) -> tuple[GeneratedSpec, dict[str, ModuleType]]:

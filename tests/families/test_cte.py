@@ -10,7 +10,7 @@ hybrid loops over many padded blocks, and the checkpoint outputs.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -27,27 +27,10 @@ SEED = 20261123
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cte_spec(
-    kernels: str,
-    *,
-    hidden: int = 256,
-    intermediate: int = 256,
-    experts: int = 4,
-    top_k: int = 2,
-    dtype: str = "bf16",
-    expert: str = "gate_up -> silu -> down -> scale",
-    quant: str = "",
-) -> str:
-    return layer_spec(
-        kernels,
-        hidden=hidden,
-        intermediate=intermediate,
-        experts=experts,
-        top_k=top_k,
-        dtype=dtype,
-        expert=expert,
-        quant=quant,
-    )
+# The small layer of the cte tests: H 256, I 256, E 4, K 2, SiLU with POST_SCALE (keywords override each).
+cte_spec = partial(
+    layer_spec, hidden=256, intermediate=256, experts=4, top_k=2, expert="gate_up -> silu -> down -> scale"
+)
 
 
 def run(text: str, kernel: str, tokens: int, *, seed: int = SEED, expert_index=None, num_blocks=None):
