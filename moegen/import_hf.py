@@ -207,6 +207,18 @@ def _qwen2_moe(c: _Reader) -> MoELayer:
     )
 
 
+def _sigmoid_router(groups: int, keep: int, renormalize: bool, factor: float) -> str:
+    """DeepSeek-V3's router (also Nemotron-H's): sigmoid scores, a bias for the selection only, the top `keep` of
+    `groups` expert groups (by the sum of each group's top two), top-K (renormalized if asked), times `factor`."""
+    router = "linear -> sigmoid -> select_bias"
+    if groups > 1:
+        router += f" -> group_limit(groups={groups}, keep={keep}, score=top2_sum)"
+    router += " -> topk" + (" -> renormalize" if renormalize else "")
+    if factor != 1:
+        router += f" -> scaling_factor({factor:g})"
+    return router
+
+
 def _deepseek_v3(c: _Reader) -> MoELayer:
     c.integer("intermediate_size")  # the first_k_dense_replace dense layers
     act = c.activation()
@@ -215,12 +227,7 @@ def _deepseek_v3(c: _Reader) -> MoELayer:
     groups, keep = c.integer("n_group"), c.integer("topk_group")
     renormalize = c.require("norm_topk_prob", (True, False))
     factor = c.positive("routed_scaling_factor")
-    router = "linear -> sigmoid -> select_bias"
-    if groups > 1:
-        router += f" -> group_limit(groups={groups}, keep={keep}, score=top2_sum)"
-    router += " -> topk" + (" -> renormalize" if renormalize else "")
-    if factor != 1:
-        router += f" -> scaling_factor({factor:g})"
+    router = _sigmoid_router(groups, keep, renormalize, factor)
     return _deepseek_layer(c, router, act)
 
 
@@ -317,12 +324,7 @@ def _nemotron_h(c: _Reader) -> MoELayer:
     groups, keep = c.integer("n_group", 1), c.integer("topk_group", 1)
     renormalize = c.require("norm_topk_prob", (True, False))
     factor = c.positive("routed_scaling_factor")
-    router = "linear -> sigmoid -> select_bias"
-    if groups > 1:
-        router += f" -> group_limit(groups={groups}, keep={keep}, score=top2_sum)"
-    router += " -> topk" + (" -> renormalize" if renormalize else "")
-    if factor != 1:
-        router += f" -> scaling_factor({factor:g})"
+    router = _sigmoid_router(groups, keep, renormalize, factor)
     # NemotronHMOE builds exactly one shared MLP of width moe_shared_expert_intermediate_size.
     c.require("n_shared_experts", (1,))
     # Hugging Face spells squared ReLU `relu2`; the shared pipeline says what the config says.

@@ -34,7 +34,6 @@ from moegen.compiler import families, load_spec
 from moegen.plan.common import KernelPlan, PlanError, check_budget
 from moegen.plan.cte import AUTO_RULES, STREAM_OPTIONS
 
-CANDIDATE_MODES = ("selective", "distinct", "all_experts")
 # (option, candidate option sets); an axis is searched when the spec leaves its option at auto
 TKG_AXES = (
     (

@@ -16,7 +16,6 @@ from moegen.sim import simulate
 from moegen.verify.tkg import argument_names
 
 SCALING = (ExpertAffinityScaleMode.NO_SCALE, ExpertAffinityScaleMode.POST_SCALE, ExpertAffinityScaleMode.PRE_SCALE)
-OUTPUT_DTYPES = {np.dtype("float32"): "fp32", np.dtype("float16"): "fp16"}
 
 
 def _output_dtype(output_dtype, input_dtype: str) -> str:

@@ -18,7 +18,6 @@ DMA_GUIDE = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/deep-di
 DMA_OVERVIEW = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/about/nki-dma-overview.html"
 ISA_BETA1 = "https://awsdocs-neuron.readthedocs-hosted.com/en/v2.26.1/nki/api/generated/nki.isa.nc_matmul.html"
 LNC_PAGE = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/about-neuron/arch/neuron-features/logical-neuroncore-config.html"
-OPT_TUTORIAL = "https://awsdocs-neuron.readthedocs-hosted.com/en/latest/nki/how-to-guides/kernel-optimization.html"
 
 
 @dataclass(frozen=True)

@@ -112,11 +112,6 @@ class ExpertMLPPlan:
         """The matmul results are multiplied by a weight (and input) scale at PSUM evacuation."""
         return self.weight_quant in ("fp8_row", "fp8_static")
 
-    @property
-    def up_offset(self) -> bool:
-        """Something is added to the up projection: its bias and/or the folded +1."""
-        return self.gate_up_bias or self.up_plus_one
-
 
 def activation_steps(activation: str, alpha: float | None) -> tuple[tuple[ActivationStep, ...], str]:
     """The instructions computing a(g) and the reason for that spelling."""

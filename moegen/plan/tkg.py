@@ -281,12 +281,6 @@ class TkgPlan(KernelPlan):
         return _x_group(self)
 
     @property
-    def work_items_per_tile(self) -> str:
-        return {"selective": "T*K", "distinct": f"<= min(T*K, {self.local_experts})"}.get(
-            self.mode, str(self.local_experts)
-        )
-
-    @property
     def item_top_k(self) -> int:
         """Selected experts per token one core runs (all K, or its share under shard=top_k)."""
         return max(count for _, count in self.core_top_k) if self.core_top_k else self.top_k

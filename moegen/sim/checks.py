@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from moegen.sim import runtime
 from moegen.sim.errors import NkiSimError
-from moegen.sim.tensor import MemoryRegion, NkiTensor
+from moegen.sim.tensor import NkiTensor
 
 PMAX = runtime.NUM_PARTITIONS
 
@@ -76,51 +76,9 @@ def check_buffer(instr: str, operand: str, t: NkiTensor, allowed: Iterable[str] 
         )
 
 
-def check_on_chip(instr: str, operand: str, t: NkiTensor) -> None:
-    """Only DMA touches HBM: compute operands must be SBUF or PSUM."""
-    check_tensor(instr, operand, t)
-    if t.buffer not in (MemoryRegion.sbuf, MemoryRegion.psum):
-        raise NkiSimError(
-            f"{_label(instr, operand, t)} is in {t.buffer.name}: only DMA instructions access HBM (limit: sbuf or psum)"
-        )
-
-
-def check_dtype(instr: str, operand: str, t: NkiTensor, allowed: Iterable[str]) -> None:
-    """`t.dtype` must be one of `allowed` (dtype names)."""
-    names = tuple(str(a) for a in allowed)
-    if t.dtype.name not in names:
-        raise NkiSimError(f"{_label(instr, operand, t)} dtype {t.dtype.name} not supported (limit: {', '.join(names)})")
-
-
-def check_same_shape(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
-    if tuple(a.shape) != tuple(b.shape):
-        raise NkiSimError(f"{instr}: {a_name} shape {a.shape} must equal {b_name} shape {b.shape}")
-
-
-def check_same_partitions_and_free(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
-    """Same partition count and same number of elements per partition (shapes may differ)."""
-    if a.shape[0] != b.shape[0] or a.free_size != b.free_size:
-        raise NkiSimError(
-            f"{instr}: {a_name} {a.shape} and {b_name} {b.shape} must have the same partition count "
-            f"and elements per partition"
-        )
-
-
 def check_target(instr: str, targets: Iterable[str]) -> None:
     """Refuse an instruction on a target that does not have it (e.g. trn3-only on trn2)."""
     t = runtime.current().target
     ok = tuple(targets)
     if t not in ok:
         raise NkiSimError(f"{instr}: not available on {t} (limit: {' or '.join(ok)} only)")
-
-
-def check_not_both_psum(instr: str, a_name: str, a: NkiTensor, b_name: str, b: NkiTensor) -> None:
-    if a.buffer is MemoryRegion.psum and b.buffer is MemoryRegion.psum:
-        raise NkiSimError(f"{instr}: {a_name} and {b_name} cannot both be in PSUM (limit: at most one PSUM input)")
-
-
-def check_compute_operand(instr: str, operand: str, t: NkiTensor, allowed=("sbuf", "psum")) -> None:
-    """Common check for a compute-engine operand: on chip, allowed buffer, partition rules."""
-    check_on_chip(instr, operand, t)
-    check_buffer(instr, operand, t, allowed)
-    check_partition(instr, operand, t)

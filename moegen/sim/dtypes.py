@@ -47,10 +47,6 @@ class DType(str):
         return self.info.is_float
 
     @property
-    def is_int(self) -> bool:
-        return not self.info.is_float and not self.info.packed
-
-    @property
     def packed(self) -> bool:
         return self.info.packed
 

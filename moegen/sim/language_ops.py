@@ -721,9 +721,6 @@ REDUCE_ALIASES: dict[Callable, Callable] = {max: maximum, min: minimum, sum: add
 """nl reduction functions accepted where a reduction operator is expected (e.g. tensor_scalar_reduce
 documents ``nl.max`` / ``nl.min``), mapped to their ALU operator."""
 
-UNARY_NUMPY = _UNARY_NUMPY
-UNSUPPORTED_ON_HARDWARE = _UNSUPPORTED_ON_HARDWARE
-
 
 # ---------------------------------------------------------------------------------------------------
 # Lowering of the callable functions to ISA instructions (each allocates a new SBUF tile)

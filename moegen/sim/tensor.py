@@ -547,11 +547,6 @@ class NkiTensor:
         return _prod(self.shape)
 
     @property
-    def partition_size(self) -> int:
-        """Partitions spanned (dim 0) for on-chip tensors; 1 for HBM tensors."""
-        return self.shape[0] if self._alloc.pstride is not None else 1
-
-    @property
     def free_size(self) -> int:
         """Elements per partition (product of dims 1..n) for on-chip tensors; all elements for HBM."""
         return _prod(self.shape[1:]) if self._alloc.pstride is not None else self.size
@@ -644,19 +639,7 @@ class NkiTensor:
         if self._dyn:
             region["offset"] = off
         if self.on_chip:
-            ps = self._pstride()
-            p0, f0 = divmod(off, ps)
-            plo = phi = p0
-            flo = fhi = f0
-            for n, s in zip(self.shape, self.strides):
-                if n == 1 or s == 0:
-                    continue
-                if s % ps == 0:
-                    d = (n - 1) * (s // ps)
-                    plo, phi = (plo, phi + d) if d > 0 else (plo + d, phi)
-                else:
-                    d = (n - 1) * s
-                    flo, fhi = (flo, fhi + d) if d > 0 else (flo + d, fhi)
+            plo, phi, flo, fhi = self._on_chip_extent(off)
             region["parts"] = [plo, phi + 1]
             region["bytes"] = [a.addr + flo * isz, a.addr + (fhi + 1) * isz]
             dims = [(n, s) for n, s in zip(self.shape[1:], self.strides[1:]) if n > 1]
@@ -700,6 +683,22 @@ class NkiTensor:
                 lo += (n - 1) * s
         return lo, hi
 
+    def _on_chip_extent(self, offset: int) -> tuple[int, int, int, int]:
+        """(first, last partition, first, last element within a partition) an on-chip view from `offset` spans."""
+        ps = self._pstride()
+        plo = phi = offset // ps
+        flo = fhi = offset % ps
+        for n, s in zip(self.shape, self.strides):
+            if n == 1 or s == 0:
+                continue
+            if s % ps == 0:
+                d = (n - 1) * (s // ps)
+                plo, phi = (plo, phi + d) if d > 0 else (plo + d, phi)
+            else:
+                d = (n - 1) * s
+                flo, fhi = (flo, fhi + d) if d > 0 else (flo + d, fhi)
+        return plo, phi, flo, fhi
+
     def _check_bounds(self, offset: int, instr: str, operand: str = "") -> None:
         """Raise if the view (with resolved `offset`) leaves its allocation (per partition on chip)."""
         a = self._alloc
@@ -710,18 +709,7 @@ class NkiTensor:
         if self.on_chip:
             ps = self._pstride()
             nparts = a.shape[0]
-            p0, f0 = divmod(offset, ps)
-            flo = fhi = f0
-            plo = phi = p0
-            for n, s in zip(self.shape, self.strides):
-                if n == 1 or s == 0:
-                    continue
-                if s % ps == 0:
-                    d = (n - 1) * (s // ps)
-                    plo, phi = (plo, phi + d) if d > 0 else (plo + d, phi)
-                else:
-                    d = (n - 1) * s
-                    flo, fhi = (flo, fhi + d) if d > 0 else (flo + d, fhi)
+            plo, phi, flo, fhi = self._on_chip_extent(offset)
             if plo < 0 or phi >= nparts:
                 raise NkiSimError(
                     f"{what} out of bounds: partitions {plo}..{phi} outside allocation partitions "

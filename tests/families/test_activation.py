@@ -7,9 +7,6 @@ scales feed an nc_matmul_mx (the down projection) in a small hand-written kernel
 
 from __future__ import annotations
 
-from functools import cache
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -18,7 +15,7 @@ from moegen.compare import compare
 from moegen.reference.activation import live_rows
 from moegen.reference.quant import dequantize_mx, np_dtype, quantize_mx
 from moegen.verify import activation as harness
-from tests.families.support import build_spec, layer_spec
+from tests.families.support import build, build_spec, layer_spec, module_builds
 
 SEED = 20261206
 KERNELS = """
@@ -32,22 +29,7 @@ SPECS = {
     608: layer_spec(KERNELS, hidden=256, intermediate=608, experts=8, top_k=2, expert="up -> squared_relu -> down"),
 }
 
-_BUILD_DIR: list[Path] = []
-
-
-@cache
-def build(features: int):
-    generated, modules = build_spec(SPECS[features], _BUILD_DIR[0])
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    return plans, {name: getattr(modules[name], name) for name in plans}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("activation_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("activation_builds")
 
 
 def _random_inputs(plan, rows: int, n_used: int, rng: np.random.Generator, pad_fraction: float = 0.3) -> dict:
@@ -89,7 +71,7 @@ CASES = [
 
 @pytest.mark.parametrize("kernel, features, rows, used", CASES, ids=[f"{k}-F{f}-R{r}-{u}" for k, f, r, u in CASES])
 def test_live_rows_computed_and_skipped_rows_untouched(kernel, features, rows, used):
-    plans, kernels = build(features)
+    plans, kernels = build(SPECS[features])
     plan = plans[kernel]
     rng = np.random.default_rng(SEED + rows + features)
     n_used = {
@@ -105,7 +87,7 @@ def test_live_rows_computed_and_skipped_rows_untouched(kernel, features, rows, u
 def test_routing_layout_from_blocking():
     """The harness's own inputs: permutation_map and n_used from moegen.blocking.permuted_rows, with stale
     (non -1) ids past n_used that only n_used keeps out."""
-    plans, kernels = build(416)
+    plans, kernels = build(SPECS[416])
     for name in ("relu2", "relu2_mx"):
         plan = plans[name]
         inputs = harness.make_inputs(plan, 512, np.random.default_rng(SEED))
@@ -135,7 +117,7 @@ def test_mx_quantized_activation_feeds_nc_matmul_mx(tmp_path):
     dequant(h) @ dequant(W_down) for every live row."""
     from moegen import sim
 
-    plans, kernels = build(608)
+    plans, kernels = build(SPECS[608])
     plan = plans["relu2_mx"]
     rows, hidden = 128, 256
     rng = np.random.default_rng(SEED)

@@ -10,7 +10,7 @@ hybrid loops over many padded blocks, and the checkpoint outputs.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -21,62 +21,25 @@ from moegen.compare import compare
 from moegen.compiler import generate
 from moegen.reference import cte as cte_reference
 from moegen.verify import cte as harness
-from tests.families.support import build_spec, layer_spec
+from tests.families.support import build, layer_spec, module_builds
 
 SEED = 20261123
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cte_spec(
-    kernels: str,
-    *,
-    hidden: int = 256,
-    intermediate: int = 256,
-    experts: int = 4,
-    top_k: int = 2,
-    dtype: str = "bf16",
-    expert: str = "gate_up -> silu -> down -> scale",
-    quant: str = "",
-) -> str:
-    return layer_spec(
-        kernels,
-        hidden=hidden,
-        intermediate=intermediate,
-        experts=experts,
-        top_k=top_k,
-        dtype=dtype,
-        expert=expert,
-        quant=quant,
-    )
-
-
-_BUILD_DIR: list[Path] = []
-
-
-@cache
-def build(text: str):
-    """({kernel name: plan}, {kernel name: loaded module}) for a spec text, built once per module."""
-    generated, modules = build_spec(text, _BUILD_DIR[0])
-    return {plan.kernel_name: plan for plan in generated.plans}, modules
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("cte_builds")]
-    build.cache_clear()
-    variant_run.cache_clear()
-    yield
-    build.cache_clear()
-    variant_run.cache_clear()
+# The small layer of the cte tests: H 256, I 256, E 4, K 2, SiLU with POST_SCALE (keywords override each).
+cte_spec = partial(
+    layer_spec, hidden=256, intermediate=256, experts=4, top_k=2, expert="gate_up -> silu -> down -> scale"
+)
 
 
 def run(text: str, kernel: str, tokens: int, *, seed: int = SEED, expert_index=None, num_blocks=None):
     """(plan, inputs, kernel outputs, reference outputs) for one kernel of a spec."""
-    plans, modules = build(text)
+    plans, kernels = build(text)
     plan = plans[kernel]
     rng = np.random.default_rng(seed)
     inputs = harness.make_inputs(plan, tokens, rng, expert_index=expert_index, num_blocks=num_blocks)
-    got = harness.run(getattr(modules[kernel], kernel), plan, inputs)
+    got = harness.run(kernels[kernel], plan, inputs)
     want = harness.expected(plan, inputs)
     return plan, inputs, got, want
 
@@ -108,6 +71,9 @@ VARIANT_TEXT = cte_spec(VARIANTS, hidden=320, intermediate=192)  # H and I with 
 def variant_run(kernel: str):
     expert_index = harness.routing(150, 4, 2, np.random.default_rng(SEED))  # T*K = 300: not a multiple of B
     return run(VARIANT_TEXT, kernel, 150, expert_index=expert_index)
+
+
+build_dir = module_builds("cte_builds", variant_run)
 
 
 @pytest.mark.parametrize("kernel", ["block2", "i1", "i2", "hybrid2", "stream2", "halves2", "hybridb2"])
@@ -527,12 +493,12 @@ def test_hybrid_weight_expert_is_computed_a_block_ahead_on_gpsimd(shard):
 
 
 def test_kernel_rejects_a_wrong_shape_by_name():
-    plans, modules = build(cte_spec("kernel p : cte { block=128 }"))
+    plans, kernels = build(cte_spec("kernel p : cte { block=128 }"))
     plan = plans["p"]
     inputs = harness.make_inputs(plan, 64, np.random.default_rng(SEED))
     inputs["down_proj_weight"] = inputs["down_proj_weight"][:, :128]
     with pytest.raises(Exception, match="down_proj_weight must have shape"):
-        harness.run(modules["p"].p, plan, inputs)
+        harness.run(kernels["p"], plan, inputs)
 
 
 # ------------------------------------------------------------------ real model shapes

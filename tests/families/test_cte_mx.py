@@ -9,15 +9,13 @@ slabs, the second 16 partitions), E 4, K 2, blocks of 128 tokens, T about 100 (T
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import pytest
 
 from moegen.compare import compare
 from moegen.diagnostics import SpecError
 from moegen.verify import cte as harness
-from tests.families.support import build_spec, layer_spec
+from tests.families.support import build, layer_spec, module_builds
 
 SEED = 20261206
 GPT_OSS = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
@@ -28,22 +26,7 @@ def spec_text(kernels: str, *, expert: str = GPT_OSS, weights: str = "mxfp4", dt
     return layer_spec(kernels, dtype=dtype, expert=expert, quant=f"weights={weights}", **shape)
 
 
-_BUILD_DIR: list = []
-
-
-@cache
-def build(text: str):
-    generated, modules = build_spec(text, _BUILD_DIR[0])
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    return plans, {name: getattr(modules[name], name) for name in plans}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("cte_mx_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("cte_mx_builds")
 
 
 def check(text: str, kernel: str = "k", tokens: int = 70, *, top_k: int = 2, experts_used: int | None = 3):

@@ -10,7 +10,6 @@ see test_refusals. Reduced shapes: H 320 (a 64-row remainder), I 224 (128 + 96).
 from __future__ import annotations
 
 import re
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 
 from moegen.compare import compare
 from moegen.verify import harness
-from tests.families.support import build_spec, layer_spec
+from tests.families.support import build, build_spec, layer_spec, module_builds
 
 SEED = 20261206
 
@@ -58,22 +57,7 @@ def _spec(keywords: dict, kernels: str) -> str:
     return layer_spec(kernels, hidden=320, intermediate=224, experts=8, top_k=2, **keywords)
 
 
-_BUILD_DIR: list[Path] = []
-
-
-@cache
-def build(text: str):
-    generated, modules = build_spec(text, _BUILD_DIR[0])
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    return plans, {name: getattr(modules[name], name) for name in plans}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("nongated_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("nongated_builds")
 
 
 def _verify(text: str, kernel: str) -> None:

@@ -1,10 +1,10 @@
 """tkg mode=distinct: each local expert some token selected runs once on the whole token tile.
 
-The same matrix as selective mode (tests/families/test_tkg_kernels.py): token counts, experts and
-top-K, activations, clamps, biases, scaling modes, eager affinities, dtype paths, fp8 quantization,
-LNC=2 splits, SBUF input/output, expert parallelism, partial tiles; each compared per element with
-the reference (selective semantics). Plus what the mode is for: each selected expert's weights are
-read from HBM once, whatever T.
+The matrix of every mode (token counts, experts and top-K, activations, clamps, biases, dtype paths, fp8
+quantization, LNC=2 splits, SBUF input/output) runs in distinct mode in tests/families/test_tkg_kernels.py
+(parametrized over its MODES). Here what distinct mode alone runs: scaling modes and eager affinities
+with EP, partial tiles, each compared per element with the reference (selective semantics); and what the
+mode is for: each selected expert's weights are read from HBM once, whatever T.
 """
 
 from __future__ import annotations
@@ -15,29 +15,10 @@ import pytest
 from moegen import sim
 from moegen.compare import compare
 from moegen.verify import tkg as harness
-from tests.families import test_tkg_kernels as base
+from tests.families.support import module_builds
 from tests.families.test_tkg_kernels import GPT_OSS, SEED, SILU_POST, build, check, spec_text
 
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_distinct_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
-
-
-@pytest.mark.parametrize("tokens", [1, 4, 31, pytest.param(128, marks=pytest.mark.slow)])
-def test_silu_post_scale(tokens):
-    check(spec_text("kernel k : tkg { mode=distinct }"), tokens=tokens)
-
-
-@pytest.mark.parametrize("experts, top_k, ep", [(4, 1, 1), (16, 4, 1), (32, 8, 1), (16, 4, 4), (32, 2, 8)])
-def test_experts_and_top_k(experts, top_k, ep):
-    text = spec_text(
-        f"kernel k : tkg {{ mode=distinct ep={ep} }}", experts=experts, top_k=top_k, hidden=128, intermediate=128
-    )
-    check(text, tokens=6)
+build_dir = module_builds("tkg_distinct_builds")
 
 
 def test_equals_selective_on_the_same_inputs():
@@ -45,35 +26,6 @@ def test_equals_selective_on_the_same_inputs():
     _, inputs, selective = check(text, "k", tokens=7)
     _, _, distinct = check(text, "d", tokens=7, inputs=inputs)
     assert compare("agree", distinct, selective, kind="bf16").ok
-
-
-@pytest.mark.parametrize(
-    "activation", ["silu", "gelu", "gelu_tanh", "swish(1.702)", "swish(1.0)", "relu", "squared_relu"]
-)
-def test_each_activation(activation):
-    check(spec_text("kernel k : tkg { mode=distinct }", expert=f"gate_up -> {activation} -> down -> scale"))
-
-
-@pytest.mark.parametrize(
-    "clamp", ["gate <= 0.5", "gate >= -0.5", "up <= 0.5", "up >= -0.5", "-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4"]
-)
-def test_each_clamp(clamp):
-    check(spec_text("kernel k : tkg { mode=distinct }", expert=f"gate_up -> clamp({clamp}) -> silu -> down -> scale"))
-
-
-@pytest.mark.parametrize(
-    "expert",
-    [
-        "gate_up(bias) -> silu -> down -> scale",
-        "gate_up -> silu -> down(bias) -> scale",
-        GPT_OSS,
-        "gate_up -> clamp(-1 <= up <= 1) -> silu -> up_plus_one -> down -> scale",
-    ],
-    ids=["gate_up_bias", "down_bias", "gpt_oss", "plus_one_without_bias"],
-)
-def test_biases_and_the_folded_plus_one(expert):
-    """Biases make an unselected token's y non-zero: its zero column must still drop it."""
-    check(spec_text("kernel k : tkg { mode=distinct }", expert=expert, hidden=320))
 
 
 @pytest.mark.parametrize("ep", [1, 2])
@@ -90,62 +42,6 @@ def test_each_scaling_mode(scale, ep):
 @pytest.mark.parametrize("ep", [1, 2])
 def test_eager_affinities(ep):
     check(spec_text(f"kernel k : tkg {{ mode=distinct eager ep={ep} }}"), tokens=6)
-
-
-@pytest.mark.parametrize("dtype, out", [("fp16", None), ("bf16", "fp32"), ("fp16", "bf16")])
-def test_dtype_paths(dtype, out):
-    option = f"out={out}" if out else ""
-    check(spec_text(f"kernel k : tkg {{ mode=distinct {option} }}", dtype=dtype), tokens=3)
-
-
-@pytest.mark.parametrize(
-    "quant",
-    [
-        "weights=fp8_row",
-        "weights=fp8_static",
-        "weights=fp8_row activations=fp8_static",
-        "weights=fp8_static activations=fp8_static",
-    ],
-)
-def test_fp8_weights(quant):
-    check(spec_text("kernel k : tkg { mode=distinct }", quant=quant, hidden=320, expert=GPT_OSS), tokens=3)
-
-
-def test_fp8_static_input_with_pre_scale():
-    check(
-        spec_text(
-            "kernel k : tkg { mode=distinct }",
-            quant="weights=fp8_static activations=fp8_static",
-            expert="scale -> gate_up -> silu -> down",
-        ),
-        tokens=4,
-    )
-
-
-@pytest.mark.parametrize(
-    "kernel",
-    [
-        "kernel k : tkg { mode=distinct lnc=2 }",
-        "kernel k : tkg { mode=distinct lnc=2 shard=hidden }",
-        "kernel k : tkg { mode=distinct lnc=2 shard=tokens }",
-        "kernel k : tkg { mode=distinct lnc=2 shard=intermediate out=fp32 }",
-        "kernel k : tkg { mode=distinct lnc=2 ep=2 shard=tokens }",
-    ],
-)
-def test_lnc2(kernel):
-    check(spec_text(kernel, hidden=320, expert=GPT_OSS), tokens=5)
-
-
-@pytest.mark.parametrize(
-    "kernel",
-    [
-        "kernel k : tkg { mode=distinct input=sbuf tokens<=16 }",
-        "kernel k : tkg { mode=distinct input=sbuf output=sbuf tokens<=16 }",
-        "kernel k : tkg { mode=distinct output=sbuf tokens<=16 out=fp32 }",
-    ],
-)
-def test_sbuf_input_and_output(kernel):
-    check(spec_text(kernel, hidden=384, expert=GPT_OSS), tokens=7)
 
 
 def test_gpt_oss_partial_tiles_h2880_i1856():

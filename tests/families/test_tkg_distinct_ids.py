@@ -11,16 +11,10 @@ import pytest
 
 from moegen import sim
 from moegen.verify import tkg as harness
-from tests.families import test_tkg_kernels as base
+from tests.families.support import module_builds
 from tests.families.test_tkg_kernels import SEED, build, check, spec_text
 
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_distinct_ids_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_distinct_ids_builds")
 
 
 def _overlaps(a: dict, b: dict) -> bool:

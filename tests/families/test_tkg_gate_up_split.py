@@ -19,19 +19,14 @@ from moegen.compiler import generate
 from moegen.diagnostics import SpecError
 from moegen.perf.timeline import dma_transfer
 from moegen.verify import tkg as harness
-from tests.families import test_tkg_kernels as base
+from tests.families.support import module_builds
 from tests.families.test_tkg_kernels import GPT_OSS, SEED, SILU_POST, build, check, spec_text
 
 SPLIT = "kernel k : tkg { mode=distinct lnc=2 gate_up_split=hidden tokens<=32 }"
 SPLIT_EP2 = "kernel k : tkg { mode=distinct lnc=2 ep=2 gate_up_split=hidden tokens<=32 }"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_gate_up_split_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_gate_up_split_builds")
 
 
 def check_split(text: str, tokens: int):

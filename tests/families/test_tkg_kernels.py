@@ -2,13 +2,13 @@
 moegen.reference.tkg (rounded where the kernel rounds: see moegen/verify/tkg.py).
 
 Reduced shapes: H 256 (two full tiles) or 320 (a 64-row remainder), I 192 (128 + 64). Each test
-is one behaviour; the sweep over T {1, 4, 31, 128} runs on the default path, the feature tests at
-a few tokens. Real-model shapes are `slow` (and `moegen verify`).
+is one behaviour; the matrix (token sweep T {1, 4, 31, 128}, then the feature cells at a few tokens)
+runs in every mode of MODES, what one mode alone runs follows it. Real-model shapes are `slow` (and
+`moegen verify`).
 """
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,8 @@ from moegen.compare import compare
 from moegen.compiler import generate
 from moegen.reference.tkg import moe_tkg
 from moegen.verify import tkg as harness
-from tests.families.support import build_spec, layer_spec
+from tests.families.support import MODES, build, each_mode, kernel_line, module_builds
+from tests.families.support import tkg_spec as spec_text
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 20261123
@@ -27,46 +28,7 @@ SILU_POST = "gate_up -> silu -> down -> scale"
 GPT_OSS = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
 
 
-def spec_text(
-    kernels: str,
-    *,
-    expert: str = SILU_POST,
-    hidden: int = 256,
-    intermediate: int = 192,
-    experts: int = 8,
-    top_k: int = 2,
-    dtype: str = "bf16",
-    quant: str = "",
-) -> str:
-    return layer_spec(
-        kernels,
-        hidden=hidden,
-        intermediate=intermediate,
-        experts=experts,
-        top_k=top_k,
-        dtype=dtype,
-        expert=expert,
-        quant=quant,
-    )
-
-
-_BUILD_DIR: list[Path] = []
-
-
-@cache
-def build(text: str):
-    """({kernel name: plan}, {kernel name: kernel function}) for a spec text, built once per session."""
-    generated, modules = build_spec(text, _BUILD_DIR[0])
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    return plans, {name: getattr(modules[name], name) for name in plans}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_builds")
 
 
 def check(text: str, kernel: str = "k", tokens: int = 4, *, seed: int = SEED, inputs=None):
@@ -83,48 +45,44 @@ def check(text: str, kernel: str = "k", tokens: int = 4, *, seed: int = SEED, in
     return plan, inputs, got
 
 
+# The matrix of every mode: each cell once per mode of MODES (tests/families/support.py); what one mode alone
+# runs follows it here and in test_tkg_distinct.py.
+
+
+@each_mode
 @pytest.mark.parametrize("tokens", [1, 4, 31, pytest.param(128, marks=pytest.mark.slow)])
-def test_selective_silu_post_scale(tokens):
-    check(spec_text("kernel k : tkg { }"), tokens=tokens)
+def test_silu_post_scale(mode, tokens):
+    check(spec_text(kernel_line(mode)), tokens=tokens)
 
 
-@pytest.mark.parametrize("tokens", [1, 31, 128])
-def test_all_experts_silu_post_scale(tokens):
-    check(spec_text("kernel k : tkg { mode=all_experts }"), tokens=tokens)
-
-
+@each_mode
 @pytest.mark.parametrize("experts, top_k, ep", [(4, 1, 1), (16, 4, 1), (32, 8, 1), (16, 4, 4), (32, 2, 8)])
-def test_experts_and_top_k(experts, top_k, ep):
-    mode = "selective" if ep == 1 else "all_experts mask_unselected"
-    check(
-        spec_text(
-            f"kernel k : tkg {{ mode={mode} ep={ep} }}", experts=experts, top_k=top_k, hidden=128, intermediate=128
-        ),
-        tokens=6,
+def test_experts_and_top_k(mode, experts, top_k, ep):
+    """Under EP the selective cell runs the masked all-expert mode (selective mode has no rank)."""
+    word = {"selective": "selective" if ep == 1 else "all_experts mask_unselected", "distinct": "distinct"}[mode]
+    text = spec_text(
+        f"kernel k : tkg {{ mode={word} ep={ep} }}", experts=experts, top_k=top_k, hidden=128, intermediate=128
     )
+    check(text, tokens=6)
 
 
-def test_selective_equals_all_experts_masked_on_the_same_inputs():
-    text = spec_text("kernel k : tkg { }\n  kernel a : tkg { mode=all_experts mask_unselected }", hidden=320)
-    _, inputs, selective = check(text, "k", tokens=5)
-    _, _, all_experts = check(text, "a", tokens=5, inputs=dict(inputs, rank_id=np.zeros((1, 1), np.int32)))
-    assert compare("agree", all_experts, selective, kind="bf16").ok
-
-
+@each_mode
 @pytest.mark.parametrize(
     "activation", ["silu", "gelu", "gelu_tanh", "swish(1.702)", "swish(1.0)", "relu", "squared_relu"]
 )
-def test_each_activation(activation):
-    check(spec_text("kernel k : tkg { }", expert=f"gate_up -> {activation} -> down -> scale"))
+def test_each_activation(mode, activation):
+    check(spec_text(kernel_line(mode), expert=f"gate_up -> {activation} -> down -> scale"))
 
 
+@each_mode
 @pytest.mark.parametrize(
     "clamp", ["gate <= 0.5", "gate >= -0.5", "up <= 0.5", "up >= -0.5", "-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4"]
 )
-def test_each_clamp_alone_and_all_four(clamp):
-    check(spec_text("kernel k : tkg { }", expert=f"gate_up -> clamp({clamp}) -> silu -> down -> scale"))
+def test_each_clamp_alone_and_all_four(mode, clamp):
+    check(spec_text(kernel_line(mode), expert=f"gate_up -> clamp({clamp}) -> silu -> down -> scale"))
 
 
+@each_mode
 @pytest.mark.parametrize(
     "expert",
     [
@@ -135,8 +93,82 @@ def test_each_clamp_alone_and_all_four(clamp):
     ],
     ids=["gate_up_bias", "down_bias", "gpt_oss", "plus_one_without_bias"],
 )
-def test_biases_and_the_folded_plus_one(expert):
-    check(spec_text("kernel k : tkg { }", expert=expert, hidden=320))
+def test_biases_and_the_folded_plus_one(mode, expert):
+    """Biases make an unselected token's y non-zero: distinct mode's zero column must still drop it."""
+    check(spec_text(kernel_line(mode), expert=expert, hidden=320))
+
+
+@each_mode
+@pytest.mark.parametrize("dtype, out", [("fp16", None), ("bf16", "fp32"), ("fp16", "bf16")])
+def test_dtype_paths(mode, dtype, out):
+    check(spec_text(kernel_line(mode, f"out={out}" if out else ""), dtype=dtype), tokens=3)
+
+
+@each_mode
+@pytest.mark.parametrize(
+    "quant",
+    [
+        "weights=fp8_row",
+        "weights=fp8_static",
+        "weights=fp8_row activations=fp8_static",
+        "weights=fp8_static activations=fp8_static",
+    ],
+)
+def test_fp8_weights(mode, quant):
+    check(spec_text(kernel_line(mode), quant=quant, hidden=320, expert=GPT_OSS), tokens=3)
+
+
+@pytest.mark.parametrize("kernel", ["kernel k : tkg { mode=all_experts mask_unselected }", kernel_line("distinct")])
+def test_fp8_static_input_with_pre_scale(kernel):
+    check(
+        spec_text(kernel, quant="weights=fp8_static activations=fp8_static", expert="scale -> gate_up -> silu -> down"),
+        tokens=4,
+    )
+
+
+LNC2_SPLITS = ["lnc=2", "lnc=2 shard=hidden", "lnc=2 shard=tokens", "lnc=2 shard=intermediate out=fp32"]
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [kernel_line(mode, split) for mode in MODES for split in LNC2_SPLITS]
+    + [
+        "kernel k : tkg { lnc=2 mode=all_experts }",
+        "kernel k : tkg { lnc=2 mode=all_experts shard=tokens tokens<=256 }",
+        kernel_line("distinct", "lnc=2 ep=2 shard=tokens"),
+    ],
+)
+def test_lnc2(kernel):
+    check(spec_text(kernel, hidden=320, expert=GPT_OSS), tokens=5)
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [kernel_line(mode, io) for mode in MODES for io in ("input=sbuf tokens<=16", "input=sbuf output=sbuf tokens<=16")]
+    + [
+        "kernel k : tkg { mode=all_experts input=sbuf output=sbuf tokens<=16 }",
+        kernel_line("distinct", "output=sbuf tokens<=16 out=fp32"),
+    ],
+)
+def test_sbuf_input_and_output(kernel):
+    """hidden_input [128, T, H / 128] in SBUF (column h0 * H1 + h1 at [h0, t, h1]) loaded by a wrapper, and
+    an SBUF output read back by it."""
+    check(spec_text(kernel, hidden=384, expert=GPT_OSS), tokens=7)
+
+
+# Selective and all-expert mode alone
+
+
+@pytest.mark.parametrize("tokens", [1, 31, 128])
+def test_all_experts_silu_post_scale(tokens):
+    check(spec_text("kernel k : tkg { mode=all_experts }"), tokens=tokens)
+
+
+def test_selective_equals_all_experts_masked_on_the_same_inputs():
+    text = spec_text("kernel k : tkg { }\n  kernel a : tkg { mode=all_experts mask_unselected }", hidden=320)
+    _, inputs, selective = check(text, "k", tokens=5)
+    _, _, all_experts = check(text, "a", tokens=5, inputs=dict(inputs, rank_id=np.zeros((1, 1), np.int32)))
+    assert compare("agree", all_experts, selective, kind="bf16").ok
 
 
 @pytest.mark.parametrize("mode", ["selective", "all_experts"])
@@ -150,70 +182,12 @@ def test_eager_affinities():
     check(spec_text("kernel k : tkg { eager }"), tokens=6)
 
 
-@pytest.mark.parametrize("dtype, out", [("fp16", None), ("bf16", "fp32"), ("fp16", "bf16")])
-def test_dtype_paths(dtype, out):
-    option = f"out={out}" if out else ""
-    check(spec_text(f"kernel k : tkg {{ {option} }}", dtype=dtype), tokens=3)
-
-
-@pytest.mark.parametrize(
-    "quant",
-    [
-        "weights=fp8_row",
-        "weights=fp8_static",
-        "weights=fp8_row activations=fp8_static",
-        "weights=fp8_static activations=fp8_static",
-    ],
-)
-def test_fp8_weights(quant):
-    check(spec_text("kernel k : tkg { }", quant=quant, hidden=320, expert=GPT_OSS), tokens=3)
-
-
-def test_fp8_static_input_with_pre_scale_all_experts():
-    check(
-        spec_text(
-            "kernel k : tkg { mode=all_experts mask_unselected }",
-            quant="weights=fp8_static activations=fp8_static",
-            expert="scale -> gate_up -> silu -> down",
-        ),
-        tokens=4,
-    )
-
-
-@pytest.mark.parametrize(
-    "kernel",
-    [
-        "kernel k : tkg { lnc=2 }",
-        "kernel k : tkg { lnc=2 shard=hidden }",
-        "kernel k : tkg { lnc=2 shard=tokens }",
-        "kernel k : tkg { lnc=2 shard=intermediate out=fp32 }",
-        "kernel k : tkg { lnc=2 mode=all_experts }",
-        "kernel k : tkg { lnc=2 mode=all_experts shard=tokens tokens<=256 }",
-    ],
-)
-def test_lnc2(kernel):
-    check(spec_text(kernel, hidden=320, expert=GPT_OSS), tokens=5)
-
-
 def test_all_experts_more_than_128_tokens_by_tiles():
     check(spec_text("kernel k : tkg { mode=all_experts tokens<=300 }", experts=4), tokens=200)
 
 
 def test_sbuf_output_read_back_through_a_wrapper():
     check(spec_text("kernel k : tkg { output=sbuf tokens<=16 out=fp32 }"), tokens=9)
-
-
-@pytest.mark.parametrize(
-    "kernel",
-    [
-        "kernel k : tkg { input=sbuf tokens<=16 }",
-        "kernel k : tkg { input=sbuf output=sbuf tokens<=16 }",
-        "kernel k : tkg { mode=all_experts input=sbuf output=sbuf tokens<=16 }",
-    ],
-)
-def test_sbuf_input_in_the_seed_layout(kernel):
-    """hidden_input [128, T, H / 128] in SBUF (column h0 * H1 + h1 at [h0, t, h1]), loaded by a wrapper."""
-    check(spec_text(kernel, hidden=384, expert=GPT_OSS), tokens=7)
 
 
 def test_expert_parallel_ranks_sum_to_the_full_layer():

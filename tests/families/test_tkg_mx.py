@@ -8,15 +8,13 @@ I slabs, the second 16 partitions), E 4, K 2.
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import pytest
 
 from moegen.compare import compare
 from moegen.diagnostics import SpecError
 from moegen.verify import tkg as harness
-from tests.families.support import build_spec, layer_spec
+from tests.families.support import MODES, build, each_mode, kernel_line, layer_spec, module_builds
 
 SEED = 20261206
 GPT_OSS = "gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias) -> scale"
@@ -28,22 +26,7 @@ def spec_text(kernels: str, *, expert: str = GPT_OSS, weights: str = "mxfp4", dt
     return layer_spec(kernels, dtype=dtype, expert=expert, quant=f"weights={weights}", **shape)
 
 
-_BUILD_DIR: list = []
-
-
-@cache
-def build(text: str):
-    generated, modules = build_spec(text, _BUILD_DIR[0])
-    plans = {plan.kernel_name: plan for plan in generated.plans}
-    return plans, {name: getattr(modules[name], name) for name in plans}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    _BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_mx_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_mx_builds")
 
 
 def check(text: str, kernel: str = "k", tokens: int = 4, *, inputs=None):
@@ -60,41 +43,63 @@ def check(text: str, kernel: str = "k", tokens: int = 4, *, inputs=None):
     return plan, inputs, got, want
 
 
+# The matrix of every mode: each cell once per mode of MODES (tests/families/support.py); what one mode alone
+# runs follows it here and in test_tkg_mx_distinct.py.
+
+
+@each_mode
 @pytest.mark.parametrize("weights", ["mxfp4", "mxfp8"])
 @pytest.mark.parametrize("tokens", [1, 3, 8])
-def test_selective_gpt_oss_epilogue(weights, tokens):
-    check(spec_text("kernel k : tkg { }", weights=weights), tokens=tokens)
+def test_gpt_oss_epilogue(mode, weights, tokens):
+    check(spec_text(kernel_line(mode), weights=weights), tokens=tokens)
+
+
+EPILOGUES = {
+    "silu_post": SILU_POST,
+    "gelu_no_scale": "gate_up -> gelu -> down",
+    "clamps_relu": "gate_up -> clamp(-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4) -> relu -> down -> scale",
+    "squared_relu_down_bias": "gate_up -> squared_relu -> down(bias) -> scale",
+    "swish1_bias_plus_one": "gate_up(bias) -> swish(1.0) -> up_plus_one -> down -> scale",
+    "gelu_tanh": "gate_up -> gelu_tanh -> down -> scale",
+}
+
+
+@pytest.mark.parametrize(
+    "mode, expert",
+    [pytest.param(mode, expert, id=f"{mode}-{name}") for mode in MODES for name, expert in EPILOGUES.items()]
+    + [
+        pytest.param(
+            "selective",
+            "scale -> gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias)",
+            id="selective-pre_scale_gpt_oss",
+        ),
+        pytest.param(
+            "distinct",
+            "gate_up -> clamp(gate <= 0.5, up >= -0.5) -> silu -> down -> scale",
+            id="distinct-one_sided_clamps",
+        ),
+    ],
+)
+def test_epilogue_cells(mode, expert):
+    check(spec_text(kernel_line(mode), expert=expert, weights="mxfp8"), tokens=5)
+
+
+@pytest.mark.parametrize(
+    "mode, weights",
+    [("selective", "mxfp4"), ("distinct", "mxfp4"), ("distinct", "mxfp8")],
+)
+@pytest.mark.parametrize("dtype, out", [("fp16", "fp16"), ("bf16", "fp32"), ("fp16", "bf16")])
+def test_dtypes_in_and_out(mode, weights, dtype, out):
+    check(spec_text(kernel_line(mode, f"out={out}"), dtype=dtype, weights=weights), tokens=4)
+
+
+# Selective and all-expert mode alone
 
 
 @pytest.mark.parametrize("weights", ["mxfp4", "mxfp8"])
 def test_all_experts_beyond_one_token_tile(weights):
     """T = 131 > 128: two token tiles (the MX all-expert mode of the seed)."""
     check(spec_text("kernel k : tkg { mode=all_experts tokens<=256 }", weights=weights), tokens=131)
-
-
-@pytest.mark.parametrize(
-    "expert",
-    [
-        SILU_POST,
-        "gate_up -> gelu -> down",
-        "gate_up -> clamp(-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4) -> relu -> down -> scale",
-        "gate_up -> squared_relu -> down(bias) -> scale",
-        "gate_up(bias) -> swish(1.0) -> up_plus_one -> down -> scale",
-        "gate_up -> gelu_tanh -> down -> scale",
-        "scale -> gate_up(bias) -> clamp(gate <= 7, -7 <= up <= 7) -> swish(1.702) -> up_plus_one -> down(bias)",
-    ],
-    ids=[
-        "silu_post",
-        "gelu_no_scale",
-        "clamps_relu",
-        "squared_relu_down_bias",
-        "swish1_bias_plus_one",
-        "gelu_tanh",
-        "pre_scale_gpt_oss",
-    ],
-)
-def test_epilogue_cells(expert):
-    check(spec_text("kernel k : tkg { }", expert=expert, weights="mxfp8"), tokens=5)
 
 
 @pytest.mark.parametrize("options", ["", "mode=all_experts", "lnc=2"])
@@ -115,11 +120,6 @@ def test_expert_parallel_masked_all_experts_and_eager_selective():
     text = spec_text("kernel a : tkg { mode=all_experts ep=2 mask_unselected }\n  kernel e : tkg { eager }", experts=8)
     check(text, "a", tokens=6)
     check(text, "e", tokens=6)
-
-
-@pytest.mark.parametrize("dtype, out", [("fp16", "fp16"), ("bf16", "fp32"), ("fp16", "bf16")])
-def test_dtypes_in_and_out(dtype, out):
-    check(spec_text(f"kernel k : tkg {{ out={out} }}", dtype=dtype), tokens=4)
 
 
 def test_sbuf_output():

@@ -1,10 +1,11 @@
 """tkg mode=distinct with MX weights (Trainium3): each local expert some token selected runs once on the
 whole token tile, its MXFP4 / MXFP8 weights and E8M0 scales read from HBM once.
 
-The matrix of the MX selective kernels (tests/families/test_tkg_mx.py: same reduced shapes H 640,
-I 576, E 4, K 2, same tolerance, moegen/verify/tkg.py data_tolerance), in distinct mode: activations,
-gate/up bias in the MX bias layout and down bias, clamps, +1 on up, NO/POST/PRE_SCALE, EP, eager
-affinities, LNC 2 splits, dtypes in and out, output=sbuf; plus the trace of weight reads.
+The matrix of both MX modes (activations, gate/up bias in the MX bias layout and down bias, clamps, +1 on
+up, dtypes in and out) runs in distinct mode in tests/families/test_tkg_mx.py (parametrized over its MODES;
+reduced shapes H 640, I 576, E 4, K 2, tolerance moegen/verify/tkg.py data_tolerance). Here what distinct
+mode alone runs: NO/POST/PRE_SCALE and eager affinities with EP, LNC 2 splits, output=sbuf; plus the trace
+of weight reads.
 """
 
 from __future__ import annotations
@@ -15,47 +16,10 @@ import pytest
 from moegen import sim
 from moegen.compare import compare
 from moegen.verify import tkg as harness
-from tests.families import test_tkg_mx as base
+from tests.families.support import module_builds
 from tests.families.test_tkg_mx import GPT_OSS, SEED, SILU_POST, build, check, spec_text
 
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_mx_distinct_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
-
-
-@pytest.mark.parametrize("weights", ["mxfp4", "mxfp8"])
-@pytest.mark.parametrize("tokens", [1, 3, 8])
-def test_gpt_oss_epilogue(weights, tokens):
-    check(spec_text("kernel k : tkg { mode=distinct }", weights=weights), tokens=tokens)
-
-
-@pytest.mark.parametrize(
-    "expert",
-    [
-        SILU_POST,
-        "gate_up -> gelu -> down",
-        "gate_up -> clamp(-0.5 <= gate <= 0.5, -0.3 <= up <= 0.4) -> relu -> down -> scale",
-        "gate_up -> squared_relu -> down(bias) -> scale",
-        "gate_up(bias) -> swish(1.0) -> up_plus_one -> down -> scale",
-        "gate_up -> gelu_tanh -> down -> scale",
-        "gate_up -> clamp(gate <= 0.5, up >= -0.5) -> silu -> down -> scale",
-    ],
-    ids=[
-        "silu_post",
-        "gelu_no_scale",
-        "clamps_relu",
-        "squared_relu_down_bias",
-        "swish1_bias_plus_one",
-        "gelu_tanh",
-        "one_sided_clamps",
-    ],
-)
-def test_epilogue_cells(expert):
-    check(spec_text("kernel k : tkg { mode=distinct }", expert=expert, weights="mxfp8"), tokens=5)
+build_dir = module_builds("tkg_mx_distinct_builds")
 
 
 @pytest.mark.parametrize("ep", [1, 2])
@@ -92,12 +56,6 @@ def test_lnc2(options):
     if "expert_pre" in options:
         options, expert = options.replace("expert_pre", ""), "scale -> gate_up -> silu -> down(bias)"
     check(spec_text(f"kernel k : tkg {{ mode=distinct {options} }}", expert=expert, experts=8), tokens=5)
-
-
-@pytest.mark.parametrize("weights", ["mxfp4", "mxfp8"])
-@pytest.mark.parametrize("dtype, out", [("fp16", "fp16"), ("bf16", "fp32"), ("fp16", "bf16")])
-def test_dtypes_in_and_out(dtype, out, weights):
-    check(spec_text(f"kernel k : tkg {{ mode=distinct out={out} }}", dtype=dtype, weights=weights), tokens=4)
 
 
 def test_sbuf_output():

@@ -14,33 +14,9 @@ from moegen.diagnostics import SpecError
 from moegen.plan.common import SBUF_BYTES
 from moegen.plan.expert import expert_mlp_plan
 from moegen.plan.tkg import TkgPlan
-from tests.families.support import layer_spec
+from tests.families.support import tkg_spec as spec_text
 
 REPO = Path(__file__).resolve().parents[2]
-SILU = "gate_up -> silu -> down -> scale"
-
-
-def spec_text(
-    kernels: str,
-    *,
-    expert: str = SILU,
-    hidden: int = 256,
-    intermediate: int = 192,
-    experts: int = 8,
-    top_k: int = 2,
-    dtype: str = "bf16",
-    quant: str = "",
-) -> str:
-    return layer_spec(
-        kernels,
-        hidden=hidden,
-        intermediate=intermediate,
-        experts=experts,
-        top_k=top_k,
-        dtype=dtype,
-        expert=expert,
-        quant=quant,
-    )
 
 
 def plans(tmp_path: Path, kernels: str, **layer) -> dict[str, TkgPlan]:

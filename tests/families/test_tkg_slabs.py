@@ -10,18 +10,13 @@ import pytest
 
 from moegen.compiler import generate
 from moegen.plan.common import SBUF_BYTES
-from tests.families import test_tkg_kernels as base
+from tests.families.support import module_builds
 from tests.families.test_tkg_kernels import GPT_OSS, build, check, spec_text
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    base._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_slab_builds")]
-    build.cache_clear()
-    yield
-    build.cache_clear()
+build_dir = module_builds("tkg_slab_builds")
 
 
 def test_mixtral_slabs_fit_sbuf_and_alternate():

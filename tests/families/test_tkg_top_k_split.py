@@ -18,18 +18,10 @@ from moegen.compare import compare
 from moegen.verify import tkg as harness
 from tests.families import test_tkg_kernels as bf16
 from tests.families import test_tkg_mx as mx
+from tests.families.support import module_builds
 from tests.families.test_tkg_plans import refusal
 
-
-@pytest.fixture(scope="module", autouse=True)
-def build_dir(tmp_path_factory):
-    bf16._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_top_k_builds")]
-    mx._BUILD_DIR[:] = [tmp_path_factory.mktemp("tkg_mx_top_k_builds")]
-    bf16.build.cache_clear()
-    mx.build.cache_clear()
-    yield
-    bf16.build.cache_clear()
-    mx.build.cache_clear()
+build_dir = module_builds("tkg_top_k_builds")
 
 
 @pytest.mark.parametrize("weights", ["mxfp4", "mxfp8"])
