@@ -196,6 +196,7 @@ OPTIONS = (
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
 ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
+TOUCHED_FILL = 16  # int32 columns of the -1 tile that clears a core's touched-row list (128 x 16 rows per DMA)
 TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
 CONTRACTION_TILE = PARTITIONS  # rows of a matmul operand (H for gate/up, I for down)
 
@@ -279,11 +280,19 @@ class CtePlan(KernelPlan):
     mlp: ExpertMLPPlan
     zero_output: bool  # zero-fill out before the blocks (accumulation, or dropped tokens never written)
     partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
+    # partial_output in a pipelined static loop: core 0 accumulates into out itself, core 1 into one partial-sum
+    # buffer; each core records the rows its blocks touch, and the final sum adds (or copies) only core 1's rows
+    final_sum_touched: bool = False
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     # MX variants (trn3, moegen/plan/cte_mx.py): the weights' slabs, and (first I slab, count) per core
     mx: MxWeightsPlan | None = None
     mx_core_slabs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def touched_fill(self) -> int:
+        """int32 columns of the -1 tile that clears a core's touched-row list (final_sum_touched)."""
+        return TOUCHED_FILL
 
     @property
     def quantized(self) -> bool:
@@ -425,7 +434,13 @@ class CtePlan(KernelPlan):
         lines.append(f"    out[ids] {'+=' if self.accumulate else '='} round_{self.out_dtype}({scaled})")
         if self.per_core_output:
             lines[-1] = lines[-1].replace("out[ids]", "out[ids, core]")
-        if self.partial_output:
+        if self.final_sum_touched:
+            lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
+            lines.append("(acc: out on core 0, partial on core 1)")
+            lines.append(
+                "out[r] += partial[r] for rows r both cores touched; out[r] = partial[r] for rows only core 1 touched"
+            )
+        elif self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
         if self.shared:
             gate = "shared_gate_values[r, s] * " if self.shared.gate else ""
@@ -578,6 +593,7 @@ def _buffers(
     whole_rows: bool,
     x_psum_groups: int,
     hybrid_pipelined: bool,
+    final_sum_touched: bool = False,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition."""
     n_h, n_i, n_t = ceil_div(h, CONTRACTION_TILE), ceil_div(i_core, CONTRACTION_TILE), b // TOKEN_TILE
@@ -643,6 +659,13 @@ def _buffers(
     if skip_tiles:
         # the block's slot ids (then, in place, their token flags) on one partition [1, B], the per-tile flags
         sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
+    if final_sum_touched:
+        # the -1 fill of this core's touched-row list; per final-sum row tile (two in turn) both cores' row ids and
+        # the two id columns derived from them (rows both cores touched, rows only core 1 touched)
+        sb += [
+            Buffer("untouched_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL),
+            Buffer("row_flags", "sbuf", PARTITIONS, 16, 2),
+        ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
@@ -728,6 +751,11 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         "fp8_static",
     )
     whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
+    # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
+    # final sum after the barrier moves only the rows core 1's blocks touched (the others move no bytes).
+    final_sum_touched = (
+        shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
+    )
     common = dict(
         h=h,
         i_core=i_core,
@@ -748,6 +776,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         scale_on_scalar=scale_on_scalar,
         x_psum_groups=1 if mx else 2,
         hybrid_pipelined=hybrid_pipelined,
+        final_sum_touched=final_sum_touched,
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -929,6 +958,10 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 + (
                     "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
                     if per_core_output
+                    else "core 0 accumulates into out, core 1 into a partial-sum buffer; each records the rows its "
+                    "blocks add into (an HBM list of row ids), and after a core barrier the rows both cores touched get "
+                    "out += partial (dma_compute), the rows only core 1 touched out = partial, the others move nothing"
+                    if final_sum_touched
                     else "each core accumulates into its own copy of the output, the two are added after a core barrier"
                     if partial_output
                     else "top-1: each token row is written by one core"
@@ -1043,6 +1076,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         max_tokens=T_MAX,
         zero_output=zero_output,
         partial_output=partial_output,
+        final_sum_touched=final_sum_touched,
         per_core_output=per_core_output,
         mlp=mlp,
     )

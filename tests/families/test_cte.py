@@ -325,23 +325,53 @@ def test_hybrid_core_without_a_trace_time_block_clears_its_partial_sums_before_i
     assert_matches(plan, got, want)
 
 
-def test_final_sum_adds_the_partials_hbm_to_hbm_by_dma_compute():
-    """shard=block at LNC 2: out = partial 0 + partial 1 is one dma_compute per 128-row tile of the T rows
-    (two HBM sources, no SBUF tile, no engine add), the cores taking every other tile; outputs match."""
+def _rows_of_each_core(plan, inputs) -> tuple[set, set]:
+    """The token rows the blocks of core 0 and of core 1 add into (shard=block at LNC 2: interleaved or halves)."""
+    ids = inputs["token_position_to_id"].reshape(-1, plan.block)
+    n = ids.shape[0]
+    half = (n + 1) // 2
+    owner = [(b // half if plan.distribute == "halves" else b % 2) for b in range(n)]
+    tokens = inputs["hidden_states"].shape[0] - (0 if plan.pad_skip else 1)
+    rows = (set(), set())
+    for b in range(n):
+        rows[owner[b]].update(int(i) for i in ids[b] if 0 <= i < tokens)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "options, tokens",
+    [
+        ("block=128 lnc=2", 300),
+        ("block=128 lnc=2 weights=stream padding=skip", 300),
+        ("block=128 lnc=2 weights=stream distribute=halves", 300),
+    ],
+)
+def test_final_sum_moves_only_the_rows_core_1_touched(options, tokens):
+    """shard=block at LNC 2 (static loop): core 0 accumulates into out itself, core 1 into a partial-sum buffer,
+    and each core records the rows its blocks add into. After the core barrier the final sum is, per 128-row tile,
+    one dma_compute out += partial over the rows both cores touched and one dma_copy out = partial over the rows
+    only core 1 touched (ids -1 elsewhere, oob_mode=skip: they move no bytes). So the bytes after the barrier are
+    exactly those rows (the old kernel added both cores' partials over all T rows); outputs match the reference."""
     from moegen import sim
 
-    text = cte_spec("kernel a : cte { block=128 lnc=2 }")
+    text = cte_spec(f"kernel a : cte {{ {options} }}")
     with sim.recording():
-        plan, _, got, want = run(text, "a", 300)
+        plan, inputs, got, want = run(text, "a", tokens)
         trace = sim.last_run().trace
     assert_matches(plan, got, want)
-    sums = [
-        rec
-        for rec in trace
-        if rec["opcode"] == "dma_compute" and not any(r.get("indirect") for r in rec["writes"] + rec["reads"])
-    ]
-    assert plan.partial_output and len(sums) == -(-300 // 128)
-    assert all(r["mem"].startswith("hbm") for rec in sums for r in rec["reads"] + rec["writes"])
+    assert plan.partial_output and plan.final_sum_touched
+    rows0, rows1 = _rows_of_each_core(plan, inputs)
+    both, only1 = rows0 & rows1, rows1 - rows0
+    assert both and only1 and rows0 - rows1  # every kind of row occurs
+    row_bytes = plan.hidden * 2
+    moved = {"dma_compute": 0, "dma_copy": 0}
+    for core in (0, 1):
+        records = [rec for rec in trace if rec["core"] == core]
+        barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
+        for rec in records[barrier + 1 :]:
+            if rec["opcode"] in moved and any(w["mem"].startswith("hbm") and w.get("indirect") for w in rec["writes"]):
+                moved[rec["opcode"]] += rec["bytes"]
+    assert moved == {"dma_compute": len(both) * row_bytes, "dma_copy": len(only1) * row_bytes}
 
 
 @pytest.mark.parametrize("lnc", [1, 2])
