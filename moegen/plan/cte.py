@@ -660,11 +660,12 @@ def _buffers(
         # the block's slot ids (then, in place, their token flags) on one partition [1, B], the per-tile flags
         sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
     if final_sum_touched:
-        # the -1 fill of this core's touched-row list; per final-sum row tile (two in turn) both cores' row ids and
-        # the two id columns derived from them (rows both cores touched, rows only core 1 touched)
+        # the -1 and row-number fills of the row lists; a block's ids before it (then its first-touch ids) and core
+        # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched
         sb += [
-            Buffer("untouched_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL),
-            Buffer("row_flags", "sbuf", PARTITIONS, 16, 2),
+            Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
+            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
+            Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
         ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
