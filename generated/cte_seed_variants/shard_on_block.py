@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/cte_seed_variants.moe
 # spec-sha256: 38c3c4677b0cc4edeb64ae4eeddcac56940427ddf2fd24606f8574c425796801
 # templates-sha256: 757d4721a406bfb3b4e4a35e9f10b63eb27b84f7775b381c805d47f988c90f97
-# content-sha256: 63dc6032c30968aaf6c5b4f921da41409e73de1be4e38043dc979ad79694fc4e
+# content-sha256: 29f1e711dce8f8ad87ad044449d43d5849055cc153a62b2440972820b6a8dfcf
 """shard_on_block: blockwise MoE expert MLP for context encoding (cte_seed_variants).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -39,7 +39,8 @@ Pseudocode:
         y = h @ Wd[e]
         acc[ids] += round_bf16(y * affinity[ids, e])
     (acc: out on core 0, partial on core 1)
-    out[r] += partial[r] for rows r both cores touched; out[r] = partial[r] for rows only core 1 touched
+    core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier
+    out[r] += partial[r] for the rows r both cores touched
     out[T] = 0
 """
 

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/mixtral_8x7b.moe
 # spec-sha256: 4ad063c81c6e5c6e80eb604c3cdffa7b1ec042fe2b21032bab40b9e2a12f1135
 # templates-sha256: 757d4721a406bfb3b4e4a35e9f10b63eb27b84f7775b381c805d47f988c90f97
-# content-sha256: 43165c633f9b20e9ea060975a6c57b9c4bda7de8954b76fe34afce848031bba2
+# content-sha256: b2cea1cc1cc36619849426efa2cce817cc147129558bbc7a7a12b24dc94a5aaf
 """prefill: blockwise MoE expert MLP for context encoding (mixtral_8x7b).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -39,7 +39,8 @@ Pseudocode:
         y = h @ Wd[e]
         acc[ids] += round_bf16(y * affinity[ids, e])
     (acc: out on core 0, partial on core 1)
-    out[r] += partial[r] for rows r both cores touched; out[r] = partial[r] for rows only core 1 touched
+    core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier
+    out[r] += partial[r] for the rows r both cores touched
     out[T] = 0
 """
 

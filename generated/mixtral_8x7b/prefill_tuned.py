@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/mixtral_8x7b.moe
 # spec-sha256: 4ad063c81c6e5c6e80eb604c3cdffa7b1ec042fe2b21032bab40b9e2a12f1135
 # templates-sha256: 757d4721a406bfb3b4e4a35e9f10b63eb27b84f7775b381c805d47f988c90f97
-# content-sha256: 7767c4e3fb8af958ccf57bb2973eb0c232c5d3b9ae3e760408216273cbc1e9b0
+# content-sha256: ba7a518ab3695e48ecc54059b4bd48fc80577e30ebe25121bb1b7eff1785c51e
 """prefill_tuned: blockwise MoE expert MLP for context encoding (mixtral_8x7b).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -39,7 +39,8 @@ Pseudocode:
         y = h @ Wd[e]
         acc[ids] += round_bf16(y * affinity[ids, e])
     (acc: out on core 0, partial on core 1)
-    out[r] += partial[r] for rows r both cores touched; out[r] = partial[r] for rows only core 1 touched
+    core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier
+    out[r] += partial[r] for the rows r both cores touched
     out[T] = 0
 """
 

@@ -280,8 +280,9 @@ class CtePlan(KernelPlan):
     mlp: ExpertMLPPlan
     zero_output: bool  # zero-fill out before the blocks (accumulation, or dropped tokens never written)
     partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
-    # partial_output in a pipelined static loop: core 0 accumulates into out itself, core 1 into one partial-sum
-    # buffer; each core records the rows its blocks touch, and the final sum adds (or copies) only core 1's rows
+    # partial_output in a static loop: core 0 accumulates into out itself (clearing rows at first touch), core 1 into
+    # one partial-sum buffer and writes the rows core 0 never touches before the barrier; each core records the rows
+    # its blocks touch, and after the barrier only the rows both touched are summed
     final_sum_touched: bool = False
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
@@ -437,9 +438,8 @@ class CtePlan(KernelPlan):
         if self.final_sum_touched:
             lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
             lines.append("(acc: out on core 0, partial on core 1)")
-            lines.append(
-                "out[r] += partial[r] for rows r both cores touched; out[r] = partial[r] for rows only core 1 touched"
-            )
+            lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
+            lines.append("out[r] += partial[r] for the rows r both cores touched")
         elif self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
         if self.shared:
@@ -753,7 +753,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     )
     whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
     # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
-    # final sum after the barrier moves only the rows core 1's blocks touched (the others move no bytes).
+    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
     final_sum_touched = (
         shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
     )
@@ -959,9 +959,10 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 + (
                     "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
                     if per_core_output
-                    else "core 0 accumulates into out, core 1 into a partial-sum buffer; each records the rows its "
-                    "blocks add into (an HBM list of row ids), and after a core barrier the rows both cores touched get "
-                    "out += partial (dma_compute), the rows only core 1 touched out = partial, the others move nothing"
+                    else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
+                    "accumulates into a partial-sum buffer and, before a core barrier, writes the rows core 0 never "
+                    "touches; each core records the rows its blocks add into (an HBM list of row ids), and after the "
+                    "barrier only the rows both cores touched get out += partial (dma_compute, other rows skipped)"
                     if final_sum_touched
                     else "each core accumulates into its own copy of the output, the two are added after a core barrier"
                     if partial_output
