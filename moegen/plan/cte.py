@@ -206,6 +206,7 @@ OPTIONS = (
 
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
 ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
+TOUCHED_FILL = 16  # int32 columns of the -1 tile that clears a core's touched-row list (128 x 16 rows per DMA)
 TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
 CONTRACTION_TILE = PARTITIONS  # rows of a matmul operand (H for gate/up, I for down)
 
@@ -295,11 +296,20 @@ class CtePlan(KernelPlan):
     mlp: ExpertMLPPlan
     zero_output: bool  # zero-fill out before the blocks (accumulation, or dropped tokens never written)
     partial_output: bool  # shard=block at LNC=2 with accumulation: each core accumulates into its own copy
+    # partial_output in a static loop: core 0 accumulates into out itself (clearing rows at first touch), core 1 into
+    # one partial-sum buffer and writes the rows core 0 never touches before the barrier; each core records the rows
+    # its blocks touch, and after the barrier only the rows both touched are summed
+    final_sum_touched: bool = False
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     # MX variants (trn3, moegen/plan/cte_mx.py): the weights' slabs, and (first I slab, count) per core
     mx: MxWeightsPlan | None = None
     mx_core_slabs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def touched_fill(self) -> int:
+        """int32 columns of the -1 tile that clears a core's touched-row list (final_sum_touched)."""
+        return TOUCHED_FILL
 
     @property
     def quantized(self) -> bool:
@@ -449,7 +459,12 @@ class CtePlan(KernelPlan):
         lines.append(f"    out[ids] {'+=' if self.accumulate else '='} round_{self.out_dtype}({scaled})")
         if self.per_core_output:
             lines[-1] = lines[-1].replace("out[ids]", "out[ids, core]")
-        if self.partial_output:
+        if self.final_sum_touched:
+            lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
+            lines.append("(acc: out on core 0, partial on core 1)")
+            lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
+            lines.append("out[r] += partial[r] for the rows r both cores touched")
+        elif self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
         if self.shared:
             gate = "shared_gate_values[r, s] * " if self.shared.gate else ""
@@ -604,6 +619,7 @@ def _buffers(
     hybrid_pipelined: bool,
     gather_real_rows: bool,
     extra_tiles: int = 0,
+    final_sum_touched: bool = False,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition (extra_tiles: token tiles a block may run beyond its
     own B slots, the next block's absorbed tile)."""
@@ -674,6 +690,14 @@ def _buffers(
         sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
     if extra_tiles:  # the neighbour blocks' expert and tile flags, the absorb flags (scratch, and one per block)
         sb.append(Buffer("absorb_flags", "sbuf", 1, 4 * (n_t + 4) + 4 * slots))
+    if final_sum_touched:
+        # the -1 and row-number fills of the row lists; a block's ids before it (then its first-touch ids) and core
+        # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched
+        sb += [
+            Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
+            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
+            Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
+        ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
@@ -763,6 +787,18 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         "fp8_static",
     )
     whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
+    # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
+    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
+    # An absorbed tail tile moves to the other core (blocks alternate between the cores), which the row lists do not
+    # follow: tail=absorb keeps the full final sum, tail=auto gives way to this (the model: 2809 against 2834 us).
+    final_sum_touched = (
+        shard == "block"
+        and lnc == 2
+        and accumulate
+        and variant["output"] != "per_core"
+        and not (hybrid or mx)
+        and variant["tail"] != "absorb"
+    )
     common = dict(
         h=h,
         i_core=i_core,
@@ -784,6 +820,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         x_psum_groups=1 if mx else 2,
         hybrid_pipelined=hybrid_pipelined,
         gather_real_rows=gather_real_rows,
+        final_sum_touched=final_sum_touched,
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
@@ -900,7 +937,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     else:
         # Pipelined blocks absorb a same-expert next block of one token tile (a tail): its tile's x^T, h^T and output
         # rows take one more token tile in the block buffers.
-        absorb = _absorbs_tails(variant, b, hybrid=hybrid, mx=mx, exchange=exchange)
+        absorb = _absorbs_tails(variant, b, hybrid=hybrid, mx=mx, exchange=exchange) and not final_sum_touched
         common["extra_tiles"] = 1 if absorb else 0
         try:
             chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
@@ -1007,6 +1044,11 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 + (
                     "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
                     if per_core_output
+                    else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
+                    "accumulates into a partial-sum buffer and, before a core barrier, writes the rows core 0 never "
+                    "touches; each core records the rows its blocks add into (an HBM list of row ids), and after the "
+                    "barrier only the rows both cores touched get out += partial (dma_compute, other rows skipped)"
+                    if final_sum_touched
                     else "each core accumulates into its own copy of the output, the two are added after a core barrier"
                     if partial_output
                     else "top-1: each token row is written by one core"
@@ -1128,6 +1170,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         max_tokens=T_MAX,
         zero_output=zero_output,
         partial_output=partial_output,
+        final_sum_touched=final_sum_touched,
         per_core_output=per_core_output,
         mlp=mlp,
     )

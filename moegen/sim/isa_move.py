@@ -31,7 +31,9 @@ _DGE = dge_mode
 _ENGINE = engine
 _DMA_ENGINE = dma_engine
 
-_SENTINEL_TIMEOUT = 60.0  # seconds a core waits for its partner at a barrier / sendrecv
+# seconds a core waits for its partner at a barrier / sendrecv (wall time: a failing partner aborts the barrier at
+# once; a real-shape LNC 2 prefill on a loaded machine can reach its final barrier minutes apart on the two cores)
+_SENTINEL_TIMEOUT = 600.0
 
 
 def _elements_match(instr: str, dst: NkiTensor, src: NkiTensor) -> None:

@@ -75,6 +75,33 @@ def _overlapping_pairs(es: list, ranges: list) -> list:
     return pairs
 
 
+def _cores_share_a_written_byte(es: list) -> bool:
+    """True if one core writes a byte the other core reads or writes (accesses of one allocation in one epoch).
+    Linear in the accessed bytes: each core's written and accessed elements marked in masks over the allocation,
+    then two intersections (the pairwise search in check_epoch, which names the two instructions, runs only when
+    this finds a conflict)."""
+    alloc = es[0][3]._alloc
+    isz = alloc.dtype.itemsize
+    same_unit = all(e[3].dtype.itemsize == isz for e in es)
+    size = int(np.prod(alloc.shape)) * (1 if same_unit else isz)
+    marks = {}  # (core, "w" | "a") -> mask over the allocation's elements (or bytes)
+    for e in es:
+        index = _elem_set(e[3], e[4]) if same_unit else _byte_set(e[3], e[4])
+        index = index[(index >= 0) & (index < size)]
+        for kind in ("w", "a") if e[2] == "w" else ("a",):
+            mask = marks.get((e[1], kind))
+            if mask is None:
+                mask = marks[(e[1], kind)] = np.zeros(size, dtype=bool)
+            mask[index] = True
+    cores = sorted({core for core, _ in marks})
+    return any(
+        (marks.get((a, "w")) is not None) and bool(np.any(marks[(a, "w")] & marks[(b, "a")]))
+        for a in cores
+        for b in cores
+        if a != b
+    )
+
+
 def check_epoch(run, epoch: int | None = None) -> None:
     """Check the logged accesses (of `epoch`, or all) for cross-core conflicts; clear them.
 
@@ -95,6 +122,8 @@ def check_epoch(run, epoch: int | None = None) -> None:
     for (ep, _), es in groups.items():
         if len({e[1] for e in es}) < 2 or not any(e[2] == "w" for e in es):
             continue
+        if not _cores_share_a_written_byte(es):
+            continue  # the common case, checked on the union of each core's accesses
         ranges = [_byte_range(e[3], e[4]) for e in es]
         pairs = _overlapping_pairs(es, ranges)
         if not pairs:

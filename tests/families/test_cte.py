@@ -291,23 +291,85 @@ def test_hybrid_core_without_a_trace_time_block_clears_its_partial_sums_before_i
     assert_matches(plan, got, want)
 
 
-def test_final_sum_adds_the_partials_hbm_to_hbm_by_dma_compute():
-    """shard=block at LNC 2: out = partial 0 + partial 1 is one dma_compute per 128-row tile of the T rows
-    (two HBM sources, no SBUF tile, no engine add), the cores taking every other tile; outputs match."""
+def _rows_of_each_core(plan, inputs) -> tuple[set, set]:
+    """The token rows the blocks of core 0 and of core 1 add into (shard=block at LNC 2: interleaved or halves)."""
+    ids = inputs["token_position_to_id"].reshape(-1, plan.block)
+    n = ids.shape[0]
+    half = (n + 1) // 2
+    owner = [(b // half if plan.distribute == "halves" else b % 2) for b in range(n)]
+    tokens = inputs["hidden_states"].shape[0] - (0 if plan.pad_skip else 1)
+    rows = (set(), set())
+    for b in range(n):
+        rows[owner[b]].update(int(i) for i in ids[b] if 0 <= i < tokens)
+    return rows
+
+
+@pytest.mark.parametrize(
+    "options, tokens",
+    [
+        ("block=128 lnc=2", 300),
+        ("block=128 lnc=2 weights=stream padding=skip", 300),
+        ("block=128 lnc=2 weights=stream distribute=halves", 300),
+    ],
+)
+def test_final_sum_moves_only_the_rows_both_cores_touched(options, tokens):
+    """shard=block at LNC 2 (static loop): core 0 accumulates into out itself, clearing a row when one of its blocks
+    first adds into it (no up-front zero fill); core 1 accumulates into a partial-sum buffer and, before the barrier,
+    writes the rows no block of core 0 touches (out = partial: its sums, or zero); after the barrier the final sum is
+    one dma_compute out += partial per 128-row tile over the rows both cores touched (ids -1 elsewhere, oob_mode=skip:
+    they move no bytes). The trace's bytes are exactly those rows (the old kernel zero-filled all of each core's
+    partial sums and added the two partials over all T rows after the barrier); outputs match the reference."""
     from moegen import sim
 
-    text = cte_spec("kernel a : cte { block=128 lnc=2 }")
+    text = cte_spec(f"kernel a : cte {{ {options} }}")
     with sim.recording():
-        plan, _, got, want = run(text, "a", 300)
+        plan, inputs, got, want = run(text, "a", tokens)
         trace = sim.last_run().trace
     assert_matches(plan, got, want)
-    sums = [
-        rec
+    assert plan.partial_output and plan.final_sum_touched
+    rows0, rows1 = _rows_of_each_core(plan, inputs)
+    assert rows0 & rows1 and rows1 - rows0 and rows0 - rows1  # every kind of row occurs
+    row_bytes = plan.hidden * 2
+    core0_ids = inputs["token_position_to_id"].reshape(-1, plan.block)[0 :: 2 if plan.distribute != "halves" else 1]
+    if plan.distribute == "halves":
+        core0_ids = core0_ids[: (len(inputs["token_position_to_id"]) // plan.block + 1) // 2]
+    # rows core 1 writes before the barrier: every row below T core 0 never touches, and the padding row T when no
+    # slot of core 0 holds it
+    pad_row = not plan.pad_skip and tokens not in core0_ids
+    (out_mem,) = {rec["writes"][0]["mem"] for rec in trace if rec["opcode"] == "dma_compute"}
+    zero_tile = next(  # the zero tile [128, ZERO_COLUMNS] core 0 clears rows from (its first memset of that shape)
+        rec["writes"][0]
         for rec in trace
-        if rec["opcode"] == "dma_compute" and not any(r.get("indirect") for r in rec["writes"] + rec["reads"])
-    ]
-    assert plan.partial_output and len(sums) == -(-300 // 128)
-    assert all(r["mem"].startswith("hbm") for rec in sums for r in rec["reads"] + rec["writes"])
+        if rec["core"] == 0
+        and rec["opcode"] == "memset"
+        and rec["operands"]["dst"]["shape"] == (128, plan.zero_columns)
+    )
+
+    def reads_zero_tile(rec) -> bool:
+        return any(
+            r["mem"] == zero_tile["mem"] and zero_tile["bytes"][0] <= r["bytes"][0] < zero_tile["bytes"][1]
+            for r in rec["reads"]
+        )
+
+    before, after = {(0, "zero"): 0, (1, "copy"): 0}, {0: 0, 1: 0}
+    for core in (0, 1):
+        records = [rec for rec in trace if rec["core"] == core]
+        barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
+        for i, rec in enumerate(records):
+            if not any(w["mem"] == out_mem and w.get("indirect") for w in rec["writes"]):
+                continue
+            if i > barrier:
+                assert rec["opcode"] == "dma_compute"
+                after[core] += rec["bytes"]
+            elif core == 1:  # core 1 writes out only here: its rows that core 0 never touches
+                before[(1, "copy")] += rec["bytes"]
+            elif reads_zero_tile(rec):
+                before[(0, "zero")] += rec["bytes"]
+    assert before == {
+        (0, "zero"): len(rows0) * row_bytes,  # core 0 clears exactly the rows it adds into
+        (1, "copy"): (tokens - len(rows0) + pad_row) * row_bytes,
+    }
+    assert after[0] + after[1] == len(rows0 & rows1) * row_bytes and after[0] and after[1]
 
 
 @pytest.mark.parametrize("lnc", [1, 2])

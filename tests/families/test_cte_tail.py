@@ -51,7 +51,7 @@ def _traced(text: str, kernel: str):
 
 
 TAIL_KERNELS = """\
-kernel absorb2 : cte { block=256 lnc=2 weights=stream }
+kernel absorb2 : cte { block=256 lnc=2 weights=stream tail=absorb }
   kernel own2    : cte { block=256 lnc=2 weights=stream tail=block }
   kernel absorb1 : cte { block=256 weights=stream padding=skip }"""
 TAIL_TEXT = cte_spec(TAIL_KERNELS)
@@ -98,7 +98,7 @@ def test_tail_tiles_at_lnc1_skip_the_tail_blocks_weights():
 MATRIX = [
     # id, spec keywords, kernel options
     ("bf16_lnc1", {}, "block=256"),
-    ("fp16_lnc2", dict(dtype="fp16"), "block=256 lnc=2"),
+    ("fp16_lnc2", dict(dtype="fp16"), "block=256 lnc=2 tail=absorb"),
     (
         "fp8_row_bias_clamp",
         dict(
@@ -106,18 +106,18 @@ MATRIX = [
             expert="gate_up(bias) -> clamp(-1.5 <= gate <= 1, -1 <= up <= 1) -> swish(1.702) -> up_plus_one "
             "-> down(bias) -> scale",
         ),
-        "block=256 lnc=2",
+        "block=256 lnc=2 tail=absorb",
     ),
     (
         "fp8_static_pre_gelu_tanh_skip",
         dict(quant="weights=fp8_static", expert="scale -> gate_up -> gelu_tanh -> down"),
         "block=256 padding=skip",
     ),
-    ("no_scale_relu_halves", dict(expert="gate_up -> relu -> down"), "block=256 lnc=2 distribute=halves"),
+    ("no_scale_relu_halves", dict(expert="gate_up -> relu -> down"), "block=256 lnc=2 distribute=halves tail=absorb"),
     ("per_core_output", {}, "block=256 lnc=2 output=per_core"),
-    ("not_gated_512", dict(expert="up -> relu -> down -> scale"), "block=512 lnc=2"),
+    ("not_gated_512", dict(expert="up -> relu -> down -> scale"), "block=512 lnc=2 tail=absorb"),
     ("out_fp32_3_copies", dict(dtype="in=bf16 out=fp32"), "block=256 weight_buffers=3 gate_up_tiles=1"),
-    ("partial_h_i_tiles", dict(hidden=320, intermediate=192), "block=256 lnc=2"),
+    ("partial_h_i_tiles", dict(hidden=320, intermediate=192), "block=256 lnc=2 tail=absorb"),
     ("h_2880_i_464", dict(hidden=2880, intermediate=464), "block=256"),  # gpt-oss H; I with a partial tile
 ]
 
@@ -137,7 +137,7 @@ def test_tail_tiles_with_top1_and_ep():
     plan, _, got, want = run(top1, "k", order.shape[0], expert_index=order)
     assert plan.absorb_tail and not plan.accumulate
     assert_matches(plan, got, want)
-    ep = cte_spec("kernel k : cte { block=256 lnc=2 weights=stream ep=2 }", experts=8)
+    ep = cte_spec("kernel k : cte { block=256 lnc=2 weights=stream ep=2 tail=absorb }", experts=8)
     index = tail_routing((40, 50, 60, 70, 286, 420, 100, 540))
     index = np.concatenate([index, index[: len(index) // 10]])  # more tokens than pairs of the first rank need
     plan, _, got, want = run(ep, "k", index.shape[0], expert_index=index)
@@ -179,12 +179,19 @@ def test_tail_absorb_costs_one_token_tile_of_sbuf(tmp_path):
 def test_tail_auto_refits_the_chunk_rule_and_yields_to_spelled_widths(tmp_path):
     """Mixtral's prefill shape: with the absorbed tile the rule's widest chunks that fit are 2 I tiles and 512 columns
     (3 I tiles fit only without it); widths the spec spells that fit only without the tile turn it off under
-    tail=auto, and are refused with tail=absorb."""
+    tail=auto, and are refused with tail=absorb. With one summed output at LNC 2 tail=auto gives way to the final sum
+    over the rows both cores touched (final_sum_touched)."""
     dims = "hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8"
-    auto, spelled = plans(
+    auto, spelled, summed = plans(
         tmp_path,
-        layer_spec("kernel a : cte { lnc=2 }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 }", dims=dims),
+        layer_spec(
+            "kernel a : cte { lnc=2 output=per_core }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 "
+            "output=per_core }\n  kernel f : cte { lnc=2 }",
+            dims=dims,
+        ),
     )
+    # with one summed output, tail=auto gives way to the final sum over the rows both cores touched
+    assert summed.final_sum_touched and not summed.absorb_tail
     assert auto.absorb_tail and (auto.gate_up_chunks[0][3], auto.down_cols) == (2, 512)
     assert auto.sbuf_bytes() <= 208 * 1024
     assert not spelled.absorb_tail and (spelled.gate_up_chunks[0][3], spelled.down_cols) == (3, 512)
