@@ -79,8 +79,9 @@ def _gather(src: NkiTensor, mode, instr: str):
             bad = int(np.flatnonzero(~valid)[0])
             raise NkiSimError(
                 _named_by_origin(src, bad)
-                + f"{instr}: src '{src.name}' indirect row index out of bounds at partition {bad} "
-                f"(limit: 0..{src._vec[2] - 1}, oob_mode=error)"
+                + f"{instr}: src '{src.name}' indirect row index {src._vec_rows(instr, 'src')[bad]} out of "
+                f"bounds at partition {bad} (limit: 0..{src._vec[2] - 1}, and "
+                f"inside '{src.name}' once the access pattern's offset is added; oob_mode=error)"
             )
         src._note_access("r", instr)
         storage = src._storage_flat()
@@ -112,8 +113,9 @@ def _scatter(dst: NkiTensor, values: np.ndarray, mask, mode, instr: str) -> None
             bad = int(np.flatnonzero(~valid)[0])
             raise NkiSimError(
                 _named_by_origin(dst, bad)
-                + f"{instr}: dst '{dst.name}' indirect row index out of bounds at partition {bad} "
-                f"(limit: 0..{dst._vec[2] - 1}, oob_mode=error)"
+                + f"{instr}: dst '{dst.name}' indirect row index {dst._vec_rows(instr, 'dst')[bad]} out of "
+                f"bounds at partition {bad} (limit: 0..{dst._vec[2] - 1}, and "
+                f"inside '{dst.name}' once the access pattern's offset is added; oob_mode=error)"
             )
         ok &= valid.reshape((-1,) + (1,) * (dst.ndim - 1))
     conv = dt.convert(np.broadcast_to(values, dst.shape), dst.dtype, precise)

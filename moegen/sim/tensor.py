@@ -803,8 +803,12 @@ class NkiTensor:
         rest = np.full((), 0, np.int64)
         for n, s in zip(self.shape[1:], self.strides[1:]):
             rest = np.add.outer(rest, np.arange(n, dtype=np.int64) * s)
-        valid = (rows >= 0) & (rows < nrows)
         idx = off + rows.reshape((-1,) + (1,) * (len(self.shape) - 1)) * row_stride + rest
+        # the DMA checks addresses (nki.isa.dma_copy: out-of-bound address checking in dynamic modes), so a row whose
+        # index is in range but lands past the tensor once the pattern's offset is added is out of bounds too
+        per_row = idx.reshape(idx.shape[0], -1)
+        limit = self._storage_flat().size
+        valid = (rows >= 0) & (rows < nrows) & (per_row.min(axis=1) >= 0) & (per_row.max(axis=1) < limit)
         return idx, valid
 
     def _storage_flat(self) -> np.ndarray:

@@ -84,6 +84,32 @@ def test_indirect_gather_and_oob_modes(core):
     np.testing.assert_array_equal(dst.read(), np.stack([table[3], np.zeros(6), table[1], np.zeros(6)]))
 
 
+def test_indirect_row_past_the_tensor_after_the_offset_is_out_of_bounds(core):
+    """nki.isa.dma_copy page: in the dynamic DGE modes "out-of-bound address checking is turned on automatically";
+    the address is the pattern's offset plus the row index, so a row index in range that lands past the tensor once
+    the offset is added is out of bounds: a named error with oob_mode=error (not a raw IndexError), skipped with
+    oob_mode=skip, for a gather and for a scatter."""
+    table = hbm(np.arange(30, dtype=np.float32).reshape(10, 3))
+    idx = nl.ndarray((2, 1), nl.int32)
+    idx.write(np.array([[1], [8]]))
+    dst = nl.ndarray((2, 3), nl.float32)
+    with pytest.raises(NkiSimError, match="indirect row index 8 out of bounds at partition 1"):
+        nisa.dma_copy(dst, table.ap([[3, 2], [1, 3]], offset=6, vector_offset=idx, indirect_dim=0))
+    dst.write(0.0)
+    nisa.dma_copy(
+        dst, table.ap([[3, 2], [1, 3]], offset=6, vector_offset=idx, indirect_dim=0), oob_mode=nisa.oob_mode.skip
+    )
+    np.testing.assert_array_equal(dst.read(), [[9, 10, 11], [0, 0, 0]])
+    vals = nl.ndarray((2, 3), nl.float32)
+    vals.write(np.ones((2, 3), np.float32))
+    with pytest.raises(NkiSimError, match="dst 't.*' indirect row index 8 out of bounds"):
+        nisa.dma_copy(table.ap([[3, 2], [1, 3]], offset=6, vector_offset=idx, indirect_dim=0), vals)
+    nisa.dma_copy(
+        table.ap([[3, 2], [1, 3]], offset=6, vector_offset=idx, indirect_dim=0), vals, oob_mode=nisa.oob_mode.skip
+    )
+    assert table.read()[3].tolist() == [1, 1, 1] and table.read()[9].tolist() == [27, 28, 29]
+
+
 def test_indirect_scatter_and_vector_select(core):
     out = hbm(np.zeros((8, 3), np.float32))
     vals = nl.ndarray((3, 3), nl.float32)
