@@ -990,6 +990,15 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "read-ahead output rows hold one more token tile",
             )
         )
+    elif final_sum_touched and not resident and variant["tail"] == "auto":
+        decisions.append(
+            (
+                "tail tiles",
+                "none: an absorbed tail tile would be added by the other core than the one whose row list names it, so "
+                "tail=auto gives way to the final sum over the rows both cores touched (tail=absorb takes the tail "
+                "tiles and the full final sum)",
+            )
+        )
     if reuse:
         decisions.append(
             (
