@@ -603,6 +603,7 @@ def _buffers(
     x_psum_groups: int,
     hybrid_pipelined: bool,
     gather_real_rows: bool,
+    static_pipelined: bool = False,
     extra_tiles: int = 0,
 ) -> tuple[Buffer, ...]:
     """Every on-chip allocation of one core, per partition (extra_tiles: token tiles a block may run beyond its
@@ -645,6 +646,14 @@ def _buffers(
             # the next block's prefetched metadata: token ids, expert broadcast; slot ids and expert on one partition
             Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
             Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
+        ]
+    if static_pipelined and not resident:
+        # the pipelined static loop's GpSimd metadata operands: padding id, -(T + 1) and E per slot (and 1), the expert
+        # on every slot (a copy per block), the redirect flag and expert of an empty block (a copy per block)
+        sb += [
+            Buffer("metadata_constants", "sbuf", PARTITIONS, 4 * n_t, 3),
+            Buffer("expert_wide", "sbuf", PARTITIONS, 4 * n_t, slots),
+            Buffer("redirect", "sbuf", 1, 4, 2 * slots + 2),
         ]
     if gather_real_rows:  # the next block's gather ids (padding out of bounds), its padding flags, the padding id T
         sb.append(Buffer("gather_ids", "sbuf", PARTITIONS, 4 * n_t, 3))
@@ -784,6 +793,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         x_psum_groups=1 if mx else 2,
         hybrid_pipelined=hybrid_pipelined,
         gather_real_rows=gather_real_rows,
+        static_pipelined=not (hybrid or mx),  # with streamed weights: the pipelined static block loop
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in
