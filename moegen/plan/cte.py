@@ -649,11 +649,12 @@ def _buffers(
         ]
     if static_pipelined and not resident:
         # the pipelined static loop's GpSimd metadata operands: padding id, -(T + 1) and E per slot (and 1), the expert
-        # on every slot (a copy per block), the redirect flag and expert of an empty block (a copy per block)
+        # on every slot (a copy per block); an empty block's redirect flag and expert and the first gate/up chunks'
+        # address (a copy per block each), the following block's first slot flag
         sb += [
             Buffer("metadata_constants", "sbuf", PARTITIONS, 4 * n_t, 3),
             Buffer("expert_wide", "sbuf", PARTITIONS, 4 * n_t, slots),
-            Buffer("redirect", "sbuf", 1, 4, 2 * slots + 2),
+            Buffer("redirect", "sbuf", 1, 4, 3 * slots + 2),
         ]
     if gather_real_rows:  # the next block's gather ids (padding out of bounds), its padding flags, the padding id T
         sb.append(Buffer("gather_ids", "sbuf", PARTITIONS, 4 * n_t, 3))
