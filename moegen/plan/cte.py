@@ -618,6 +618,7 @@ def _buffers(
     x_psum_groups: int,
     hybrid_pipelined: bool,
     gather_real_rows: bool,
+    static_pipelined: bool = False,
     extra_tiles: int = 0,
     final_sum_touched: bool = False,
 ) -> tuple[Buffer, ...]:
@@ -661,6 +662,15 @@ def _buffers(
             # the next block's prefetched metadata: token ids, expert broadcast; slot ids and expert on one partition
             Buffer("metadata_next", "sbuf", PARTITIONS, 4 * n_t + 4),
             Buffer("metadata_next_row", "sbuf", 1, 4 * b + 4),
+        ]
+    if static_pipelined and not resident:
+        # the pipelined static loop's GpSimd metadata operands: padding id, -(T + 1) and E per slot (and 1), the expert
+        # on every slot (a copy per block); an empty block's redirect flag and expert and the first gate/up chunks'
+        # address (a copy per block each), the following block's first slot flag
+        sb += [
+            Buffer("metadata_constants", "sbuf", PARTITIONS, 4 * n_t, 3),
+            Buffer("expert_wide", "sbuf", PARTITIONS, 4 * n_t, slots),
+            Buffer("redirect", "sbuf", 1, 4, 3 * slots + 2),
         ]
     if gather_real_rows:  # the next block's gather ids (padding out of bounds), its padding flags, the padding id T
         sb.append(Buffer("gather_ids", "sbuf", PARTITIONS, 4 * n_t, 3))
@@ -821,6 +831,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         hybrid_pipelined=hybrid_pipelined,
         gather_real_rows=gather_real_rows,
         final_sum_touched=final_sum_touched,
+        static_pipelined=not (hybrid or mx),  # with streamed weights: the pipelined static block loop
     )
 
     # Weights: resident (whole expert, reused across blocks of the same expert) or streamed in

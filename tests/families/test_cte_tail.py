@@ -4,10 +4,12 @@ of its own weight passes; the tail block then runs nothing and loads no weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from tests.families.test_cte import assert_matches, build_dir, cte_spec, run  # noqa: F401 (build_dir: fixture)
+from tests.families.test_cte import assert_matches, build, build_dir, cte_spec, run  # noqa: F401 (build_dir: fixture)
 from tests.families.test_cte_plans import layer_spec, plans, refusal
 
 # Tokens per expert at block 256: expert 0 a full block and a tail of 30 (absorbed), expert 1 a full block and 164
@@ -199,3 +201,48 @@ def test_tail_auto_refits_the_chunk_rule_and_yields_to_spelled_widths(tmp_path):
         tmp_path, layer_spec("kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 tail=absorb }", dims=dims)
     )
     assert "more than the 212992 usable" in error
+
+
+# Expert 0: two full blocks and a tail of 30 (block 2, absorbed by block 1); expert 1: two full blocks and a tail of 88
+# (block 5, absorbed by block 4); expert 2: one block of 200; expert 3: a full block and a tail of 44 (block 8). At LNC 2
+# core 0 runs blocks 0, 2 (empty), 4, 6, 8 (empty) and core 1 blocks 1, 3, 5 (empty), 7, 9 (padding only).
+EMPTY_BETWEEN = (542, 600, 200, 300)
+
+
+def test_an_empty_blocks_successor_loads_its_weights_during_the_previous_blocks_down_phase():
+    """Core 0's block 4 follows the absorbed block 2: its first gate/up weight chunk (expert 1) is issued while block 0's
+    down projection still has matmuls to run (the empty block 2 loads it in its place), so the in-order DMA queues do not
+    hold it behind block 0's output updates; no per-block metadata op runs on VectorE (GpSimd: int32 tensor_tensor).
+    Each expert's weights still move once per block that runs, and the output matches the reference. On main's kernel
+    that load came after every instruction of block 0."""
+    from moegen import sim
+
+    text = cte_spec("kernel k : cte { block=256 lnc=2 weights=stream tail=absorb }")
+    with sim.recording():
+        plan, inputs, got, want = run(text, "k", sum(EMPTY_BETWEEN) // 2, expert_index=tail_routing(EMPTY_BETWEEN))
+        trace = sim.last_run().trace
+    assert plan.absorb_tail and plan.serpentine
+    assert_matches(plan, got, want)
+    assert inputs["block_to_expert"].ravel().tolist() == [0, 0, 0, 1, 1, 1, 2, 3, 3, 3]
+    per_expert = 3 * plan.hidden * plan.intermediate * 2
+    assert weight_bytes_per_expert(plan, trace) == [2 * per_expert, 2 * per_expert, per_expert, per_expert]
+
+    core0 = [rec for rec in trace if rec["core"] == 0]
+    gate_up_bytes = plan.hidden * plan.mlp.projections * plan.intermediate * 2
+    first_load = next(
+        i
+        for i, rec in enumerate(core0)
+        if rec["opcode"] == "dma_copy"
+        and rec["bytes"]
+        and rec["operands"]["src"].get("name") == "gate_up_proj_weight"
+        and rec["operands"]["src"]["region"]["bytes"][0] // gate_up_bytes == 1
+    )
+    next_transpose = next(i for i in range(first_load, len(core0)) if core0[i]["opcode"] == "nc_transpose")
+    block0_matmuls_after = sum(1 for rec in core0[first_load:next_transpose] if rec["opcode"] == "nc_matmul")
+    assert block0_matmuls_after > 0
+    _, kernels = build(text)
+    lines = Path(kernels["k"].fn.__code__.co_filename).read_text().splitlines()
+    first = next(n for n, line in enumerate(lines, 1) if "def start_block" in line)
+    last = next(n for n, line in enumerate(lines, 1) if "def continue_block" in line)
+    engines = {rec["engine"] for rec in trace if first < int(rec["line"].rsplit(":", 1)[1]) < last}
+    assert "gpsimd" in engines and "vector" not in engines
