@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/cte_seed_variants.moe
 # spec-sha256: 38c3c4677b0cc4edeb64ae4eeddcac56940427ddf2fd24606f8574c425796801
 # templates-sha256: 719bff7d86e8d024c3d5894f7e1a89ee34f9677ebb4c9dac2ccd193e354cc7c7
-# content-sha256: 1154a246e8f3d7b754d033bfcefdccd6772d7cd5608f54564e6b5c7a633f5d16
+# content-sha256: d2f58e112bf4f2f2045aa47b3649e04247323aaf76d6a711e15ea36cf3be0a38
 """shard_on_block: blockwise MoE expert MLP for context encoding (cte_seed_variants).
 
 MoE CTE shard_on_block (LNC=2), bf16 weights, silu, POST_SCALE, top-K accumulate.
@@ -33,14 +33,14 @@ Returns:
 Pseudocode:
     for b in blocks of this core (core c: b = c, c+2, ...):
         ids = token_position_to_id[b*B:(b+1)*B]; e = block_to_expert[b]
+        (tail: if block b+1 has expert e and tokens in its first 128 slots only, and b in slots 128..255,
+         ids also takes those 128 slots and block b+1 runs nothing)
         x = hidden_states[ids]
         g, u = x @ Wg[e], x @ Wu[e]
         h = silu(g) * u
         y = h @ Wd[e]
-        acc[ids] += round_bf16(y * affinity[ids, e])
-    (acc: out on core 0, partial on core 1)
-    core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier
-    out[r] += partial[r] for the rows r both cores touched
+        out[ids] += round_bf16(y * affinity[ids, e])
+    out = partial(core 0) + partial(core 1)
     out[T] = 0
 """
 
@@ -56,6 +56,8 @@ TOP_K = 2
 B = 512
 TOKEN_TILES = 4  # 128-token tiles per block
 TOKEN_CHUNKS = ((0, 128), (128, 128), (256, 128), (384, 128))  # (offset, size): matmul moving chunks of a block
+RUN_TILES = TOKEN_TILES + 1  # token tiles a block may run: its own and the absorbed tile of the next block
+RUN_CHUNKS = TOKEN_CHUNKS + ((B, 128),)  # (offset, size) of each of them in x^T and h^T
 H_TILES = ((0, 128), (128, 128), (256, 128), (384, 128), (512, 128), (640, 128), (768, 128), (896, 128), (1024, 128), (1152, 128), (1280, 128), (1408, 128), (1536, 128), (1664, 128), (1792, 128), (1920, 128))  # (offset, size): contraction tiles over H
 H_FULL_TILES = 16
 I_CORE = 2048  # intermediate columns this core computes
@@ -71,7 +73,6 @@ NEXT_CHUNK_PIECES = tuple(range(min(1, len(DOWN_CHUNKS) - 1), max(min(1, len(DOW
 # (the down chunks that load a piece of the next block's second gate/up weight chunk)
 SLOT_HALVES = (64, 32, 16, 8, 4, 2, 1)  # a tile's 128 slot ids reduced pairwise in place (GpSimd has no free-axis reduce)
 T_MAX = 32768  # tokens per call
-TOUCHED_FILL = 16  # int32 columns of the -1 tile that clears a core's touched-row list
 X_COPY_ENGINES = (nisa.vector_engine, nisa.scalar_engine, )  # evacuate transpose groups in turn
 # Valid values of the integer arguments: every element in [low, high), high an int or (argument, axis),
 # that argument's size along axis. Not read by the kernel; moegen's simulator refuses a call breaking one,
@@ -135,35 +136,9 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
     i_base = 0
     h_base = 0
     out = nl.ndarray((ROWS, H), dtype=nl.bfloat16, buffer=nl.shared_hbm)
-    # Core 0 accumulates its blocks into out itself, core 1 into partials; the final sum moves only core 1's rows.
-    partials = nl.ndarray((ROWS, H), dtype=nl.bfloat16, buffer=nl.shared_hbm)
-    accumulator = out if core == 0 else partials
-    acc_row0 = 0
-    # Lists of row ids in HBM, each core writing its own: touched[c * ROW_SPAN + r] = r when a block of core c adds
-    # into row r, else -1; touched[2 * ROW_SPAN + r] = r when no block of core 0 adds into row r, else -1 (core 1
-    # fills it from core 0's block ids: the rows core 1 writes into out before the barrier).
-    ROW_SPAN = (T + 128) // 128 * 128  # rows 0..T (T: a padding slot's id) in whole 128-row tiles
-    touched = nl.ndarray((3 * ROW_SPAN, 1), dtype=nl.int32, buffer=nl.shared_hbm)
-    untouched_fill = nl.ndarray((128, TOUCHED_FILL), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.memset(dst=untouched_fill, value=-1)
-    row_numbers = nl.ndarray((128, TOUCHED_FILL), dtype=nl.int32, buffer=nl.sbuf)
-    for f0 in range(0, ROW_SPAN, 128 * TOUCHED_FILL):
-        fill_columns = min(TOUCHED_FILL, (ROW_SPAN - f0) // 128)
-        nisa.dma_copy(dst=touched.ap(pattern=[[fill_columns, 128], [1, fill_columns]], offset=core * ROW_SPAN + f0),
-                      src=untouched_fill[:, 0:fill_columns])
-        if core == 1:
-            nisa.iota(dst=row_numbers[:, 0:fill_columns], pattern=[[1, fill_columns]], offset=f0, channel_multiplier=fill_columns)
-            nisa.dma_copy(dst=touched.ap(pattern=[[fill_columns, 128], [1, fill_columns]], offset=2 * ROW_SPAN + f0),
-                          src=row_numbers[:, 0:fill_columns])
-    # core 0: per block, each row's id before this block (-1: never touched, so it is cleared first), then the ids of
-    # the rows the block touches first
-    seen_ids = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.memset(dst=seen_ids, value=0, engine=nisa.gpsimd_engine)
-    first_ids = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    int_ones = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)
-    nisa.memset(dst=int_ones, value=1, engine=nisa.gpsimd_engine)
-    other_ids = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # core 1: the ids of core 0's blocks
-    rows_pipe = (nl.ndarray((128, 3), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, 3), dtype=nl.int32, buffer=nl.sbuf))
+    # Each core accumulates its blocks into its own copy (rows [core*ROWS, (core+1)*ROWS)).
+    partials = nl.ndarray((2 * ROWS, H), dtype=nl.bfloat16, buffer=nl.shared_hbm)
+    acc_row0 = core * ROWS
 
     zero_rows = nl.ndarray((128, ZERO_COLUMNS), dtype=nl.bfloat16, buffer=nl.sbuf)
     nisa.memset(dst=zero_rows, value=0.0)
@@ -171,8 +146,6 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
     zero_row_starts = range(0, ROWS, 128)
     zero_pieces = [(r0, min(128, ROWS - r0), z0, min(ZERO_COLUMNS, H_OUT - z0))
                    for r0 in zero_row_starts for z0 in range(0, H_OUT, ZERO_COLUMNS)]  # (row, rows, column, columns)
-    if core == 0:  # core 0 clears a row of out when a block first adds into it; rows it never touches are core 1's
-        zero_pieces = []
     # The pieces go out during this core's first block, between its gate/up weight loads (its down phase is the
     # first to read the rows), so they fill the DMA time the matmuls leave instead of delaying the first weights.
     zeroed = False
@@ -180,9 +153,9 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
 
     # The block's tiles, allocated once and reused by every block (a dynamic-loop body allocates nothing:
     # its tensors are allocated once for the whole loop).
-    token_ids_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))  # slot t*128 + p at [p, t]
-    pad_shift_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
-    out_ids_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
+    token_ids_slots = (nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf))  # slot t*128 + p at [p, t]
+    pad_shift_slots = (nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf))
+    out_ids_slots = (nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf))
     expert_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))
     weight_expert_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))
     reuse_expert_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))  # weight_expert, or out of bounds if it repeats
@@ -191,23 +164,27 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
     slot_ids_slots = (nl.ndarray((1, TOKEN_TILES, 128), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, TOKEN_TILES, 128), dtype=nl.int32, buffer=nl.sbuf))
     tile_real_slots = (nl.ndarray((1, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
     tile_active0 = []  # per tile: 1 if it holds a token, else 0 (the trip count of its work)
-    for t in range(TOKEN_TILES):
+    for t in range(RUN_TILES):
         tile_active0.append(nisa.register_alloc(0))
     tile_active1 = []  # per tile: 1 if it holds a token, else 0 (the trip count of its work)
-    for t in range(TOKEN_TILES):
+    for t in range(RUN_TILES):
         tile_active1.append(nisa.register_alloc(0))
     block_empty_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))
+    absorb_next_slots = (nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf))  # 1: this block runs the next block's tile 0
+    neighbour_expert = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)  # block - 1's or block + 1's expert
+    neighbour_real = nl.ndarray((1, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # block + 1's tile flags
+    absorb_terms = nl.ndarray((1, 4), dtype=nl.int32, buffer=nl.sbuf)  # the absorb rule's factors
     # The per-block metadata ops run on GpSimd (tensor_tensor of int32 tiles; its constants below): a block's chain
     # then never queues behind the previous block's output adds on the in-order VectorE, nor holds its epilogues.
-    meta_pad = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # T, the padding id
+    meta_pad = nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # T, the padding id
     nisa.memset(dst=meta_pad, value=T, engine=nisa.gpsimd_engine)
-    meta_out_shift = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # -(T + 1): padding T becomes -1
+    meta_out_shift = nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # -(T + 1): padding T becomes -1
     nisa.memset(dst=meta_out_shift, value=-(T + 1), engine=nisa.gpsimd_engine)
-    meta_experts = nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # E
+    meta_experts = nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf)  # E
     nisa.memset(dst=meta_experts, value=E, engine=nisa.gpsimd_engine)
     meta_one = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)
     nisa.memset(dst=meta_one, value=1, engine=nisa.gpsimd_engine)
-    expert_wide_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))  # the expert on every partition and tile
+    expert_wide_slots = (nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf))  # the expert on every partition and tile
     # An empty block (absorbed, or padding only) loads the first gate/up chunks of this core's block after it in its
     # place (during the previous block's down phase): redirect = 1 then, and redirect_expert that block's expert (else
     # out of bounds, so those DMAs are skipped)
@@ -216,15 +193,15 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
     following_first = nl.ndarray((1, 1), dtype=nl.int32, buffer=nl.sbuf)  # the following block's first slot id
     metadata_tiles = (meta_pad, meta_experts, meta_one, meta_out_shift, following_first)  # start_block's argument
     expert_bcast_slots = (nl.ndarray((128, 1), dtype=nl.float32, buffer=nl.sbuf), nl.ndarray((128, 1), dtype=nl.float32, buffer=nl.sbuf))
-    affinity_index_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.int32, buffer=nl.sbuf))
-    affinity_slots = (nl.ndarray((128, TOKEN_TILES), dtype=nl.float32, buffer=nl.sbuf), nl.ndarray((128, TOKEN_TILES), dtype=nl.float32, buffer=nl.sbuf))
-    xT = nl.ndarray((128, len(H_TILES), B), dtype=nl.bfloat16, buffer=nl.sbuf)
+    affinity_index_slots = (nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf), nl.ndarray((128, RUN_TILES), dtype=nl.int32, buffer=nl.sbuf))
+    affinity_slots = (nl.ndarray((128, RUN_TILES), dtype=nl.float32, buffer=nl.sbuf), nl.ndarray((128, RUN_TILES), dtype=nl.float32, buffer=nl.sbuf))
+    xT = nl.ndarray((128, len(H_TILES), RUN_TILES * 128), dtype=nl.bfloat16, buffer=nl.sbuf)
     x_rows_slots = (nl.ndarray((128, H), dtype=nl.bfloat16, buffer=nl.sbuf),
                     nl.ndarray((128, H), dtype=nl.bfloat16, buffer=nl.sbuf))  # token tiles alternate
     # transposes: each PSUM bank holds 2 groups of four, so 4 groups are in flight
     x_psum_banks = [nl.ndarray((128, 8, 128), dtype=nl.bfloat16, buffer=nl.psum) for _ in range(2)]
     x_psum_pipe = tuple(bank[:, 4 * g:4 * g + 4, :] for bank in x_psum_banks for g in range(2))
-    hT = nl.ndarray((128, len(I_TILES), B), dtype=nl.bfloat16, buffer=nl.sbuf)
+    hT = nl.ndarray((128, len(I_TILES), RUN_TILES * 128), dtype=nl.bfloat16, buffer=nl.sbuf)
     # streamed weights: two buffers each, alternating between consecutive chunks (a load overlaps the
     # matmuls on the previous chunk)
     w_gate_up_slots = (nl.ndarray((128, len(H_TILES), 2, 512), dtype=nl.bfloat16, buffer=nl.sbuf),
@@ -239,8 +216,8 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
     down_psum_pipe = (nl.ndarray((128, 512), dtype=nl.float32, buffer=nl.psum), nl.ndarray((128, 512), dtype=nl.float32, buffer=nl.psum))
     y_out_pipe = (nl.ndarray((128, 512), dtype=nl.bfloat16, buffer=nl.sbuf), nl.ndarray((128, 512), dtype=nl.bfloat16, buffer=nl.sbuf))
     # output rows of every token tile for one down chunk, read ahead; consecutive chunks alternate copies
-    out_rows_slots = (nl.ndarray((128, TOKEN_TILES, 512), dtype=nl.bfloat16, buffer=nl.sbuf),
-                      nl.ndarray((128, TOKEN_TILES, 512), dtype=nl.bfloat16, buffer=nl.sbuf))
+    out_rows_slots = (nl.ndarray((128, RUN_TILES, 512), dtype=nl.bfloat16, buffer=nl.sbuf),
+                      nl.ndarray((128, RUN_TILES, 512), dtype=nl.bfloat16, buffer=nl.sbuf))
     for rows_copy in out_rows_slots:
         nisa.memset(dst=rows_copy, value=0.0)  # rows a padding slot skips keep finite values
 
@@ -263,9 +240,15 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
         expert_bcast = expert_bcast_slots[turn % 2]
         affinity_index = affinity_index_slots[turn % 2]
         affinity = affinity_slots[turn % 2]
+        absorb_next = absorb_next_slots[turn % 2]
         tile_active = (tile_active0, tile_active1)[turn % 2]
         # -- routing metadata: token ids [128, TOKEN_TILES] (slot t*128 + p at [p, t]) and the expert
-        nisa.dma_copy(dst=token_ids, src=token_position_to_id.ap(pattern=[[1, 128], [128, TOKEN_TILES]], offset=block * B))
+        # (column TOKEN_TILES: the next block's tile 0, the slots that follow this block's; padding after the last block)
+        if block + 1 < N:
+            nisa.dma_copy(dst=token_ids, src=token_position_to_id.ap(pattern=[[1, 128], [128, RUN_TILES]], offset=block * B))
+        else:
+            nisa.dma_copy(dst=token_ids[:, 0:TOKEN_TILES], src=token_position_to_id.ap(pattern=[[1, 128], [128, TOKEN_TILES]], offset=block * B))
+            nisa.memset(dst=token_ids[:, TOKEN_TILES:RUN_TILES], value=T, engine=nisa.gpsimd_engine)
         # output rows: padding slots (id T) become -1 so that the output DMAs skip them
         nisa.tensor_tensor(dst=pad_shift, data1=token_ids, data2=meta_pad, op=nl.equal)
         nisa.tensor_tensor(dst=pad_shift, data1=pad_shift, data2=meta_out_shift, op=nl.multiply)
@@ -276,9 +259,28 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
         for width in SLOT_HALVES:
             nisa.tensor_tensor(dst=slot_ids[:, :, 0:width], data1=slot_ids[:, :, 0:width], data2=slot_ids[:, :, width:2 * width], op=nl.minimum)
         nisa.tensor_tensor(dst=tile_real, data1=slot_ids[:, :, 0:1], data2=meta_pad[0:1, 0:TOKEN_TILES], op=nl.less)
+        nisa.dma_copy(dst=expert, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=block))
+        # -- tail tiles: block j runs block j + 1's tile 0 as its tile TOKEN_TILES when both have the same expert, block
+        # j + 1 holds tokens in its tile 0 only and block j holds a token in its tile 1 (so an absorbing block is never
+        # absorbed). Block j + 1 evaluates the same rule on the same slots: it then runs no tile and loads no weights.
+        if block > 0:  # absorbed by block - 1: same expert, block - 1's tile 1 holds a token, this block only tile 0
+            nisa.dma_copy(dst=neighbour_expert, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=block - 1))
+            nisa.dma_copy(dst=slot_ids[:, 0:1, :], src=token_position_to_id.ap(pattern=[[B, 1], [128, 1], [1, 128]], offset=(block - 1) * B + 128))
+            for width in SLOT_HALVES:
+                nisa.tensor_tensor(dst=slot_ids[:, 0:1, 0:width], data1=slot_ids[:, 0:1, 0:width], data2=slot_ids[:, 0:1, width:2 * width], op=nl.minimum)
+            nisa.tensor_tensor(dst=absorb_terms[:, 0:1], data1=slot_ids[:, 0:1, 0:1], data2=meta_pad[0:1, 0:1], op=nl.less)
+            nisa.tensor_copy(dst=absorb_terms[:, 1:2], src=tile_real[:, 1:2], engine=nisa.gpsimd_engine)
+            for t in range(2, TOKEN_TILES):
+                nisa.tensor_tensor(dst=absorb_terms[:, 1:2], data1=absorb_terms[:, 1:2], data2=tile_real[:, t:t + 1], op=nl.maximum)
+            nisa.tensor_tensor(dst=absorb_terms[:, 1:2], data1=tile_real[:, 0:1], data2=absorb_terms[:, 1:2], op=nl.subtract)
+            nisa.tensor_tensor(dst=absorb_terms[:, 1:2], data1=absorb_terms[:, 1:2], data2=meta_one, op=nl.equal)
+            nisa.tensor_tensor(dst=absorb_terms[:, 2:3], data1=neighbour_expert, data2=expert, op=nl.equal)
+            nisa.tensor_tensor(dst=absorb_terms[:, 0:1], data1=absorb_terms[:, 0:1], data2=absorb_terms[:, 1:2], op=nl.multiply)
+            nisa.tensor_tensor(dst=absorb_terms[:, 0:1], data1=absorb_terms[:, 0:1], data2=absorb_terms[:, 2:3], op=nl.multiply)
+            # absorbed: tile 0 (the only one holding a token) runs in block - 1, so this block runs none
+            nisa.tensor_tensor(dst=tile_real[:, 0:1], data1=tile_real[:, 0:1], data2=absorb_terms[:, 0:1], op=nl.subtract)
         for t in range(TOKEN_TILES):
             nisa.register_load(tile_active[t], tile_real[0:1, t:t + 1])
-        nisa.dma_copy(dst=expert, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=block))
         # weight_expert = expert, or expert + E (out of bounds: the weight DMAs are skipped) for a block of padding only
         nisa.tensor_copy(dst=block_empty, src=tile_real[:, 0:1], engine=nisa.gpsimd_engine)
         for t in range(1, TOKEN_TILES):
@@ -288,10 +290,10 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
         nisa.tensor_tensor(dst=weight_expert, data1=expert, data2=block_empty, op=nl.add)
         # -- affinities [128, TOKEN_TILES] fp32: expert_affinities_masked[id * E + e]
         expert_wide = expert_wide_slots[turn % 2]
-        nisa.dma_copy(dst=expert_wide, src=block_to_expert.ap(pattern=[[0, 128], [0, TOKEN_TILES]], offset=block))
+        nisa.dma_copy(dst=expert_wide, src=block_to_expert.ap(pattern=[[0, 128], [0, RUN_TILES]], offset=block))
         nisa.tensor_tensor(dst=affinity_index, data1=token_ids, data2=meta_experts, op=nl.multiply)
         nisa.tensor_tensor(dst=affinity_index, data1=affinity_index, data2=expert_wide, op=nl.add)
-        for t in range(TOKEN_TILES):
+        for t in range(RUN_TILES):
             nisa.dma_copy(dst=affinity[:, t:t + 1],
                           src=expert_affinities_masked.ap(pattern=[[1, 128], [1, 1]], offset=0,
                                                           vector_offset=affinity_index[:, t:t + 1], indirect_dim=0))
@@ -350,24 +352,24 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
 
             nl.fori_loop(0, tile_active[t], gather_first_rows)
 
-        if turn > 0:  # the rows this block adds into, after its first loads (a core's first block: in its second chunk)
-            if core == 0:  # the rows this block touches first: touched[id] still -1
-                for t in range(TOKEN_TILES):
-                    nisa.dma_copy(dst=seen_ids[:, t:t + 1], src=touched.ap(pattern=[[1, 128], [1, 1]], offset=0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0),
-                                  oob_mode=nisa.oob_mode.skip)
-                # first = id - seen - 1: the id where seen is -1, else negative (skipped); int32 on GpSimd, off VectorE's
-                # in-order queue (the transposes' PSUM evacuations)
-                nisa.tensor_tensor(dst=first_ids, data1=out_ids, data2=seen_ids, op=nl.subtract, engine=nisa.gpsimd_engine)
-                nisa.tensor_tensor(dst=first_ids, data1=first_ids, data2=int_ones, op=nl.subtract, engine=nisa.gpsimd_engine)
-            for t in range(TOKEN_TILES):  # the rows this core adds into (read by the final sum)
-                nisa.dma_copy(dst=touched.ap(pattern=[[1, 128], [1, 1]], offset=core * ROW_SPAN, vector_offset=out_ids[:, t:t + 1], indirect_dim=0),
-                              src=out_ids[:, t:t + 1], oob_mode=nisa.oob_mode.skip)
-            if core == 0:  # clear those rows of out before the block's down phase reads them
-                for t in range(TOKEN_TILES):
-                    for z0 in range(0, H_OUT, ZERO_COLUMNS):
-                        cols = min(ZERO_COLUMNS, H_OUT - z0)
-                        nisa.dma_copy(dst=out.ap(pattern=[[H, 128], [1, cols]], offset=z0, vector_offset=first_ids[:, t:t + 1], indirect_dim=0),
-                                      src=zero_rows[:, 0:cols], oob_mode=nisa.oob_mode.skip)
+        # (after the first rows: the absorbed tile is the block's last, so its flag is not on their path)
+        if block + 1 < N:  # absorbs block + 1: same expert, this block's tile 1 holds a token, block + 1 only tile 0
+            nisa.dma_copy(dst=neighbour_expert, src=block_to_expert.ap(pattern=[[1, 1], [1, 1]], offset=block + 1))
+            nisa.dma_copy(dst=slot_ids, src=token_position_to_id.ap(pattern=[[B, 1], [128, TOKEN_TILES], [1, 128]], offset=(block + 1) * B))
+            for width in SLOT_HALVES:
+                nisa.tensor_tensor(dst=slot_ids[:, :, 0:width], data1=slot_ids[:, :, 0:width], data2=slot_ids[:, :, width:2 * width], op=nl.minimum)
+            nisa.tensor_tensor(dst=neighbour_real, data1=slot_ids[:, :, 0:1], data2=meta_pad[0:1, 0:TOKEN_TILES], op=nl.less)
+            nisa.tensor_copy(dst=absorb_terms[:, 1:2], src=neighbour_real[:, 1:2], engine=nisa.gpsimd_engine)
+            for t in range(2, TOKEN_TILES):
+                nisa.tensor_tensor(dst=absorb_terms[:, 1:2], data1=absorb_terms[:, 1:2], data2=neighbour_real[:, t:t + 1], op=nl.maximum)
+            nisa.tensor_tensor(dst=absorb_terms[:, 1:2], data1=neighbour_real[:, 0:1], data2=absorb_terms[:, 1:2], op=nl.subtract)
+            nisa.tensor_tensor(dst=absorb_terms[:, 1:2], data1=absorb_terms[:, 1:2], data2=meta_one, op=nl.equal)
+            nisa.tensor_tensor(dst=absorb_terms[:, 2:3], data1=neighbour_expert, data2=expert, op=nl.equal)
+            nisa.tensor_tensor(dst=absorb_next, data1=tile_real[:, 1:2], data2=absorb_terms[:, 1:2], op=nl.multiply)
+            nisa.tensor_tensor(dst=absorb_next, data1=absorb_next, data2=absorb_terms[:, 2:3], op=nl.multiply)
+            nisa.register_load(tile_active[TOKEN_TILES], absorb_next)
+        else:
+            nisa.register_move(tile_active[TOKEN_TILES], 0)
 
     def continue_block(block, turn, h_lo, h_hi):
         """H tiles [h_lo, h_hi) of a block's second gate/up weight chunk (for this core's next block: in pieces during
@@ -433,7 +435,7 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
             start_block(block, turn, metadata_tiles)
             continue_block(block, turn, 0, H_FULL_TILES)
         # -- gather the block's token rows and transpose them: xT [H (partitions), H tile, B]
-        for t in range(TOKEN_TILES):
+        for t in range(RUN_TILES):
             x_rows = x_rows_slots[t % 2]
             def gather_tile(_iteration):  # runs only when tile t holds a token
                 if t >= PRE_GATHERED:  # the first tiles' rows were gathered when the block started
@@ -466,26 +468,8 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
 
             w_gate_up = w_gate_up_slots[_slot(turn, chunk_position, len(GATE_UP_CHUNKS))]
             for r0, rows, z0, cols in zero_now[chunk_position::len(GATE_UP_CHUNKS)]:
-                nisa.dma_copy(dst=accumulator[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
+                nisa.dma_copy(dst=partials[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
 
-            if turn == 0 and chunk_position == min(1, len(GATE_UP_CHUNKS) - 1):  # a core's first block: after its first weights
-                if core == 0:  # the rows this block touches first: touched[id] still -1
-                    for t in range(TOKEN_TILES):
-                        nisa.dma_copy(dst=seen_ids[:, t:t + 1], src=touched.ap(pattern=[[1, 128], [1, 1]], offset=0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0),
-                                      oob_mode=nisa.oob_mode.skip)
-                    # first = id - seen - 1: the id where seen is -1, else negative (skipped); int32 on GpSimd, off VectorE's
-                    # in-order queue (the transposes' PSUM evacuations)
-                    nisa.tensor_tensor(dst=first_ids, data1=out_ids, data2=seen_ids, op=nl.subtract, engine=nisa.gpsimd_engine)
-                    nisa.tensor_tensor(dst=first_ids, data1=first_ids, data2=int_ones, op=nl.subtract, engine=nisa.gpsimd_engine)
-                for t in range(TOKEN_TILES):  # the rows this core adds into (read by the final sum)
-                    nisa.dma_copy(dst=touched.ap(pattern=[[1, 128], [1, 1]], offset=core * ROW_SPAN, vector_offset=out_ids[:, t:t + 1], indirect_dim=0),
-                                  src=out_ids[:, t:t + 1], oob_mode=nisa.oob_mode.skip)
-                if core == 0:  # clear those rows of out before the block's down phase reads them
-                    for t in range(TOKEN_TILES):
-                        for z0 in range(0, H_OUT, ZERO_COLUMNS):
-                            cols = min(ZERO_COLUMNS, H_OUT - z0)
-                            nisa.dma_copy(dst=out.ap(pattern=[[H, 128], [1, cols]], offset=z0, vector_offset=first_ids[:, t:t + 1], indirect_dim=0),
-                                          src=zero_rows[:, 0:cols], oob_mode=nisa.oob_mode.skip)
             if chunk_position == len(GATE_UP_CHUNKS) - 1:
                 # the down phase's first chunks, and this core's next block: metadata, a first weight chunk, first rows
                 for load_position in range(min(2, len(DOWN_CHUNKS))):
@@ -495,9 +479,9 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
                                   src=down_proj_weight.ap(pattern=[[H, 128], [128 * H, I_FULL_TILES], [1, load_ds]],
                                                           offset=i_base * H + h_base + load_d0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
                     rows_read = out_rows_slots[_slot(turn, load_position, len(DOWN_CHUNKS))]
-                    for t in range(TOKEN_TILES):
+                    for t in range(RUN_TILES):
                         def read_tile(_iteration):  # runs only when tile t holds a token
-                            nisa.dma_copy(dst=rows_read[:, t, 0:load_ds], src=accumulator.ap(pattern=[[H, 128], [1, load_ds]], offset=acc_row0 * H + h_base + load_d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                            nisa.dma_copy(dst=rows_read[:, t, 0:load_ds], src=partials.ap(pattern=[[H, 128], [1, load_ds]], offset=acc_row0 * H + h_base + load_d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), oob_mode=nisa.oob_mode.skip)
                         nl.fori_loop(0, tile_active[t], read_tile)
 
                 if block + 2 < N:
@@ -505,8 +489,8 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
             for tile_index in range(first_tile, first_tile + chunk_tiles):
                 i0, i_size = I_TILES[tile_index]
                 w_tile = w_gate_up[:, :, :, i0 - chunk0:i0 - chunk0 + i_size]
-                for t, (c0, cs) in enumerate(TOKEN_CHUNKS):  # chunk t is token tile t
-                    pipe = (tile_index * len(TOKEN_CHUNKS) + t) % 2  # this step's PSUM and scratch copy
+                for t, (c0, cs) in enumerate(RUN_CHUNKS):  # chunk t is token tile t
+                    pipe = (tile_index * len(RUN_CHUNKS) + t) % 2  # this step's PSUM and scratch copy
                     gate_psum = gate_psum_pipe[pipe]
                     up_psum = up_psum_pipe[pipe]
                     gate_tile = gate_tile_pipe[pipe]
@@ -537,9 +521,9 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
                                   src=down_proj_weight.ap(pattern=[[H, 128], [128 * H, I_FULL_TILES], [1, load_ds]],
                                                           offset=i_base * H + h_base + load_d0, scalar_offset=(reuse_expert if load_position < 2 else weight_expert), indirect_dim=0), oob_mode=nisa.oob_mode.skip)
                     rows_read = out_rows_slots[_slot(turn, load_position, len(DOWN_CHUNKS))]
-                    for t in range(TOKEN_TILES):
+                    for t in range(RUN_TILES):
                         def read_tile(_iteration):  # runs only when tile t holds a token
-                            nisa.dma_copy(dst=rows_read[:, t, 0:load_ds], src=accumulator.ap(pattern=[[H, 128], [1, load_ds]], offset=acc_row0 * H + h_base + load_d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), oob_mode=nisa.oob_mode.skip)
+                            nisa.dma_copy(dst=rows_read[:, t, 0:load_ds], src=partials.ap(pattern=[[H, 128], [1, load_ds]], offset=acc_row0 * H + h_base + load_d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), oob_mode=nisa.oob_mode.skip)
                         nl.fori_loop(0, tile_active[t], read_tile)
 
             w_down = w_down_slots[_slot(turn, d_position, len(DOWN_CHUNKS))]
@@ -548,8 +532,8 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
                 next_piece, pieces = NEXT_CHUNK_PIECES.index(d_position), len(NEXT_CHUNK_PIECES)  # first chunk, piecewise
                 continue_block(block + 2, turn + 1, next_piece * H_FULL_TILES // pieces,
                                (next_piece + 1) * H_FULL_TILES // pieces)
-            for t in range(TOKEN_TILES):
-                pipe = (d_position * TOKEN_TILES + t) % 2  # this step's PSUM and output scratch copy
+            for t in range(RUN_TILES):
+                pipe = (d_position * RUN_TILES + t) % 2  # this step's PSUM and output scratch copy
                 down_psum = down_psum_pipe[pipe]
                 y_out = y_out_pipe[pipe]
                 out_rows = out_rows_block[:, t, :]
@@ -561,36 +545,21 @@ def shard_on_block(hidden_states, expert_affinities_masked, gate_up_proj_weight,
                     # y = round(down PSUM * affinity): the evacuation and the scaling in one ScalarE instruction
                     nisa.activation(dst=y_out[:, 0:ds], op=nl.copy, data=down_psum[:, 0:ds], scale=affinity[:, t:t + 1])
                     nisa.tensor_tensor(dst=out_rows[:, 0:ds], data1=out_rows[:, 0:ds], data2=y_out[:, 0:ds], op=nl.add)
-                    nisa.dma_copy(dst=accumulator.ap(pattern=[[H, 128], [1, ds]], offset=acc_row0 * H + h_base + d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), src=out_rows[:, 0:ds], oob_mode=nisa.oob_mode.skip)
+                    nisa.dma_copy(dst=partials.ap(pattern=[[H, 128], [1, ds]], offset=acc_row0 * H + h_base + d0, vector_offset=out_ids[:, t:t + 1], indirect_dim=0), src=out_rows[:, 0:ds], oob_mode=nisa.oob_mode.skip)
                 nl.fori_loop(0, tile_active[t], down_tile)
 
 
     if not zeroed:  # this core ran no block: its accumulator is still cleared
         for r0, rows, z0, cols in zero_pieces:
-            nisa.dma_copy(dst=accumulator[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
+            nisa.dma_copy(dst=partials[acc_row0 + r0:acc_row0 + r0 + rows, z0:z0 + cols], src=zero_rows[0:rows, 0:cols])
 
-    if core == 1:  # the rows no block of core 0 adds into: out = this core's partial sums (zero where untouched)
-        for other in range(0, N, 2):  # core 0's blocks
-            nisa.dma_copy(dst=other_ids, src=token_position_to_id.ap(pattern=[[1, 128], [128, TOKEN_TILES]], offset=other * B))
-            for t in range(TOKEN_TILES):  # touched[2 * ROW_SPAN + id] = -1 (padding ids: -1 or T, out of bounds or unused)
-                nisa.dma_copy(dst=touched.ap(pattern=[[1, 128], [1, 1]], offset=2 * ROW_SPAN, vector_offset=other_ids[:, t:t + 1], indirect_dim=0),
-                              src=untouched_fill[:, 0:1], oob_mode=nisa.oob_mode.skip)
-        for r0 in range(0, T, 128):
-            core_1_rows = rows_pipe[(r0 // 128) % 2][:, 0:1]
-            nisa.dma_copy(dst=core_1_rows, src=touched.ap(pattern=[[1, 128], [1, 1]], offset=2 * ROW_SPAN + r0))
-            nisa.dma_copy(dst=out.ap(pattern=[[H, 128], [1, H]], offset=0, vector_offset=core_1_rows, indirect_dim=0),
-                          src=partials.ap(pattern=[[H, 128], [1, H]], offset=0, vector_offset=core_1_rows, indirect_dim=0),
-                          oob_mode=nisa.oob_mode.skip)
-    # out (core 0's sums) += partials (core 1's) in the rows both cores touched; each core takes every other 128-row tile.
+    # out = partial of core 0 + partial of core 1; each core adds every other 128-row tile.
     nisa.core_barrier(data=partials, cores=(0, 1))
+    # the DMA engines add the two partials HBM -> HBM (no SBUF round trip, no engine step), one 128-row tile each
     for r0 in range(core * 128, T, 256):
-        row_flags = rows_pipe[(r0 // 256) % 2]  # columns: core 0's row ids, core 1's, rows of both (the smaller)
-        nisa.dma_copy(dst=row_flags[:, 0:2], src=touched.ap(pattern=[[1, 128], [ROW_SPAN, 2]], offset=r0))
-        nisa.tensor_tensor(dst=row_flags[:, 2:3], data1=row_flags[:, 0:1], data2=row_flags[:, 1:2], op=nl.minimum)
-        nisa.dma_compute(dst=out.ap(pattern=[[H, 128], [1, H]], offset=0, vector_offset=row_flags[:, 2:3], indirect_dim=0),
-                         srcs=[out.ap(pattern=[[H, 128], [1, H]], offset=0, vector_offset=row_flags[:, 2:3], indirect_dim=0),
-                               partials.ap(pattern=[[H, 128], [1, H]], offset=0, vector_offset=row_flags[:, 2:3], indirect_dim=0)],
-                         reduce_op=nl.add, oob_mode=nisa.oob_mode.skip)
+        rows = min(128, T - r0)  # the T token rows (a padding row T is cleared below)
+        nisa.dma_compute(dst=out[r0:r0 + rows, 0:H], srcs=[partials[r0:r0 + rows, 0:H], partials[ROWS + r0:ROWS + r0 + rows, 0:H]],
+                         reduce_op=nl.add)
     # Row T (the padding row) reads zero; each core clears half of it.
     row_t_base, row_t_columns = core * (H // 2), H // 2
     for z0 in range(0, row_t_columns, ZERO_COLUMNS):

@@ -800,15 +800,16 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
     # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
     # An absorbed tail tile moves to the other core (blocks alternate between the cores), which the row lists do not
-    # follow: tail=absorb keeps the full final sum, tail=auto gives way to this (the model: 2809 against 2834 us).
-    final_sum_touched = (
-        shard == "block"
-        and lnc == 2
-        and accumulate
-        and variant["output"] != "per_core"
-        and not (hybrid or mx)
-        and variant["tail"] != "absorb"
+    # follow, so a kernel takes one of the two: the tail tiles where they can be built (Mixtral prefill, T=4096,
+    # modeled: 2785.4 us with tail tiles and the full final sum, 2801.4 us with this final sum and no tail tiles),
+    # this final sum elsewhere (tail=block, block 128, weights=resident, ...).
+    tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
+        variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )
+    final_sum_possible = (
+        shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
+    )
+    final_sum_touched = final_sum_possible and not tail_tiles_possible
     common = dict(
         h=h,
         i_core=i_core,
@@ -948,7 +949,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     else:
         # Pipelined blocks absorb a same-expert next block of one token tile (a tail): its tile's x^T, h^T and output
         # rows take one more token tile in the block buffers.
-        absorb = _absorbs_tails(variant, b, hybrid=hybrid, mx=mx, exchange=exchange) and not final_sum_touched
+        absorb = tail_tiles_possible
         common["extra_tiles"] = 1 if absorb else 0
         try:
             chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
@@ -956,6 +957,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             if not absorb or variant["tail"] == "absorb":
                 raise
             common["extra_tiles"] = 0  # tail=auto yields to chunk widths the spec sets that fit only without it
+            final_sum_touched = common["final_sum_touched"] = final_sum_possible
             chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
         decisions.append(
             (
@@ -999,15 +1001,6 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "block's tile as one more token tile of its own weight passes (the next block then runs no tile and "
                 "skips its weight loads), so an expert's last few tokens do not reload its weights; x^T, h^T and the "
                 "read-ahead output rows hold one more token tile",
-            )
-        )
-    elif final_sum_touched and not resident and variant["tail"] == "auto":
-        decisions.append(
-            (
-                "tail tiles",
-                "none: an absorbed tail tile would be added by the other core than the one whose row list names it, so "
-                "tail=auto gives way to the final sum over the rows both cores touched (tail=absorb takes the tail "
-                "tiles and the full final sum)",
             )
         )
     if reuse:

@@ -181,19 +181,15 @@ def test_tail_absorb_costs_one_token_tile_of_sbuf(tmp_path):
 def test_tail_auto_refits_the_chunk_rule_and_yields_to_spelled_widths(tmp_path):
     """Mixtral's prefill shape: with the absorbed tile the rule's widest chunks that fit are 2 I tiles and 512 columns
     (3 I tiles fit only without it); widths the spec spells that fit only without the tile turn it off under
-    tail=auto, and are refused with tail=absorb. With one summed output at LNC 2 tail=auto gives way to the final sum
-    over the rows both cores touched (final_sum_touched)."""
+    tail=auto, and are refused with tail=absorb. A kernel without tail tiles (shard=block, LNC 2, one summed output)
+    takes the final sum over the rows both cores touched instead (final_sum_touched)."""
     dims = "hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8"
-    auto, spelled, summed = plans(
+    auto, spelled = plans(
         tmp_path,
-        layer_spec(
-            "kernel a : cte { lnc=2 output=per_core }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 "
-            "output=per_core }\n  kernel f : cte { lnc=2 }",
-            dims=dims,
-        ),
+        layer_spec("kernel a : cte { lnc=2 }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 }", dims=dims),
     )
-    # with one summed output, tail=auto gives way to the final sum over the rows both cores touched
-    assert summed.final_sum_touched and not summed.absorb_tail
+    # one of the two at LNC 2: the tail tiles with the full final sum, or the final sum over the touched rows
+    assert not auto.final_sum_touched and spelled.final_sum_touched
     assert auto.absorb_tail and (auto.gate_up_chunks[0][3], auto.down_cols) == (2, 512)
     assert auto.sbuf_bytes() <= 208 * 1024
     assert not spelled.absorb_tail and (spelled.gate_up_chunks[0][3], spelled.down_cols) == (3, 512)
