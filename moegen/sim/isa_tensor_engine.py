@@ -158,6 +158,7 @@ def nc_matmul(
         # bit-accurate data transpose (NeuronCore-v3+): dst = stationary.T, NaN/Inf carried as-is
         if n != k:
             raise NkiSimError(f"{instr}: is_transpose needs a [K, K] identity moving tile, got {moving.shape}")
+        _check_identity(instr, moving, k)
         vals = stationary.read(instr, "stationary").reshape(k, m).T
         dst._array(instr, "dst")[...] = vals.reshape(dst.shape)
         dst._alloc.written = True
@@ -172,6 +173,20 @@ def nc_matmul(
     res = st.T @ mv
     _accumulate_into(instr, dst, res.reshape(dst.shape), accumulate, target, exact=is_transpose)
     return NkiInstruction(instr)
+
+
+def _check_identity(instr: str, moving: NkiTensor, k: int) -> None:
+    """Transpose mode's moving tile must be the [K, K] identity: the nc_matmul page ("Transpose mode")
+    defines the transpose as the stationary tile loaded "using an identity matrix as the moving tile";
+    what the PE array computes with any other moving tile in this mode is undocumented."""
+    vals = moving.f32(instr, "moving").reshape(k, k)
+    bad = np.argwhere(vals != np.eye(k, dtype=np.float32))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise NkiSimError(
+            f"{instr}: is_transpose moving '{moving.name}' [{i}, {j}] = {vals[i, j]} is not the identity "
+            f"(limit: transpose mode takes a [{k}, {k}] identity matrix as the moving tile)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
