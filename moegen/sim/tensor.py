@@ -103,7 +103,8 @@ class Allocation:
 
     buffer: MemoryRegion; dtype: allocation dtype; shape: allocated shape; data: flat storage;
     pstride: free elements per partition (on-chip) or None (HBM); mm_state: PSUM per-element
-    flag, 1 = written by nc_matmul (accumulation may continue), 0 = not; arg_index: position of
+    flag, 0 = never written, 1 = last written by nc_matmul (accumulation may continue), 2 = last
+    written by another instruction (isa_tensor_engine.UNWRITTEN / MM_WRITTEN / OTHER_WRITTEN); arg_index: position of
     the kernel argument it wraps, or None; written: set on any write.
     """
 
@@ -823,7 +824,7 @@ class NkiTensor:
             a.written = True
             a.version += 1
             if a.mm_state is not None and self.dtype.itemsize == a.dtype.itemsize and self._vec is None:
-                self._mm_state_view()[...] = 0
+                self._mm_state_view()[...] = 2  # isa_tensor_engine.OTHER_WRITTEN: a non-matmul write
         if a.buffer is MemoryRegion.shared_hbm:
             core = runtime.current()
             if core.run.num_programs > 1:

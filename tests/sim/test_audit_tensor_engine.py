@@ -337,6 +337,26 @@ def test_matmul_tiling_stationary_free_within_column_size(trn2):
         nisa.nc_matmul(psum((128, 32)), a, b, tile_position=(0, 0), tile_size=(64, 64))
 
 
+def test_matmul_accumulates_onto_memset_psum_from_neuroncore_v4(trn3):
+    """nki.isa.nc_matmul (Accumulation mode, note): 'On NeuronCore-v2 and NeuronCore-v3, matmul
+    accumulating into a PSUM location that was value-initialized by a non-matmul instruction (e.g.,
+    memset, tensor_copy) is not supported'; so on NeuronCore-v4 (trn3) accumulate=True adds onto the
+    memset value, while 'accumulate=True on an uninitialized PSUM location is undefined behavior on all
+    targets' stays refused. (trn2 refuses the memset case: test_tensor_engine.py::test_accumulate_rules.)"""
+    a, b = RNG.standard_normal((2, 32, 16)).astype(np.float32)
+    st, mv = sb(a, nl.float32), sb(b, nl.float32)
+    dst = psum((16, 16))
+    with pytest.raises(NkiSimError, match="no nc_matmul initialised"):
+        nisa.nc_matmul(dst, st, mv, accumulate=True)
+    nisa.memset(dst, 5.0)
+    nisa.nc_matmul(dst, st, mv, accumulate=True)
+    np.testing.assert_allclose(dst.read(), 5.0 + a.T @ b, rtol=1e-5, atol=1e-5)
+    half = psum((16, 16))
+    nisa.memset(half[0:16, 0:8], 1.0)  # half the tile: the other half was never written
+    with pytest.raises(NkiSimError, match="no nc_matmul initialised"):
+        nisa.nc_matmul(half, st, mv, accumulate=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # transpose mode / nc_transpose
 # ------------------------------------------------------------------------------------------------
