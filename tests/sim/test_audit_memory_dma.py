@@ -940,3 +940,21 @@ def test_dma_compute_scatter_source_must_be_sbuf():
         other_rows = other.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0)
         with pytest.raises(NkiSimError):
             nisa.dma_compute(rows, [rows, other_rows], nl.add)
+
+
+def test_vector_offset_index_is_an_sbuf_tensor():
+    """nki.isa.dma_copy (Indirect addressing): 'Use .ap(pattern=..., vector_offset=idx_tensor, indirect_dim=0)
+    where idx_tensor is an SBUF tensor of shape (P, 1) containing one row index per partition'. An index
+    vector in HBM is refused (the SBUF one gathers)."""
+    with context(target="trn2"):
+        data = nl.ndarray((8, 4), nl.float32, buffer=nl.hbm)
+        data.write(np.arange(32, dtype=np.float32).reshape(8, 4))
+        idx_hbm = nl.ndarray((2, 1), nl.int32, buffer=nl.hbm)
+        idx_hbm.write(np.array([[5], [2]], np.int32))
+        with pytest.raises(NkiSimError, match="vector_offset must be an SBUF tensor"):
+            data.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx_hbm, indirect_dim=0)
+        idx = nl.ndarray((2, 1), nl.int32)
+        idx.write(np.array([[5], [2]], np.int32))
+        got = nl.ndarray((2, 4), nl.float32)
+        nisa.dma_copy(got, data.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0))
+        np.testing.assert_array_equal(got.read(), np.arange(32, dtype=np.float32).reshape(8, 4)[[5, 2]])
