@@ -1287,7 +1287,9 @@ class NkiTensor:
                 raise NkiSimError(f"ap: vector_offset indexes an HBM tensor; '{self.name}' is in {self.buffer.name}")
             if not isinstance(vector_offset, NkiTensor) or vector_offset.buffer is not MemoryRegion.sbuf:
                 # nki.isa.dma_copy, "Indirect addressing": the index is "an SBUF tensor of shape (P, 1)"
-                where = vector_offset.buffer.name if isinstance(vector_offset, NkiTensor) else type(vector_offset).__name__
+                where = (
+                    vector_offset.buffer.name if isinstance(vector_offset, NkiTensor) else type(vector_offset).__name__
+                )
                 raise NkiSimError(f"ap: vector_offset must be an SBUF tensor of shape (P, 1), got one in {where}")
             row = _prod(self.shape[1:]) * self.dtype.itemsize // new.itemsize
             nrows = self.shape[0]
