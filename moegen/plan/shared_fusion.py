@@ -263,9 +263,13 @@ def fuse_into_cte(layer: Layer, options, plan):
         blocker = "checkpoint (training) saves the routed activations only"
     w = DTYPE_BYTES[layer.dtype]
     rows = cte_routed_rows(layer, plan)
-    rows_tile = Buffer("shared_rows", "sbuf", PARTITIONS, plan.down_cols * DTYPE_BYTES[plan.out_dtype])
     tiles = (
-        (rows_tile,) if rows else (Buffer("shared_w_down", "sbuf", PARTITIONS, plan.down_cols * w, count=2), rows_tile)
+        ()  # the out rows are added on the DMA engines (dma_compute)
+        if rows
+        else (
+            Buffer("shared_w_down", "sbuf", PARTITIONS, plan.down_cols * w, count=2),
+            Buffer("shared_rows", "sbuf", PARTITIONS, plan.down_cols * DTYPE_BYTES[plan.out_dtype]),
+        )
     )
     fused, decision = plan_fusion(
         layer,
@@ -301,14 +305,13 @@ def fuse_into_cte(layer: Layer, options, plan):
 
 def cte_routed_rows(layer: Layer, plan) -> int:
     """Token rows per shared pass on the routed kernel's tiles (the block B), or 0 where they cannot hold it:
-    hT [128, I tiles, B] needs every shared I_F tile, the gate/up weight slots whole 128-column tiles of the
+    hT [128, I tiles, B (+ 128 with tail tiles)] needs every shared I_F tile, the gate/up weight slots whole 128-column tiles of the
     same projections, and streamed weights (resident weights have no slots)."""
     i_tiles = -(-(layer.dims.shared_intermediate or 0) // (layer.dims.tp * plan.ep * PARTITIONS))
     mlp = expert_mlp_plan(replace(layer, expert=layer.shared_expert, quant=Quant())) if layer.shared_expert else None
     fits = (
         mlp is not None
         and not plan.resident_weights
-        and not plan.absorb_tail
         and not plan.gate_up_h_parts
         and not plan.mx
         and plan.block % PARTITIONS == 0

@@ -69,6 +69,11 @@ def hbm_bytes_read(trace: list, name: str) -> int:
             "up -> relu2 -> down",
             "up -> relu2 -> down -> affinity_scale",
         ),
+        (  # tail tiles: xT and hT hold one more token tile
+            "kernel c : cte { lnc=1 block=256 weights=stream tail=absorb }",
+            "gate_up -> silu -> down",
+            "gate_up -> silu -> down -> affinity_scale",
+        ),
     ],
 )
 def test_shared_passes_on_the_routed_tiles_match_the_reference(tmp_path, kernel, shared, expert):
