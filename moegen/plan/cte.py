@@ -244,6 +244,10 @@ class CtePlan(KernelPlan):
     skip_padding_tiles: bool  # 128-slot tiles holding only padding skip their work (a 0/1 runtime trip count)
     skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
     block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
+    # copies of the block's token and output row id tiles: 3 in pipelined static loops, so the block after an empty
+    # block (which runs nothing) fills its own copy while the block before the empty one still writes its output rows
+    # with its ids; else block_slots
+    row_id_slots: int
     x_psum_slots: int  # PSUM banks of the token transposes (groups of four alternate): 2, or 1 when exchanging
     x_psum_groups_per_bank: int  # groups of four transposes in flight per PSUM bank (2: each bank's two halves)
     x_copy_engines: tuple[str, ...]  # engines evacuating the transposes' PSUM groups, alternating
@@ -259,6 +263,10 @@ class CtePlan(KernelPlan):
     absorb_tail: bool = False
     # (column offset, columns) per DMA of an in-block token-row gather: pieces let the transposes start on the first
     gather_pieces: tuple[tuple[int, int], ...] = ()  # (empty: one DMA of whole rows)
+    # pipelined serpentine loops: a core's first block (the kernel's head: no previous block to overlap) loads the gate/up
+    # chunk it runs first before the other of its first two, which goes out after the block's token-row gathers (the
+    # later blocks load that other chunk first, when they start inside the previous block)
+    head_chunk_first: bool = False
     # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
     weight_dma_tiles: int = 0  # resident weights: contraction tiles per weight DMA (0: one DMA per tensor)
     output_dma_add: bool = False  # accumulate into the output rows with dma_compute (scatter read-modify-write)
@@ -631,9 +639,10 @@ def _buffers(
     # chunk, and a second for the other core's columns when partial projections are exchanged
     down_cols = h if resident else col * (2 if exchange else 1)
     slots = 1 if hybrid else 2  # per-block metadata: consecutive blocks of a static loop alternate copies
+    id_slots = 3 if static_pipelined and not resident else slots  # row ids: plan.row_id_slots
     sb = [
-        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, slots),
-        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
+        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, id_slots),
+        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * id_slots),  # and the padding shift
         Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, max(2, n_t) if hybrid_pipelined else 2),  # hybrid: one per tile
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * n_t * TOKEN_TILE),
@@ -1035,6 +1044,20 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 f"{len(gather_pieces)} column pieces, so a tile's transposes start when its first piece lands",
             )
         )
+    if pipeline_blocks:
+        decisions.append(
+            (
+                "block pipeline",
+                "three copies of a block's token and output row ids, so the block after an empty block fills its own "
+                "while the block before the empty one still writes its output rows"
+                + (
+                    "; a core's first block loads the gate/up chunk it runs first, then its token rows, then its second "
+                    "chunk (the later blocks load that second chunk first, inside the previous block)"
+                    if skip_empty
+                    else ""
+                ),
+            )
+        )
     gate_up_chunks = []
     for first in range(0, len(i_tiles), chunk_tiles):
         tiles = i_tiles[first : first + chunk_tiles]
@@ -1139,6 +1162,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         skip_padding_tiles=skip_tiles,
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
+        row_id_slots=3 if pipeline_blocks else (1 if hybrid else 2),
         x_psum_slots=1 if exchange else 2,
         x_psum_groups_per_bank=common["x_psum_groups"],
         x_copy_engines=("vector",) if mx else ("vector", "scalar"),
@@ -1148,6 +1172,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         stream_depth=depth,
         gather_pieces=gather_pieces,
         serpentine=pipeline_blocks and skip_empty,
+        head_chunk_first=pipeline_blocks and skip_empty,
         absorb_tail=absorb,
         # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows); in a
         # hybrid loop the pieces go out in this core's first trace-time block
