@@ -708,6 +708,11 @@ def _buffers(
             Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
             Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
         ]
+        if extra_tiles:  # the ids of the tiles a block runs; per block whether core 0 runs its tile 0 (N <= the budget)
+            sb += [
+                Buffer("run_ids", "sbuf", PARTITIONS, 4 * n_t),
+                Buffer("core_0_runs", "sbuf", 1, 4 * hybrid_blocks),
+            ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
@@ -798,18 +803,15 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     )
     whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
     # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
-    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
-    # An absorbed tail tile moves to the other core (blocks alternate between the cores), which the row lists do not
-    # follow, so a kernel takes one of the two: the tail tiles where they can be built (Mixtral prefill, T=4096,
-    # modeled: 2785.4 us with tail tiles and the full final sum, 2801.4 us with this final sum and no tail tiles),
-    # this final sum elsewhere (tail=block, block 128, weights=resident, ...).
+    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes). With tail
+    # tiles an absorbed tile's rows go to the row list of the core that runs it (blocks alternate between the cores),
+    # and core 1 notes which tiles moved when it lists the rows core 0 never touches.
     tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
         variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )
-    final_sum_possible = (
+    final_sum_touched = (
         shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
     )
-    final_sum_touched = final_sum_possible and not tail_tiles_possible
     common = dict(
         h=h,
         i_core=i_core,
@@ -957,7 +959,6 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             if not absorb or variant["tail"] == "absorb":
                 raise
             common["extra_tiles"] = 0  # tail=auto yields to chunk widths the spec sets that fit only without it
-            final_sum_touched = common["final_sum_touched"] = final_sum_possible
             chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
         decisions.append(
             (
