@@ -300,6 +300,9 @@ class CtePlan(KernelPlan):
     # one partial-sum buffer and writes the rows core 0 never touches before the barrier; each core records the rows
     # its blocks touch, and after the barrier only the rows both touched are summed
     final_sum_touched: bool = False
+    # with tail tiles (an absorbed tile's rows go to the other core than its block's): core 1 writes the rows core 0
+    # never touched after the barrier, the two cores taking every other 128-row tile, read from core 0's row list
+    copy_after_barrier: bool = False
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     # MX variants (trn3, moegen/plan/cte_mx.py): the weights' slabs, and (first I slab, count) per core
@@ -462,8 +465,12 @@ class CtePlan(KernelPlan):
         if self.final_sum_touched:
             lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
             lines.append("(acc: out on core 0, partial on core 1)")
-            lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
-            lines.append("out[r] += partial[r] for the rows r both cores touched")
+            if self.copy_after_barrier:
+                lines.append("core barrier; then out[r] = partial[r] for the rows r core 0 never touched,")
+                lines.append("out[r] += partial[r] for the rows r both cores touched")
+            else:
+                lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
+                lines.append("out[r] += partial[r] for the rows r both cores touched")
         elif self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
         if self.shared:
@@ -708,11 +715,8 @@ def _buffers(
             Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
             Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
         ]
-        if extra_tiles:  # the ids of the tiles a block runs; per block whether core 0 runs its tile 0 (N <= the budget)
-            sb += [
-                Buffer("run_ids", "sbuf", PARTITIONS, 4 * n_t),
-                Buffer("core_0_runs", "sbuf", 1, 4 * hybrid_blocks),
-            ]
+        if extra_tiles:  # the ids of the tiles a block runs; the final row tiles' fourth column (rows to copy)
+            sb += [Buffer("run_ids", "sbuf", PARTITIONS, 4 * n_t), Buffer("row_copy_ids", "sbuf", PARTITIONS, 4, 2)]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
@@ -1001,7 +1005,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "a block whose next block (in block order) has the same expert and holds at most 128 tokens runs that "
                 "block's tile as one more token tile of its own weight passes (the next block then runs no tile and "
                 "skips its weight loads), so an expert's last few tokens do not reload its weights; x^T, h^T and the "
-                "read-ahead output rows hold one more token tile",
+                "read-ahead output rows hold one more token tile"
+                + (
+                    "; the absorbed tile's rows go into the row list of the core that runs it (blocks alternate "
+                    "between the cores) and the absorbed block records none, so the final sum follows the tiles"
+                    if final_sum_touched
+                    else ""
+                ),
             )
         )
     if reuse:
@@ -1058,6 +1068,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 + (
                     "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
                     if per_core_output
+                    else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
+                    "accumulates into a partial-sum buffer; each core records the rows its blocks add into (an HBM "
+                    "list of row ids); after a core barrier the two cores, every other 128-row tile each, add "
+                    "out += partial in the rows both touched (dma_compute, other rows skipped) and copy out = partial "
+                    "into the rows core 0 never touched (with tail tiles core 1 cannot list those before the barrier "
+                    "without following the absorbed tiles)"
+                    if final_sum_touched and absorb
                     else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
                     "accumulates into a partial-sum buffer and, before a core barrier, writes the rows core 0 never "
                     "touches; each core records the rows its blocks add into (an HBM list of row ids), and after the "
@@ -1185,6 +1202,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         zero_output=zero_output,
         partial_output=partial_output,
         final_sum_touched=final_sum_touched,
+        copy_after_barrier=final_sum_touched and absorb,
         per_core_output=per_core_output,
         mlp=mlp,
     )

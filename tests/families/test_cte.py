@@ -322,9 +322,10 @@ def rows_of_each_core(plan, inputs) -> tuple[set, set]:
 
 
 def assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens):
-    """From the trace: core 0 clears exactly the rows it adds into, core 1 writes before the barrier exactly the rows
-    core 0 never touches (and the padding row T when no slot of core 0 holds it), and the dma_compute after the
-    barrier moves exactly the rows both cores touched (split between the cores)."""
+    """From the trace: core 0 clears exactly the rows it adds into; core 1 writes before the barrier exactly the rows
+    core 0 never touches (and the padding row T when no slot of core 0 holds it), or with plan.copy_after_barrier the
+    two cores copy exactly those rows below T after it; the dma_compute after the barrier moves exactly the rows both
+    cores touched (split between the cores)."""
     rows0, rows1 = rows_of_each_core(plan, inputs)
     row_bytes = plan.hidden * DTYPE_BYTES[plan.out_dtype]
     ids = inputs["token_position_to_id"].reshape(-1, plan.block)
@@ -346,24 +347,29 @@ def assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens):
             for r in rec["reads"]
         )
 
-    before, after = {(0, "zero"): 0, (1, "copy"): 0}, {0: 0, 1: 0}
+    before, after, copied = {(0, "zero"): 0, (1, "copy"): 0}, {0: 0, 1: 0}, {0: 0, 1: 0}
     for core in (0, 1):
         records = [rec for rec in trace if rec["core"] == core]
         barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
         for i, rec in enumerate(records):
             if not any(w["mem"] == out_mem and w.get("indirect") for w in rec["writes"]):
                 continue
-            if i > barrier:
+            if i > barrier and rec["opcode"] == "dma_copy" and plan.copy_after_barrier:
+                copied[core] += rec["bytes"]
+            elif i > barrier:
                 assert rec["opcode"] == "dma_compute"
                 after[core] += rec["bytes"]
             elif core == 1:  # core 1 writes out only here: its rows that core 0 never touches
                 before[(1, "copy")] += rec["bytes"]
             elif reads_zero_tile(rec):
                 before[(0, "zero")] += rec["bytes"]
+    untouched_by_0 = (tokens - len(rows0)) * row_bytes
     assert before == {
         (0, "zero"): len(rows0) * row_bytes,  # core 0 clears exactly the rows it adds into
-        (1, "copy"): (tokens - len(rows0) + pad_row) * row_bytes,
+        (1, "copy"): 0 if plan.copy_after_barrier else untouched_by_0 + pad_row * row_bytes,
     }
+    if plan.copy_after_barrier:
+        assert copied[0] + copied[1] == untouched_by_0
     assert after[0] + after[1] == len(rows0 & rows1) * row_bytes and after[0] and after[1]
 
 
