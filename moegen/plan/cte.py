@@ -712,11 +712,11 @@ def _buffers(
         # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched
         sb += [
             Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
-            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
-            Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
+            # and a tile of int32 ones; with tail tiles the ids of the tiles a block runs instead of core 0's block ids
+            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
+            # (with tail tiles a fourth column: the rows core 0 never touched, copied after the barrier)
+            Buffer("row_flags", "sbuf", PARTITIONS, 16 if extra_tiles else 12, 2),
         ]
-        if extra_tiles:  # the ids of the tiles a block runs; the final row tiles' fourth column (rows to copy)
-            sb += [Buffer("run_ids", "sbuf", PARTITIONS, 4 * n_t), Buffer("row_copy_ids", "sbuf", PARTITIONS, 4, 2)]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
         sb += [Buffer("conditions", "sbuf", 1, 4 * (hybrid_blocks + 1)), Buffer("real_blocks", "sbuf", 1, 4)]
