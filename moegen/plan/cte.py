@@ -308,6 +308,9 @@ class CtePlan(KernelPlan):
     # one partial-sum buffer and writes the rows core 0 never touches before the barrier; each core records the rows
     # its blocks touch, and after the barrier only the rows both touched are summed
     final_sum_touched: bool = False
+    # with tail tiles (an absorbed tile's rows go to the other core than its block's): core 1 writes the rows core 0
+    # never touched after the barrier, the two cores taking every other 128-row tile, read from core 0's row list
+    copy_after_barrier: bool = False
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     # MX variants (trn3, moegen/plan/cte_mx.py): the weights' slabs, and (first I slab, count) per core
@@ -470,8 +473,12 @@ class CtePlan(KernelPlan):
         if self.final_sum_touched:
             lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
             lines.append("(acc: out on core 0, partial on core 1)")
-            lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
-            lines.append("out[r] += partial[r] for the rows r both cores touched")
+            if self.copy_after_barrier:
+                lines.append("core barrier; then out[r] = partial[r] for the rows r core 0 never touched,")
+                lines.append("out[r] += partial[r] for the rows r both cores touched")
+            else:
+                lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
+                lines.append("out[r] += partial[r] for the rows r both cores touched")
         elif self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
         if self.shared:
@@ -714,8 +721,10 @@ def _buffers(
         # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched
         sb += [
             Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
-            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
-            Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
+            # and a tile of int32 ones; with tail tiles the ids of the tiles a block runs instead of core 0's block ids
+            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
+            # (with tail tiles a fourth column: the rows core 0 never touched, copied after the barrier)
+            Buffer("row_flags", "sbuf", PARTITIONS, 16 if extra_tiles else 12, 2),
         ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
@@ -807,18 +816,15 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     )
     whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
     # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
-    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
-    # An absorbed tail tile moves to the other core (blocks alternate between the cores), which the row lists do not
-    # follow, so a kernel takes one of the two: the tail tiles where they can be built (Mixtral prefill, T=4096,
-    # modeled: 2785.4 us with tail tiles and the full final sum, 2801.4 us with this final sum and no tail tiles),
-    # this final sum elsewhere (tail=block, block 128, weights=resident, ...).
+    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes). With tail
+    # tiles an absorbed tile's rows go to the row list of the core that runs it (blocks alternate between the cores),
+    # and core 1 notes which tiles moved when it lists the rows core 0 never touches.
     tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
         variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )
-    final_sum_possible = (
+    final_sum_touched = (
         shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
     )
-    final_sum_touched = final_sum_possible and not tail_tiles_possible
     common = dict(
         h=h,
         i_core=i_core,
@@ -966,7 +972,6 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             if not absorb or variant["tail"] == "absorb":
                 raise
             common["extra_tiles"] = 0  # tail=auto yields to chunk widths the spec sets that fit only without it
-            final_sum_touched = common["final_sum_touched"] = final_sum_possible
             chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
         decisions.append(
             (
@@ -1009,7 +1014,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "a block whose next block (in block order) has the same expert and holds at most 128 tokens runs that "
                 "block's tile as one more token tile of its own weight passes (the next block then runs no tile and "
                 "skips its weight loads), so an expert's last few tokens do not reload its weights; x^T, h^T and the "
-                "read-ahead output rows hold one more token tile",
+                "read-ahead output rows hold one more token tile"
+                + (
+                    "; the absorbed tile's rows go into the row list of the core that runs it (blocks alternate "
+                    "between the cores) and the absorbed block records none, so the final sum follows the tiles"
+                    if final_sum_touched
+                    else ""
+                ),
             )
         )
     if reuse:
@@ -1080,6 +1091,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 + (
                     "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
                     if per_core_output
+                    else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
+                    "accumulates into a partial-sum buffer; each core records the rows its blocks add into (an HBM "
+                    "list of row ids); after a core barrier the two cores, every other 128-row tile each, add "
+                    "out += partial in the rows both touched (dma_compute, other rows skipped) and copy out = partial "
+                    "into the rows core 0 never touched (with tail tiles core 1 cannot list those before the barrier "
+                    "without following the absorbed tiles)"
+                    if final_sum_touched and absorb
                     else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
                     "accumulates into a partial-sum buffer and, before a core barrier, writes the rows core 0 never "
                     "touches; each core records the rows its blocks add into (an HBM list of row ids), and after the "
@@ -1209,6 +1227,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         zero_output=zero_output,
         partial_output=partial_output,
         final_sum_touched=final_sum_touched,
+        copy_after_barrier=final_sum_touched and absorb,
         per_core_output=per_core_output,
         mlp=mlp,
     )
