@@ -484,7 +484,14 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "routing order",
-            "step s transposes and multiplies group s, then routes group s - 1; "
+            "step s transposes and multiplies group s, then routes group s - 1"
+            + (
+                "; TensorE takes tile i's transposes before tile i - 1's matmuls, across groups too (a group's last "
+                "tile is multiplied after the next group's first transposes, so the PE array multiplies while the "
+                "copies of those transposes leave PSUM); "
+                if variant.options["layout"] == "th"
+                else "; "
+            )
             + (
                 f"each step selects the previous group's experts after its first {ROUTE_SPLIT[True]} tiles (light "
                 f"routing), the last after {LAST_ROUTE_SPLIT}, and computes their weights after all of its tiles"

@@ -220,3 +220,27 @@ def test_every_step_selects_the_previous_group_after_two_tiles():
             assert max8s[3] < group1_tile2, (max8s, group1_tile2)
         else:
             assert max8s[0] > group1_last, (max8s, group1_last)
+
+
+def test_a_group_last_tile_is_multiplied_after_the_next_group_first_transposes():
+    """Layout th, E = 128 (routing groups of 4 tiles), T = 8 x 128: TensorE takes tile i's transposes before tile
+    i - 1's matmuls across routing groups too. Group 0's last tile (3) is multiplied after group 1's first
+    transposes (tile 4), so the PE array multiplies while ScalarE copies tile 4's x.T out of PSUM, instead of
+    transposing at the copies' pace at each group's start (DeepSeek-V3 T = 4096: 206.9 -> 190.2 us modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=128,
+        top_k=8,
+        router="linear -> softmax -> topk -> renormalize",
+        kernels="kernel route : router",
+    )
+    assert_matches(text, tokens=8 * 128)
+    plan, trace = traced(text, 8 * 128)
+    assert plan.route_group == 4
+    pe = [r["opcode"] for r in trace if r["opcode"] in ("nc_transpose", "nc_matmul")]
+    assert len(pe) == 2 * 8 * plan.h_tiles
+    blocks = [pe[i : i + plan.h_tiles] for i in range(0, len(pe), plan.h_tiles)]
+    assert all(len(set(block)) == 1 for block in blocks)
+    order = "".join("T" if block[0] == "nc_transpose" else "M" for block in blocks)
+    # tiles:  T0 T1 M0 T2 M1 T3 M2 | T4 M3 T5 M4 T6 M5 T7 M6 M7 (before: ... T3 M2 M3 | T4 T5 M4 ...)
+    assert order == "TTMTMTM" + "TMTMTMTMM", order
