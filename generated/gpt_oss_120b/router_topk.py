@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/gpt_oss_120b.moe
 # spec-sha256: f87cedffc430b764de30fbd38366afe6b6684cfd79d6ca2abcda2d7a05795c46
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 11bcfa00b350873798e4b9990727d38ac88b36b2214219e6d159b8c8f5d2dbea
+# content-sha256: 41f3503050024fdbd9f11d98e5577f9a5eeab4254c3409c212b99fa28bad2bff
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_LOAD_ROWS = 32  # partitions per x load DMA
 X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group ahead
 X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
-ROUTE_SPLIT = 5  # each step but the last selects the previous group's experts after this many of its tiles
+ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
 LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array

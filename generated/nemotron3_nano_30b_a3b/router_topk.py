@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/nemotron3_nano_30b_a3b.moe
 # spec-sha256: 4272af64f18446770012f5c4129fa480d5d30816ed1f0283a2d4111848d82a5d
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 5ff6ae22c15c5fc0769ceee799b17830310d93e1c8b966a93bd6e07bd045fc33
+# content-sha256: 2c5f032270cddbd8b914d2494695257de643c249f63f829e6a996d52290e9d69
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -18,7 +18,7 @@ X_LOAD_ROWS = 32  # partitions per x load DMA
 X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group ahead
 X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
-ROUTE_SPLIT = 5  # each step but the last selects the previous group's experts after this many of its tiles
+ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
 LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array

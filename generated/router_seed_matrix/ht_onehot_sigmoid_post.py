@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/router_seed_matrix.moe
 # spec-sha256: b3664902be418d2990d9049b5d3f94a31ebe57d0db5a58449a85e7ae04764fe9
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: ed3700f43e0226e41cc9d54d6e342dc3660b26145c3b29f8c6bf0b7ab40e067f
+# content-sha256: 34f447f7b733c03d4e503ed3ce7bb66cd9d4239137cffeaf96d4d383f60495fe
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -18,7 +18,7 @@ X_LOAD_ROWS = 32  # partitions per x load DMA
 X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group ahead
 X_TILE_BUFS = 2  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 1  # full token tiles routed together (their logits share one PSUM bank)
-ROUTE_SPLIT = 5  # each step but the last selects the previous group's experts after this many of its tiles
+ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
 LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 1  # full token tiles per output run: partition p of a run holds consecutive tokens
 WORK_WIDTH = 64  # selection row: E

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/router_seed_matrix.moe
 # spec-sha256: b3664902be418d2990d9049b5d3f94a31ebe57d0db5a58449a85e7ae04764fe9
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 3e41f45a7cdb9511403c3dab9e9ad11810fd04b85b5266f2819bc7ead5c0bbc7
+# content-sha256: 661a597f500e5bd27181eb33ce72aa74cee55f41b5697de557ae83ea11f00504
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -18,7 +18,7 @@ X_LOAD_ROWS = 32  # partitions per x load DMA
 X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group ahead
 X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
-ROUTE_SPLIT = 5  # each step but the last selects the previous group's experts after this many of its tiles
+ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
 LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
