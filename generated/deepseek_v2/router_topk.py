@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/deepseek_v2.moe
 # spec-sha256: aa2c900eb9df6a4544eb71c9a163ddd13ab7f3f8f980b848d04bfce6521d64ba
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: d603ff5aaac2ebe83f94f1b9cd02e1fc471db42f0c1f5bace770e86a462ebcd4
+# content-sha256: e6f198ce514c0902992ad363a16bb539405fb20fae7a25e67e13df2296cd1427
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 6  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 3  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 1  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 3  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/deepseek_v3.moe
 # spec-sha256: caa490886b9adcd5c8430cdbe285041b1979f1aeb88f9241788b17cd8e307a75
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 0a190637253dedb945ffe5ac59efe12bcf2db62addc14011588df598cf2bfb84
+# content-sha256: 41429c96b56db7c579cfc8ad7a707510d354c35c609aecf0197380da3b31d176
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 4  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 2  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 3  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 2  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through

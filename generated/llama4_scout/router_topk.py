@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/llama4_scout.moe
 # spec-sha256: 43a261e16d36c83d79811a4c05d1f71850d537a3d43f890b9055d855168c15bc
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: ed6c33df36d66bf2608d690b51289426620417f6d178bd8ec4f9d8cdf2f416c9
+# content-sha256: e2d5f4f603a828ad4642f3a12e74f3468caf8dcf488891dd7430c9af2b12caf9
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 2  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 1  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 1  # full token tiles per output run: partition p of a run holds consecutive tokens
 WORK_WIDTH = 16  # selection row: E
 NAN_KEY = -3.4028234663852886e+38  # a NaN score ranks as this: the lowest finite fp32, below every number

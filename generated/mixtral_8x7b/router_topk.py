@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/mixtral_8x7b.moe
 # spec-sha256: 4ad063c81c6e5c6e80eb604c3cdffa7b1ec042fe2b21032bab40b9e2a12f1135
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 394efe7f9f40e40c9cdf0fdb05b99e8da8164e1f2c53c04ad020859f658604ba
+# content-sha256: 638d930615eea883cb0c9972cd386b5c0def765c3cdc96bef1ca712d32d040f2
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 32  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through

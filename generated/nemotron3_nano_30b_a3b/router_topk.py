@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/nemotron3_nano_30b_a3b.moe
 # spec-sha256: 4272af64f18446770012f5c4129fa480d5d30816ed1f0283a2d4111848d82a5d
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 2c5f032270cddbd8b914d2494695257de643c249f63f829e6a996d52290e9d69
+# content-sha256: 23a0f87883be9b799e9274d6f8ed8cea3be85b80f30141d1dca7e4a1fe580c5a
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/router_seed_matrix.moe
 # spec-sha256: b3664902be418d2990d9049b5d3f94a31ebe57d0db5a58449a85e7ae04764fe9
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: a14cf7ff62a79cde5bd3b7f24051c3c4898776a6b958effd1e2ba337caefb9de
+# content-sha256: 19415d16ad2152a2f4380108274c999908149a96aa0813eb6665da31d2ccca48
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 2  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 1  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 1  # full token tiles per output run: partition p of a run holds consecutive tokens
 WORK_WIDTH = 64  # selection row: E
 NAN_KEY = -3.4028234663852886e+38  # a NaN score ranks as this: the lowest finite fp32, below every number

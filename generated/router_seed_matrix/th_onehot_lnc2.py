@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/router_seed_matrix.moe
 # spec-sha256: b3664902be418d2990d9049b5d3f94a31ebe57d0db5a58449a85e7ae04764fe9
 # templates-sha256: ec5d368c9e0cf284df7457f5faac789f00681ee90259a1fce341d9982a3652c8
-# content-sha256: 661a597f500e5bd27181eb33ce72aa74cee55f41b5697de557ae83ea11f00504
+# content-sha256: 0c54774f0bab537582fee757292238fa0c316d37dfe31f14f899e0110d33261a
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -19,7 +19,7 @@ X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group 
 X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
 ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
-LAST_ROUTE_SPLIT = 2  # the last step selects the previous group's experts after this many of its tiles
+LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
 OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through

@@ -165,8 +165,11 @@ ROUTE_GROUP_MAX = 4
 # hold ScalarE / VectorE ahead of the last tile's x.T copies (Mixtral T = 4096, modeled: the whole routing
 # after 0 - 5 tiles 109.6, 109.5, 108.2, 109.4, 108.9 us; split as here 105.8 us, with the weights after 3
 # tiles 106.5 us; the selection after 1 or 3 tiles 107.0 us; earlier in every step is slower:
-# docs/faster_router.md)
-LAST_ROUTE_SPLIT = 2
+# docs/faster_router.md). With the carried matmuls (the previous group's last tile multiplied after the last group's
+# first transposes) the selection comes right after that tile: T = 4096, after 1 / 2 / 3 tiles, Nemotron 3
+# 93.9 / 95.3 / 97.6 us, DeepSeek-V3 187.4 / 190.2 / 190.2, Qwen3 81.1 / 81.2 / 82.9, Mixtral 103.38 / 103.38 /
+# 104.4 (gpt-oss-120b, DeepSeek-V2 the same)
+LAST_ROUTE_SPLIT = 1
 # Every other step selects the previous group's experts with ROUTE_TILES_AFTER_SELECTION = 2 of its tiles still to
 # come (after its first route_group - 2 tiles), and computes their weights after all of them, so the selection's
 # VectorE chain runs while TensorE transposes and multiplies those two tiles instead of holding ScalarE / VectorE

@@ -153,6 +153,26 @@ def test_last_step_routes_the_previous_group_before_its_later_tiles():
     assert len(selects) == 2 and selects[0] > transposes[-1]  # its weights come after the last tile
 
 
+def test_last_step_selects_the_previous_group_after_its_carried_tile():
+    """Layout th, E = 256 (routing groups of 2 tiles), T = 4 x 128: the last step selects group 0 right after its
+    first tile's transposes and group 0's carried last tile, before the last tile's transposes, so the selection's
+    ScalarE steps do not wait behind that tile's x.T copies (DeepSeek-V3 T = 4096: 190.2 -> 187.4 us modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=256,
+        top_k=8,
+        router="linear -> sigmoid -> topk -> renormalize",
+        kernels="kernel route : router",
+    )
+    assert_matches(text, tokens=4 * 128)
+    plan, trace = traced(text, 4 * 128)
+    assert plan.route_group == 2 and plan.last_route_split == 1
+    transposes = [i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose"]
+    max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
+    assert len(transposes) == 4 * plan.h_tiles and len(max8s) == 4
+    assert transposes[2 * plan.h_tiles] < max8s[0] < transposes[3 * plan.h_tiles], (max8s, transposes)
+
+
 def test_topk_chain_keeps_two_steps_off_vector_engine():
     """Post-norm softmax, K = 2 (Mixtral): the values nc_match_replace8 removes (the K chosen, -inf in
     the other slots) are a GpSimd copy made while nc_find_index8 reads max8's values, not a VectorE memset
