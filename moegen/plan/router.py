@@ -160,12 +160,12 @@ LIGHT_ROUTING_EXPERTS = 32  # at most this many experts: routing is light (the s
 # E = 128 fill the bank; more would only lengthen the pipeline's fill and drain.
 ROUTE_GROUP_MAX = 4
 # The last step (no next group to load) splits the previous group's routing: its selection (keys, max8,
-# indices) after the first 2 tiles of the last group, its weights and affinities after all of them. The
-# selection's VectorE steps then run while the last tiles' x rows still arrive, and the weights do not
-# hold ScalarE / VectorE ahead of the last tile's x.T copies (Mixtral T = 4096, modeled: the whole routing
-# after 0 - 5 tiles 109.6, 109.5, 108.2, 109.4, 108.9 us; split as here 105.8 us, with the weights after 3
-# tiles 106.5 us; the selection after 1 or 3 tiles 107.0 us; earlier in every step is slower:
-# docs/faster_router.md). With the carried matmuls (the previous group's last tile multiplied after the last group's
+# indices) after the first LAST_ROUTE_SPLIT tiles of the last group, its weights and affinities after all of them.
+# The selection's VectorE steps then run while the last tiles' x rows still arrive, and the weights do not
+# hold ScalarE / VectorE ahead of the last tile's x.T copies (Mixtral T = 4096, modeled, before the carried
+# matmuls: the whole routing after 0 - 5 tiles 109.6, 109.5, 108.2, 109.4, 108.9 us; the selection after 2 tiles
+# and the weights after all 105.8 us, the weights after 3 tiles 106.5 us; the selection after 1 or 3 tiles
+# 107.0 us: docs/faster_router.md). With the carried matmuls (the previous group's last tile multiplied after the last group's
 # first transposes) the selection comes right after that tile: T = 4096, after 1 / 2 / 3 tiles, Nemotron 3
 # 93.9 / 95.3 / 97.6 us, DeepSeek-V3 187.4 / 190.2 / 190.2, Qwen3 81.1 / 81.2 / 82.9, Mixtral 103.38 / 103.38 /
 # 104.4 (gpt-oss-120b, DeepSeek-V2 the same)
