@@ -160,21 +160,34 @@ LIGHT_ROUTING_EXPERTS = 32  # at most this many experts: routing is light (the s
 # E = 128 fill the bank; more would only lengthen the pipeline's fill and drain.
 ROUTE_GROUP_MAX = 4
 # The last step (no next group to load) splits the previous group's routing: its selection (keys, max8,
-# indices) after the first 2 tiles of the last group, its weights and affinities after all of them. The
-# selection's VectorE steps then run while the last tiles' x rows still arrive, and the weights do not
-# hold ScalarE / VectorE ahead of the last tile's x.T copies (Mixtral T = 4096, modeled: the whole routing
-# after 0 - 5 tiles 109.6, 109.5, 108.2, 109.4, 108.9 us; split as here 105.8 us, with the weights after 3
-# tiles 106.5 us; the selection after 1 or 3 tiles 107.0 us; earlier in every step is slower:
-# docs/faster_router.md)
-LAST_ROUTE_SPLIT = 2
-# With light routing every other step selects the previous group's experts after the first 2 of its tiles too,
-# and computes their weights after all of them. With the outputs in long runs (below) the x DMAs run ahead of
-# TensorE, and a whole routing block after the group's tiles holds ScalarE / VectorE (and so the next group's
-# x.T copies and transposes) for ~4 us per group: TensorE fell 0.3 us behind per group (Mixtral T = 4096,
-# modeled: whole routing after the tiles 105.25 us, selection after 1, 2 or 3 tiles 104.17 us, after 4 105.25
-# us). Heavy routing keeps the whole block after the tiles (split after 2: Qwen3 85.9 -> 88.6 us, Nemotron 3
-# 99.1 -> 102.0 us).
-ROUTE_SPLIT = {True: 2, False: ROUTE_GROUP_MAX + 1}
+# indices) after the first LAST_ROUTE_SPLIT tiles of the last group, its weights and affinities after all of them.
+# The selection's VectorE steps then run while the last tiles' x rows still arrive, and the weights do not
+# hold ScalarE / VectorE ahead of the last tile's x.T copies (Mixtral T = 4096, modeled, before the carried
+# matmuls: the whole routing after 0 - 5 tiles 109.6, 109.5, 108.2, 109.4, 108.9 us; the selection after 2 tiles
+# and the weights after all 105.8 us, the weights after 3 tiles 106.5 us; the selection after 1 or 3 tiles
+# 107.0 us: docs/faster_router.md). With the carried matmuls (the previous group's last tile multiplied after the last group's
+# first transposes) the selection comes right after that tile: T = 4096, after 1 / 2 / 3 tiles, Nemotron 3
+# 93.9 / 95.3 / 97.6 us, DeepSeek-V3 187.4 / 190.2 / 190.2, Qwen3 81.1 / 81.2 / 82.9, Mixtral 103.38 / 103.38 /
+# 104.4 (gpt-oss-120b, DeepSeek-V2 the same)
+LAST_ROUTE_SPLIT = 1
+# Every other step selects the previous group's experts with ROUTE_TILES_AFTER_SELECTION = 2 of its tiles still to
+# come (after its first route_group - 2 tiles), and computes their weights after all of them, so the selection's
+# VectorE chain runs while TensorE transposes and multiplies those two tiles instead of holding ScalarE / VectorE
+# (and so the next x.T copies and transposes) after the group. A group of 1 or 2 tiles takes the selection after
+# all its tiles: its previous group's last tile is multiplied after its first transposes (carried across steps),
+# so the selection can come no earlier than after 1 tile, where its ScalarE steps would delay the copies of the
+# last tile's transposes, which the copies pace (7 x.T PSUM tiles per token tile, 4 banks).
+# Modeled at T = 4096 with the carried matmuls, selection after 1 / 2 / 3 tiles / all tiles (us):
+#   Qwen3 (4-tile groups)          81.2 / 81.2 / 82.8 / 84.5
+#   Nemotron 3 (4)                 95.3 / 95.3 / 95.3 / 97.2
+#   gpt-oss-120b (4)              156.5 / 156.5 / 156.5 / 158.4
+#   DeepSeek-V2 (3)               108.8 / 110.1 / 114.9 (all)
+#   DeepSeek-V3 (2)               192.7 / 190.2 (all)
+#   Mixtral (4, light routing)    103.4 after 1 or 2 (before the carried matmuls: 104.17 after 1, 2 or 3, 105.25 all)
+# Without the carried matmuls the split made heavy routing slower (Qwen3 85.9 -> 88.6 us, Nemotron 3 99.1 -> 102.0):
+# the group-boundary transposes then waited for the copies, and the selection's ScalarE steps came on top.
+ROUTE_TILES_AFTER_SELECTION = 2
+
 # Output runs: full token tiles gather their outputs in SBUF per run of up to OUT_RUN_TILES_MAX tiles, partition p
 # holding consecutive tokens, so a run's rows leave in one DMA with one long run per partition (plus one for its
 # last group, kept short for the kernel's end) instead of one run of a group's tiles x width per partition and
@@ -197,6 +210,13 @@ ROUTING_ROWS = (
     "affinities tile",
     "zero rows, row offsets, DMA targets",
 )
+
+
+def route_split(route_group: int) -> int:
+    """Tiles of a step before the previous group's selection (route_group + 1: after all of them)."""
+    if route_group > ROUTE_TILES_AFTER_SELECTION:
+        return route_group - ROUTE_TILES_AFTER_SELECTION
+    return route_group + 1
 
 
 def _pipeline(layer: Layer, variant: Variant) -> tuple[str, bool, bool, list[tuple[str | None, str]]]:
@@ -484,13 +504,22 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         ),
         (
             "routing order",
-            "step s transposes and multiplies group s, then routes group s - 1; "
+            "step s transposes and multiplies group s, then routes group s - 1"
             + (
-                f"each step selects the previous group's experts after its first {ROUTE_SPLIT[True]} tiles (light "
-                f"routing), the last after {LAST_ROUTE_SPLIT}, and computes their weights after all of its tiles"
-                if experts <= LIGHT_ROUTING_EXPERTS
-                else f"the last step selects the previous group's experts after its first {LAST_ROUTE_SPLIT} tiles "
-                "and computes their weights after all of its tiles"
+                "; TensorE takes tile i's transposes before tile i - 1's matmuls, across groups too (a group's last "
+                "tile is multiplied after the next group's first transposes, so the PE array multiplies while the "
+                "copies of those transposes leave PSUM); "
+                if variant.options["layout"] == "th"
+                else "; "
+            )
+            + (
+                f"each step selects the previous group's experts after its first {route_split(route_group)} tiles "
+                f"({ROUTE_TILES_AFTER_SELECTION} of its {route_group} tiles still to come), the last after "
+                f"{LAST_ROUTE_SPLIT}, and computes their weights after all of its tiles"
+                if route_group > ROUTE_TILES_AFTER_SELECTION
+                else f"each step but the last selects the previous group's experts after all of its {route_group} "
+                f"tiles; the last step selects them after its first {LAST_ROUTE_SPLIT} tiles and computes their "
+                "weights after all of its tiles"
             )
             + (
                 ""
@@ -608,7 +637,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_load_rows=X_LOAD_ROWS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
-        route_split=ROUTE_SPLIT[experts <= LIGHT_ROUTING_EXPERTS],
+        route_split=route_split(route_group),
         last_route_split=LAST_ROUTE_SPLIT,
         out_run_tiles=out_run_tiles,
         x_pe_rows=X_PE_ROWS,

@@ -153,6 +153,26 @@ def test_last_step_routes_the_previous_group_before_its_later_tiles():
     assert len(selects) == 2 and selects[0] > transposes[-1]  # its weights come after the last tile
 
 
+def test_last_step_selects_the_previous_group_after_its_carried_tile():
+    """Layout th, E = 256 (routing groups of 2 tiles), T = 4 x 128: the last step selects group 0 right after its
+    first tile's transposes and group 0's carried last tile, before the last tile's transposes, so the selection's
+    ScalarE steps do not wait behind that tile's x.T copies (DeepSeek-V3 T = 4096: 190.2 -> 187.4 us modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=256,
+        top_k=8,
+        router="linear -> sigmoid -> topk -> renormalize",
+        kernels="kernel route : router",
+    )
+    assert_matches(text, tokens=4 * 128)
+    plan, trace = traced(text, 4 * 128)
+    assert plan.route_group == 2 and plan.last_route_split == 1
+    transposes = [i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose"]
+    max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
+    assert len(transposes) == 4 * plan.h_tiles and len(max8s) == 4
+    assert transposes[2 * plan.h_tiles] < max8s[0] < transposes[3 * plan.h_tiles], (max8s, transposes)
+
+
 def test_topk_chain_keeps_two_steps_off_vector_engine():
     """Post-norm softmax, K = 2 (Mixtral): the values nc_match_replace8 removes (the K chosen, -inf in
     the other slots) are a GpSimd copy made while nc_find_index8 reads max8's values, not a VectorE memset
@@ -197,11 +217,13 @@ def test_light_routing_outputs_leave_in_long_runs():
     assert runs == [4 * 2 * 4, 8 * 2 * 4, 4 * 8 * 2, 4 * 8 * 2, 8 * 8 * 2, 8 * 8 * 2], runs
 
 
-def test_every_step_selects_the_previous_group_after_two_tiles():
-    """Light routing (E = 8), T = 12 x 128: a middle step (group 1's tiles) issues group 0's selection after
-    its first ROUTE_SPLIT = 2 tiles, so a routing block does not hold ScalarE / VectorE ahead of the group's
-    later x.T copies; heavy routing (E = 128) keeps the whole block after the group's tiles."""
-    for experts, split in ((8, 2), (128, 5)):
+def test_every_step_selects_the_previous_group_with_two_of_its_tiles_to_come():
+    """Layout th, T = 12 x 128: a middle step issues the previous group's selection with 2 of its own tiles still to
+    come, light and heavy routing alike (E = 8 and E = 128: groups of 4 tiles, selection after 2; E = 160: groups of
+    3, after 1), so the selection's chain runs while TensorE works on those tiles; with groups of 2 tiles (E = 256)
+    it comes after all of them. Heavy routing used to take the whole routing block after the group's tiles
+    (DeepSeek-V2 T = 4096: 114.9 -> 108.8 us modeled, Qwen3 84.5 -> 81.2)."""
+    for experts, group, split in ((8, 4, 2), (128, 4, 2), (160, 3, 1), (256, 2, 3)):
         text = router_spec(
             hidden=256,
             experts=experts,
@@ -210,13 +232,57 @@ def test_every_step_selects_the_previous_group_after_two_tiles():
             kernels="kernel route : router",
         )
         plan, trace = traced(text, 12 * 128)
-        assert plan.route_split == split
+        assert (plan.route_group, plan.route_split) == (group, split)
         transposes = [i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose"]
         max8s = [i for i, r in enumerate(trace) if r["opcode"] == "max8"]
         assert len(transposes) == 12 * plan.h_tiles and len(max8s) == 12
-        group1_tile2 = transposes[6 * plan.h_tiles]
-        group1_last = transposes[8 * plan.h_tiles - 1]
-        if split == 2:
-            assert max8s[3] < group1_tile2, (max8s, group1_tile2)
+        # group 1 (tiles group .. 2 * group - 1) selects group 0 (its first max8: tile 0's) after `split` of its tiles
+        tile_first = [transposes[tile * plan.h_tiles] for tile in range(12)]
+        if split <= group:
+            assert tile_first[group + split - 1] < max8s[0] < tile_first[group + split], (max8s, tile_first)
         else:
-            assert max8s[0] > group1_last, (max8s, group1_last)
+            assert tile_first[2 * group - 1] < max8s[0] < tile_first[2 * group], (max8s, tile_first)
+
+
+def test_a_group_last_tile_is_multiplied_after_the_next_group_first_transposes():
+    """Layout th, E = 128 (routing groups of 4 tiles), T = 8 x 128: TensorE takes tile i's transposes before tile
+    i - 1's matmuls across routing groups too. Group 0's last tile (3) is multiplied after group 1's first
+    transposes (tile 4), so the PE array multiplies while ScalarE copies tile 4's x.T out of PSUM, instead of
+    transposing at the copies' pace at each group's start (DeepSeek-V3 T = 4096: 206.9 -> 190.2 us modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=128,
+        top_k=8,
+        router="linear -> softmax -> topk -> renormalize",
+        kernels="kernel route : router",
+    )
+    assert_matches(text, tokens=8 * 128)
+    plan, trace = traced(text, 8 * 128)
+    assert plan.route_group == 4
+    pe = [r["opcode"] for r in trace if r["opcode"] in ("nc_transpose", "nc_matmul")]
+    assert len(pe) == 2 * 8 * plan.h_tiles
+    blocks = [pe[i : i + plan.h_tiles] for i in range(0, len(pe), plan.h_tiles)]
+    assert all(len(set(block)) == 1 for block in blocks)
+    order = "".join("T" if block[0] == "nc_transpose" else "M" for block in blocks)
+    # tiles:  T0 T1 M0 T2 M1 T3 M2 | T4 M3 T5 M4 T6 M5 T7 M6 M7 (before: ... T3 M2 M3 | T4 T5 M4 ...)
+    assert order == "TTMTMTM" + "TMTMTMTMM", order
+
+
+def test_w_loads_after_the_first_two_tiles_of_x():
+    """Layout th, E = 128 (groups of 4 tiles), T = 8 x 128: the w DMA is issued after the x rows of tiles 0 and 1 and
+    before those of tiles 2 and 3. TensorE transposes tiles 0 and 1 before its first matmuls, so the transposes need
+    not wait behind w's bytes and the matmuls not behind tiles 2 and 3 (DeepSeek-V3 T = 4096: 187.4 -> 183.0 us
+    modeled: its w is as large as two tiles of x)."""
+    text = router_spec(
+        hidden=256,
+        experts=128,
+        top_k=8,
+        router="linear -> softmax -> topk -> renormalize",
+        kernels="kernel route : router",
+    )
+    assert_matches(text, tokens=8 * 128)
+    plan, trace = traced(text, 8 * 128)
+    w_bytes, x_bytes = 256 * 128 * 2, plan.x_load_rows * 256 * 2
+    loads = [r["bytes"] for r in trace if r["opcode"] == "dma_copy" and r["bytes"] in (w_bytes, x_bytes)]
+    per_tile = 128 // plan.x_load_rows
+    assert loads.index(w_bytes) == 2 * per_tile, loads[: 5 * per_tile]
