@@ -822,8 +822,14 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
         variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )
+    # (the rows both cores touched are added from SBUF through a token-row tile: the output dtype must be its dtype)
     final_sum_touched = (
-        shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
+        shard == "block"
+        and lnc == 2
+        and accumulate
+        and variant["output"] != "per_core"
+        and not (hybrid or mx)
+        and layer.out_dtype == layer.dtype
     )
     common = dict(
         h=h,

@@ -326,9 +326,7 @@ def _check_compute_addressing(instr: str, dst: NkiTensor, srcs: list) -> None:
         raise NkiSimError(f"{instr}: a vector_offset read-modify-write takes exactly 2 sources, got {len(srcs)}")
     same = [_same_view(s, dst) for s in srcs]
     other = srcs[1] if same[0] else srcs[0]
-    # scatter's other source should also be SBUF data: not checked yet, since cte.py.j2's touched-row final
-    # sum adds an indirect HBM source (docs/sim_audit.md #17, open)
-    scatter = dst._vec is not None and not dst.on_chip
+    scatter = dst._vec is not None and not dst.on_chip and other.buffer is MemoryRegion.sbuf
     gather = dst._vec is None and dst.buffer is MemoryRegion.sbuf and not other.on_chip and other._vec is not None
     if not any(same) or not (scatter or gather):
         raise NkiSimError(

@@ -928,7 +928,6 @@ def test_dma_compute_read_modify_write_modes():
             nisa.dma_compute(got, [rows, data], nl.add)  # gather whose other source is not dst
 
 
-@pytest.mark.xfail(strict=True, reason="SIM_AUDIT #17: scatter RMW with an HBM source accepted (cte final sum uses it)")
 def test_dma_compute_scatter_source_must_be_sbuf():
     """nki.isa.dma_compute: in a scatter RMW 'The other source is data in SBUF'. An indirect HBM source
     (dst(HBM)[i] += other(HBM)[i]) is neither documented mode."""
