@@ -61,14 +61,18 @@ class FusedSharedPlan:
     gate_up_tiles: int = 1  # I_F tiles per gate/up weight slab (one DMA: runs of tiles x 128 elements)
     gate_up_buffers: int = 1  # slabs alternating by group (the next group's load overlaps the matmuls)
     reuse_routed_slabs: bool = False  # tkg: the slabs are the routed experts' w_gate_up, free after their items
+    row_tiles: int = 1  # cte: 128-row token tiles that share one pass over the shared weights (xT holds B tokens)
+    row_split: bool = False  # cte shard=intermediate at LNC 2: each core whole rows of every other row group
 
     def __str__(self) -> str:
         """One line for `moegen explain`."""
         kind = "gated" if self.mlp.gated else "not gated"
         gate = ", sigmoid gate" if self.gate else ""
+        rows = f", {self.row_tiles} row tiles of 128 per pass over the weights" if self.row_tiles > 1 else ""
+        split = ", cores take every other row group (whole rows)" if self.row_split else ""
         return (
             f"fused: S={self.experts}, I_F={self.intermediate} ({self.i_tiles} tiles, per core {self.core_i_tiles}), "
-            f"{kind} {self.mlp.activation}{gate}"
+            f"{kind} {self.mlp.activation}{gate}{rows}{split}"
         )
 
     @property
@@ -89,9 +93,9 @@ class FusedSharedPlan:
             if self.reuse_routed_slabs
             else [Buffer("shared_w_gate_up", "sbuf", PARTITIONS, slab, self.gate_up_buffers)]
         )
-        buffers.append(Buffer("shared_h", "sbuf", PARTITIONS, self.i_tiles * token_tile * w))
+        buffers.append(Buffer("shared_h", "sbuf", PARTITIONS, self.i_tiles * self.row_tiles * token_tile * w))
         if self.gate:
-            buffers.append(Buffer("shared_scale", "sbuf", token_tile, 4))
+            buffers.append(Buffer("shared_scale", "sbuf", token_tile, 4 * self.row_tiles))
         if self.up_psum:
             buffers += [
                 Buffer("shared_up", "sbuf", PARTITIONS, token_tile * 4),
@@ -137,6 +141,8 @@ def plan_fusion(
     extra_blocker: str | None = None,
     extra_tiles: tuple[Buffer, ...] = (),
     routed_slabs: tuple[int, int, int] | None = None,
+    row_tiles: int = 1,
+    row_split: bool = False,
 ):
     """(FusedSharedPlan or None, decision): the `shared` option of a routed kernel resolved.
 
@@ -150,6 +156,8 @@ def plan_fusion(
         return None, ("shared experts", SEPARATE_REASON)
     blocker = extra_blocker or fusion_blocker(layer, mx=mx, tp=tp, ep=ep, split_i=split_i, sbuf_input=sbuf_input)
     fused = None if blocker else _fused_plan(layer, tp=tp, ep=ep, lnc=lnc, split_i=split_i, routed_gated=routed_gated)
+    if fused:
+        fused = replace(fused, row_tiles=row_tiles, row_split=row_split)
     if fused and routed_slabs and routed_slabs[0] == fused.projections:
         # the routed gate/up slabs (projections, I tiles, count) are free once the routed items are done
         _, tiles, count = routed_slabs
@@ -258,24 +266,40 @@ def fuse_into_cte(layer: Layer, options, plan):
         Buffer("shared_w_down", "sbuf", PARTITIONS, plan.down_cols * w, count=2),
         Buffer("shared_rows", "sbuf", PARTITIONS, plan.down_cols * DTYPE_BYTES[plan.out_dtype]),
     )
-    fused, decision = plan_fusion(
-        layer,
-        options,
-        mx=False,
-        tp=layer.dims.tp,
-        ep=plan.ep,
-        lnc=plan.lnc,
-        split_i=False,
-        sbuf_input=False,
-        token_tile=PARTITIONS,
-        routed_gated=plan.mlp.gated,
-        sbuf_used=plan.sbuf_bytes(),
-        psum_used=plan.psum_banks(),
-        h_tiles=len(plan.h_tiles),
-        target="trn2",
-        extra_blocker=blocker,
-        extra_tiles=tiles,
-    )
+    # The shared weights stream once per row group: up to two 128-row tiles (xT holds a block's B tokens, two
+    # down PSUM accumulators alternate) share one pass; one tile when the larger shared_h does not fit SBUF.
+    # shard=intermediate at LNC 2: the cores take every other row group, whole rows (all H columns, after a
+    # barrier), instead of both computing every row's gate/up for half the down columns.
+    row_split = plan.lnc == 2 and plan.shard == "intermediate"
+    candidates = sorted({min(plan.token_tiles, 2), 1}, reverse=True)
+    for row_tiles in candidates:
+        try:
+            fused, decision = plan_fusion(
+                layer,
+                options,
+                mx=False,
+                tp=layer.dims.tp,
+                ep=plan.ep,
+                lnc=plan.lnc,
+                split_i=False,
+                sbuf_input=False,
+                token_tile=PARTITIONS,
+                routed_gated=plan.mlp.gated,
+                sbuf_used=plan.sbuf_bytes(),
+                psum_used=plan.psum_banks(),
+                h_tiles=len(plan.h_tiles),
+                target="trn2",
+                extra_blocker=blocker,
+                extra_tiles=tiles,
+                row_tiles=row_tiles,
+                row_split=row_split,
+            )
+        except PlanError:
+            if row_tiles == candidates[-1]:
+                raise
+            continue
+        if fused:
+            break
     if decision is None:
         return plan
     buffers = plan.buffers + ((*fused.buffers(PARTITIONS, len(plan.h_tiles)), *tiles) if fused else ())
