@@ -4,7 +4,7 @@ A routed tkg or cte kernel of a layer with shared experts can run them itself: o
 token selected, with weight 1 (or its sigmoid gate value), its own weights `shared_gate_up_weights
 [S, H, (2,) I_F]` and `shared_down_weights [S, I_F, H]` passed as extra arguments. tkg runs them after the
 routed items of each token block, into the same fp32 accumulator (rounded once); cte after the routed
-blocks, on 128-row tiles of the tokens (out += round(shared), as a routed expert's update).
+blocks, on groups of 128-row tiles of the tokens (out += round(shared), as a routed expert's update).
 I_F = I_S / (tp * ep): tensor parallelism splits I_S as it splits I, and with expert parallelism every
 rank also takes an I_S / ep slice (the ranks' outputs are summed by the caller's all-reduce as the routed
 ones are), so the shared work is spread over the ranks instead of repeated on each.
@@ -253,9 +253,9 @@ def fuse_into_tkg(layer: Layer, options, plan):
 
 def fuse_into_cte(layer: Layer, options, plan):
     """The cte plan with its `shared` option resolved. The shared experts run after the routed blocks, on
-    contiguous 128-token row tiles: out[rows] += round(shared(x[rows])), one more expert that every token
-    selected (the routed experts' updates are rounded the same way); at LNC=2 each core takes the rows or
-    the output columns it owns."""
+    groups of `row_tiles` 128-token row tiles (one pass over the shared weights per group): out[rows] +=
+    round(shared(x[rows])), one more expert that every token selected (the routed experts' updates are
+    rounded the same way); at LNC=2 each core takes every other row tile, whole rows."""
     blocker = None
     if plan.per_core_output:
         blocker = "output=per_core leaves the cores' partial sums to the caller"
