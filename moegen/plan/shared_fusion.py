@@ -4,7 +4,7 @@ A routed tkg or cte kernel of a layer with shared experts can run them itself: o
 token selected, with weight 1 (or its sigmoid gate value), its own weights `shared_gate_up_weights
 [S, H, (2,) I_F]` and `shared_down_weights [S, I_F, H]` passed as extra arguments. tkg runs them after the
 routed items of each token block, into the same fp32 accumulator (rounded once); cte after the routed
-blocks, on 128-row tiles of the tokens (out += round(shared), as a routed expert's update).
+blocks, on groups of 128-row tiles of the tokens (out += round(shared), as a routed expert's update).
 I_F = I_S / (tp * ep): tensor parallelism splits I_S as it splits I, and with expert parallelism every
 rank also takes an I_S / ep slice (the ranks' outputs are summed by the caller's all-reduce as the routed
 ones are), so the shared work is spread over the ranks instead of repeated on each.
@@ -64,14 +64,18 @@ class FusedSharedPlan:
     # cte: 0, or the tokens of one pass when the shared experts run on the routed kernel's tiles (x.T, h.T, the
     # gate/up and down weight slots, free once the routed blocks are done): each pass reads the shared weights once
     cte_rows: int = 0
+    row_tiles: int = 1  # cte without cte_rows: 128-row token tiles that share one pass over the shared weights
+    row_split: bool = False  # cte shard=intermediate at LNC 2: each core whole rows of every other row group
 
     def __str__(self) -> str:
         """One line for `moegen explain`."""
         kind = "gated" if self.mlp.gated else "not gated"
         gate = ", sigmoid gate" if self.gate else ""
+        rows = f", {self.row_tiles} row tiles of 128 per pass over the weights" if self.row_tiles > 1 else ""
+        split = ", cores take every other row group (whole rows)" if self.row_split else ""
         return (
             f"fused: S={self.experts}, I_F={self.intermediate} ({self.i_tiles} tiles, per core {self.core_i_tiles}), "
-            f"{kind} {self.mlp.activation}{gate}"
+            f"{kind} {self.mlp.activation}{gate}{rows}{split}"
         )
 
     @property
@@ -93,9 +97,10 @@ class FusedSharedPlan:
             else [Buffer("shared_w_gate_up", "sbuf", PARTITIONS, slab, self.gate_up_buffers)]
         )
         if not self.cte_rows:  # else h.T goes to the routed kernel's hT
-            buffers.append(Buffer("shared_h", "sbuf", PARTITIONS, self.i_tiles * token_tile * w))
+            buffers.append(Buffer("shared_h", "sbuf", PARTITIONS, self.i_tiles * self.row_tiles * token_tile * w))
         if self.gate:  # the gate values of a pass, one column per 128-token tile
-            buffers.append(Buffer("shared_scale", "sbuf", token_tile, 4 * max(1, self.cte_rows // PARTITIONS)))
+            tiles = max(1, self.cte_rows // PARTITIONS) if self.cte_rows else self.row_tiles
+            buffers.append(Buffer("shared_scale", "sbuf", token_tile, 4 * tiles))
         if self.up_psum:
             buffers += [
                 Buffer("shared_up", "sbuf", PARTITIONS, token_tile * 4),
@@ -142,6 +147,8 @@ def plan_fusion(
     extra_tiles: tuple[Buffer, ...] = (),
     routed_slabs: tuple[int, int, int] | None = None,
     cte_rows: int = 0,
+    row_tiles: int = 1,
+    row_split: bool = False,
 ):
     """(FusedSharedPlan or None, decision): the `shared` option of a routed kernel resolved.
 
@@ -155,6 +162,8 @@ def plan_fusion(
         return None, ("shared experts", SEPARATE_REASON)
     blocker = extra_blocker or fusion_blocker(layer, mx=mx, tp=tp, ep=ep, split_i=split_i, sbuf_input=sbuf_input)
     fused = None if blocker else _fused_plan(layer, tp=tp, ep=ep, lnc=lnc, split_i=split_i, routed_gated=routed_gated)
+    if fused:
+        fused = replace(fused, row_tiles=row_tiles, row_split=row_split)
     if fused and routed_slabs and routed_slabs[0] == fused.projections:
         # the routed gate/up slabs (projections, I tiles, count) are free once the routed items are done
         _, tiles, count = routed_slabs
@@ -253,9 +262,10 @@ def fuse_into_tkg(layer: Layer, options, plan):
 def fuse_into_cte(layer: Layer, options, plan):
     """The cte plan with its `shared` option resolved. The shared experts run after the routed blocks, on
     contiguous row tiles: out[rows] += round(shared(x[rows])), one more expert that every token selected
-    (the routed experts' updates are rounded the same way); at LNC=2 each core takes the rows or the
-    output columns it owns. Where the routed tiles can hold them (cte_routed_rows), a pass covers a whole
-    block of rows on those tiles, so the shared weights are read T / B times instead of T / 128."""
+    (the routed experts' updates are rounded the same way). Where the routed tiles can hold them
+    (cte_routed_rows), a pass covers a whole block of rows on those tiles, so the shared weights are read T / B
+    times instead of T / 128; otherwise groups of `row_tiles` 128-row tiles share one pass, and at LNC=2 each
+    core takes every other row tile, whole rows."""
     blocker = None
     if plan.per_core_output:
         blocker = "output=per_core leaves the cores' partial sums to the caller"
@@ -271,26 +281,42 @@ def fuse_into_cte(layer: Layer, options, plan):
             Buffer("shared_rows", "sbuf", PARTITIONS, plan.down_cols * DTYPE_BYTES[plan.out_dtype]),
         )
     )
-    fused, decision = plan_fusion(
-        layer,
-        options,
-        mx=False,
-        tp=layer.dims.tp,
-        ep=plan.ep,
-        lnc=plan.lnc,
-        split_i=False,
-        sbuf_input=False,
-        token_tile=PARTITIONS,
-        routed_gated=plan.mlp.gated,
-        sbuf_used=plan.sbuf_bytes(),
-        psum_used=plan.psum_banks(),
-        h_tiles=len(plan.h_tiles),
-        target="trn2",
-        extra_blocker=blocker,
-        extra_tiles=tiles,
-        routed_slabs=(plan.mlp.projections, plan.gate_up_chunk_cols // PARTITIONS, plan.stream_depth) if rows else None,
-        cte_rows=rows,
-    )
+    # The shared weights stream once per row group: up to two 128-row tiles (xT holds a block's B tokens, two
+    # down PSUM accumulators alternate) share one pass; one tile when the larger shared_h does not fit SBUF.
+    # shard=intermediate at LNC 2: the cores take every other row group, whole rows (all H columns, after a
+    # barrier), instead of both computing every row's gate/up for half the down columns.
+    row_split = plan.lnc == 2 and plan.shard == "intermediate"
+    candidates = (1,) if rows else sorted({min(plan.token_tiles, 2), 1}, reverse=True)
+    for row_tiles in candidates:
+        try:
+            fused, decision = plan_fusion(
+                layer,
+                options,
+                mx=False,
+                tp=layer.dims.tp,
+                ep=plan.ep,
+                lnc=plan.lnc,
+                split_i=False,
+                sbuf_input=False,
+                token_tile=PARTITIONS,
+                routed_gated=plan.mlp.gated,
+                sbuf_used=plan.sbuf_bytes(),
+                psum_used=plan.psum_banks(),
+                h_tiles=len(plan.h_tiles),
+                target="trn2",
+                extra_blocker=blocker,
+                extra_tiles=tiles,
+                routed_slabs=(plan.mlp.projections, plan.gate_up_chunk_cols // PARTITIONS, plan.stream_depth) if rows else None,
+                cte_rows=rows,
+                row_tiles=row_tiles,
+                row_split=row_split and not rows,
+            )
+        except PlanError:
+            if row_tiles == candidates[-1]:
+                raise
+            continue
+        if fused:
+            break
     if decision is None:
         return plan
     buffers = plan.buffers + ((*fused.buffers(PARTITIONS, len(plan.h_tiles)), *tiles) if fused else ())

@@ -186,6 +186,16 @@ def cte_spec(kernel: str, *, shared: str = "gate_up -> silu -> down", expert: st
         ("kernel c : cte { lnc=1 block=128 padding=skip }", "gate_up -> silu -> down", "", 2),
         ("kernel c : cte { lnc=1 block=128 ep=2 }", "gate_up -> silu -> down", "", 2),
         ("kernel c : cte { lnc=1 block=128 }", "gate_up -> silu -> down", "up -> relu -> down -> affinity_scale", 2),
+        # two 128-row tiles per pass over the shared weights (the second one partial at T = 150)
+        ("kernel c : cte { lnc=1 block=256 }", "gate_up -> gelu -> down -> sigmoid_gate", "", 2),
+        ("kernel c : cte { lnc=2 shard=block block=256 }", "up -> relu2 -> down", "", 2),
+        (
+            "kernel c : cte { lnc=2 shard=intermediate loop=hybrid block=256 }",
+            "up -> relu2 -> down",
+            "up -> relu2 -> down -> affinity_scale",
+            2,
+        ),
+        ("kernel c : cte { lnc=2 shard=intermediate block=256 }", "gate_up -> silu -> down -> sigmoid_gate", "", 2),
     ],
 )
 def test_fused_shared_experts_in_cte_match_the_reference(tmp_path, kernel, shared, expert, top_k):
@@ -217,3 +227,35 @@ def test_cte_per_core_output_keeps_the_shared_experts_separate(tmp_path):
     generated, _ = build_spec(text.replace("\n  kernel f : cte { shared=fused output=per_core }", ""), tmp_path)
     assert generated.plans[0].shared is None
     assert "separate (auto): output=per_core" in dict(generated.plans[0].decisions)["shared experts"]
+
+
+def test_cte_shared_weights_stream_once_per_row_group(tmp_path):
+    """Nemotron-like prefill (shard=intermediate, loop=hybrid, LNC 2, block 256): the cores take every other
+    group of two 128-row tiles, whole rows, so the trace reads each shared weight byte once per 256 tokens over
+    both cores. (The earlier kernel had both cores read all the shared gate/up weights and half the down
+    weights for every 128-row tile: 3x these bytes.)"""
+    from moegen import sim
+    from moegen.verify import cte as cte_harness
+
+    text = cte_spec(
+        "kernel c : cte { lnc=2 shard=intermediate loop=hybrid block=256 }",
+        shared="up -> relu2 -> down",
+        expert="up -> relu2 -> down -> affinity_scale",
+    )
+    generated, modules = build_spec(text, tmp_path)
+    plan = generated.plans[0]
+    assert (plan.shared.row_tiles, plan.shared.row_split) == (2, True)
+    tokens = 512
+    inputs = cte_harness.make_inputs(plan, tokens, np.random.default_rng(SEED))
+    with sim.recording():
+        got = cte_harness.run(modules["c"].c, plan, inputs)["out"]
+        trace = sim.last_run().trace
+    assert compare("out", got, cte_harness.expected(plan, inputs)["out"], kind=cte_harness.tolerance(plan, "out")).ok
+    shared_bytes = {
+        name: sum(
+            rec["bytes"] for rec in trace if rec["opcode"] == "dma_copy" and name in str(rec["operands"].get("src"))
+        )
+        for name in ("shared_gate_up_weights", "shared_down_weights")
+    }
+    weights = 2 * 384 * 320 * 2  # S = 2 shared experts of [H 320, I_S 384], bf16, per projection
+    assert shared_bytes == {"shared_gate_up_weights": 2 * weights, "shared_down_weights": 2 * weights}
