@@ -306,7 +306,9 @@ def fuse_into_cte(layer: Layer, options, plan):
                 target="trn2",
                 extra_blocker=blocker,
                 extra_tiles=tiles,
-                routed_slabs=(plan.mlp.projections, plan.gate_up_chunk_cols // PARTITIONS, plan.stream_depth) if rows else None,
+                routed_slabs=(plan.mlp.projections, plan.gate_up_chunk_cols // PARTITIONS, plan.stream_depth)
+                if rows
+                else None,
                 cte_rows=rows,
                 row_tiles=row_tiles,
                 row_split=row_split and not rows,
