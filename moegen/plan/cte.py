@@ -724,7 +724,7 @@ def _buffers(
             # and a tile of int32 ones; with tail tiles the ids of the tiles a block runs instead of core 0's block ids
             Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
             # (with tail tiles a fourth column: the rows core 0 never touched, copied after the barrier)
-            Buffer("row_flags", "sbuf", PARTITIONS, 16 if extra_tiles else 12, 2),
+            Buffer("row_flags", "sbuf", PARTITIONS, 20 if extra_tiles else 12, 2),
         ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens

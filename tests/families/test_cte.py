@@ -324,8 +324,9 @@ def rows_of_each_core(plan, inputs) -> tuple[set, set]:
 def assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens):
     """From the trace: core 0 clears exactly the rows it adds into; core 1 writes before the barrier exactly the rows
     core 0 never touches (and the padding row T when no slot of core 0 holds it), or with plan.copy_after_barrier the
-    two cores copy exactly those rows below T after it; the dma_compute after the barrier moves exactly the rows both
-    cores touched (split between the cores)."""
+    two cores copy exactly those rows below T after it (and core 1 then clears exactly the rows it adds into, with no
+    up-front zero fill); the dma_compute after the barrier moves exactly the rows both cores touched (split between
+    the cores)."""
     rows0, rows1 = rows_of_each_core(plan, inputs)
     row_bytes = plan.hidden * DTYPE_BYTES[plan.out_dtype]
     ids = inputs["token_position_to_id"].reshape(-1, plan.block)
@@ -333,25 +334,32 @@ def assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens):
     core0_ids = ids[:half] if plan.distribute == "halves" else ids[0::2]
     pad_row = not plan.pad_skip and tokens not in core0_ids
     (out_mem,) = {rec["writes"][0]["mem"] for rec in trace if rec["opcode"] == "dma_compute"}
-    zero_tile = next(  # the zero tile [128, ZERO_COLUMNS] core 0 clears rows from (its first memset of that shape)
-        rec["writes"][0]
-        for rec in trace
-        if rec["core"] == 0
-        and rec["opcode"] == "memset"
-        and rec["operands"]["dst"]["shape"] == (128, plan.zero_columns)
-    )
+    zero_tiles = [  # the zero tile [128, ZERO_COLUMNS] each core clears rows from (its first memset of that shape)
+        next(
+            rec["writes"][0]
+            for rec in trace
+            if rec["core"] == core
+            and rec["opcode"] == "memset"
+            and rec["operands"]["dst"]["shape"] == (128, plan.zero_columns)
+        )
+        for core in (0, 1)
+    ]
 
-    def reads_zero_tile(rec) -> bool:
+    def reads_zero_tile(rec, core: int = 0) -> bool:
+        zero_tile = zero_tiles[core]
         return any(
             r["mem"] == zero_tile["mem"] and zero_tile["bytes"][0] <= r["bytes"][0] < zero_tile["bytes"][1]
             for r in rec["reads"]
         )
 
     before, after, copied = {(0, "zero"): 0, (1, "copy"): 0}, {0: 0, 1: 0}, {0: 0, 1: 0}
+    core_1_clears = 0  # with plan.copy_after_barrier core 1 clears its partial rows at their first touch too
     for core in (0, 1):
         records = [rec for rec in trace if rec["core"] == core]
         barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
         for i, rec in enumerate(records):
+            if core == 1 and i < barrier and rec["opcode"] == "dma_copy" and reads_zero_tile(rec, 1):
+                core_1_clears += rec["bytes"]
             if not any(w["mem"] == out_mem and w.get("indirect") for w in rec["writes"]):
                 continue
             if i > barrier and rec["opcode"] == "dma_copy" and plan.copy_after_barrier:
@@ -370,6 +378,7 @@ def assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens):
     }
     if plan.copy_after_barrier:
         assert copied[0] + copied[1] == untouched_by_0
+        assert core_1_clears == len(rows1) * row_bytes  # no up-front zero fill: exactly the rows core 1 adds into
     assert after[0] + after[1] == len(rows0 & rows1) * row_bytes and after[0] and after[1]
 
 
