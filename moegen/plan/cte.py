@@ -64,7 +64,8 @@ OPTIONS = (
     OptionSpec(
         "tuned",
         "flag",
-        "the options left at auto (block, shard, loop, weights, weight_buffers, gate_up_tiles, down_columns) take "
+        "the options left at auto (block, shard, loop, weights, tail, weight_buffers, gate_up_tiles, down_columns) "
+        "take "
         "the model's choice recorded in "
         "SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
     ),
