@@ -801,9 +801,11 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
     # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
     # An absorbed tail tile moves to the other core (blocks alternate between the cores), which the row lists do not
-    # follow, so a kernel takes one of the two: the tail tiles where they can be built (Mixtral prefill, T=4096,
-    # modeled: 2785.4 us with tail tiles and the full final sum, 2801.4 us with this final sum and no tail tiles),
-    # this final sum elsewhere (tail=block, block 128, weights=resident, ...).
+    # follow, so a kernel takes one of the two: untuned (tail=auto), the tail tiles where they can be built (Mixtral
+    # prefill, T=4096, modeled: 2785.4 us with tail tiles and the full final sum, 2801.4 us with this final sum and no
+    # tail tiles), this final sum elsewhere (tail=block, block 128, weights=resident, ...). Which is faster depends
+    # on the routing at run time (how many experts end in a tail) and the shape: a `tuned` kernel takes `tail` from
+    # the model (moegen tune's tail axis; docs/faster_prefill.md).
     tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
         variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )
