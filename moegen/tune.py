@@ -208,6 +208,7 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
     rows: dict[str, Row] = {}
     best = start_values(variant)
     best_plan = None
+    kept: dict = {}  # values later axes keep spelled (a row's options are those of its first candidate)
     for name, values in axes(variant):
         if variant.family == "cte" and name in STREAMED_AXES:  # (tkg has its own weight_buffers / down_columns axes)
             best_plan = best_plan or plan_candidate(spec, variant, best).plan
@@ -243,9 +244,9 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
             axis_rows.append(rows[key])
         winner = min(axis_rows, key=lambda row: row.modeled_us)  # min keeps the first of equals
         if winner.modeled_us < float("inf"):
-            best, best_plan = dict(winner.candidate.options), winner.candidate.plan
             if name == "tail":  # kept for the later axes (tail=auto would yield to widths that fit only without it)
-                best["tail"] = tail_value(best_plan)
+                kept["tail"] = tail_value(winner.candidate.plan)
+            best, best_plan = {**winner.candidate.options, **kept}, winner.candidate.plan
     ordered = sorted(rows.values(), key=lambda row: row.modeled_us)  # stable: search order among equals
     return ordered
 

@@ -411,6 +411,7 @@ def test_cte_tail_axis_records_tail_block_and_the_build_follows_it(tmp_path, cap
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("searched: tail, weight_buffers, gate_up_tiles, down_columns")
     assert [plan.absorb_tail for plan in seen[:2]] == [True, False] and not any(p.absorb_tail for p in seen[2:])
+    assert len(seen) == 6  # tail absorb and block, weight_buffers 3, gate_up_tiles 2 and 4 (8: the rule's), columns 256
     assert lines[1].split()[0] == "chosen" and lines[1].split()[8] == "tail=block" and "100.0 us" in lines[1]
     absorbed = [line for line in lines if "tail=absorb" in line]
     assert len(absorbed) == 1 and "110.0 us" in absorbed[0]
@@ -428,10 +429,15 @@ def test_cte_tail_axis_keeps_the_rule_on_ties_and_records_it(tmp_path, capsys, m
     """Equal modeled times keep the plan's own value (tail tiles here); the record spells it, so a later change of
     the tail rule cannot change the recorded kernel unseen."""
     seen = _fake_profile(monkeypatch, lambda plan: 50.0)
-    path = _stream_spec(tmp_path, TAIL_TUNED)
+    path = _stream_spec(tmp_path, TAIL_TUNED, intermediate=512)
     assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
-    assert "tail=absorb" in capsys.readouterr().out.splitlines()[1]
+    lines = capsys.readouterr().out.splitlines()
+    assert "tail=absorb" in lines[1]
     assert seen[0].absorb_tail and not seen[1].absorb_tail and seen[1].final_sum_touched
+    assert all(plan.absorb_tail for plan in seen[2:]) and len(seen) == 5  # the later axes keep the tail tiles
+    # (tail 2, weight_buffers 3, gate_up_tiles 2 (4: the rule's), down_columns 256)
+    refused = [line for line in lines if line.split()[:1] == ["refused"]]  # 8 I tiles: named with the kept tail
+    assert len(refused) == 1 and "gate_up_tiles=8" in refused[0] and "tail=absorb" in refused[0].split(":")[0]
     assert json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]["chosen"] == {"tail": "absorb"}
     plan = generate(path).plans[0]
     assert plan.absorb_tail and not plan.final_sum_touched
