@@ -245,6 +245,10 @@ class CtePlan(KernelPlan):
     skip_padding_tiles: bool  # 128-slot tiles holding only padding skip their work (a 0/1 runtime trip count)
     skip_empty_weights: bool  # a block holding no token skips its streamed weight loads (out-of-bounds expert)
     block_slots: int  # copies of the per-block metadata tiles: 2 in static block loops (blocks alternate), else 1
+    # copies of the block's token and output row id tiles: 3 in pipelined static loops, so the block after an empty
+    # block (which runs nothing) fills its own copy while the block before the empty one still writes its output rows
+    # with its ids; else block_slots
+    row_id_slots: int
     x_psum_slots: int  # PSUM banks of the token transposes (groups of four alternate): 2, or 1 when exchanging
     x_psum_groups_per_bank: int  # groups of four transposes in flight per PSUM bank (2: each bank's two halves)
     x_copy_engines: tuple[str, ...]  # engines evacuating the transposes' PSUM groups, alternating
@@ -260,6 +264,10 @@ class CtePlan(KernelPlan):
     absorb_tail: bool = False
     # (column offset, columns) per DMA of an in-block token-row gather: pieces let the transposes start on the first
     gather_pieces: tuple[tuple[int, int], ...] = ()  # (empty: one DMA of whole rows)
+    # pipelined serpentine loops: a core's first block (the kernel's head: no previous block to overlap) loads the gate/up
+    # chunk it runs first before the other of its first two, which goes out after the block's token-row gathers (the
+    # later blocks load that other chunk first, when they start inside the previous block)
+    head_chunk_first: bool = False
     # Hybrid-loop pipelining (one program for every block, so the next block's metadata shares this block's tiles):
     weight_dma_tiles: int = 0  # resident weights: contraction tiles per weight DMA (0: one DMA per tensor)
     output_dma_add: bool = False  # accumulate into the output rows with dma_compute (scatter read-modify-write)
@@ -301,6 +309,9 @@ class CtePlan(KernelPlan):
     # one partial-sum buffer and writes the rows core 0 never touches before the barrier; each core records the rows
     # its blocks touch, and after the barrier only the rows both touched are summed
     final_sum_touched: bool = False
+    # with tail tiles (an absorbed tile's rows go to the other core than its block's): core 1 writes the rows core 0
+    # never touched after the barrier, the two cores taking every other 128-row tile, read from core 0's row list
+    copy_after_barrier: bool = False
     per_core_output: bool  # out is [rows, 2, H], core c's partial sums in [:, c, :], not added by the kernel
     shared: FusedSharedPlan | None = None  # the layer's shared experts, fused (templates/common/shared_fused.j2)
     # MX variants (trn3, moegen/plan/cte_mx.py): the weights' slabs, and (first I slab, count) per core
@@ -463,8 +474,12 @@ class CtePlan(KernelPlan):
         if self.final_sum_touched:
             lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
             lines.append("(acc: out on core 0, partial on core 1)")
-            lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
-            lines.append("out[r] += partial[r] for the rows r both cores touched")
+            if self.copy_after_barrier:
+                lines.append("core barrier; then out[r] = partial[r] for the rows r core 0 never touched,")
+                lines.append("out[r] += partial[r] for the rows r both cores touched")
+            else:
+                lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
+                lines.append("out[r] += partial[r] for the rows r both cores touched")
         elif self.partial_output:
             lines.append("out = partial(core 0) + partial(core 1)")
         if self.shared:
@@ -632,9 +647,10 @@ def _buffers(
     # chunk, and a second for the other core's columns when partial projections are exchanged
     down_cols = h if resident else col * (2 if exchange else 1)
     slots = 1 if hybrid else 2  # per-block metadata: consecutive blocks of a static loop alternate copies
+    id_slots = 3 if static_pipelined and not resident else slots  # row ids: plan.row_id_slots
     sb = [
-        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, slots),
-        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * slots),  # and the padding shift
+        Buffer("token_ids", "sbuf", PARTITIONS, 4 * n_t, id_slots),
+        Buffer("out_ids", "sbuf", PARTITIONS, 4 * n_t, 2 * id_slots),  # and the padding shift
         Buffer("expert_id", "sbuf", 1, 4, 4 * slots),  # expert, previous expert, same-expert flag, weight expert
         Buffer("x_rows", "sbuf", PARTITIONS, dt * h, max(2, n_t) if hybrid_pipelined else 2),  # hybrid: one per tile
         Buffer("xT", "sbuf", PARTITIONS, dt * n_h * n_t * TOKEN_TILE),
@@ -706,8 +722,10 @@ def _buffers(
         # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched
         sb += [
             Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
-            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),  # and a tile of int32 ones
-            Buffer("row_flags", "sbuf", PARTITIONS, 12, 2),
+            # and a tile of int32 ones; with tail tiles the ids of the tiles a block runs instead of core 0's block ids
+            Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
+            # (with tail tiles a fourth column: the rows core 0 never touched, copied after the barrier)
+            Buffer("row_flags", "sbuf", PARTITIONS, 16 if extra_tiles else 12, 2),
         ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
@@ -799,20 +817,17 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     )
     whole_rows_possible = hybrid_pipelined and scale_on_scalar and accumulate and mlp.affinity_scale in ("post", "none")
     # Static loops with partial sums at LNC 2: core 0 accumulates into out, core 1 into a partial-sum buffer, and the
-    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes).
-    # An absorbed tail tile moves to the other core (blocks alternate between the cores), which the row lists do not
-    # follow, so a kernel takes one of the two: untuned (tail=auto), the tail tiles where they can be built (Mixtral
-    # prefill, T=4096, modeled: 2785.4 us with tail tiles and the full final sum, 2801.4 us with this final sum and no
-    # tail tiles), this final sum elsewhere (tail=block, block 128, weights=resident, ...). Which is faster depends
-    # on the routing at run time (how many experts end in a tail) and the shape: a `tuned` kernel takes `tail` from
-    # the model (moegen tune's tail axis; docs/faster_prefill.md).
+    # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes). With tail
+    # tiles an absorbed tile's rows go to the row list of the core that runs it (blocks alternate between the cores),
+    # and core 1 notes which tiles moved when it lists the rows core 0 never touches.
+    # Untuned, tail=auto takes the tail tiles where they can be built; a `tuned` kernel takes `tail` from the model
+    # (moegen tune's tail axis: which is faster depends on the run-time routing and the shape; docs/faster_prefill.md).
     tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
         variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )
-    final_sum_possible = (
+    final_sum_touched = (
         shard == "block" and lnc == 2 and accumulate and variant["output"] != "per_core" and not (hybrid or mx)
     )
-    final_sum_touched = final_sum_possible and not tail_tiles_possible
     common = dict(
         h=h,
         i_core=i_core,
@@ -960,7 +975,6 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
             if not absorb or variant["tail"] == "absorb":
                 raise
             common["extra_tiles"] = 0  # tail=auto yields to chunk widths the spec sets that fit only without it
-            final_sum_touched = common["final_sum_touched"] = final_sum_possible
             chunk_tiles, full_chunk, depth, buffers = _streamed_chunks(variant, len(i_tiles), capacity, common)
         decisions.append(
             (
@@ -1003,7 +1017,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 "a block whose next block (in block order) has the same expert and holds at most 128 tokens runs that "
                 "block's tile as one more token tile of its own weight passes (the next block then runs no tile and "
                 "skips its weight loads), so an expert's last few tokens do not reload its weights; x^T, h^T and the "
-                "read-ahead output rows hold one more token tile",
+                "read-ahead output rows hold one more token tile"
+                + (
+                    "; the absorbed tile's rows go into the row list of the core that runs it (blocks alternate "
+                    "between the cores) and the absorbed block records none, so the final sum follows the tiles"
+                    if final_sum_touched
+                    else ""
+                ),
             )
         )
     if reuse:
@@ -1038,6 +1058,20 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 f"{len(gather_pieces)} column pieces, so a tile's transposes start when its first piece lands",
             )
         )
+    if pipeline_blocks:
+        decisions.append(
+            (
+                "block pipeline",
+                "three copies of a block's token and output row ids, so the block after an empty block fills its own "
+                "while the block before the empty one still writes its output rows"
+                + (
+                    "; a core's first block loads the gate/up chunk it runs first, then its token rows, then its second "
+                    "chunk (the later blocks load that second chunk first, inside the previous block)"
+                    if skip_empty
+                    else ""
+                ),
+            )
+        )
     gate_up_chunks = []
     for first in range(0, len(i_tiles), chunk_tiles):
         tiles = i_tiles[first : first + chunk_tiles]
@@ -1060,6 +1094,13 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 + (
                     "each core accumulates into its own slot of out [rows, 2, H]; the caller adds them"
                     if per_core_output
+                    else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
+                    "accumulates into a partial-sum buffer; each core records the rows its blocks add into (an HBM "
+                    "list of row ids); after a core barrier the two cores, every other 128-row tile each, add "
+                    "out += partial in the rows both touched (dma_compute, other rows skipped) and copy out = partial "
+                    "into the rows core 0 never touched (with tail tiles core 1 cannot list those before the barrier "
+                    "without following the absorbed tiles)"
+                    if final_sum_touched and absorb
                     else "core 0 accumulates into out, clearing a row when a block first adds into it; core 1 "
                     "accumulates into a partial-sum buffer and, before a core barrier, writes the rows core 0 never "
                     "touches; each core records the rows its blocks add into (an HBM list of row ids), and after the "
@@ -1142,6 +1183,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         skip_padding_tiles=skip_tiles,
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
+        row_id_slots=3 if pipeline_blocks else (1 if hybrid else 2),
         x_psum_slots=1 if exchange else 2,
         x_psum_groups_per_bank=common["x_psum_groups"],
         x_copy_engines=("vector",) if mx else ("vector", "scalar"),
@@ -1151,6 +1193,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         stream_depth=depth,
         gather_pieces=gather_pieces,
         serpentine=pipeline_blocks and skip_empty,
+        head_chunk_first=pipeline_blocks and skip_empty,
         absorb_tail=absorb,
         # not with a barrier after the fill (top-1 shard=block at LNC 2: the cores clear each other's rows); in a
         # hybrid loop the pieces go out in this core's first trace-time block
@@ -1187,6 +1230,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         zero_output=zero_output,
         partial_output=partial_output,
         final_sum_touched=final_sum_touched,
+        copy_after_barrier=final_sum_touched and absorb,
         per_core_output=per_core_output,
         mlp=mlp,
     )

@@ -60,7 +60,10 @@ class FusedSharedPlan:
     weight_dtype: str
     gate_up_tiles: int = 1  # I_F tiles per gate/up weight slab (one DMA: runs of tiles x 128 elements)
     gate_up_buffers: int = 1  # slabs alternating by group (the next group's load overlaps the matmuls)
-    reuse_routed_slabs: bool = False  # tkg: the slabs are the routed experts' w_gate_up, free after their items
+    reuse_routed_slabs: bool = False  # the slabs are the routed experts' gate/up weight tiles, free after them
+    # cte: 0, or the tokens of one pass when the shared experts run on the routed kernel's tiles (x.T, h.T, the
+    # gate/up and down weight slots, free once the routed blocks are done): each pass reads the shared weights once
+    cte_rows: int = 0
 
     def __str__(self) -> str:
         """One line for `moegen explain`."""
@@ -89,9 +92,10 @@ class FusedSharedPlan:
             if self.reuse_routed_slabs
             else [Buffer("shared_w_gate_up", "sbuf", PARTITIONS, slab, self.gate_up_buffers)]
         )
-        buffers.append(Buffer("shared_h", "sbuf", PARTITIONS, self.i_tiles * token_tile * w))
-        if self.gate:
-            buffers.append(Buffer("shared_scale", "sbuf", token_tile, 4))
+        if not self.cte_rows:  # else h.T goes to the routed kernel's hT
+            buffers.append(Buffer("shared_h", "sbuf", PARTITIONS, self.i_tiles * token_tile * w))
+        if self.gate:  # the gate values of a pass, one column per 128-token tile
+            buffers.append(Buffer("shared_scale", "sbuf", token_tile, 4 * max(1, self.cte_rows // PARTITIONS)))
         if self.up_psum:
             buffers += [
                 Buffer("shared_up", "sbuf", PARTITIONS, token_tile * 4),
@@ -137,6 +141,7 @@ def plan_fusion(
     extra_blocker: str | None = None,
     extra_tiles: tuple[Buffer, ...] = (),
     routed_slabs: tuple[int, int, int] | None = None,
+    cte_rows: int = 0,
 ):
     """(FusedSharedPlan or None, decision): the `shared` option of a routed kernel resolved.
 
@@ -153,9 +158,11 @@ def plan_fusion(
     if fused and routed_slabs and routed_slabs[0] == fused.projections:
         # the routed gate/up slabs (projections, I tiles, count) are free once the routed items are done
         _, tiles, count = routed_slabs
-        fused = replace(fused, gate_up_tiles=tiles, gate_up_buffers=count, reuse_routed_slabs=True)
+        fused = replace(fused, gate_up_tiles=tiles, gate_up_buffers=count, reuse_routed_slabs=True, cte_rows=cte_rows)
         extra = fused.buffers(token_tile, h_tiles) + extra_tiles
         sbuf = sbuf_used + sum(b.total_per_partition for b in extra if b.memory == "sbuf")
+        if sbuf > SBUF_BYTES[target]:
+            blocker = f"SBUF: {sbuf} bytes per partition with the shared experts' tiles, {SBUF_BYTES[target]} available"
     elif fused:
         fused, sbuf, extra = _slabs(fused, token_tile, h_tiles, extra_tiles, sbuf_used, SBUF_BYTES[target])
         psum = psum_used + sum(-(-b.bytes_per_partition // PSUM_BANK_BYTES) for b in extra if b.memory == "psum")
@@ -245,18 +252,24 @@ def fuse_into_tkg(layer: Layer, options, plan):
 
 def fuse_into_cte(layer: Layer, options, plan):
     """The cte plan with its `shared` option resolved. The shared experts run after the routed blocks, on
-    contiguous 128-token row tiles: out[rows] += round(shared(x[rows])), one more expert that every token
-    selected (the routed experts' updates are rounded the same way); at LNC=2 each core takes the rows or
-    the output columns it owns."""
+    contiguous row tiles: out[rows] += round(shared(x[rows])), one more expert that every token selected
+    (the routed experts' updates are rounded the same way); at LNC=2 each core takes the rows or the
+    output columns it owns. Where the routed tiles can hold them (cte_routed_rows), a pass covers a whole
+    block of rows on those tiles, so the shared weights are read T / B times instead of T / 128."""
     blocker = None
     if plan.per_core_output:
         blocker = "output=per_core leaves the cores' partial sums to the caller"
     elif plan.checkpoint:
         blocker = "checkpoint (training) saves the routed activations only"
     w = DTYPE_BYTES[layer.dtype]
+    rows = cte_routed_rows(layer, plan)
     tiles = (
-        Buffer("shared_w_down", "sbuf", PARTITIONS, plan.down_cols * w, count=2),
-        Buffer("shared_rows", "sbuf", PARTITIONS, plan.down_cols * DTYPE_BYTES[plan.out_dtype]),
+        ()  # the out rows are added on the DMA engines (dma_compute)
+        if rows
+        else (
+            Buffer("shared_w_down", "sbuf", PARTITIONS, plan.down_cols * w, count=2),
+            Buffer("shared_rows", "sbuf", PARTITIONS, plan.down_cols * DTYPE_BYTES[plan.out_dtype]),
+        )
     )
     fused, decision = plan_fusion(
         layer,
@@ -275,8 +288,36 @@ def fuse_into_cte(layer: Layer, options, plan):
         target="trn2",
         extra_blocker=blocker,
         extra_tiles=tiles,
+        routed_slabs=(plan.mlp.projections, plan.gate_up_chunk_cols // PARTITIONS, plan.stream_depth) if rows else None,
+        cte_rows=rows,
     )
     if decision is None:
         return plan
     buffers = plan.buffers + ((*fused.buffers(PARTITIONS, len(plan.h_tiles)), *tiles) if fused else ())
+    if fused and rows:
+        decision = (
+            decision[0],
+            f"{decision[1]}; passes of {rows} token rows on the routed tiles (x.T, h.T, the weight slots), "
+            "each reading the shared weights once",
+        )
     return replace(plan, shared=fused, buffers=buffers, decisions=plan.decisions + (decision,))
+
+
+def cte_routed_rows(layer: Layer, plan) -> int:
+    """Token rows per shared pass on the routed kernel's tiles (the block B), or 0 where they cannot hold it:
+    hT [128, I tiles, B (+ 128 with tail tiles)] needs every shared I_F tile, the gate/up weight slots whole 128-column tiles of the
+    same projections, and streamed weights (resident weights have no slots)."""
+    i_tiles = -(-(layer.dims.shared_intermediate or 0) // (layer.dims.tp * plan.ep * PARTITIONS))
+    mlp = expert_mlp_plan(replace(layer, expert=layer.shared_expert, quant=Quant())) if layer.shared_expert else None
+    fits = (
+        mlp is not None
+        and not plan.resident_weights
+        and not plan.gate_up_h_parts
+        and not plan.mx
+        and plan.block % PARTITIONS == 0
+        and plan.gate_up_chunk_cols % PARTITIONS == 0
+        and mlp.projections == plan.mlp.projections
+        and layer.dtype == plan.weight_dtype
+        and 0 < i_tiles <= len(plan.i_tiles)
+    )
+    return plan.block if fits else 0

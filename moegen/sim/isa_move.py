@@ -14,6 +14,7 @@ DMA semantics (nki.isa.dma_copy page, NKI 0.6):
 from __future__ import annotations
 
 import queue
+import time
 
 import numpy as np
 
@@ -292,6 +293,52 @@ def dma_transpose(dst, src, axes=None, priority=None, dge_mode=dge_mode.unknown,
     return NkiInstruction(instr)
 
 
+def _same_view(a: NkiTensor, b: NkiTensor) -> bool:
+    """a and b address the same elements the same way (the same vector_offset index view included)."""
+    if a._alloc is not b._alloc or (a.offset, a.shape, a.strides, a.dtype) != (b.offset, b.shape, b.strides, b.dtype):
+        return False
+    if (a._vec is None) != (b._vec is None):
+        return False
+    if a._vec is not None:
+        ia, ib = a._vec[0], b._vec[0]
+        if ia._alloc is not ib._alloc or (ia.offset, ia.shape, ia.strides) != (ib.offset, ib.shape, ib.strides):
+            return False
+        if tuple(a._vec[1:]) != tuple(b._vec[1:]):
+            return False
+    return True
+
+
+def _check_compute_addressing(instr: str, dst: NkiTensor, srcs: list) -> None:
+    """The dma_compute page: every tensor has a compile-time address unless it uses vector_offset, and a
+    vector_offset turns the instruction into one of two read-modify-writes with exactly 2 sources:
+    scatter (dst HBM indirect, one source the same view as dst, the other SBUF data) or gather (dst SBUF,
+    one source the same view as dst, the other HBM data with vector_offset)."""
+    named = [("dst", dst)] + [(f"srcs[{i}]", s) for i, s in enumerate(srcs)]
+    for nm, t in named:
+        if t._dyn:
+            raise NkiSimError(
+                f"{instr}: {nm} '{t.name}' has a runtime (scalar) offset (limit: compile-time addresses; "
+                "only a vector_offset read-modify-write is indirect)"
+            )
+    if all(t._vec is None for _, t in named):
+        return
+    if len(srcs) != 2:
+        raise NkiSimError(f"{instr}: a vector_offset read-modify-write takes exactly 2 sources, got {len(srcs)}")
+    same = [_same_view(s, dst) for s in srcs]
+    other = srcs[1] if same[0] else srcs[0]
+    # scatter's other source should also be SBUF data: not checked yet, since cte.py.j2's touched-row final
+    # sum adds an indirect HBM source (docs/sim_audit.md #17, open)
+    scatter = dst._vec is not None and not dst.on_chip
+    gather = dst._vec is None and dst.buffer is MemoryRegion.sbuf and not other.on_chip and other._vec is not None
+    if not any(same) or not (scatter or gather):
+        raise NkiSimError(
+            f"{instr}: dst '{dst.name}' ({dst.buffer.name}{', vector_offset' if dst._vec is not None else ''}) "
+            f"with sources {[f'{s.name} ({s.buffer.name})' for s in srcs]} is neither documented read-modify-write "
+            "(limit: scatter: dst HBM with vector_offset, srcs = [dst, SBUF data]; gather: dst SBUF, "
+            "srcs = [dst, HBM data with vector_offset])"
+        )
+
+
 def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode=oob_mode.error, name=None):
     """dst = srcs[0] + srcs[1] + ... computed in fp32 by the DMA engine (reduce_op must be nl.add)."""
     from moegen.sim import language_ops
@@ -314,6 +361,7 @@ def dma_compute(dst, srcs, reduce_op, scales=None, unique_indices=True, oob_mode
         if s.buffer is MemoryRegion.psum:
             raise NkiSimError(f"{instr}: srcs[{i}] '{s.name}' is in psum (limit: DMA cannot read PSUM)")
         _elements_match(instr, dst, s)
+    _check_compute_addressing(instr, dst, srcs)
     entry = runtime.current().record(
         "dma",
         instr,
@@ -471,6 +519,18 @@ def _barrier_wait(core, instr: str) -> None:
     core.epoch += 1
 
 
+def _receive(run, in_q: queue.Queue):
+    """The partner's payload, or None when it does not come (the partner failed: its barrier is aborted)."""
+    deadline = time.monotonic() + _SENTINEL_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            return in_q.get(timeout=0.2)
+        except queue.Empty:
+            if run.barrier is None or run.barrier.broken:
+                return None
+    return None
+
+
 def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_engine.dma, name=None):
     """Send SBUF `src` to core `send_to_rank` and receive into SBUF `dst` from `recv_from_rank` (LNC=2)."""
     instr = "sendrecv"
@@ -507,16 +567,16 @@ def sendrecv(src, dst, send_to_rank, recv_from_rank, pipe_id, dma_engine=dma_eng
         out_q = run.pipes.setdefault((core.program_id, send_to_rank, pipe_id), queue.Queue())
         in_q = run.pipes.setdefault((recv_from_rank, core.program_id, pipe_id), queue.Queue())
     out_q.put(payload)
-    try:
-        got = in_q.get(timeout=_SENTINEL_TIMEOUT)
-    except queue.Empty:
+    got = _receive(run, in_q)
+    if got is None:
         raise NkiSimError(
             f"{instr}: core {core.program_id} received nothing from rank {recv_from_rank} on pipe "
             f"{pipe_id} (limit: both cores call sendrecv)"
-        ) from None
+        )
     if got.shape != dst.shape:
         raise NkiSimError(f"{instr}: received shape {got.shape} does not match dst {dst.shape}")
     dst.write(got, instr, "dst")
-    # a symmetric exchange orders both cores like a barrier
-    _barrier_wait(core, instr)
+    # No HBM fence: the sendrecv page orders only the exchange itself (its SBUF operands, and the
+    # operations of one pipe_id); unlike core_barrier it does not say that either core's earlier HBM
+    # writes are complete, so the race check's epoch does not advance here.
     return NkiInstruction(instr)

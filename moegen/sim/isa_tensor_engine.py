@@ -39,6 +39,9 @@ FP8_DOUBLE_ROW = {
 }
 MAX_K = 128
 MAX_M = 128
+# per-element PSUM state (Allocation.mm_state): never written, last written by a matmul (nc_matmul,
+# TensorE transpose), last written by another instruction
+UNWRITTEN, MM_WRITTEN, OTHER_WRITTEN = 0, 1, 2
 
 
 def max_moving_free(target: str, dst_dtype: str) -> int:
@@ -148,21 +151,22 @@ def nc_matmul(
             f"and moving {moving.shape}"
         )
     core.record("tensor", instr, {"dst": dst, "stationary": stationary, "moving": moving})
-    if core.run.trace_only and not (accumulate is True and not dst._mm_state_view().all()):
+    if core.run.trace_only and not (accumulate is True and not _accumulable(dst._mm_state_view(), target).all()):
         # no values: keep the matmul state (it decides later accumulate rules), skip the product
         dst._note_access("w", instr)
-        dst._mm_state_view()[...] = 1
+        dst._mm_state_view()[...] = MM_WRITTEN
         return NkiInstruction(instr)
 
     if is_transpose:
         # bit-accurate data transpose (NeuronCore-v3+): dst = stationary.T, NaN/Inf carried as-is
         if n != k:
             raise NkiSimError(f"{instr}: is_transpose needs a [K, K] identity moving tile, got {moving.shape}")
+        _check_identity(instr, moving, k)
         vals = stationary.read(instr, "stationary").reshape(k, m).T
         dst._array(instr, "dst")[...] = vals.reshape(dst.shape)
         dst._alloc.written = True
         dst._alloc.version += 1
-        dst._mm_state_view()[...] = 1
+        dst._mm_state_view()[...] = MM_WRITTEN
         return NkiInstruction(instr)
     # [K', M] / [K', N] float32 operands (double_row: K' = 2K, row (k, j) of both operands)
     st = _operand_f32(stationary, instr, "stationary", keff, m)
@@ -172,6 +176,20 @@ def nc_matmul(
     res = st.T @ mv
     _accumulate_into(instr, dst, res.reshape(dst.shape), accumulate, target, exact=is_transpose)
     return NkiInstruction(instr)
+
+
+def _check_identity(instr: str, moving: NkiTensor, k: int) -> None:
+    """Transpose mode's moving tile must be the [K, K] identity: the nc_matmul page ("Transpose mode")
+    defines the transpose as the stationary tile loaded "using an identity matrix as the moving tile";
+    what the PE array computes with any other moving tile in this mode is undocumented."""
+    vals = moving.f32(instr, "moving").reshape(k, k)
+    bad = np.argwhere(vals != np.eye(k, dtype=np.float32))
+    if bad.size:
+        i, j = (int(v) for v in bad[0])
+        raise NkiSimError(
+            f"{instr}: is_transpose moving '{moving.name}' [{i}, {j}] = {vals[i, j]} is not the identity "
+            f"(limit: transpose mode takes a [{k}, {k}] identity matrix as the moving tile)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,11 +307,12 @@ def _defer(dst: NkiTensor, st: np.ndarray, mv: np.ndarray, accumulate) -> bool:
         alloc.version += 1
         return True
     state = dst._mm_state_view()  # computes any other pending chain first
+    by_matmul = state == MM_WRITTEN
     if accumulate is False:
         add = False
-    elif state.all():
+    elif by_matmul.all() or (accumulate is True and _accumulable(state, runtime.current().target).all()):
         add = True
-    elif accumulate is None and not state.any():
+    elif accumulate is None and not by_matmul.any():
         add = False
     else:
         return False  # accumulate=True onto uninitialised elements (error) or a mixed tile: do it now
@@ -304,7 +323,7 @@ def _defer(dst: NkiTensor, st: np.ndarray, mv: np.ndarray, accumulate) -> bool:
     pend.mvs.append(mv)
     alloc.written = True
     alloc.version += 1
-    state[...] = 1
+    state[...] = MM_WRITTEN
     alloc.pending = pend
     return True
 
@@ -321,18 +340,26 @@ def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, ta
     if accumulate is False or exact:
         mode = "overwrite"
     elif accumulate is True:
-        if not state.all():
-            bad = np.argwhere(state == 0)[0]
+        ok = _accumulable(state, target)
+        if not ok.all():
+            bad = tuple(int(x) for x in np.argwhere(~ok)[0])
+            if state[bad] == OTHER_WRITTEN:
+                raise NkiSimError(
+                    f"{instr}: accumulate=True onto dst '{dst.name}' element {bad} that a non-matmul "
+                    f"instruction wrote (limit: not supported on NeuronCore-v2/v3, i.e. {target}; "
+                    "undefined on hardware)"
+                )
             raise NkiSimError(
-                f"{instr}: accumulate=True onto dst '{dst.name}' element {tuple(int(x) for x in bad)} "
+                f"{instr}: accumulate=True onto dst '{dst.name}' element {bad} "
                 "that no nc_matmul initialised (limit: accumulate only onto matmul output; "
                 "undefined on hardware)"
             )
         mode = "add"
     else:
-        if state.all():
+        by_matmul = state == MM_WRITTEN
+        if by_matmul.all():
             mode = "add"
-        elif not state.any():
+        elif not by_matmul.any():
             mode = "overwrite"
         else:
             mode = "mixed"
@@ -347,10 +374,18 @@ def _accumulate_into(instr: str, dst: NkiTensor, res: np.ndarray, accumulate, ta
         else:
             arr[...] = dt.convert(dt.to_f32(arr) + res, dst.dtype, precise)
     else:
-        old = np.where(state.astype(bool), dt.to_f32(arr).astype(np.float32), np.float32(0))
+        old = np.where(state == MM_WRITTEN, dt.to_f32(arr).astype(np.float32), np.float32(0))
         arr[...] = dt.convert(old + res, dst.dtype, precise) if not native else old + res
-    if not state.all():
-        state[...] = 1
+    state[...] = MM_WRITTEN
+
+
+def _accumulable(state: np.ndarray, target: str) -> np.ndarray:
+    """Elements accumulate=True may add onto: written by a matmul; on trn3 also by another instruction (the
+    nc_matmul page: accumulating onto a PSUM location "value-initialized by a non-matmul instruction (e.g.,
+    memset, tensor_copy)" is unsupported "on NeuronCore-v2 and NeuronCore-v3", i.e. supported from v4)."""
+    if target == "trn2":
+        return state == MM_WRITTEN
+    return state != UNWRITTEN
 
 
 def _check_tiling(instr: str, tile_position, tile_size, mode, k: int, m: int) -> None:
@@ -418,7 +453,7 @@ def nc_transpose(dst, data, engine=engine.unknown, name=None):
         arr[...] = vals.reshape(dst.shape)
         dst._alloc.written = True
         dst._alloc.version += 1
-        dst._mm_state_view()[...] = 1
+        dst._mm_state_view()[...] = MM_WRITTEN
     else:
         dst.write(vals.reshape(dst.shape), instr, "dst")
     return NkiInstruction(instr)

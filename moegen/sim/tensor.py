@@ -103,7 +103,8 @@ class Allocation:
 
     buffer: MemoryRegion; dtype: allocation dtype; shape: allocated shape; data: flat storage;
     pstride: free elements per partition (on-chip) or None (HBM); mm_state: PSUM per-element
-    flag, 1 = written by nc_matmul (accumulation may continue), 0 = not; arg_index: position of
+    flag, 0 = never written, 1 = last written by nc_matmul (accumulation may continue), 2 = last
+    written by another instruction (isa_tensor_engine.UNWRITTEN / MM_WRITTEN / OTHER_WRITTEN); arg_index: position of
     the kernel argument it wraps, or None; written: set on any write.
     """
 
@@ -823,7 +824,7 @@ class NkiTensor:
             a.written = True
             a.version += 1
             if a.mm_state is not None and self.dtype.itemsize == a.dtype.itemsize and self._vec is None:
-                self._mm_state_view()[...] = 0
+                self._mm_state_view()[...] = 2  # isa_tensor_engine.OTHER_WRITTEN: a non-matmul write
         if a.buffer is MemoryRegion.shared_hbm:
             core = runtime.current()
             if core.run.num_programs > 1:
@@ -1284,6 +1285,12 @@ class NkiTensor:
                 raise NkiSimError(f"ap: vector_offset supports indirect_dim=0 only, got {indirect_dim}")
             if self.on_chip:
                 raise NkiSimError(f"ap: vector_offset indexes an HBM tensor; '{self.name}' is in {self.buffer.name}")
+            if not isinstance(vector_offset, NkiTensor) or vector_offset.buffer is not MemoryRegion.sbuf:
+                # nki.isa.dma_copy, "Indirect addressing": the index is "an SBUF tensor of shape (P, 1)"
+                where = (
+                    vector_offset.buffer.name if isinstance(vector_offset, NkiTensor) else type(vector_offset).__name__
+                )
+                raise NkiSimError(f"ap: vector_offset must be an SBUF tensor of shape (P, 1), got one in {where}")
             row = _prod(self.shape[1:]) * self.dtype.itemsize // new.itemsize
             nrows = self.shape[0]
             if vector_offset.shape[0] != shape[0]:

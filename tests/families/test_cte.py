@@ -19,6 +19,7 @@ import pytest
 from moegen.codegen.build import write
 from moegen.compare import compare
 from moegen.compiler import generate
+from moegen.plan.common import DTYPE_BYTES
 from moegen.reference import cte as cte_reference
 from moegen.verify import cte as harness
 from tests.families.support import build, layer_spec, module_builds
@@ -291,50 +292,45 @@ def test_hybrid_core_without_a_trace_time_block_clears_its_partial_sums_before_i
     assert_matches(plan, got, want)
 
 
-def _rows_of_each_core(plan, inputs) -> tuple[set, set]:
-    """The token rows the blocks of core 0 and of core 1 add into (shard=block at LNC 2: interleaved or halves)."""
+def absorbed_blocks(plan, inputs) -> list[bool]:
+    """Per block: whether block b - 1 runs its only token tile (plan.absorb_tail: same expert, block b holds tokens in
+    its tile 0 only, block b - 1 one in its tile 1), evaluated on the inputs independently of the kernel."""
+    ids = inputs["token_position_to_id"].reshape(-1, plan.block)
+    experts = inputs["block_to_expert"].ravel()
+    tokens = inputs["hidden_states"].shape[0] - (0 if plan.pad_skip else 1)
+    real = ((ids >= 0) & (ids < tokens)).reshape(ids.shape[0], -1, 128).any(axis=2)  # [N, token tiles]
+    return [
+        bool(plan.absorb_tail and b > 0 and experts[b] == experts[b - 1] and real[b, 0] and not real[b, 1:].any())
+        and bool(real[b - 1, 1])
+        for b in range(ids.shape[0])
+    ]
+
+
+def rows_of_each_core(plan, inputs) -> tuple[set, set]:
+    """The token rows core 0 and core 1 add into (shard=block at LNC 2: interleaved or halves): a block's rows go to
+    the core that runs it, an absorbed tile's to the core of the block that absorbs it."""
     ids = inputs["token_position_to_id"].reshape(-1, plan.block)
     n = ids.shape[0]
     half = (n + 1) // 2
     owner = [(b // half if plan.distribute == "halves" else b % 2) for b in range(n)]
+    absorbed = absorbed_blocks(plan, inputs)
     tokens = inputs["hidden_states"].shape[0] - (0 if plan.pad_skip else 1)
     rows = (set(), set())
     for b in range(n):
-        rows[owner[b]].update(int(i) for i in ids[b] if 0 <= i < tokens)
+        rows[owner[b - 1] if absorbed[b] else owner[b]].update(int(i) for i in ids[b] if 0 <= i < tokens)
     return rows
 
 
-@pytest.mark.parametrize(
-    "options, tokens",
-    [
-        ("block=128 lnc=2", 300),
-        ("block=128 lnc=2 weights=stream padding=skip", 300),
-        ("block=128 lnc=2 weights=stream distribute=halves", 300),
-    ],
-)
-def test_final_sum_moves_only_the_rows_both_cores_touched(options, tokens):
-    """shard=block at LNC 2 (static loop): core 0 accumulates into out itself, clearing a row when one of its blocks
-    first adds into it (no up-front zero fill); core 1 accumulates into a partial-sum buffer and, before the barrier,
-    writes the rows no block of core 0 touches (out = partial: its sums, or zero); after the barrier the final sum is
-    one dma_compute out += partial per 128-row tile over the rows both cores touched (ids -1 elsewhere, oob_mode=skip:
-    they move no bytes). The trace's bytes are exactly those rows (the old kernel zero-filled all of each core's
-    partial sums and added the two partials over all T rows after the barrier); outputs match the reference."""
-    from moegen import sim
-
-    text = cte_spec(f"kernel a : cte {{ {options} }}")
-    with sim.recording():
-        plan, inputs, got, want = run(text, "a", tokens)
-        trace = sim.last_run().trace
-    assert_matches(plan, got, want)
-    assert plan.partial_output and plan.final_sum_touched
-    rows0, rows1 = _rows_of_each_core(plan, inputs)
-    assert rows0 & rows1 and rows1 - rows0 and rows0 - rows1  # every kind of row occurs
-    row_bytes = plan.hidden * 2
-    core0_ids = inputs["token_position_to_id"].reshape(-1, plan.block)[0 :: 2 if plan.distribute != "halves" else 1]
-    if plan.distribute == "halves":
-        core0_ids = core0_ids[: (len(inputs["token_position_to_id"]) // plan.block + 1) // 2]
-    # rows core 1 writes before the barrier: every row below T core 0 never touches, and the padding row T when no
-    # slot of core 0 holds it
+def assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens):
+    """From the trace: core 0 clears exactly the rows it adds into; core 1 writes before the barrier exactly the rows
+    core 0 never touches (and the padding row T when no slot of core 0 holds it), or with plan.copy_after_barrier the
+    two cores copy exactly those rows below T after it; the dma_compute after the barrier moves exactly the rows both
+    cores touched (split between the cores)."""
+    rows0, rows1 = rows_of_each_core(plan, inputs)
+    row_bytes = plan.hidden * DTYPE_BYTES[plan.out_dtype]
+    ids = inputs["token_position_to_id"].reshape(-1, plan.block)
+    half = (ids.shape[0] + 1) // 2
+    core0_ids = ids[:half] if plan.distribute == "halves" else ids[0::2]
     pad_row = not plan.pad_skip and tokens not in core0_ids
     (out_mem,) = {rec["writes"][0]["mem"] for rec in trace if rec["opcode"] == "dma_compute"}
     zero_tile = next(  # the zero tile [128, ZERO_COLUMNS] core 0 clears rows from (its first memset of that shape)
@@ -351,25 +347,59 @@ def test_final_sum_moves_only_the_rows_both_cores_touched(options, tokens):
             for r in rec["reads"]
         )
 
-    before, after = {(0, "zero"): 0, (1, "copy"): 0}, {0: 0, 1: 0}
+    before, after, copied = {(0, "zero"): 0, (1, "copy"): 0}, {0: 0, 1: 0}, {0: 0, 1: 0}
     for core in (0, 1):
         records = [rec for rec in trace if rec["core"] == core]
         barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
         for i, rec in enumerate(records):
             if not any(w["mem"] == out_mem and w.get("indirect") for w in rec["writes"]):
                 continue
-            if i > barrier:
+            if i > barrier and rec["opcode"] == "dma_copy" and plan.copy_after_barrier:
+                copied[core] += rec["bytes"]
+            elif i > barrier:
                 assert rec["opcode"] == "dma_compute"
                 after[core] += rec["bytes"]
             elif core == 1:  # core 1 writes out only here: its rows that core 0 never touches
                 before[(1, "copy")] += rec["bytes"]
             elif reads_zero_tile(rec):
                 before[(0, "zero")] += rec["bytes"]
+    untouched_by_0 = (tokens - len(rows0)) * row_bytes
     assert before == {
         (0, "zero"): len(rows0) * row_bytes,  # core 0 clears exactly the rows it adds into
-        (1, "copy"): (tokens - len(rows0) + pad_row) * row_bytes,
+        (1, "copy"): 0 if plan.copy_after_barrier else untouched_by_0 + pad_row * row_bytes,
     }
+    if plan.copy_after_barrier:
+        assert copied[0] + copied[1] == untouched_by_0
     assert after[0] + after[1] == len(rows0 & rows1) * row_bytes and after[0] and after[1]
+
+
+@pytest.mark.parametrize(
+    "options, tokens",
+    [
+        ("block=128 lnc=2", 300),
+        ("block=128 lnc=2 weights=stream padding=skip", 300),
+        ("block=128 lnc=2 weights=stream distribute=halves", 300),
+    ],
+)
+def test_final_sum_moves_only_the_rows_both_cores_touched(options, tokens):
+    """shard=block at LNC 2 (static loop): core 0 accumulates into out itself, clearing a row when one of its blocks
+    first adds into it (no up-front zero fill); core 1 accumulates into a partial-sum buffer and, before the barrier,
+    writes the rows no block of core 0 touches (out = partial: its sums, or zero); after the barrier the final sum is
+    one dma_compute out += partial per 128-row tile over the rows both cores touched (ids -1 elsewhere, oob_mode=skip:
+    they move no bytes). The trace's bytes are exactly those rows (the old kernel zero-filled all of each core's
+    partial sums and added the two partials over all T rows after the barrier); outputs match the reference.
+    (With tail tiles: tests/families/test_cte_tail.py.)"""
+    from moegen import sim
+
+    text = cte_spec(f"kernel a : cte {{ {options} }}")
+    with sim.recording():
+        plan, inputs, got, want = run(text, "a", tokens)
+        trace = sim.last_run().trace
+    assert_matches(plan, got, want)
+    assert plan.partial_output and plan.final_sum_touched
+    rows0, rows1 = rows_of_each_core(plan, inputs)
+    assert rows0 & rows1 and rows1 - rows0 and rows0 - rows1  # every kind of row occurs
+    assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens)
 
 
 @pytest.mark.parametrize("lnc", [1, 2])

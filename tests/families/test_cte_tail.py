@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.families.test_cte import assert_matches, build, build_dir, cte_spec, run  # noqa: F401 (build_dir: fixture)
+from tests.families.test_cte import (  # noqa: F401 (build_dir: fixture)
+    absorbed_blocks,
+    assert_final_sum_moves_only_the_touched_rows,
+    assert_matches,
+    build,
+    build_dir,
+    cte_spec,
+    rows_of_each_core,
+    run,
+)
 from tests.families.test_cte_plans import layer_spec, plans, refusal
 
 # Tokens per expert at block 256: expert 0 a full block and a tail of 30 (absorbed), expert 1 a full block and 164
@@ -129,6 +138,8 @@ def test_tail_tiles_match_the_reference(spec_kw, options):
     text = cte_spec(f"kernel k : cte {{ {options} weights=stream }}", **spec_kw)
     plan, _, got, want = run(text, "k", TOKENS, expert_index=tail_routing())
     assert plan.absorb_tail
+    # LNC 2 with one summed output: the row lists follow the absorbed tiles (the final sum over the rows both touched)
+    assert plan.final_sum_touched == ("lnc=2" in options and plan.accumulate and "per_core" not in options)
     assert_matches(plan, got, want)
 
 
@@ -143,8 +154,53 @@ def test_tail_tiles_with_top1_and_ep():
     index = tail_routing((40, 50, 60, 70, 286, 420, 100, 540))
     index = np.concatenate([index, index[: len(index) // 10]])  # more tokens than pairs of the first rank need
     plan, _, got, want = run(ep, "k", index.shape[0], expert_index=index)
-    assert plan.absorb_tail and plan.ep == 2
+    assert plan.absorb_tail and plan.ep == 2 and plan.final_sum_touched
     assert_matches(plan, got, want)
+
+
+# Tokens per expert at block 256 for the final sum with tail tiles: expert 0 a full block and a tail of 30 (block 1,
+# core 1's, absorbed by block 0 on core 0), expert 1 two full blocks and a tail of 40 (block 4, core 0's, absorbed by
+# block 3 on core 1; with distribute=halves core 1's first block, absorbed by core 0's last), expert 2 one block of
+# 100, expert 3 a full block and a tail of 34 (block 7, core 1's, absorbed by block 6 on core 0).
+CROSS_COUNTS = (286, 552, 100, 290)
+
+
+@pytest.mark.parametrize(
+    "spec_kw, options",
+    [
+        ({}, "block=256 lnc=2 weights=stream tail=absorb"),
+        ({}, "block=256 lnc=2 weights=stream tail=absorb padding=skip"),
+        ({}, "block=256 lnc=2 weights=stream tail=absorb distribute=halves"),
+        (dict(hidden=320, intermediate=192), "block=256 lnc=2 weights=stream tail=absorb"),
+    ],
+    ids=["interleaved", "padding_skip", "halves", "partial_tiles"],
+)
+def test_final_sum_with_tail_tiles_follows_the_tiles_across_cores(spec_kw, options):
+    """Tail tiles and the touched-row final sum in one kernel: an absorbed tile's rows are added into by the core of
+    the block that absorbs it, so they go into that core's row list (and core 0 clears them at their first touch);
+    the absorbed block records nothing, and core 1, listing the rows core 0 never touches, counts the tiles that
+    moved (both directions here). From the trace: core 0 clears exactly the rows it adds into, core 1 writes exactly
+    the others before the barrier, the final sum moves exactly the rows both touched; outputs match the reference.
+    (Before, a kernel with tail tiles took the full final sum: final_sum_touched was off.)"""
+    from moegen import sim
+
+    text = cte_spec(f"kernel k : cte {{ {options} }}", **spec_kw)
+    tokens = sum(CROSS_COUNTS) // 2
+    with sim.recording():
+        plan, inputs, got, want = run(text, "k", tokens, expert_index=tail_routing(CROSS_COUNTS))
+        trace = sim.last_run().trace
+    assert plan.absorb_tail and plan.final_sum_touched
+    assert_matches(plan, got, want)
+    assert inputs["block_to_expert"].ravel().tolist()[:8] == [0, 0, 1, 1, 1, 2, 3, 3]
+    absorbed = [b for b, moved in enumerate(absorbed_blocks(plan, inputs)) if moved]
+    assert absorbed == [1, 4, 7]
+    n = len(absorbed_blocks(plan, inputs))
+    owner = [(b // ((n + 1) // 2) if plan.distribute == "halves" else b % 2) for b in range(n)]
+    moves = {(owner[b], owner[b - 1]) for b in absorbed if owner[b] != owner[b - 1]}  # (from core, to core)
+    assert moves == ({(1, 0)} if plan.distribute == "halves" else {(1, 0), (0, 1)})
+    rows0, rows1 = rows_of_each_core(plan, inputs)
+    assert rows0 & rows1 and rows0 - rows1 and (rows1 - rows0 or plan.distribute == "halves")  # rows of every kind
+    assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens)
 
 
 @pytest.mark.parametrize(
@@ -181,15 +237,14 @@ def test_tail_absorb_costs_one_token_tile_of_sbuf(tmp_path):
 def test_tail_auto_refits_the_chunk_rule_and_yields_to_spelled_widths(tmp_path):
     """Mixtral's prefill shape: with the absorbed tile the rule's widest chunks that fit are 2 I tiles and 512 columns
     (3 I tiles fit only without it); widths the spec spells that fit only without the tile turn it off under
-    tail=auto, and are refused with tail=absorb. A kernel without tail tiles (shard=block, LNC 2, one summed output)
-    takes the final sum over the rows both cores touched instead (final_sum_touched)."""
+    tail=auto, and are refused with tail=absorb. Both kernels (shard=block, LNC 2, one summed output) take the final
+    sum over the rows both cores touched (final_sum_touched), with or without the tail tiles."""
     dims = "hidden=4096 intermediate=14336 experts=8 top_k=2 tp=8"
     auto, spelled = plans(
         tmp_path,
         layer_spec("kernel a : cte { lnc=2 }\n  kernel s : cte { lnc=2 gate_up_tiles=3 down_columns=512 }", dims=dims),
     )
-    # one of the two at LNC 2: the tail tiles with the full final sum, or the final sum over the touched rows
-    assert not auto.final_sum_touched and spelled.final_sum_touched
+    assert auto.final_sum_touched and spelled.final_sum_touched  # the row lists follow the absorbed tiles
     assert auto.absorb_tail and (auto.gate_up_chunks[0][3], auto.down_cols) == (2, 512)
     assert auto.sbuf_bytes() <= 208 * 1024
     assert not spelled.absorb_tail and (spelled.gate_up_chunks[0][3], spelled.down_cols) == (3, 512)

@@ -106,7 +106,8 @@ def test_expert_parallel_ranks_each_take_a_slice_of_the_shared_experts(tmp_path)
         precision=Precision(matmul_in="bf16"),
     )
     parts = [harness.shared_fused.expected(plan.shared, inputs, "bf16") for inputs in (rank0, rank1)]
-    np.testing.assert_allclose(parts[0] + parts[1], whole, rtol=1e-5, atol=1e-5)
+    # fp32 sums in another order (BLAS threads split the contraction differently): agree to fp32 rounding of H terms
+    np.testing.assert_allclose(parts[0] + parts[1], whole, rtol=1e-4, atol=1e-4)
 
 
 def test_explain_says_fused_and_why(tmp_path):

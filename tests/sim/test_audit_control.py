@@ -69,6 +69,24 @@ def halves_without_barrier(x):
 
 
 @nki.jit
+def halves_exchanged_by_sendrecv(x):
+    # each core writes its half of a shared tensor, exchanges a tile with sendrecv, then reads the
+    # whole tensor: sendrecv orders the exchange, not the earlier HBM writes
+    R, C = x.shape
+    h = R // 2
+    pid = nl.program_id(0)
+    shared = nl.ndarray((R, C), dtype=x.dtype, buffer=nl.shared_hbm)
+    t = nl.ndarray((h, C), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=t, src=x[pid * h:(pid + 1) * h, :])
+    nisa.dma_copy(dst=shared[pid * h:(pid + 1) * h, :], src=t)
+    got = nl.ndarray((h, C), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.sendrecv(src=t, dst=got, send_to_rank=1 - pid, recv_from_rank=1 - pid, pipe_id=0)
+    full = nl.ndarray((R, C), dtype=x.dtype, buffer=nl.sbuf)
+    nisa.dma_copy(dst=full, src=shared)
+    return shared
+
+
+@nki.jit
 def disjoint_writes(x):
     # both cores read the same input and write disjoint halves of the output: no conflict
     R, C = x.shape
@@ -447,6 +465,17 @@ def test_unordered_shared_hbm_access_is_a_race(k):
     no core_barrier/sendrecv between them is reported as an error."""
     with pytest.raises(NkiSimError):
         run(k.halves_without_barrier[2], np.zeros((4, 4), np.float32))
+
+
+def test_sendrecv_is_not_a_shared_hbm_fence(k):
+    """nki.isa.sendrecv: it 'sends its src tile to the dst location of the target NeuronCore' (both SBUF)
+    and pipe_id groups sendrecv operations so that 'all operations in the group must complete before any
+    can proceed'; unlike nki.isa.core_barrier ('both cores can perform the write to data in HBM ... and
+    then signal to each other when the write operation is complete') the page promises nothing about
+    other HBM writes. So reading the partner's shared-HBM half after only a sendrecv is a race."""
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    with pytest.raises(NkiSimError, match="LNC race on shared HBM tensor"):
+        run(k.halves_exchanged_by_sendrecv[2], x)
 
 
 def test_disjoint_shared_writes_are_not_a_race(k):

@@ -877,3 +877,84 @@ def test_gather_with_offset_and_vector_offset(k):
     data = np.arange(48, dtype=np.float32).reshape(6, 8)
     got = run(k.gather_window, data, np.array([[4], [0], [5]], np.int32))
     np.testing.assert_array_equal(got, data[[4, 0, 5], 2:5])
+
+
+# ------------------------------------------------------------------------------------------------
+# dma_compute addressing (session 2026-12-07)
+# ------------------------------------------------------------------------------------------------
+def _rmw_operands():
+    acc = nl.ndarray((6, 4), nl.float32, buffer=nl.hbm)
+    acc.write(np.ones((6, 4), np.float32))
+    idx = nl.ndarray((2, 1), nl.int32)
+    idx.write(np.array([[1], [4]], np.int32))
+    data = nl.ndarray((2, 4), nl.float32)
+    data.write(np.full((2, 4), 2.0, np.float32))
+    return acc, idx, data
+
+
+def test_dma_compute_needs_compile_time_addresses():
+    """nki.isa.dma_compute (Memory types): 'Both srcs and dst tensors must have compile-time known addresses
+    (unless using vector_offset for indirect access)'; without vector_offset 'the only supported DGE mode is
+    None (static DMA)'. A register (scalar_offset) view is refused."""
+    with context(target="trn2"):
+        acc, _, data = _rmw_operands()
+        r = nisa.register_alloc(1)
+        rows = acc.ap([[4, 2], [1, 4]], offset=0, scalar_offset=r, indirect_dim=0)
+        with pytest.raises(NkiSimError, match="runtime \\(scalar\\) offset"):
+            nisa.dma_compute(rows, [rows, data], nl.add)
+
+
+def test_dma_compute_read_modify_write_modes():
+    """nki.isa.dma_compute (Read-Modify-Write with vector_offset): 'Scatter RMW: dst(HBM)[indices] =
+    dst(HBM)[indices] + src(SB)' and 'Gather RMW: dst(SB) = dst(SB) + src(HBM)[indices]'; 'Both modes require
+    exactly 2 source tensors' and 'One source matches dst'. Both documented modes run; three sources, or a
+    source list without dst, are refused."""
+    with context(target="trn2"):
+        acc, idx, data = _rmw_operands()
+        rows = acc.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0)
+        nisa.dma_compute(rows, [rows, data], nl.add)  # scatter
+        ref = np.ones((6, 4), np.float32)
+        ref[[1, 4]] += 2
+        np.testing.assert_array_equal(acc.read(), ref)
+        got = nl.ndarray((2, 4), nl.float32)
+        got.write(np.full((2, 4), 10.0, np.float32))
+        nisa.dma_compute(got, [rows, got], nl.add)  # gather, dst second
+        np.testing.assert_array_equal(got.read(), 10.0 + ref[[1, 4]])
+        with pytest.raises(NkiSimError, match="exactly 2 sources"):
+            nisa.dma_compute(rows, [rows, data, data], nl.add)
+        with pytest.raises(NkiSimError, match="neither documented read-modify-write"):
+            nisa.dma_compute(rows, [data, data], nl.add)
+        with pytest.raises(NkiSimError, match="neither documented read-modify-write"):
+            nisa.dma_compute(got, [rows, data], nl.add)  # gather whose other source is not dst
+
+
+@pytest.mark.xfail(strict=True, reason="SIM_AUDIT #17: scatter RMW with an HBM source accepted (cte final sum uses it)")
+def test_dma_compute_scatter_source_must_be_sbuf():
+    """nki.isa.dma_compute: in a scatter RMW 'The other source is data in SBUF'. An indirect HBM source
+    (dst(HBM)[i] += other(HBM)[i]) is neither documented mode."""
+    with context(target="trn2"):
+        acc, idx, _ = _rmw_operands()
+        other = nl.ndarray((6, 4), nl.float32, buffer=nl.hbm)
+        other.write(np.ones((6, 4), np.float32))
+        rows = acc.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0)
+        other_rows = other.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0)
+        with pytest.raises(NkiSimError):
+            nisa.dma_compute(rows, [rows, other_rows], nl.add)
+
+
+def test_vector_offset_index_is_an_sbuf_tensor():
+    """nki.isa.dma_copy (Indirect addressing): 'Use .ap(pattern=..., vector_offset=idx_tensor, indirect_dim=0)
+    where idx_tensor is an SBUF tensor of shape (P, 1) containing one row index per partition'. An index
+    vector in HBM is refused (the SBUF one gathers)."""
+    with context(target="trn2"):
+        data = nl.ndarray((8, 4), nl.float32, buffer=nl.hbm)
+        data.write(np.arange(32, dtype=np.float32).reshape(8, 4))
+        idx_hbm = nl.ndarray((2, 1), nl.int32, buffer=nl.hbm)
+        idx_hbm.write(np.array([[5], [2]], np.int32))
+        with pytest.raises(NkiSimError, match="vector_offset must be an SBUF tensor"):
+            data.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx_hbm, indirect_dim=0)
+        idx = nl.ndarray((2, 1), nl.int32)
+        idx.write(np.array([[5], [2]], np.int32))
+        got = nl.ndarray((2, 4), nl.float32)
+        nisa.dma_copy(got, data.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0))
+        np.testing.assert_array_equal(got.read(), np.arange(32, dtype=np.float32).reshape(8, 4)[[5, 2]])

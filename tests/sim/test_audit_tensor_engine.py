@@ -337,6 +337,26 @@ def test_matmul_tiling_stationary_free_within_column_size(trn2):
         nisa.nc_matmul(psum((128, 32)), a, b, tile_position=(0, 0), tile_size=(64, 64))
 
 
+def test_matmul_accumulates_onto_memset_psum_from_neuroncore_v4(trn3):
+    """nki.isa.nc_matmul (Accumulation mode, note): 'On NeuronCore-v2 and NeuronCore-v3, matmul
+    accumulating into a PSUM location that was value-initialized by a non-matmul instruction (e.g.,
+    memset, tensor_copy) is not supported'; so on NeuronCore-v4 (trn3) accumulate=True adds onto the
+    memset value, while 'accumulate=True on an uninitialized PSUM location is undefined behavior on all
+    targets' stays refused. (trn2 refuses the memset case: test_tensor_engine.py::test_accumulate_rules.)"""
+    a, b = RNG.standard_normal((2, 32, 16)).astype(np.float32)
+    st, mv = sb(a, nl.float32), sb(b, nl.float32)
+    dst = psum((16, 16))
+    with pytest.raises(NkiSimError, match="no nc_matmul initialised"):
+        nisa.nc_matmul(dst, st, mv, accumulate=True)
+    nisa.memset(dst, 5.0)
+    nisa.nc_matmul(dst, st, mv, accumulate=True)
+    np.testing.assert_allclose(dst.read(), 5.0 + a.T @ b, rtol=1e-5, atol=1e-5)
+    half = psum((16, 16))
+    nisa.memset(half[0:16, 0:8], 1.0)  # half the tile: the other half was never written
+    with pytest.raises(NkiSimError, match="no nc_matmul initialised"):
+        nisa.nc_matmul(half, st, mv, accumulate=True)
+
+
 # ------------------------------------------------------------------------------------------------
 # transpose mode / nc_transpose
 # ------------------------------------------------------------------------------------------------
@@ -360,6 +380,45 @@ def test_matmul_is_transpose_is_bit_accurate_with_nan_inf(trn2):
     dst = psum((4, 4), nl.bfloat16)
     nisa.nc_matmul(dst, sb(x, nl.bfloat16), sb(np.eye(4), nl.bfloat16), is_transpose=True)
     np.testing.assert_array_equal(np.asarray(dst.read()).astype(np.float32), x.T)
+
+
+def test_matmul_is_transpose_needs_the_identity_as_moving(trn2):
+    """nki.isa.nc_matmul (Transpose mode): TensorE transposes 'by loading it as a stationary tile and
+    using an identity matrix as the moving tile'. What transpose mode computes with any other moving
+    tile is undocumented, so the simulator refuses it (an uninitialised moving tile too) rather than
+    return the transpose regardless."""
+    x = sb(RNG.standard_normal((8, 8)), nl.bfloat16)
+    perm = np.eye(8)[::-1]
+    with pytest.raises(NkiSimError, match="is not the identity"):
+        nisa.nc_matmul(psum((8, 8), nl.bfloat16), x, sb(perm, nl.bfloat16), is_transpose=True)
+    with pytest.raises(NkiSimError, match="is not the identity"):
+        nisa.nc_matmul(psum((8, 8), nl.bfloat16), x, nl.ndarray((8, 8), nl.bfloat16), is_transpose=True)
+
+
+def test_matmul_without_transpose_mode_spreads_nan_inf_ieee(trn2):
+    """Trainium2 Architecture Guide, 'Built-in Transpose Support': outside transpose mode TensorE
+    multiplies every element by 1.0 or 0.0 and accumulates, so 'the NaN/Inf values will propagate
+    through the accumulation chain and spread across the output tensor'; nc_matmul accumulates in fp32
+    (IEEE: NaN * 0 = NaN, Inf * 0 = NaN, Inf + finite = Inf). Checked on a single matmul (bf16 inputs)
+    and on a deferred chain of fp32 matmuls accumulating into one PSUM tile."""
+    x = np.arange(16, dtype=np.float32).reshape(4, 4)
+    x[0, 1] = np.nan  # stationary row k=0, column m=1
+    x[2, 3] = np.inf  # stationary row k=2, column m=3
+    dst = psum((4, 4))
+    nisa.nc_matmul(dst, sb(x, nl.bfloat16), sb(np.eye(4), nl.bfloat16))
+    got = dst.read()
+    assert np.isnan(got[1]).all()  # NaN * 0 in every column
+    assert np.isnan(got[3, [0, 1, 3]]).all() and got[3, 2] == np.inf  # Inf * 0 = NaN; Inf * 1 = Inf
+    finite = [0, 2]
+    np.testing.assert_array_equal(got[finite], x.T[finite])
+
+    chain = psum((4, 4))
+    ones = sb(np.ones((4, 4)), nl.float32)
+    nisa.nc_matmul(chain, ones, ones)  # finite start
+    nisa.nc_matmul(chain, sb(x, nl.float32), sb(np.eye(4), nl.float32))  # accumulate=None: adds
+    got = chain.read()
+    assert np.isnan(got[1]).all() and np.isnan(got[3, [0, 1, 3]]).all() and got[3, 2] == np.inf
+    np.testing.assert_array_equal(got[finite], x.T[finite] + 4.0)
 
 
 def test_matmul_is_transpose_dst_dtype_equals_input(trn2):
