@@ -1,7 +1,7 @@
 """Plan choices made by the timeline model, recorded beside the spec in `SPEC.choices.json`.
 
 A kernel marked `tuned` takes the options it leaves at `auto` (tkg: mode, shard, gate_up_loop, gate_up_split,
-weight_buffers, down_columns; cte: shard, block, loop, weights, weight_buffers, gate_up_tiles,
+weight_buffers, down_columns; cte: shard, block, loop, weights, tail, weight_buffers, gate_up_tiles,
 down_columns) from the record `moegen tune SPEC
 --write` made by modeling the legal candidates (moegen/tune.py). A build only reads the record: it never simulates, so `moegen build` / `moegen check`
 stay as fast as before, and the output depends only on the spec and the checked-in record (same bytes

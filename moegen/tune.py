@@ -3,7 +3,7 @@
 For each tkg kernel and each `tuned` cte kernel of a spec, or the one kernel named, the
 options the spec leaves at `auto` are searched one axis at a time, in a fixed order (tkg: mode, shard,
 gate_up_loop, gate_up_split, weight_buffers, down_columns; cte: shard, block, loop, weights, then, when the best plan
-so far streams its weights, weight_buffers, gate_up_tiles, down_columns): each value of the axis is
+so far streams its weights, tail, weight_buffers, gate_up_tiles, down_columns): each value of the axis is
 planned with the best values found so far for the earlier axes (a refused plan is listed with its
 reason), rendered into a scratch folder, run on the verify harness's seeded inputs and modeled by
 moegen.perf at the token counts (tkg: T=1 and the kernel's token bound; cte: its `tune_tokens`, 4096 by
@@ -16,11 +16,12 @@ whole table is printed fastest first ("chosen", "runner-up"); `--write` records 
 A coordinate search, not the full product: 3 modes x 3 shards x 2 loops x 3 depths x 2 widths would be
 108 simulations per tkg kernel; the axes are nearly independent (the mode sets the weight bytes, the rest
 how fast they stream), so ~13 simulations find the same optimum on the specs we have. A cte kernel at
-LNC 2 has at most 13 distinct candidates, so at most 13 simulations per token count (each axis's value equal
+LNC 2 has at most 14 distinct candidates, so at most 14 simulations per token count (each axis's value equal
 to the best so far is not simulated again; refused candidates are not simulated): 7 for shard, block, loop
-and weights, then 1 for weight_buffers 3 (its widths refitted by the rule), at most 3 for gate_up_tiles 2, 4,
-8 and 2 for down_columns 256, 512 (each axis also holds the plan's own width, kept on ties; it is simulated
-already), against 32 x 2 x 4 x 3 = 768 in the product. A real-shape prefill simulation takes minutes on a loaded machine."""
+and weights, then 1 for the tail value the plan's rule did not take (tail tiles, or none and the final sum the
+plan takes then), 1 for weight_buffers 3 (its widths refitted by the rule), at most 3 for gate_up_tiles 2, 4,
+8 and 2 for down_columns 256, 512 (each axis also holds the plan's own value, kept on ties; it is simulated
+already), against 32 x 2 x 2 x 4 x 3 = 1536 in the product. A real-shape prefill simulation takes minutes on a loaded machine."""
 
 from __future__ import annotations
 
@@ -53,17 +54,20 @@ TKG_AXES = (
 # cte (prefill): the LNC split first (it sets each core's share of the work), then the block size, the
 # loop, and whether an expert's weights stay resident (one buffer) or stream in chunks.
 # Block 128..1024: the option's legal range (the plan refuses one whose buffers do not fit SBUF).
-# Streamed weights (searched only when the best plan so far streams them): the copies per chunk first, its
-# chunk widths at the rule's (the widest that fits at that depth), then the gate/up and down chunk widths.
+# Streamed weights (searched only when the best plan so far streams them): the tail tiles first (one more token
+# tile in the block buffers narrows the widths that fit, and the final sum follows from the plan), then the copies
+# per chunk, its chunk widths at the rule's (the widest that fits at that depth), then the gate/up and down widths.
 CTE_AXES = (
     ("shard", ({"shard": "block"}, {"shard": "intermediate"})),
     ("block", ({"block": 128}, {"block": 256}, {"block": 512}, {"block": 1024})),
     ("loop", ({"loop": "static"}, {"loop": "hybrid"})),
     ("weights", ({"weights": "resident"}, {"weights": "stream"})),
+    ("tail", ({"tail": "absorb"}, {"tail": "block"})),
     ("weight_buffers", ({"weight_buffers": 2}, {"weight_buffers": 3})),
     ("gate_up_tiles", ({"gate_up_tiles": 2}, {"gate_up_tiles": 4}, {"gate_up_tiles": 8})),
     ("down_columns", ({"down_columns": 256}, {"down_columns": 512})),
 )
+STREAMED_AXES = ("tail", *STREAM_OPTIONS)  # cte axes that only streamed weights have
 TUNED_FAMILIES = ("tkg", "cte")
 
 
@@ -85,7 +89,7 @@ class Candidate:
 
 def cte_label(plan) -> str:
     """What the cte axes resolved to in `plan` (streamed weights: the chunk widths and copies the plan took)."""
-    weights = "resident" if plan.resident_weights else "stream " + stream_label(plan)
+    weights = "resident" if plan.resident_weights else f"stream {stream_label(plan)} tail={tail_value(plan)}"
     loop = "hybrid" if plan.hybrid else "static"
     return f"shard={plan.shard} block={plan.block} loop={loop} weights={weights}"
 
@@ -103,6 +107,11 @@ def stream_label(plan) -> str:
     return " ".join(f"{name}={value}" for name, value in stream_values(plan).items())
 
 
+def tail_value(plan) -> str:
+    """The `tail` option value `plan` resolved to: absorb (it runs tail tiles) or block."""
+    return "absorb" if plan.absorb_tail else "block"
+
+
 def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
     """The axes searched for `variant`: options it leaves at auto (mode also as advice when untuned; a cte
     kernel that is not tuned is shown every axis as advice)."""
@@ -113,7 +122,7 @@ def axes(variant) -> list[tuple[str, tuple[dict, ...]]]:
             for option, values in CTE_AXES
             if (variant.options.get(option) == "auto" or not tuned)
             and (option != "shard" or variant["lnc"] == 2)
-            and (option not in STREAM_OPTIONS or variant["weights"] != "resident")  # (resident: no chunks to size)
+            and (option not in STREAMED_AXES or variant["weights"] != "resident")  # (resident: no chunks, no tails)
         ]
     found = []
     for option, values in TKG_AXES:
@@ -199,12 +208,15 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
     rows: dict[str, Row] = {}
     best = start_values(variant)
     best_plan = None
+    kept: dict = {}  # values later axes keep spelled (a row's options are those of its first candidate)
     for name, values in axes(variant):
-        if variant.family == "cte" and name in STREAM_OPTIONS:  # (tkg has its own weight_buffers / down_columns axes)
+        if variant.family == "cte" and name in STREAMED_AXES:  # (tkg has its own weight_buffers / down_columns axes)
             best_plan = best_plan or plan_candidate(spec, variant, best).plan
             if best_plan is None or best_plan.resident_weights or best_plan.mx:
                 continue  # not_searched() names it: no streamed weight chunks to size
-            if name != "weight_buffers":  # the widths the best plan fitted at its depth, so candidates name them
+            if name == "tail":  # the value the plan's rule took first (it wins ties; it is simulated already)
+                values = tuple(sorted(values, key=lambda value: value["tail"] != tail_value(best_plan)))
+            elif name != "weight_buffers":  # the widths the best plan fitted at its depth, so candidates name them
                 resolved = stream_values(best_plan)
                 best = {**{k: resolved[k] for k in STREAM_OPTIONS if variant.options.get(k) == "auto"}, **best}
             if name in best and {name: best[name]} not in values:  # the value the plan has now (first: wins ties)
@@ -232,7 +244,9 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
             axis_rows.append(rows[key])
         winner = min(axis_rows, key=lambda row: row.modeled_us)  # min keeps the first of equals
         if winner.modeled_us < float("inf"):
-            best, best_plan = dict(winner.candidate.options), winner.candidate.plan
+            if name == "tail":  # kept for the later axes (tail=auto would yield to widths that fit only without it)
+                kept["tail"] = tail_value(winner.candidate.plan)
+            best, best_plan = {**winner.candidate.options, **kept}, winner.candidate.plan
     ordered = sorted(rows.values(), key=lambda row: row.modeled_us)  # stable: search order among equals
     return ordered
 
@@ -240,7 +254,7 @@ def search(spec, spec_path: Path, variant, tokens: tuple[int, ...], scratch: Pat
 def not_searched(variant, rows: list[Row]) -> tuple[list[str], str]:
     """The streamed-weight axes the search skipped (the best plan keeps its weights resident, or streams MX
     slabs), and why."""
-    stream_axes = [name for name, _ in axes(variant) if name in STREAM_OPTIONS]
+    stream_axes = [name for name, _ in axes(variant) if name in STREAMED_AXES]
     best = next((row.candidate.plan for row in rows if row.candidate.plan is not None), None)
     if variant.family != "cte" or not stream_axes or (best is not None and not best.resident_weights and not best.mx):
         return [], ""
@@ -250,6 +264,17 @@ def not_searched(variant, rows: list[Row]) -> tuple[list[str], str]:
         stream_axes,
         "MX weights stream one I slab per load" if best.mx else "the chosen plan keeps its weights resident",
     )
+
+
+def chosen_options(variant, row: Row, searched: list[str]) -> dict:
+    """What a build of a tuned kernel applies: the options the chosen candidate sets over the spec's, and `tail` as
+    its plan resolved it when that axis was searched (so a later change of the tail rule cannot change the
+    recorded kernel unseen)."""
+    chosen = dict(row.candidate.applied)
+    plan = row.candidate.plan
+    if plan.family == "cte" and "tail" in searched and not plan.resident_weights:
+        chosen["tail"] = tail_value(plan)
+    return chosen
 
 
 def token_counts(variant, tokens: int | None) -> tuple[int, ...]:
@@ -303,7 +328,7 @@ def tune(spec_path: Path, variant_name: str | None, tokens: int | None, out=prin
                     "fingerprint": choices.fingerprint(spec.layer, variant),
                     "tokens": list(counts),
                     "target": target,
-                    "chosen": rows[0].candidate.applied,
+                    "chosen": chosen_options(variant, rows[0], [name for name, _ in searched]),
                     "table": [row.record() for row in rows if row.candidate.plan is not None],
                 }
                 out(f"  recorded in {choices.choices_path(spec_path)}")

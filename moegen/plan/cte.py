@@ -64,7 +64,8 @@ OPTIONS = (
     OptionSpec(
         "tuned",
         "flag",
-        "the options left at auto (block, shard, loop, weights, weight_buffers, gate_up_tiles, down_columns) take "
+        "the options left at auto (block, shard, loop, weights, tail, weight_buffers, gate_up_tiles, down_columns) "
+        "take "
         "the model's choice recorded in "
         "SPEC.choices.json by `moegen tune SPEC --write` (build fails when it is missing or stale)",
     ),
@@ -819,6 +820,8 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
     # final sum after the barrier moves only the rows both cores' blocks touched (the others move no bytes). With tail
     # tiles an absorbed tile's rows go to the row list of the core that runs it (blocks alternate between the cores),
     # and core 1 notes which tiles moved when it lists the rows core 0 never touches.
+    # Untuned, tail=auto takes the tail tiles where they can be built; a `tuned` kernel takes `tail` from the model
+    # (moegen tune's tail axis: which is faster depends on the run-time routing and the shape; docs/faster_prefill.md).
     tail_tiles_possible = variant["weights"] != "resident" and _absorbs_tails(
         variant, b, hybrid=hybrid, mx=mx, exchange=exchange
     )

@@ -297,7 +297,7 @@ def test_untuned_cte_kernel_is_advised_when_named(tmp_path, capsys, monkeypatch)
     assert main(["tune", str(path), "--variant", "k", "--tokens", "64", "--write"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert (
-        "searched: shard, block, loop, weights; not searched: weight_buffers, gate_up_tiles, down_columns (the "
+        "searched: shard, block, loop, weights; not searched: tail, weight_buffers, gate_up_tiles, down_columns (the "
         "chosen plan keeps its weights resident)" in lines[0]
     )
     assert (seen[0].block, seen[0].hybrid, seen[0].shard) == (256, True, "block")
@@ -328,7 +328,7 @@ def test_cte_stream_axes_keep_the_least_modeled_time(tmp_path, capsys, monkeypat
     path = _stream_spec(tmp_path, STREAM_TUNED)
     assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].endswith("searched: weight_buffers, gate_up_tiles, down_columns")
+    assert lines[0].endswith("searched: tail, weight_buffers, gate_up_tiles, down_columns")
     assert lines[1].split()[:8] == [
         "chosen",
         "shard=block",
@@ -349,24 +349,29 @@ def test_cte_stream_axes_keep_the_least_modeled_time(tmp_path, capsys, monkeypat
         (3, 4, 256),
     ]
     record = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]
-    assert record["chosen"] == {"down_columns": 256, "gate_up_tiles": 4, "weight_buffers": 3}
+    assert record["chosen"] == {"down_columns": 256, "gate_up_tiles": 4, "tail": "block", "weight_buffers": 3}
     count = len(seen)
     plan = generate(path).plans[0]
     assert (plan.stream_depth, plan.gate_up_chunks[0][3], plan.down_cols) == (3, 4, 256) and len(seen) == count
     assert main(["explain", str(path)]) == 0
     explained = capsys.readouterr().out
-    assert "weight_buffers=3 gate_up_tiles=4 down_columns=256: 94.0 us modeled at T=64 (trn2); runner-up " in explained
+    assert (
+        "weight_buffers=3 gate_up_tiles=4 down_columns=256 tail=block: 94.0 us modeled at T=64 (trn2); runner-up "
+        in explained
+    )
     assert "(triple-buffered)" in explained and "stream_depth" in explained
 
 
 def test_cte_stream_candidates_that_cannot_plan_are_refused_with_their_reason(tmp_path, capsys, monkeypatch):
-    """I = 512 is 4 I tiles: a chunk of 8 is refused with the plan's reason, never simulated nor recorded."""
+    """I = 512 is 4 I tiles: a chunk of 8 is refused with the plan's reason, never simulated nor recorded; so are
+    tail tiles at block 128."""
     seen = _fake_profile(monkeypatch, lambda plan: 50.0)
     path = _stream_spec(tmp_path, STREAM_TUNED, intermediate=512)
     assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
     lines = capsys.readouterr().out.splitlines()
     refused = [line for line in lines if line.split()[:1] == ["refused"]]
-    assert len(refused) == 1 and "gate_up_tiles=8: this core's share of I (512 columns) has 4 I tile(s)" in refused[0]
+    assert len(refused) == 2 and "gate_up_tiles=8: this core's share of I (512 columns) has 4 I tile(s)" in refused[1]
+    assert "tail=absorb: tail=absorb cannot be built with block 128 (one token tile" in refused[0]
     assert all(max(tiles for *_, tiles in plan.gate_up_chunks) <= 4 for plan in seen)
     table = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]["table"]
     assert all("gate_up_tiles=8" not in row["label"] for row in table)
@@ -383,9 +388,81 @@ def test_cte_stream_tune_is_deterministic_and_the_chosen_kernel_matches_the_refe
     first = capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()
     assert main(["tune", str(path), "--tokens", "32", "--write"]) == 0
     assert (capsys.readouterr().out, (tmp_path / "t.choices.json").read_bytes()) == first
-    assert "searched: weight_buffers" in first[0] and "weight_buffers=3" in first[0]
+    assert "searched: tail, weight_buffers" in first[0] and "weight_buffers=3" in first[0]
     generated = generate(path)
     assert generate(path).files == generated.files
     folder = write(generated, tmp_path / "out")
     plan = generated.plans[0]
     assert all(check.ok for check in verify_plan(plan, folder / "k.py"))
+
+
+# --- cte tail tiles: absorbed into the previous block's weight passes, or not (and the final sum the plan takes) ---
+
+TAIL_TUNED = "tuned lnc=2 block=256 loop=static weights=stream verify_tokens=32"
+
+
+def test_cte_tail_axis_records_tail_block_and_the_build_follows_it(tmp_path, capsys, monkeypatch):
+    """tail is searched after weights, the rule's value (absorb: streamed weights, block 256) first; here no tail
+    tiles model faster, so the later axes keep tail=block, the record spells it, and the build (no simulation) has
+    no tail tiles and, at LNC 2, the touched-row final sum; explain names the choice."""
+    seen = _fake_profile(monkeypatch, lambda plan: 100.0 + 10 * plan.absorb_tail)
+    path = _stream_spec(tmp_path, TAIL_TUNED)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("searched: tail, weight_buffers, gate_up_tiles, down_columns")
+    assert [plan.absorb_tail for plan in seen[:2]] == [True, False] and not any(p.absorb_tail for p in seen[2:])
+    assert len(seen) == 6  # tail absorb and block, weight_buffers 3, gate_up_tiles 2 and 4 (8: the rule's), columns 256
+    assert lines[1].split()[0] == "chosen" and lines[1].split()[8] == "tail=block" and "100.0 us" in lines[1]
+    absorbed = [line for line in lines if "tail=absorb" in line]
+    assert len(absorbed) == 1 and "110.0 us" in absorbed[0]
+    record = json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]
+    assert record["chosen"] == {"tail": "block"}
+    count = len(seen)
+    plan = generate(path).plans[0]
+    assert not plan.absorb_tail and plan.final_sum_touched and len(seen) == count
+    assert main(["explain", str(path)]) == 0
+    decision = next(line for line in capsys.readouterr().out.splitlines() if "model's choice:" in line)
+    assert "down_columns=512 tail=block: 100.0 us modeled at T=64" in decision
+
+
+def test_cte_tail_axis_keeps_the_rule_on_ties_and_records_it(tmp_path, capsys, monkeypatch):
+    """Equal modeled times keep the plan's own value (tail tiles here); the record spells it, so a later change of
+    the tail rule cannot change the recorded kernel unseen."""
+    seen = _fake_profile(monkeypatch, lambda plan: 50.0)
+    path = _stream_spec(tmp_path, TAIL_TUNED, intermediate=512)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "tail=absorb" in lines[1]
+    assert seen[0].absorb_tail and not seen[1].absorb_tail and seen[1].final_sum_touched
+    assert all(plan.absorb_tail for plan in seen[2:]) and len(seen) == 5  # the later axes keep the tail tiles
+    # (tail 2, weight_buffers 3, gate_up_tiles 2 (4: the rule's), down_columns 256)
+    refused = [line for line in lines if line.split()[:1] == ["refused"]]  # 8 I tiles: named with the kept tail
+    assert len(refused) == 1 and "gate_up_tiles=8" in refused[0] and "tail=absorb" in refused[0].split(":")[0]
+    assert json.loads((tmp_path / "t.choices.json").read_text())["kernels"]["k"]["chosen"] == {"tail": "absorb"}
+    plan = generate(path).plans[0]
+    assert plan.absorb_tail and plan.final_sum_touched  # the final sum follows from the plan (composed with tails)
+
+
+def test_cte_tail_in_the_fingerprint(tmp_path, capsys, monkeypatch):
+    """tail at its default (auto, spelled or not) leaves a record's fingerprint alone (records made before the axis
+    stay fresh); spelled tail=block it is the kernel's own option: the record is stale and the axis not searched."""
+    from moegen import choices
+    from moegen.compiler import load_spec
+    from moegen.tune import axes
+
+    _fake_profile(monkeypatch, lambda plan: 100.0 + 10 * plan.absorb_tail)
+    path = _stream_spec(tmp_path, TAIL_TUNED)
+    assert main(["tune", str(path), "--tokens", "64", "--write"]) == 0
+    spec = load_spec(path)
+    fresh = choices.fingerprint(spec.layer, spec.variants[0])
+    path.write_text(path.read_text().replace("tuned", "tuned tail=auto"))
+    spec = load_spec(path)
+    assert choices.fingerprint(spec.layer, spec.variants[0]) == fresh
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) == 0
+    path.write_text(path.read_text().replace("tail=auto", "tail=block"))
+    spec = load_spec(path)
+    assert choices.fingerprint(spec.layer, spec.variants[0]) != fresh
+    assert "tail" not in [name for name, _ in axes(spec.variants[0])]
+    capsys.readouterr()
+    assert main(["build", str(path), "--out", str(tmp_path / "out")]) != 0
+    assert "stale" in capsys.readouterr().err
