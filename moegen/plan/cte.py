@@ -208,6 +208,7 @@ OPTIONS = (
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
 ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
 TOUCHED_FILL = 16  # int32 columns of the -1 tile that clears a core's touched-row list (128 x 16 rows per DMA)
+FINAL_SUM_ROW_SLOTS = 8  # copies of the final sum's per-row-tile list entries (tail tiles): 8 row tiles in flight
 TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
 CONTRACTION_TILE = PARTITIONS  # rows of a matmul operand (H for gate/up, I for down)
 
@@ -322,6 +323,11 @@ class CtePlan(KernelPlan):
     def touched_fill(self) -> int:
         """int32 columns of the -1 tile that clears a core's touched-row list (final_sum_touched)."""
         return TOUCHED_FILL
+
+    @property
+    def final_sum_row_slots(self) -> int:
+        """Copies of the final sum's per-row-tile list entries (copy_after_barrier: row tiles in flight)."""
+        return FINAL_SUM_ROW_SLOTS if self.copy_after_barrier else 2
 
     @property
     def quantized(self) -> bool:
@@ -475,8 +481,8 @@ class CtePlan(KernelPlan):
             lines[-1] = lines[-1].replace("out[ids] +=", "acc[ids] +=")
             lines.append("(acc: out on core 0, partial on core 1)")
             if self.copy_after_barrier:
-                lines.append("core barrier; then out[r] = partial[r] for the rows r core 0 never touched,")
-                lines.append("out[r] += partial[r] for the rows r both cores touched")
+                lines.append("core barrier; then out[r] = partial[r] for the rows r only core 1 touched, out[r] = 0")
+                lines.append("for the rows neither touched, out[r] += partial[r] for the rows r both cores touched")
             else:
                 lines.append("core 1, rows r core 0 never touches: out[r] = partial[r]; then a core barrier")
                 lines.append("out[r] += partial[r] for the rows r both cores touched")
@@ -724,8 +730,9 @@ def _buffers(
             Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
             # and a tile of int32 ones; with tail tiles the ids of the tiles a block runs instead of core 0's block ids
             Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
-            # (with tail tiles a fourth column: the rows core 0 never touched, copied after the barrier)
-            Buffer("row_flags", "sbuf", PARTITIONS, 20 if extra_tiles else 12, 2),
+            # (with tail tiles two more columns: the rows only core 1 touched, copied after the barrier, and the rows
+            # neither touched, zeroed; in FINAL_SUM_ROW_SLOTS copies, so the row tiles' list loads do not wait in turn)
+            Buffer("row_flags", "sbuf", PARTITIONS, 20 if extra_tiles else 12, FINAL_SUM_ROW_SLOTS if extra_tiles else 2),
         ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
