@@ -732,7 +732,9 @@ def _buffers(
             Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
             # (with tail tiles two more columns: the rows only core 1 touched, copied after the barrier, and the rows
             # neither touched, zeroed; in FINAL_SUM_ROW_SLOTS copies, so the row tiles' list loads do not wait in turn)
-            Buffer("row_flags", "sbuf", PARTITIONS, 20 if extra_tiles else 12, FINAL_SUM_ROW_SLOTS if extra_tiles else 2),
+            Buffer(
+                "row_flags", "sbuf", PARTITIONS, 20 if extra_tiles else 12, FINAL_SUM_ROW_SLOTS if extra_tiles else 2
+            ),
         ]
     if hybrid:
         # conditions [N+1] on one partition, N at most the dropless budget of T_MAX tokens
