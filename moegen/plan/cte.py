@@ -722,7 +722,7 @@ def _buffers(
         # the block's slot ids (then, in place, their token flags) on one partition [1, B], the per-tile flags
         sb.append(Buffer("padding_flags", "sbuf", 1, 4 * (b + n_t), slots))
     if extra_tiles:  # the neighbour blocks' expert and tile flags, the absorb flags (scratch, and one per block)
-        sb.append(Buffer("absorb_flags", "sbuf", 1, 4 * (n_t + 4) + 4 * slots))
+        sb.append(Buffer("absorb_flags", "sbuf", 1, 4 * (n_t + 4) + 4 * slots + 4 * TOKEN_TILE))  # + block - 1's slots
     if final_sum_touched:
         # the -1 and row-number fills of the row lists; a block's ids before it (then its first-touch ids) and core
         # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched

@@ -103,3 +103,21 @@ def test_block_after_an_empty_block_writes_row_ids_the_block_before_still_reads(
     ]
     assert metadata_writes
     assert not any(_overlap(w, r) for w in metadata_writes for r in read_by_writes)
+
+
+def test_the_neighbour_block_slots_have_their_own_tile():
+    """The tail rule reads block - 1's tile 1 slots (128 int32 ids). They now go into their own tile, so their DMA
+    does not wait for the tile flags' reads of slot_ids, which hold the block's own slots (before: they overwrote
+    slot_ids' first row, and the first weight DMA's weight_expert chain waited for that write). From the trace: the
+    128-slot DMAs from token_position_to_id never write where the whole-block slot DMAs write."""
+    plan, inputs, trace = _traced()
+    assert plan.absorb_tail and plan.pipeline_blocks
+    for core in (0, 1):
+        records = _core_records(trace, core)
+        slot_loads = [
+            rec for rec in records if _name(rec, "src") == "token_position_to_id" and rec["opcode"] == "dma_copy"
+        ]
+        neighbour = [rec for rec in slot_loads if rec["bytes"] == 4 * 128]
+        whole = [rec for rec in slot_loads if rec["bytes"] == 4 * 128 * plan.token_tiles and len(rec["writes"]) == 1]
+        assert neighbour and whole, core
+        assert not any(_overlap(n["writes"][0], w["writes"][0]) for n in neighbour for w in whole), core
