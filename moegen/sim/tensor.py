@@ -830,7 +830,7 @@ class NkiTensor:
             if core.run.num_programs > 1:
                 core.run.access_log.append(
                     (
-                        core.epoch,
+                        core.epoch_of(a),
                         core.program_id,
                         kind,
                         self,
