@@ -149,6 +149,7 @@ def check_epoch(run, epoch: int | None = None, alloc=None) -> None:
                 ka = "writes" if a[2] == "w" else "reads"
                 kb = "writes" if b[2] == "w" else "reads"
                 name = a[3]._alloc.name
+                site = f" (allocated at {a[3]._alloc.site})" if a[3]._alloc.site else ""
                 if run.barrier_scope == "data":
                     between = f"with no core_barrier(data={name}) between them"
                     limit = (
@@ -159,6 +160,6 @@ def check_epoch(run, epoch: int | None = None, alloc=None) -> None:
                     between = "with no core_barrier between them"
                     limit = "one core writes bytes the other accesses only across a barrier"
                 raise NkiSimError(
-                    f"LNC race on shared HBM tensor '{name}' in barrier epoch {ep}: core {a[1]} {ka} it in "
+                    f"LNC race on shared HBM tensor '{name}'{site} in barrier epoch {ep}: core {a[1]} {ka} it in "
                     f"{a[5]} and core {b[1]} {kb} overlapping bytes in {b[5]}, {between} (limit: {limit})"
                 )

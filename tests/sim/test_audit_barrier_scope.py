@@ -116,9 +116,12 @@ X = np.arange(32, dtype=np.float32).reshape(8, 4)
 
 def test_race_on_a_tensor_no_barrier_names_is_reported(k):
     """nki.isa.core_barrier: 'The data parameter represents the shared data that all cores need to synchronize
-    on'. Each core writes half of `flags`, the only barrier names `rows`, then both read `flags` whole: the
-    barrier does not order `flags`, so the read races with the partner's write (before #23 it passed)."""
-    with pytest.raises(NkiSimError, match=r"LNC race on shared HBM tensor 'flags'.*core_barrier\(data=flags\)"):
+        on'. Each core writes half of `flags`, the only barrier names `rows`, then both read `flags` whole: the
+        barrier does not order `flags`, so the read races with the partner's write (before #23 it passed). The report
+    names the kernel line that allocated the tensor."""
+    with pytest.raises(
+        NkiSimError, match=r"tensor 'flags' \(allocated at audit_barrier_kernels.py:\d+\).*core_barrier\(data=flags\)"
+    ):
         run(k.rows_and_flags[2], X, False, True)
 
 
