@@ -479,7 +479,8 @@ def register_store(dst, src):
 # LNC=2 synchronisation
 # ------------------------------------------------------------------------------------------------
 def core_barrier(data, cores, engine=engine.gpsimd, name=None):
-    """Block until both cores of the LNC=2 pair arrive; orders their accesses to shared HBM `data`."""
+    """Block until both cores of the LNC=2 pair arrive; orders their accesses to shared HBM `data` (only `data`
+    under barrier scope 'data', every shared-HBM tensor under 'all': see races.py)."""
     instr = "core_barrier"
     check_tensor(instr, "data", data)
     if runtime.current().run.num_programs == 1:
@@ -493,14 +494,21 @@ def core_barrier(data, cores, engine=engine.gpsimd, name=None):
     check_enum(instr, "engine", engine, _ENGINE)
     core = runtime.current()
     core.record(engine.name, instr, {"data": data})
-    _barrier_wait(core, instr)
+    _barrier_wait(core, instr, data._alloc)
     return NkiInstruction(instr)
 
 
-def _barrier_wait(core, instr: str) -> None:
+def _barrier_wait(core, instr: str, alloc) -> None:
+    """Meet the partner at a core_barrier on `alloc`; the first core through checks the closing epoch for races.
+
+    Barrier scope 'data': the epoch closed is that of `alloc` alone (accesses to other tensors stay unordered);
+    both cores must name the same allocation. Scope 'all': every shared-HBM access of the epoch."""
     from moegen.sim import races
 
     run = core.run
+    scoped = run.barrier_scope == "data"
+    with run.lock:
+        run.barrier_data[core.program_id] = alloc
     try:
         idx = run.barrier.wait(timeout=_SENTINEL_TIMEOUT)
     except Exception:
@@ -508,13 +516,23 @@ def _barrier_wait(core, instr: str) -> None:
             f"{instr}: core {core.program_id} waited for its partner, which never arrived or failed "
             "(limit: both cores run identical control flow)"
         ) from None
+    key = id(alloc) if scoped else None
+    epoch = core.barriers_passed.get(key, 0)
     if idx == 0:
-        races.check_epoch(run, core.epoch)
+        met = [run.barrier_data[p] for p in sorted(run.barrier_data)]
+        if scoped and any(m is not alloc for m in met):
+            run.failed = True
+            raise NkiSimError(
+                f"{instr}: the cores met at barriers on different tensors ("
+                + ", ".join(f"core {p}: '{m.name}'" for p, m in enumerate(met))
+                + ") (limit: both cores call core_barrier on the same data, which is what it orders)"
+            )
+        races.check_epoch(run, epoch, alloc if scoped else None)
     try:
         run.barrier.wait(timeout=_SENTINEL_TIMEOUT)
     except Exception:
         raise NkiSimError(f"{instr}: the partner core failed (see its error)") from None
-    core.epoch += 1
+    core.barriers_passed[key] = epoch + 1
 
 
 def _receive(run, in_q: queue.Queue):

@@ -391,6 +391,7 @@ def _run(kernel: Kernel, args, kwargs, target, precise, trace, trace_only=False)
         num_programs=kernel.lnc,
         trace_enabled=trace,
         trace_only=trace_only,
+        barrier_scope=runtime.resolve_barrier_scope(),
     )
     lnc = kernel.lnc
     buffer = MemoryRegion.shared_hbm if lnc > 1 else MemoryRegion.hbm

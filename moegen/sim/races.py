@@ -1,10 +1,14 @@
 """LNC=2 race detection on shared HBM (beyond the official simulator).
 
-Every access to a shared_hbm tensor in an LNC>1 run is logged with the core's epoch (the number of
-core_barrier / sendrecv synchronisations it has passed). Both cores pass each synchronisation
-together, so accesses in the same epoch by different cores are unordered. If one core writes bytes
-that the other core reads or writes in the same epoch, that is a race: reported as an NkiSimError
-naming both instructions. Checked when the epoch closes (at the barrier) and at the end of the run.
+Every access to a shared_hbm tensor in an LNC>1 run is logged with the core's epoch: the number of core_barriers
+the core has passed that order the access. Under barrier scope 'data' (MOEGEN_SIM_BARRIER_SCOPE=data, the faithful
+reading, docs/sim_audit.md #23) those are the barriers whose `data` is the tensor's allocation: nki.isa.core_barrier
+orders "the shared data that all cores need to synchronize on" and blocks only its own engine. Under scope 'all'
+(the default until templates/cte.py.j2 is fixed, see #23) every barrier orders every shared-HBM tensor. Both cores
+pass each barrier together, so accesses to one allocation in the same epoch by different cores are unordered. If one
+core writes bytes that the other core reads or writes in the same epoch, that is a race: reported as an
+NkiSimError naming both instructions. Checked when the epoch closes (at a barrier) and at the end of the run.
+sendrecv orders nothing in HBM.
 """
 
 from __future__ import annotations
@@ -102,8 +106,9 @@ def _cores_share_a_written_byte(es: list) -> bool:
     )
 
 
-def check_epoch(run, epoch: int | None = None) -> None:
-    """Check the logged accesses (of `epoch`, or all) for cross-core conflicts; clear them.
+def check_epoch(run, epoch: int | None = None, alloc=None) -> None:
+    """Check the logged accesses (of `epoch` of allocation `alloc`, of `epoch` of every allocation when
+    `alloc` is None, or all when `epoch` is None) for cross-core conflicts; clear them.
 
     Accesses are grouped by (epoch, allocation); only allocations that some core wrote and that both
     cores touched are examined, candidate pairs come from overlapping byte ranges, and only those are
@@ -113,8 +118,10 @@ def check_epoch(run, epoch: int | None = None) -> None:
         if epoch is None:
             entries, rest = log, []
         else:
-            entries = [e for e in log if e[0] == epoch]
-            rest = [e for e in log if e[0] != epoch]
+            entries, rest = [], []
+            for e in log:
+                mine = e[0] == epoch and (alloc is None or e[3]._alloc is alloc)
+                (entries if mine else rest).append(e)
         run.access_log = rest
     groups: dict[tuple, list] = {}
     for e in entries:
@@ -141,11 +148,18 @@ def check_epoch(run, epoch: int | None = None) -> None:
                 run.failed = True
                 ka = "writes" if a[2] == "w" else "reads"
                 kb = "writes" if b[2] == "w" else "reads"
+                name = a[3]._alloc.name
+                site = f" (allocated at {a[3]._alloc.site})" if a[3]._alloc.site else ""
+                if run.barrier_scope == "data":
+                    between = f"with no core_barrier(data={name}) between them"
+                    limit = (
+                        f"bytes one core writes, the other accesses only across a core_barrier whose data is "
+                        f"'{name}': a barrier orders only its data tensor"
+                    )
+                else:
+                    between = "with no core_barrier between them"
+                    limit = "one core writes bytes the other accesses only across a barrier"
                 raise NkiSimError(
-                    f"LNC race on shared HBM tensor '{a[3]._alloc.name}' in barrier epoch {ep}: "
-                    f"core {a[1]} "
-                    f"{ka} it in {a[5]} and core {b[1]} {kb} overlapping bytes in {b[5]}, with no "
-                    "core_barrier or sendrecv between them (limit: one core writes bytes the other "
-                    "accesses "
-                    "only across a barrier)"
+                    f"LNC race on shared HBM tensor '{name}'{site} in barrier epoch {ep}: core {a[1]} {ka} it in "
+                    f"{a[5]} and core {b[1]} {kb} overlapping bytes in {b[5]}, {between} (limit: {limit})"
                 )

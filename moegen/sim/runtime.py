@@ -59,6 +59,21 @@ def resolve_precise(precise: bool | None) -> bool:
     return os.environ.get("NKI_PRECISE_FP", "1").strip() not in ("0", "false", "False", "")
 
 
+BARRIER_SCOPES = ("data", "all")
+
+
+def resolve_barrier_scope() -> str:
+    """What a core_barrier orders in the LNC=2 race check, from MOEGEN_SIM_BARRIER_SCOPE: 'data' = only accesses
+    to the barrier's `data` tensor (the faithful reading, docs/sim_audit.md #23: nki.isa.core_barrier, "The data
+    parameter represents the shared data that all cores need to synchronize on"); 'all' = every shared-HBM tensor.
+    The default stays 'all' until templates/cte.py.j2's touched-row final sum puts a barrier on `out` (#23; the
+    strict xfail in tests/families/test_cte_barrier_scope.py turns into a failure then: make 'data' the default)."""
+    value = os.environ.get("MOEGEN_SIM_BARRIER_SCOPE", "").strip().lower() or "all"
+    if value not in BARRIER_SCOPES:
+        raise NkiSimError(f"MOEGEN_SIM_BARRIER_SCOPE: {value!r} (limit: one of {', '.join(BARRIER_SCOPES)})")
+    return value
+
+
 def source_line() -> str:
     """'file:line' of the innermost frame outside moegen/sim (the kernel line issuing the instruction)."""
     f = sys._getframe(1)
@@ -85,6 +100,8 @@ class Run:
     shared_allocs: list = field(default_factory=list)  # k-th shared_hbm allocation, same for all cores
     pipes: dict = field(default_factory=dict)  # (src_rank, dst_rank, pipe_id) -> queue
     access_log: list = field(default_factory=list)  # LNC=2 shared-HBM accesses (for race detection)
+    barrier_scope: str = "all"  # see resolve_barrier_scope
+    barrier_data: dict = field(default_factory=dict)  # program id -> allocation of its pending core_barrier
     arg_allocs: list = field(default_factory=list)  # Allocation of each kernel array argument
     failed: bool = False
 
@@ -95,7 +112,8 @@ class Core:
     def __init__(self, run: Run, program_id: int = 0):
         self.run = run
         self.program_id = program_id
-        self.epoch = 0  # barrier / sendrecv epoch (race detection)
+        # race detection: core_barriers passed, per allocation id (barrier scope 'data') or in all (key None)
+        self.barriers_passed: dict[int | None, int] = {}
         self.sbuf_used = 0  # live SBUF bytes per partition
         self.sbuf_live: dict[int, tuple] = {}  # alloc id -> (name, address, bytes)
         self.psum_banks = [0] * PSUM_NUM_BANKS  # bytes used per bank (per partition)
@@ -126,6 +144,12 @@ class Core:
     @property
     def sbuf_capacity(self) -> int:
         return SBUF_BYTES_PER_PARTITION[self.run.target]
+
+    def epoch_of(self, alloc) -> int:
+        """Race-check epoch of an access to shared-HBM `alloc`: the core_barriers this core has passed that
+        order it (those on `alloc` under barrier scope 'data', all of them under 'all')."""
+        key = id(alloc) if self.run.barrier_scope == "data" else None
+        return self.barriers_passed.get(key, 0)
 
     # -- trace --------------------------------------------------------------------------
     def record(

@@ -131,6 +131,7 @@ class Allocation:
         "_f32_uses",
         "_f32_waste",
         "origin",
+        "site",
         "__weakref__",
     )
 
@@ -173,6 +174,7 @@ class Allocation:
         self.origin = None
         # byte address per partition of an on-chip tile (SBUF first fit / PSUM bank), for the trace
         self.addr = 0
+        self.site = None  # 'file:line' of the kernel line that allocated a shared_hbm tensor (race reports)
 
     def unshare(self) -> None:
         """Copy-on-write: give an argument allocation its own storage before its first write."""
@@ -338,6 +340,7 @@ def _shared_alloc(core, shape, dtype, name, fill) -> NkiTensor:
             flat = np.empty(_prod(shape), storage)
             flat.fill(dt.sentinel(dtype) if fill is None else fill)
             alloc = Allocation(MemoryRegion.shared_hbm, dtype, shape, flat, name, core, None)
+            alloc.site = runtime.source_line()
             run.shared_allocs.append(alloc)
     return NkiTensor._make(alloc, dtype, shape, _contig(shape), 0, name=name)
 
@@ -830,7 +833,7 @@ class NkiTensor:
             if core.run.num_programs > 1:
                 core.run.access_log.append(
                     (
-                        core.epoch,
+                        core.epoch_of(a),
                         core.program_id,
                         kind,
                         self,
