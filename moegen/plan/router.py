@@ -116,6 +116,7 @@ class RouterPlan(KernelPlan):
     k_weights_out: bool  # the K weights leave the kernel (eager or scatter=dma): their final scaling is issued
     fuse_row_weights: bool  # one-hot rows of a renormalised pre-norm softmax: 1/sum and 1/(K sum) in one tensor_scalar
     select_on: str  # 'logits' | 'scores': what max8 ranks
+    keys_from_psum: bool  # VectorE reads the keys from the PSUM logits, the NaN mask comes from router_logits' copy
     full_scores: bool  # the activation over all E is materialised
     weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by column)
     topk_rounds: int  # max8 rounds: ceil(K / 8)
@@ -644,6 +645,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_group=x_group,
         x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],
         select_on=select_on,
+        keys_from_psum=select_on == "logits" and act == "softmax" and store_logits,
         full_scores=full_scores,
         weights_from=weights_from,
         topk_rounds=rounds,

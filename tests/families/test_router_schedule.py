@@ -286,3 +286,30 @@ def test_w_loads_after_the_first_two_tiles_of_x():
     loads = [r["bytes"] for r in trace if r["opcode"] == "dma_copy" and r["bytes"] in (w_bytes, x_bytes)]
     per_tile = 128 // plan.x_load_rows
     assert loads.index(w_bytes) == 2 * per_tile, loads[: 5 * per_tile]
+
+
+def test_softmax_keys_read_the_psum_logits_and_the_nan_mask_their_rounded_copy():
+    """Softmax ranked on logits with router_logits stored (Qwen3, Mixtral): ScalarE makes no fp32 copy of
+    the logits out of PSUM for the keys; VectorE's key step reads the PSUM logits and GpSimd's NaN mask
+    reads the rounded router_logits copy (rounding keeps NaN, test_router_nonfinite checks the values)."""
+    text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk -> renormalize")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.keys_from_psum
+    psum_fp32_copies = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_copy"
+        and r["operands"]["src"]["buffer"] == "psum"
+        and r["operands"]["dst"]["dtype"] == "float32"
+    ]
+    assert psum_fp32_copies == []
+    key_floor = [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["operand0"] == plan.key_floor]
+    assert key_floor and all(r["engine"] == "vector" and r["operands"]["data"]["buffer"] == "psum" for r in key_floor)
+    nan_masks = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_tensor" and r["operands"]["data1"]["name"] == r["operands"]["data2"]["name"]
+    ]
+    assert len(nan_masks) == len(key_floor)
+    assert all(r["engine"] == "gpsimd" and r["operands"]["data1"]["dtype"] == "bfloat16" for r in nan_masks)
