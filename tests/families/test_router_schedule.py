@@ -313,3 +313,31 @@ def test_softmax_keys_read_the_psum_logits_and_the_nan_mask_their_rounded_copy()
     ]
     assert len(nan_masks) == len(key_floor)
     assert all(r["engine"] == "gpsimd" and r["operands"]["data1"]["dtype"] == "bfloat16" for r in nan_masks)
+
+
+def test_group_limited_sigmoid_selection_chain():
+    """Sigmoid, selection bias, group limit (DeepSeek-V3's pipeline, E = 64 in 8 groups): ScalarE makes the
+    scores before the router_logits copy; the biased scores get a row of their own, so VectorE's key step
+    does not overwrite what GpSimd's NaN mask reads; the experts of the dropped groups become -inf in one
+    predicated copy per routing group (the group flags broadcast over their experts), not one flag
+    expansion per group and tile."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=6,
+        router="linear -> sigmoid -> select_bias -> group_limit(groups=8, keep=3, score=top2_sum) -> topk -> renormalize",
+    )
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.n_group == 8  # one routing group of the 2 tiles
+    scalar = [
+        r["opcode"]
+        for r in trace
+        if r["engine"] == "scalar" and r["operands"].get("src", r["operands"].get("data", {})).get("buffer") == "psum"
+    ]
+    assert scalar[-2:] == ["activation", "tensor_copy"]  # the sigmoid, then router_logits
+    key_floor = [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["operand0"] == plan.key_floor]
+    assert len(key_floor) == 1 and key_floor[0]["operands"]["data"]["name"] != key_floor[0]["operands"]["dst"]["name"]
+    masks = [r for r in trace if r["opcode"] == "tensor_copy_predicated" and r["operands"]["src"] == float("-inf")]
+    assert len(masks) == 1 and masks[0]["operands"]["predicate"]["shape"] == (128, 2, 8, 8)
+    assert [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["dst"]["dtype"] == "uint8"] == []
