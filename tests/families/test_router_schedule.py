@@ -73,14 +73,14 @@ def test_transposed_x_copies_cycle_over_the_tiles_in_order():
 
 
 def test_renormalised_softmax_row_weights_take_one_instruction_per_tile():
-    """Pre-norm softmax ranked on logits, L1 renormalised, one-hot scatter (Qwen3): the whole-row
-    weights exp * (1 / sum) * (1 / K sum) are one tensor_scalar per tile (two operands), so VectorE runs
-    one [rows, E] pass for them instead of two; the K weights keep their two steps and the affinities
-    match the reference."""
+    """Pre-norm softmax ranked on logits, L1 renormalised, one-hot scatter (Qwen3): the softmax's 1 / sum
+    cancels in the renormalisation, so no row sum is reduced or inverted (the K sums are: one reciprocal per
+    routing group), and the whole-row weights exp * (1 / K sum) are one tensor_scalar per tile; the
+    affinities match the reference."""
     text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk -> renormalize")
     assert_matches(text, tokens=2 * 128)
     plan, trace = traced(text, 2 * 128)
-    assert plan.fuse_row_weights
+    assert plan.softmax_sum_cancels
     row_products = [
         r
         for r in trace
@@ -91,6 +91,21 @@ def test_renormalised_softmax_row_weights_take_one_instruction_per_tile():
         and isinstance(r["operands"]["operand0"], dict)
     ]
     assert len(row_products) == 2  # one per tile of the routing group
+    assert all("operand1" not in r["operands"] for r in row_products)
+    assert len([r for r in trace if r["opcode"] == "reciprocal"]) == 1
+    assert all("reduce_res" not in r["operands"] for r in trace if r["opcode"] == "activation")
+
+
+def test_pre_norm_softmax_keys_come_before_the_softmax_sum_on_vector_engine():
+    """Pre-norm softmax without renormalisation: VectorE takes the row max, then the keys (from PSUM) and the
+    NaN fix-up, and only then inverts the softmax sums, which nothing in the selection needs."""
+    text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert not plan.softmax_sum_cancels
+    vector = [r["opcode"] for r in trace if r["engine"] == "vector"]
+    first = vector.index("tensor_reduce")
+    assert vector[first : first + 4] == ["tensor_reduce", "tensor_scalar", "tensor_copy_predicated", "reciprocal"]
 
 
 def test_transposes_rotate_through_every_psum_bank_of_x_across_tiles():
