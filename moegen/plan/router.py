@@ -116,6 +116,8 @@ class RouterPlan(KernelPlan):
     k_weights_out: bool  # the K weights leave the kernel (eager or scatter=dma): their final scaling is issued
     softmax_sum_cancels: bool  # renormalised pre-norm softmax on logits: weights are exp / (K sum of exp), no 1 / sum
     select_on: str  # 'logits' | 'scores': what max8 ranks
+    tile_masks: bool  # the NaN masks, their fix-ups and the chosen-column masks are issued tile by tile (wide rows)
+    logits_out_engine: str  # 'scalar' | 'vector': the engine that copies router_logits out of PSUM
     keys_from_psum: bool  # VectorE reads the keys from the PSUM logits, the NaN mask comes from router_logits' copy
     full_scores: bool  # the activation over all E is materialised
     weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by column)
@@ -188,6 +190,10 @@ LAST_ROUTE_SPLIT = 1
 # Without the carried matmuls the split made heavy routing slower (Qwen3 85.9 -> 88.6 us, Nemotron 3 99.1 -> 102.0):
 # the group-boundary transposes then waited for the copies, and the selection's ScalarE steps came on top.
 ROUTE_TILES_AFTER_SELECTION = 2
+# With at least this many experts a tile's row is no shorter than an engine instruction's minimum cost (64
+# cycles), so the NaN masks, their fix-ups and the chosen-column masks go tile by tile at no extra engine time:
+# each tile's next step waits only for its own mask
+TILE_MASK_EXPERTS = 64
 
 # Output runs: full token tiles gather their outputs in SBUF per run of up to OUT_RUN_TILES_MAX tiles, partition p
 # holding consecutive tokens, so a run's rows leave in one DMA with one long run per partition (plus one for its
@@ -211,6 +217,20 @@ ROUTING_ROWS = (
     "affinities tile",
     "zero rows, row offsets, DMA targets",
 )
+
+
+def logits_out_engine(experts: int, softmax_over_all_scores: bool) -> str:
+    """The engine that copies router_logits out of PSUM (fp32 -> the output dtype).
+
+    With heavy routing ScalarE's x.T copies bound the kernel, so VectorE takes the logits copy (it costs VectorE
+    1.25x, off ScalarE's queue); a pre-norm softmax over all E whose scores are ranked (DeepSeek-V2's group
+    limit) starts its chain on VectorE (the row max) and keeps the copy on ScalarE, as light routing does.
+    Modeled at T = 4096, ScalarE -> VectorE: Qwen3 73.00 -> 70.65 us, Nemotron 3 91.69 -> 88.71, DeepSeek-V3
+    180.02 -> 179.59; DeepSeek-V2 103.96 -> 106.63 (104.25 with the copy after its scores); Mixtral 103.38 -> 103.60.
+    """
+    if experts > LIGHT_ROUTING_EXPERTS and not softmax_over_all_scores:
+        return "vector"
+    return "scalar"
 
 
 def route_split(route_group: int) -> int:
@@ -638,6 +658,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_group=x_group,
         x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],
         select_on=select_on,
+        tile_masks=experts >= TILE_MASK_EXPERTS,
+        logits_out_engine=logits_out_engine(experts, pre_norm and act == "softmax" and full_scores),
         keys_from_psum=select_on == "logits" and act == "softmax" and store_logits,
         full_scores=full_scores,
         weights_from=weights_from,

@@ -105,7 +105,10 @@ def test_pre_norm_softmax_keys_come_before_the_softmax_sum_on_vector_engine():
     assert not plan.softmax_sum_cancels
     vector = [r["opcode"] for r in trace if r["engine"] == "vector"]
     first = vector.index("tensor_reduce")
-    assert vector[first : first + 4] == ["tensor_reduce", "tensor_scalar", "tensor_copy_predicated", "reciprocal"]
+    fixups = vector.count("tensor_copy_predicated")  # one per tile (E = 64)
+    assert vector[first : first + 3 + fixups] == ["tensor_reduce", "tensor_scalar"] + [
+        "tensor_copy_predicated"
+    ] * fixups + ["reciprocal"]
 
 
 def test_transposes_rotate_through_every_psum_bank_of_x_across_tiles():
@@ -326,13 +329,13 @@ def test_softmax_keys_read_the_psum_logits_and_the_nan_mask_their_rounded_copy()
         for r in trace
         if r["opcode"] == "tensor_tensor" and r["operands"]["data1"]["name"] == r["operands"]["data2"]["name"]
     ]
-    assert len(nan_masks) == len(key_floor)
+    assert len(nan_masks) == 2  # one per tile (E = 64)
     assert all(r["engine"] == "gpsimd" and r["operands"]["data1"]["dtype"] == "bfloat16" for r in nan_masks)
 
 
 def test_group_limited_sigmoid_selection_chain():
-    """Sigmoid, selection bias, group limit (DeepSeek-V3's pipeline, E = 64 in 8 groups): ScalarE makes the
-    scores before the router_logits copy; the biased scores get a row of their own, so VectorE's key step
+    """Sigmoid, selection bias, group limit (DeepSeek-V3's pipeline, E = 64 in 8 groups): the scores are made
+    before the router_logits copy; the biased scores get a row of their own, so VectorE's key step
     does not overwrite what GpSimd's NaN mask reads; the experts of the dropped groups become -inf in one
     predicated copy per routing group (the group flags broadcast over their experts), not one flag
     expansion per group and tile."""
@@ -345,14 +348,79 @@ def test_group_limited_sigmoid_selection_chain():
     assert_matches(text, tokens=2 * 128)
     plan, trace = traced(text, 2 * 128)
     assert plan.n_group == 8  # one routing group of the 2 tiles
-    scalar = [
-        r["opcode"]
+    psum_reads = [
+        (r["engine"], r["opcode"])
         for r in trace
-        if r["engine"] == "scalar" and r["operands"].get("src", r["operands"].get("data", {})).get("buffer") == "psum"
+        if r["engine"] in ("scalar", "vector")
+        and any(isinstance(o, dict) and o.get("buffer") == "psum" for o in r["operands"].values())
     ]
-    assert scalar[-2:] == ["activation", "tensor_copy"]  # the sigmoid, then router_logits
+    assert psum_reads[-2:] == [("scalar", "activation"), ("vector", "tensor_copy")]  # the sigmoid, then router_logits
     key_floor = [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["operand0"] == plan.key_floor]
     assert len(key_floor) == 1 and key_floor[0]["operands"]["data"]["name"] != key_floor[0]["operands"]["dst"]["name"]
     masks = [r for r in trace if r["opcode"] == "tensor_copy_predicated" and r["operands"]["src"] == float("-inf")]
     assert len(masks) == 1 and masks[0]["operands"]["predicate"]["shape"] == (128, 2, 8, 8)
     assert [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["dst"]["dtype"] == "uint8"] == []
+
+
+def test_eager_weights_leave_after_the_one_hot_rows():
+    """Eager output and one-hot scatter (Qwen3): the K weights' last product and their output copy come after
+    the affinities' select on VectorE, so the kernel's last, E-wide output is not queued behind them."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=8,
+        router="linear -> softmax -> topk -> renormalize",
+        kernels="kernel route : router { eager }",
+    )
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    vector = [r for r in trace if r["engine"] == "vector"]
+    select = next(i for i, r in enumerate(vector) if r["opcode"] == "select_reduce")
+    eager_copy = next(
+        i
+        for i, r in enumerate(vector)
+        if r["opcode"] == "tensor_copy" and r["operands"]["dst"]["shape"][-1] == plan.top_k
+    )
+    assert select < eager_copy
+
+
+def test_wide_rows_mask_tile_by_tile():
+    """E >= 64: the NaN masks, their fix-ups and the chosen-column masks are one instruction per tile (each
+    tile's next step waits only for its own mask); E = 8 keeps one per routing group (a tile's row is
+    shorter than an instruction's minimum cost)."""
+    for experts, per_group in ((64, 2), (8, 1)):
+        text = router_spec(hidden=256, experts=experts, top_k=2, router="linear -> softmax -> topk -> renormalize")
+        assert_matches(text, tokens=2 * 128)
+        plan, trace = traced(text, 2 * 128)
+        assert plan.tile_masks == (experts >= 64)
+        counts = [
+            sum(1 for r in trace if r["opcode"] == op and r["engine"] == engine)
+            for op, engine in (("tensor_tensor", "gpsimd"), ("tensor_copy_predicated", "vector"))
+        ]
+        assert counts == [2 * per_group, per_group]  # NaN and chosen-column masks; NaN fix-ups
+
+
+def test_heavy_routing_copies_router_logits_on_vector_engine():
+    """With more than 32 experts VectorE copies router_logits out of PSUM and ScalarE keeps the x.T copies
+    (ScalarE bounds those routers); a pre-norm softmax over all E that ranks the scores (DeepSeek-V2's group
+    limit) and light routing keep the copy on ScalarE."""
+    cases = (
+        (64, "linear -> softmax -> topk -> renormalize", "vector"),
+        (64, "linear -> sigmoid -> topk -> renormalize", "vector"),
+        (64, "linear -> softmax -> group_limit(groups=8, keep=3, score=max) -> topk", "scalar"),
+        (8, "linear -> topk -> softmax", "scalar"),
+    )
+    for experts, router, engine in cases:
+        text = router_spec(hidden=256, experts=experts, top_k=2, router=router)
+        assert_matches(text, tokens=128)
+        plan, trace = traced(text, 128)
+        assert plan.logits_out_engine == engine
+        copies = [
+            r
+            for r in trace
+            if r["opcode"] == "tensor_copy"
+            and r["operands"]["src"]["buffer"] == "psum"
+            and r["operands"]["dst"]["dtype"] == "bfloat16"
+            and r["operands"]["dst"]["shape"][-1] == experts
+        ]
+        assert [r["engine"] for r in copies] == [engine]
