@@ -104,6 +104,7 @@ class RouterPlan(KernelPlan):
     x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
+    interleave_matmuls: bool  # layout th: the previous tile's matmuls follow each transposed H-tile group
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
     route_split: int  # every step but the last selects the previous group's experts after this many of its tiles
     last_route_split: int  # the last step selects the previous group's experts after this many of its tiles
@@ -219,16 +220,17 @@ ROUTING_ROWS = (
 )
 
 
-def logits_out_engine(experts: int, softmax_over_all_scores: bool) -> str:
+def logits_out_engine(layout: str, experts: int, softmax_over_all_scores: bool) -> str:
     """The engine that copies router_logits out of PSUM (fp32 -> the output dtype).
 
-    With heavy routing ScalarE's x.T copies bound the kernel, so VectorE takes the logits copy (it costs VectorE
-    1.25x, off ScalarE's queue); a pre-norm softmax over all E whose scores are ranked (DeepSeek-V2's group
-    limit) starts its chain on VectorE (the row max) and keeps the copy on ScalarE, as light routing does.
-    Modeled at T = 4096, ScalarE -> VectorE: Qwen3 73.00 -> 70.65 us, Nemotron 3 91.69 -> 88.71, DeepSeek-V3
-    180.02 -> 179.59; DeepSeek-V2 103.96 -> 106.63 (104.25 with the copy after its scores); Mixtral 103.38 -> 103.60.
+    With layout th and heavy routing ScalarE's x.T copies bound the kernel, so VectorE takes the logits copy (it
+    costs VectorE 1.25x, off ScalarE's queue); a pre-norm softmax over all E whose scores are ranked (DeepSeek-V2's
+    group limit) starts its chain on VectorE (the row max) and keeps the copy on ScalarE, as light routing and
+    layout ht (no x.T copies) do. Modeled at T = 4096, ScalarE -> VectorE: Qwen3 73.00 -> 70.65 us, Nemotron 3
+    91.69 -> 88.71, DeepSeek-V3 180.02 -> 179.59; DeepSeek-V2 103.96 -> 106.63 (104.25 with the copy after its
+    scores); Mixtral 103.38 -> 103.60; router_seed_matrix ht_dma_post 99.37 -> 107.81, ht_dma_post_lnc2 53.87 -> 57.99.
     """
-    if experts > LIGHT_ROUTING_EXPERTS and not softmax_over_all_scores:
+    if layout == "th" and experts > LIGHT_ROUTING_EXPERTS and not softmax_over_all_scores:
         return "vector"
     return "scalar"
 
@@ -649,6 +651,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_row_bufs=X_BUF_GROUPS,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
+        interleave_matmuls=ceil_div(h_tiles, x_group) > X_PSUM_BUFS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
         route_split=route_split(route_group),
@@ -659,7 +662,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],
         select_on=select_on,
         tile_masks=experts >= TILE_MASK_EXPERTS,
-        logits_out_engine=logits_out_engine(experts, pre_norm and act == "softmax" and full_scores),
+        logits_out_engine=logits_out_engine(
+            variant.options["layout"], experts, pre_norm and act == "softmax" and full_scores
+        ),
         keys_from_psum=select_on == "logits" and act == "softmax" and store_logits,
         full_scores=full_scores,
         weights_from=weights_from,

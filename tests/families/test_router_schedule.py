@@ -401,17 +401,24 @@ def test_wide_rows_mask_tile_by_tile():
 
 
 def test_heavy_routing_copies_router_logits_on_vector_engine():
-    """With more than 32 experts VectorE copies router_logits out of PSUM and ScalarE keeps the x.T copies
-    (ScalarE bounds those routers); a pre-norm softmax over all E that ranks the scores (DeepSeek-V2's group
-    limit) and light routing keep the copy on ScalarE."""
+    """Layout th with more than 32 experts: VectorE copies router_logits out of PSUM and ScalarE keeps the x.T
+    copies (ScalarE bounds those routers); a pre-norm softmax over all E that ranks the scores (DeepSeek-V2's
+    group limit), light routing and layout ht (no x.T copies) keep the copy on ScalarE."""
     cases = (
         (64, "linear -> softmax -> topk -> renormalize", "vector"),
         (64, "linear -> sigmoid -> topk -> renormalize", "vector"),
         (64, "linear -> softmax -> group_limit(groups=8, keep=3, score=max) -> topk", "scalar"),
         (8, "linear -> topk -> softmax", "scalar"),
+        (64, "linear -> softmax -> topk -> renormalize", "scalar", "layout=ht"),  # no x.T copies on ScalarE
     )
-    for experts, router, engine in cases:
-        text = router_spec(hidden=256, experts=experts, top_k=2, router=router)
+    for experts, router, engine, *options in cases:
+        text = router_spec(
+            hidden=256,
+            experts=experts,
+            top_k=2,
+            router=router,
+            kernels=f"kernel route : router {{ {' '.join(options)} }}",
+        )
         assert_matches(text, tokens=128)
         plan, trace = traced(text, 128)
         assert plan.logits_out_engine == engine
@@ -424,3 +431,21 @@ def test_heavy_routing_copies_router_logits_on_vector_engine():
             and r["operands"]["dst"]["shape"][-1] == experts
         ]
         assert [r["engine"] for r in copies] == [engine]
+
+
+def test_wide_hidden_interleaves_the_previous_tile_matmuls_with_the_transpose_groups():
+    """Layout th, H = 5120 (40 H tiles: 5 transposed groups of 8 per token tile, one more than the 4 x.T PSUM
+    banks): after each group's transposes TensorE takes the same 8 H tiles of the previous tile's matmuls, so
+    a transpose group never waits for the copy of the bank it reuses (DeepSeek-V3 T = 4096: 179.59 -> 173.85 us
+    modeled). H = 4096 (4 groups, Mixtral) keeps each tile's matmuls in one block."""
+    for hidden, interleaved in ((5120, True), (4096, False)):
+        text = router_spec(hidden=hidden, experts=16, top_k=2, router="linear -> topk -> softmax")
+        assert_matches(text, tokens=2 * 128)
+        plan, trace = traced(text, 2 * 128)
+        assert plan.interleave_matmuls == interleaved
+        pe = "".join(
+            "T" if r["opcode"] == "nc_transpose" else "M" for r in trace if r["opcode"] in ("nc_transpose", "nc_matmul")
+        )
+        groups = plan.h_tiles // plan.x_group
+        tile1 = ("T" * 8 + "M" * 8) * groups if interleaved else "T" * plan.h_tiles + "M" * plan.h_tiles
+        assert pe == "T" * plan.h_tiles + tile1 + "M" * plan.h_tiles, pe
