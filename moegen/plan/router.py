@@ -144,6 +144,12 @@ X_LOAD_ROWS = 32
 # rotate through the banks across token tiles: with 2 groups per tile (H = 2048) a per-tile rotation used
 # only 2 banks (Qwen3 T = 4096: 87.2 -> 85.9 us modeled, DeepSeek-V2 129.4 -> 124.8 us)
 X_PSUM_BUFS = 4
+# Layout th with more transposed groups per token tile than this (the x.T PSUM banks): TensorE takes the previous
+# tile's matmuls in chunks of X_GROUP H tiles, one after each group's transposes, so a group never waits for the
+# copy of the bank it reuses, and w loads in the same chunks (at T >= X_PE_ROWS), so the first tile's matmuls
+# wait only for their chunk. T = 4096 modeled: DeepSeek-V3 (7 groups) 179.59 -> 173.85 us, 170.86 with the w
+# chunks; DeepSeek-V2 (5) 103.96 -> 103.01, 102.64; with 4 groups (Mixtral) the chunks cost 103.38 -> 103.80 us
+INTERLEAVE_ABOVE_GROUPS = X_PSUM_BUFS
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
 # The engines of the x.T PSUM -> SBUF copies, cycled over the copies of the token tiles in order (not
@@ -651,7 +657,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_row_bufs=X_BUF_GROUPS,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
-        interleave_matmuls=ceil_div(h_tiles, x_group) > X_PSUM_BUFS,
+        interleave_matmuls=variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
         route_split=route_split(route_group),
