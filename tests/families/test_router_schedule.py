@@ -357,7 +357,7 @@ def test_group_limited_sigmoid_selection_chain():
         if r["engine"] in ("scalar", "vector")
         and any(isinstance(o, dict) and o.get("buffer") == "psum" for o in r["operands"].values())
     ]
-    assert psum_reads[-2:] == [("scalar", "activation"), ("vector", "tensor_copy")]  # the sigmoid, then router_logits
+    assert psum_reads[-2:] == [("scalar", "activation"), ("scalar", "tensor_copy")]  # the sigmoid, then router_logits
     key_floor = [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["operand0"] == plan.key_floor]
     assert len(key_floor) == 1 and key_floor[0]["operands"]["data"]["name"] != key_floor[0]["operands"]["dst"]["name"]
     masks = [r for r in trace if r["opcode"] == "tensor_copy_predicated" and r["operands"]["src"] == float("-inf")]
@@ -409,7 +409,8 @@ def test_wide_rows_mask_tile_by_tile():
 def test_heavy_routing_copies_router_logits_on_vector_engine():
     """Layout th with more than 32 experts: VectorE copies router_logits out of PSUM and ScalarE keeps the x.T
     copies (ScalarE bounds those routers); a pre-norm softmax over all E that ranks the scores (DeepSeek-V2's
-    group limit), light routing and layout ht (no x.T copies) keep the copy on ScalarE."""
+    group limit), light routing and layout ht (no x.T copies) keep the copy on ScalarE. The last routing group's
+    copy is always ScalarE's: it has no more x.T to copy then (Qwen3 T = 4096: 70.44 -> 69.91 us modeled)."""
     cases = (
         (64, "linear -> softmax -> topk -> renormalize", "vector"),
         (64, "linear -> sigmoid -> topk -> renormalize", "vector"),
@@ -425,8 +426,8 @@ def test_heavy_routing_copies_router_logits_on_vector_engine():
             router=router,
             kernels=f"kernel route : router {{ {' '.join(options)} }}",
         )
-        assert_matches(text, tokens=128)
-        plan, trace = traced(text, 128)
+        assert_matches(text, tokens=5 * 128)
+        plan, trace = traced(text, 5 * 128)
         assert plan.logits_out_engine == engine
         copies = [
             r
@@ -436,7 +437,8 @@ def test_heavy_routing_copies_router_logits_on_vector_engine():
             and r["operands"]["dst"]["dtype"] == "bfloat16"
             and r["operands"]["dst"]["shape"][-1] == experts
         ]
-        assert [r["engine"] for r in copies] == [engine]
+        groups = -(-5 // plan.route_group)  # layout th: 4 tiles and 1; ht: 1 tile each
+        assert [r["engine"] for r in copies] == [engine] * (groups - 1) + ["scalar"]
 
 
 def test_wide_hidden_interleaves_the_previous_tile_matmuls_with_the_transpose_groups():
