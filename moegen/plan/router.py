@@ -104,6 +104,7 @@ class RouterPlan(KernelPlan):
     x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
+    interleave_matmuls: bool  # layout th: the previous tile's matmuls follow each transposed H-tile group
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
     route_split: int  # every step but the last selects the previous group's experts after this many of its tiles
     last_route_split: int  # the last step selects the previous group's experts after this many of its tiles
@@ -114,8 +115,11 @@ class RouterPlan(KernelPlan):
     x_copy_engines: tuple[str, ...]  # layout th: engine of each x.T PSUM -> SBUF copy, cycled over the groups
     affinities: str  # 'selected' (K weights scattered, 0 elsewhere) | 'all' (the activated scores of all E)
     k_weights_out: bool  # the K weights leave the kernel (eager or scatter=dma): their final scaling is issued
-    fuse_row_weights: bool  # one-hot rows of a renormalised pre-norm softmax: 1/sum and 1/(K sum) in one tensor_scalar
+    softmax_sum_cancels: bool  # renormalised pre-norm softmax on logits: weights are exp / (K sum of exp), no 1 / sum
     select_on: str  # 'logits' | 'scores': what max8 ranks
+    tile_masks: bool  # the NaN masks, their fix-ups and the chosen-column masks are issued tile by tile (wide rows)
+    logits_out_engine: str  # 'scalar' | 'vector': the engine that copies router_logits out of PSUM
+    keys_from_psum: bool  # VectorE reads the keys from the PSUM logits, the NaN mask comes from router_logits' copy
     full_scores: bool  # the activation over all E is materialised
     weights_from: str  # 'selected' (activate the K selected values) | 'scores' (gather by column)
     topk_rounds: int  # max8 rounds: ceil(K / 8)
@@ -140,6 +144,12 @@ X_LOAD_ROWS = 32
 # rotate through the banks across token tiles: with 2 groups per tile (H = 2048) a per-tile rotation used
 # only 2 banks (Qwen3 T = 4096: 87.2 -> 85.9 us modeled, DeepSeek-V2 129.4 -> 124.8 us)
 X_PSUM_BUFS = 4
+# Layout th with more transposed groups per token tile than this (the x.T PSUM banks): TensorE takes the previous
+# tile's matmuls in chunks of X_GROUP H tiles, one after each group's transposes, so a group never waits for the
+# copy of the bank it reuses, and w loads in the same chunks (at T >= X_PE_ROWS), so the first tile's matmuls
+# wait only for their chunk. T = 4096 modeled: DeepSeek-V3 (7 groups) 179.59 -> 173.85 us, 170.86 with the w
+# chunks; DeepSeek-V2 (5) 103.96 -> 103.01, 102.64; with 4 groups (Mixtral) the chunks cost 103.38 -> 103.80 us
+INTERLEAVE_ABOVE_GROUPS = X_PSUM_BUFS
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
 # The engines of the x.T PSUM -> SBUF copies, cycled over the copies of the token tiles in order (not
@@ -187,6 +197,10 @@ LAST_ROUTE_SPLIT = 1
 # Without the carried matmuls the split made heavy routing slower (Qwen3 85.9 -> 88.6 us, Nemotron 3 99.1 -> 102.0):
 # the group-boundary transposes then waited for the copies, and the selection's ScalarE steps came on top.
 ROUTE_TILES_AFTER_SELECTION = 2
+# With at least this many experts a tile's row is no shorter than an engine instruction's minimum cost (64
+# cycles), so the NaN masks, their fix-ups and the chosen-column masks go tile by tile at no extra engine time:
+# each tile's next step waits only for its own mask
+TILE_MASK_EXPERTS = 64
 
 # Output runs: full token tiles gather their outputs in SBUF per run of up to OUT_RUN_TILES_MAX tiles, partition p
 # holding consecutive tokens, so a run's rows leave in one DMA with one long run per partition (plus one for its
@@ -210,6 +224,21 @@ ROUTING_ROWS = (
     "affinities tile",
     "zero rows, row offsets, DMA targets",
 )
+
+
+def logits_out_engine(layout: str, experts: int, softmax_over_all_scores: bool) -> str:
+    """The engine that copies router_logits out of PSUM (fp32 -> the output dtype).
+
+    With layout th and heavy routing ScalarE's x.T copies bound the kernel, so VectorE takes the logits copy (it
+    costs VectorE 1.25x, off ScalarE's queue); a pre-norm softmax over all E whose scores are ranked (DeepSeek-V2's
+    group limit) starts its chain on VectorE (the row max) and keeps the copy on ScalarE, as light routing and
+    layout ht (no x.T copies) do. Modeled at T = 4096, ScalarE -> VectorE: Qwen3 73.00 -> 70.65 us, Nemotron 3
+    91.69 -> 88.71, DeepSeek-V3 180.02 -> 179.59; DeepSeek-V2 103.96 -> 106.63 (104.25 with the copy after its
+    scores); Mixtral 103.38 -> 103.60; router_seed_matrix ht_dma_post 99.37 -> 107.81, ht_dma_post_lnc2 53.87 -> 57.99.
+    """
+    if layout == "th" and experts > LIGHT_ROUTING_EXPERTS and not softmax_over_all_scores:
+        return "vector"
+    return "scalar"
 
 
 def route_split(route_group: int) -> int:
@@ -334,17 +363,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     group_width = max(router.n_group or 0, MAX8_WIDTH)
     group_pad = max(group_size or 0, MAX8_WIDTH)
     rounds = ceil_div(top_k, MAX8_WIDTH)
-    # the one-hot rows of a renormalised pre-norm softmax ranked on logits: exp * (1 / sum) * (1 / K sum) as one
-    # tensor_scalar per tile (op0, op1) instead of two, off VectorE's routing chain (Qwen3 T = 4096: 90.4 ->
-    # 87.2 us modeled); a scaling factor folded into the second product keeps the two steps
-    fuse_row_weights = (
-        pre_norm
-        and act == "softmax"
-        and select_on == "logits"
-        and not full_scores
-        and renormalize
-        and router.scaling_factor is None
-    )
+    # a renormalised pre-norm softmax ranked on logits: the softmax's 1 / sum cancels in the L1 renormalisation
+    # (p_k / sum(p) renormalised is e_k / sum over the K of e_k, e = exp(logit - max)), so the K weights and the
+    # one-hot rows take exp * (1 / K sum) and no 1 / sum is computed (Qwen3 T = 4096: 75.44 -> 74.49 us modeled)
+    softmax_sum_cancels = pre_norm and act == "softmax" and select_on == "logits" and not full_scores and renormalize
 
     in_bytes, out_bytes, f32 = DTYPE_BYTES[layer.dtype], DTYPE_BYTES[layer.out_dtype], 4
     route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
@@ -626,7 +648,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         group_size=group_size,
         group_score=router.group_score,
         affinities=affinities,
-        fuse_row_weights=fuse_row_weights,
+        softmax_sum_cancels=softmax_sum_cancels,
         k_weights_out=eager or scatter == "dma",
         h_tiles=h_tiles,
         h_rest=h_rest,
@@ -635,6 +657,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_row_bufs=X_BUF_GROUPS,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
+        interleave_matmuls=variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
         route_split=route_split(route_group),
@@ -644,6 +667,11 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_group=x_group,
         x_copy_engines=X_COPY_ENGINES[experts <= LIGHT_ROUTING_EXPERTS],
         select_on=select_on,
+        tile_masks=experts >= TILE_MASK_EXPERTS,
+        logits_out_engine=logits_out_engine(
+            variant.options["layout"], experts, pre_norm and act == "softmax" and full_scores
+        ),
+        keys_from_psum=select_on == "logits" and act == "softmax" and store_logits,
         full_scores=full_scores,
         weights_from=weights_from,
         topk_rounds=rounds,

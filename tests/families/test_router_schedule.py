@@ -73,14 +73,14 @@ def test_transposed_x_copies_cycle_over_the_tiles_in_order():
 
 
 def test_renormalised_softmax_row_weights_take_one_instruction_per_tile():
-    """Pre-norm softmax ranked on logits, L1 renormalised, one-hot scatter (Qwen3): the whole-row
-    weights exp * (1 / sum) * (1 / K sum) are one tensor_scalar per tile (two operands), so VectorE runs
-    one [rows, E] pass for them instead of two; the K weights keep their two steps and the affinities
-    match the reference."""
+    """Pre-norm softmax ranked on logits, L1 renormalised, one-hot scatter (Qwen3): the softmax's 1 / sum
+    cancels in the renormalisation, so no row sum is reduced or inverted (the K sums are: one reciprocal per
+    routing group), and the whole-row weights exp * (1 / K sum) are one tensor_scalar per tile; the
+    affinities match the reference."""
     text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk -> renormalize")
     assert_matches(text, tokens=2 * 128)
     plan, trace = traced(text, 2 * 128)
-    assert plan.fuse_row_weights
+    assert plan.softmax_sum_cancels
     row_products = [
         r
         for r in trace
@@ -91,6 +91,24 @@ def test_renormalised_softmax_row_weights_take_one_instruction_per_tile():
         and isinstance(r["operands"]["operand0"], dict)
     ]
     assert len(row_products) == 2  # one per tile of the routing group
+    assert all("operand1" not in r["operands"] for r in row_products)
+    assert len([r for r in trace if r["opcode"] == "reciprocal"]) == 1
+    assert all("reduce_res" not in r["operands"] for r in trace if r["opcode"] == "activation")
+
+
+def test_pre_norm_softmax_keys_come_before_the_softmax_sum_on_vector_engine():
+    """Pre-norm softmax without renormalisation: VectorE takes the row max, then the keys (from PSUM) and the
+    NaN fix-up, and only then inverts the softmax sums, which nothing in the selection needs."""
+    text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert not plan.softmax_sum_cancels
+    vector = [r["opcode"] for r in trace if r["engine"] == "vector"]
+    first = vector.index("tensor_reduce")
+    fixups = vector.count("tensor_copy_predicated")  # one per tile (E = 64)
+    assert vector[first : first + 3 + fixups] == ["tensor_reduce", "tensor_scalar"] + [
+        "tensor_copy_predicated"
+    ] * fixups + ["reciprocal"]
 
 
 def test_transposes_rotate_through_every_psum_bank_of_x_across_tiles():
@@ -124,13 +142,16 @@ def test_k_weights_that_stay_on_chip_skip_their_final_scaling():
         return [
             r
             for r in trace
-            if r["opcode"] == "tensor_scalar"
+            if r["opcode"] in ("tensor_scalar", "tensor_tensor")
             and r["operands"]["dst"]["shape"][-1] == plan.top_k
-            and isinstance(r["operands"].get("operand0"), dict)
+            and isinstance(r["operands"].get("operand0", r["operands"].get("data2")), dict)
         ]
 
     assert k_products("route") == []
-    assert len(k_products("eager")) == 2  # one per tile of the routing group
+    # one GpSimd product over the routing group's tiles (each tile's 1 / sum broadcast over its K weights),
+    # written in the output dtype: VectorE makes the one-hot rows meanwhile
+    (product,) = k_products("eager")
+    assert product["engine"] == "gpsimd" and product["operands"]["dst"]["dtype"] == "bfloat16"
 
 
 def test_last_step_routes_the_previous_group_before_its_later_tiles():
@@ -286,3 +307,177 @@ def test_w_loads_after_the_first_two_tiles_of_x():
     loads = [r["bytes"] for r in trace if r["opcode"] == "dma_copy" and r["bytes"] in (w_bytes, x_bytes)]
     per_tile = 128 // plan.x_load_rows
     assert loads.index(w_bytes) == 2 * per_tile, loads[: 5 * per_tile]
+
+
+def test_softmax_keys_read_the_psum_logits_and_the_nan_mask_their_rounded_copy():
+    """Softmax ranked on logits with router_logits stored (Qwen3, Mixtral): ScalarE makes no fp32 copy of
+    the logits out of PSUM for the keys; VectorE's key step reads the PSUM logits and GpSimd's NaN mask
+    reads the rounded router_logits copy (rounding keeps NaN, test_router_nonfinite checks the values)."""
+    text = router_spec(hidden=256, experts=64, top_k=8, router="linear -> softmax -> topk -> renormalize")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.keys_from_psum
+    psum_fp32_copies = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_copy"
+        and r["operands"]["src"]["buffer"] == "psum"
+        and r["operands"]["dst"]["dtype"] == "float32"
+    ]
+    assert psum_fp32_copies == []
+    key_floor = [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["operand0"] == plan.key_floor]
+    assert key_floor and all(r["engine"] == "vector" and r["operands"]["data"]["buffer"] == "psum" for r in key_floor)
+    nan_masks = [
+        r
+        for r in trace
+        if r["opcode"] == "tensor_tensor" and r["operands"]["data1"]["name"] == r["operands"]["data2"]["name"]
+    ]
+    assert len(nan_masks) == 2  # one per tile (E = 64)
+    assert all(r["engine"] == "gpsimd" and r["operands"]["data1"]["dtype"] == "bfloat16" for r in nan_masks)
+
+
+def test_group_limited_sigmoid_selection_chain():
+    """Sigmoid, selection bias, group limit (DeepSeek-V3's pipeline, E = 64 in 8 groups): the scores are made
+    before the router_logits copy; the biased scores get a row of their own, so VectorE's key step
+    does not overwrite what GpSimd's NaN mask reads; the experts of the dropped groups become -inf in one
+    predicated copy per routing group (the group flags broadcast over their experts), not one flag
+    expansion per group and tile."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=6,
+        router="linear -> sigmoid -> select_bias -> group_limit(groups=8, keep=3, score=top2_sum) -> topk -> renormalize",
+    )
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.n_group == 8  # one routing group of the 2 tiles
+    psum_reads = [
+        (r["engine"], r["opcode"])
+        for r in trace
+        if r["engine"] in ("scalar", "vector")
+        and any(isinstance(o, dict) and o.get("buffer") == "psum" for o in r["operands"].values())
+    ]
+    assert psum_reads[-2:] == [("scalar", "activation"), ("scalar", "tensor_copy")]  # the sigmoid, then router_logits
+    key_floor = [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["operand0"] == plan.key_floor]
+    assert len(key_floor) == 1 and key_floor[0]["operands"]["data"]["name"] != key_floor[0]["operands"]["dst"]["name"]
+    masks = [r for r in trace if r["opcode"] == "tensor_copy_predicated" and r["operands"]["src"] == float("-inf")]
+    assert len(masks) == 1 and masks[0]["operands"]["predicate"]["shape"] == (128, 2, 8, 8)
+    assert [r for r in trace if r["opcode"] == "tensor_scalar" and r["operands"]["dst"]["dtype"] == "uint8"] == []
+
+
+def test_eager_weights_leave_after_the_one_hot_rows():
+    """Eager output and one-hot scatter (Qwen3): once the K sums are inverted, VectorE makes the one-hot rows and
+    their select with no K-weight step queued before them; GpSimd makes the eager weights (1 / sum broadcast over
+    the K, rounded into the output tile), so the kernel's last, E-wide output is not queued behind them."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=8,
+        router="linear -> softmax -> topk -> renormalize",
+        kernels="kernel route : router { eager }",
+    )
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    vector = [r for r in trace if r["engine"] == "vector"]
+    inverted = max(i for i, r in enumerate(vector) if r["opcode"] == "reciprocal")
+    select = next(i for i, r in enumerate(vector) if r["opcode"] == "select_reduce")
+    assert all(r["operands"]["dst"]["shape"][-1] != plan.top_k for r in vector[inverted + 1 : select])
+    eager = [
+        r
+        for r in trace
+        if r["operands"].get("dst", {}).get("dtype") == "bfloat16" and r["operands"]["dst"]["shape"][-1] == plan.top_k
+    ]
+    assert [(r["engine"], r["opcode"]) for r in eager] == [("gpsimd", "tensor_tensor")]
+
+
+def test_wide_rows_mask_tile_by_tile():
+    """E >= 64: the NaN masks, their fix-ups and the chosen-column masks are one instruction per tile (each
+    tile's next step waits only for its own mask); E = 8 keeps one per routing group (a tile's row is
+    shorter than an instruction's minimum cost)."""
+    for experts, per_group in ((64, 2), (8, 1)):
+        text = router_spec(hidden=256, experts=experts, top_k=2, router="linear -> softmax -> topk -> renormalize")
+        assert_matches(text, tokens=2 * 128)
+        plan, trace = traced(text, 2 * 128)
+        assert plan.tile_masks == (experts >= 64)
+        counts = [
+            sum(1 for r in trace if r["opcode"] == op and r["engine"] == engine)
+            for op, engine in (("tensor_tensor", "gpsimd"), ("tensor_copy_predicated", "vector"))
+        ]
+        assert counts == [2 * per_group, per_group]  # NaN and chosen-column masks; NaN fix-ups
+
+
+def test_heavy_routing_copies_router_logits_on_vector_engine():
+    """Layout th with more than 32 experts: VectorE copies router_logits out of PSUM and ScalarE keeps the x.T
+    copies (ScalarE bounds those routers); a pre-norm softmax over all E that ranks the scores (DeepSeek-V2's
+    group limit), light routing and layout ht (no x.T copies) keep the copy on ScalarE. The last routing group's
+    copy is always ScalarE's: it has no more x.T to copy then (Qwen3 T = 4096: 70.44 -> 69.91 us modeled)."""
+    cases = (
+        (64, "linear -> softmax -> topk -> renormalize", "vector"),
+        (64, "linear -> sigmoid -> topk -> renormalize", "vector"),
+        (64, "linear -> softmax -> group_limit(groups=8, keep=3, score=max) -> topk", "scalar"),
+        (8, "linear -> topk -> softmax", "scalar"),
+        (64, "linear -> softmax -> topk -> renormalize", "scalar", "layout=ht"),  # no x.T copies on ScalarE
+    )
+    for experts, router, engine, *options in cases:
+        text = router_spec(
+            hidden=256,
+            experts=experts,
+            top_k=2,
+            router=router,
+            kernels=f"kernel route : router {{ {' '.join(options)} }}",
+        )
+        assert_matches(text, tokens=5 * 128)
+        plan, trace = traced(text, 5 * 128)
+        assert plan.logits_out_engine == engine
+        copies = [
+            r
+            for r in trace
+            if r["opcode"] == "tensor_copy"
+            and r["operands"]["src"]["buffer"] == "psum"
+            and r["operands"]["dst"]["dtype"] == "bfloat16"
+            and r["operands"]["dst"]["shape"][-1] == experts
+        ]
+        groups = -(-5 // plan.route_group)  # layout th: 4 tiles and 1; ht: 1 tile each
+        assert [r["engine"] for r in copies] == [engine] * (groups - 1) + ["scalar"]
+
+
+def test_wide_hidden_interleaves_the_previous_tile_matmuls_with_the_transpose_groups():
+    """Layout th, H = 5120 (40 H tiles: 5 transposed groups of 8 per token tile, one more than the 4 x.T PSUM
+    banks): after each group's transposes TensorE takes the same 8 H tiles of the previous tile's matmuls, so
+    a transpose group never waits for the copy of the bank it reuses (DeepSeek-V3 T = 4096: 179.59 -> 173.85 us
+    modeled), and w loads in the same chunks (173.85 -> 170.86 us), in one DMA when no tile is transposed.
+    H = 4096 (4 groups, Mixtral) keeps each tile's matmuls in one block and w in one DMA (the old schedule)."""
+    mixtral = router_spec(hidden=4096, experts=16, top_k=2, router="linear -> topk -> softmax")
+    assert not next(p for p in build(mixtral)[0].plans if p.kernel_name == "route").interleave_matmuls
+    text = router_spec(hidden=5120, experts=16, top_k=2, router="linear -> topk -> softmax")
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.interleave_matmuls
+    pe = "".join(
+        "T" if r["opcode"] == "nc_transpose" else "M" for r in trace if r["opcode"] in ("nc_transpose", "nc_matmul")
+    )
+    groups = plan.h_tiles // plan.x_group
+    assert pe == "T" * plan.h_tiles + ("T" * 8 + "M" * 8) * groups + "M" * plan.h_tiles, pe
+    # w in one DMA per transposed group; at few tokens (no transposes) in one
+    for tokens, w_dmas in ((2 * 128, groups), (8, 1)):
+        _, trace = traced(text, tokens)
+        loads = [r for r in trace if r["opcode"] == "dma_copy" and r["reads"][0]["mem"].startswith("hbm:w:")]
+        assert len(loads) == w_dmas
+
+
+def test_group_max_scores_take_one_reduction():
+    """Group limit scored by the group's best key (DeepSeek-V2, E = 96 in 8 groups of 12): the group scores are
+    one tensor_reduce (max over the last axis of the [rows, tiles, groups, group size] view of the keys) per
+    routing group, not one max8 per group and tile (DeepSeek-V2 T = 4096: 102.64 -> 100.83 us modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=96,
+        top_k=6,
+        router="linear -> softmax -> group_limit(groups=8, keep=3, score=max) -> topk",
+    )
+    assert_matches(text, tokens=2 * 128)
+    plan, trace = traced(text, 2 * 128)
+    assert plan.group_size == 12
+    assert all(r["operands"]["src"]["shape"][-1] != plan.group_size for r in trace if r["opcode"] == "max8")
+    group_max = [r for r in trace if r["opcode"] == "tensor_reduce" and len(r["operands"]["data"]["shape"]) == 4]
+    assert len(group_max) == 1 and group_max[0]["operands"]["data"]["shape"][2:] == (8, 12)
