@@ -209,6 +209,7 @@ T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit
 ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
 TOUCHED_FILL = 16  # int32 columns of the -1 tile that clears a core's touched-row list (128 x 16 rows per DMA)
 FINAL_SUM_GROUP = 8  # row tiles of the final sum whose row lists load and combine together (two groups in turn)
+FINAL_SUM_FIRST_GROUP = 2  # row tiles of the final sum's first group (short: its lists land soon after the barrier)
 # parts of the final sum's row lists per row tile: both cores' entries and the rows both touched; after the barrier
 # the copy adds the rows only core 1 touched, the row numbers and the rows neither touched
 FINAL_SUM_LIST_PARTS = {False: 3, True: 6}
@@ -331,6 +332,11 @@ class CtePlan(KernelPlan):
     def final_sum_group(self) -> int:
         """Row tiles of the final sum whose row lists load and combine together (final_sum_touched)."""
         return FINAL_SUM_GROUP
+
+    @property
+    def final_sum_first_group(self) -> int:
+        """Row tiles of the final sum's first group (final_sum_touched; the later groups load a group ahead)."""
+        return FINAL_SUM_FIRST_GROUP
 
     @property
     def final_sum_list_parts(self) -> int:

@@ -208,20 +208,21 @@ def _hbm_indirect(regions: list) -> bool:
 
 
 @pytest.mark.parametrize(
-    "options, tokens",
-    [("block=256 lnc=2 weights=stream tail=absorb", sum(CROSS_COUNTS) // 2), ("block=128 lnc=2", 1100)],
+    "options",
+    ["block=256 lnc=2 weights=stream tail=absorb", "block=128 lnc=2"],
     ids=["copy_after_barrier", "copy_before_barrier"],
 )
-def test_final_sum_lists_load_and_combine_per_group_of_row_tiles(options, tokens):
+def test_final_sum_lists_load_and_combine_per_group_of_row_tiles(options):
     """The touched-row final sum loads each core's row list for a group of up to plan.final_sum_group row tiles in one
-    DMA ([128, tiles], a row tile per column) and derives the rows both touched (and, with the copy after the barrier,
-    the rows only core 1 touched and the rows neither touched) in a few [128, tiles] instructions per group: 1, or 5
-    (min; c1 - 1 - c0; iota; c0 + c1; r - 2 - that). Before, every row tile loaded its lists and ran its own chain
+    DMA ([128, tiles], a row tile per column; the first group is short) and derives the rows both touched (and, with
+    the copy after the barrier, the rows only core 1 touched and the rows neither touched) in a few [128, tiles]
+    instructions per group: 1, or 5 (min; c1 - 1 - c0; iota; c0 + c1; r - 2 - that). Before, every row tile loaded its lists and ran its own chain
     (up to 8 int32 GpSimd instructions per tile). No dma_copy indexes both its source and its destination (the dma_copy
     page's gather and scatter index one side; before, the copy of core 1's rows indexed both); outputs match."""
     from moegen import sim
 
     text = cte_spec(f"kernel k : cte {{ {options} }}")
+    tokens = sum(CROSS_COUNTS) // 2
     with sim.recording():
         plan, inputs, got, want = run(text, "k", tokens, expert_index=tail_routing(CROSS_COUNTS))
         trace = sim.last_run().trace
@@ -235,7 +236,8 @@ def test_final_sum_lists_load_and_combine_per_group_of_row_tiles(options, tokens
         barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
         after = records[barrier + 1 :]
         tiles = len(range(core * 128, tokens, 256))
-        groups = -(-tiles // plan.final_sum_group)
+        first = plan.final_sum_first_group  # a short first group, then groups of plan.final_sum_group
+        groups = 1 + -(-max(0, tiles - first) // plan.final_sum_group)
         assert tiles > 1 and groups < tiles
         compute = [rec for rec in after if rec["engine"] not in ("dma", "sync")]
         assert len(compute) == per_group * groups, [rec["opcode"] for rec in compute]
@@ -246,7 +248,10 @@ def test_final_sum_lists_load_and_combine_per_group_of_row_tiles(options, tokens
             and (rec["operands"]["src"]["buffer"], rec["operands"]["src"]["dtype"]) == ("shared_hbm", "int32")
         ]
         assert len(list_loads) == 2 * groups
-        assert all(rec["operands"]["dst"]["shape"][1] > 1 for rec in list_loads)  # a row tile per column
+        sizes = [min(first, tiles)] + [
+            min(plan.final_sum_group, tiles - g0) for g0 in range(first, tiles, plan.final_sum_group)
+        ]
+        assert [rec["operands"]["dst"]["shape"][1] for rec in list_loads] == [n for n in sizes for _ in (0, 1)]
 
 
 @pytest.mark.parametrize(
