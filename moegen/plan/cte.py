@@ -214,6 +214,10 @@ FINAL_SUM_FIRST_GROUP = 2  # row tiles of the final sum's first group (short: it
 # the copy adds the rows only core 1 touched, the row numbers and the rows neither touched
 FINAL_SUM_LIST_PARTS = {False: 3, True: 6}
 TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
+# nc_matmul streams max(64, N) moving columns per pass (nki.isa.nc_matmul page; moegen.perf.costs
+# matmul_min_cycles): a tile holding tokens in its first 64 slots only runs gate/up 64 columns wide, half the
+# TensorE time of a full tile; below 64 a narrower matmul saves nothing.
+NARROW_COLUMNS = 64
 CONTRACTION_TILE = PARTITIONS  # rows of a matmul operand (H for gate/up, I for down)
 
 
@@ -283,6 +287,9 @@ class CtePlan(KernelPlan):
     # hybrid gathers move only the real rows: padding slots (id T) get id T + 1, out of bounds, and oob_mode=skip
     # leaves their x_rows rows as they were (zeroed once before the loop, later an earlier block's finite rows)
     gather_real_rows: bool = False
+    # narrow tiles: with padding tiles, a tile whose slots narrow_columns.. are padding runs its gate/up matmuls and
+    # their epilogue narrow_columns wide (two runtime trip counts per tile); 0: off (MX kernels: nc_matmul_mx)
+    narrow_columns: int = 0
     # resident weights with reuse: each block computes the next block's weight_expert (GpSimd), so the next block's
     # weight DMAs wait only for this block's matmuls on their buffer, not for the in-order VectorE metadata chain
     weight_expert_ahead: bool = False
@@ -1049,6 +1056,17 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 ),
             )
         )
+    narrow_columns = NARROW_COLUMNS if skip_tiles and not mx else 0
+    if narrow_columns:
+        decisions.append(
+            (
+                "narrow tiles",
+                f"a token tile holding tokens in its first {narrow_columns} slots only (an expert's last tile) runs "
+                f"its gate/up matmuls {narrow_columns} columns wide instead of {TOKEN_TILE}: a matmul streams "
+                f"max(64, N) moving columns, so such a tile takes half the gate/up TensorE time (two runtime trip "
+                f"counts per tile, from the min of each half tile's slot ids)",
+            )
+        )
     if absorb:
         decisions.append(
             (
@@ -1220,6 +1238,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         resident_weights=resident,
         reuse_weights=reuse,
         skip_padding_tiles=skip_tiles,
+        narrow_columns=narrow_columns,
         skip_empty_weights=skip_empty,
         block_slots=1 if hybrid else 2,
         row_id_slots=3 if pipeline_blocks else (1 if hybrid else 2),
