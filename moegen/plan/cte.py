@@ -208,7 +208,11 @@ OPTIONS = (
 T_MAX = 32768  # tokens per call the cte kernels are sized for (the seed's limit)
 ZERO_COLUMNS_MAX = 2048  # width of the zero tile that clears output rows
 TOUCHED_FILL = 16  # int32 columns of the -1 tile that clears a core's touched-row list (128 x 16 rows per DMA)
-FINAL_SUM_ROW_SLOTS = 8  # copies of the final sum's per-row-tile list entries (tail tiles): 8 row tiles in flight
+FINAL_SUM_GROUP = 8  # row tiles of the final sum whose row lists load and combine together (two groups in turn)
+FINAL_SUM_FIRST_GROUP = 2  # row tiles of the final sum's first group (short: its lists land soon after the barrier)
+# parts of the final sum's row lists per row tile: both cores' entries and the rows both touched; after the barrier
+# the copy adds the rows only core 1 touched, the row numbers and the rows neither touched
+FINAL_SUM_LIST_PARTS = {False: 3, True: 6}
 TOKEN_TILE = PARTITIONS  # tokens per gather / down-projection tile
 # nc_matmul streams max(64, N) moving columns per pass (nki.isa.nc_matmul page; moegen.perf.costs
 # matmul_min_cycles): a tile holding tokens in its first 64 slots only runs gate/up 64 columns wide, half the
@@ -332,9 +336,19 @@ class CtePlan(KernelPlan):
         return TOUCHED_FILL
 
     @property
-    def final_sum_row_slots(self) -> int:
-        """Copies of the final sum's per-row-tile list entries (copy_after_barrier: row tiles in flight)."""
-        return FINAL_SUM_ROW_SLOTS if self.copy_after_barrier else 2
+    def final_sum_group(self) -> int:
+        """Row tiles of the final sum whose row lists load and combine together (final_sum_touched)."""
+        return FINAL_SUM_GROUP
+
+    @property
+    def final_sum_first_group(self) -> int:
+        """Row tiles of the final sum's first group (final_sum_touched; the later groups load a group ahead)."""
+        return FINAL_SUM_FIRST_GROUP
+
+    @property
+    def final_sum_list_parts(self) -> int:
+        """[128, final_sum_group] int32 parts of the final sum's row lists per group (final_sum_touched)."""
+        return FINAL_SUM_LIST_PARTS[self.copy_after_barrier]
 
     @property
     def quantized(self) -> bool:
@@ -621,6 +635,13 @@ def _variant_problems(layer: Layer, variant: Variant) -> list[tuple[str | None, 
     return problems
 
 
+def copies_after_barrier(final_sum_touched: bool, extra_tiles: int) -> bool:
+    """Whether the rows core 0 never touched are copied into out after the barrier (plan.copy_after_barrier): with
+    tail tiles (extra_tiles, the absorbed tile) an absorbed tile's rows go to the other core than its block's, so
+    core 1 cannot list core 0's rows from the block ids before the barrier."""
+    return final_sum_touched and extra_tiles > 0
+
+
 def _buffers(
     *,
     h: int,
@@ -732,15 +753,18 @@ def _buffers(
         sb.append(Buffer("absorb_flags", "sbuf", 1, 4 * (n_t + 4) + 4 * slots + 4 * TOKEN_TILE))  # + block - 1's slots
     if final_sum_touched:
         # the -1 and row-number fills of the row lists; a block's ids before it (then its first-touch ids) and core
-        # 0's block ids (core 1); per final row tile (two in turn) both cores' row ids and the rows both touched
+        # 0's block ids (core 1)
         sb += [
             Buffer("row_list_fill", "sbuf", PARTITIONS, 4 * TOUCHED_FILL, 2),
             # and a tile of int32 ones; with tail tiles the ids of the tiles a block runs instead of core 0's block ids
             Buffer("row_list_ids", "sbuf", PARTITIONS, 4 * n_t, 4),
-            # (with tail tiles two more columns: the rows only core 1 touched, copied after the barrier, and the rows
-            # neither touched, zeroed; in FINAL_SUM_ROW_SLOTS copies, so the row tiles' list loads do not wait in turn)
+            # the final sum's row lists, FINAL_SUM_GROUP row tiles at a time, two groups in turn
             Buffer(
-                "row_flags", "sbuf", PARTITIONS, 20 if extra_tiles else 12, FINAL_SUM_ROW_SLOTS if extra_tiles else 2
+                "sum_lists",
+                "sbuf",
+                PARTITIONS,
+                4 * FINAL_SUM_GROUP * FINAL_SUM_LIST_PARTS[copies_after_barrier(final_sum_touched, extra_tiles)],
+                2,
             ),
         ]
     if hybrid:
@@ -1264,7 +1288,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
         zero_output=zero_output,
         partial_output=partial_output,
         final_sum_touched=final_sum_touched,
-        copy_after_barrier=final_sum_touched and absorb,
+        copy_after_barrier=copies_after_barrier(final_sum_touched, int(absorb)),
         per_core_output=per_core_output,
         mlp=mlp,
     )

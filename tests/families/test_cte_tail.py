@@ -203,6 +203,57 @@ def test_final_sum_with_tail_tiles_follows_the_tiles_across_cores(spec_kw, optio
     assert_final_sum_moves_only_the_touched_rows(plan, inputs, trace, tokens)
 
 
+def _hbm_indirect(regions: list) -> bool:
+    return any(r["mem"].startswith("hbm") and r.get("indirect") for r in regions)
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["block=256 lnc=2 weights=stream tail=absorb", "block=128 lnc=2"],
+    ids=["copy_after_barrier", "copy_before_barrier"],
+)
+def test_final_sum_lists_load_and_combine_per_group_of_row_tiles(options):
+    """The touched-row final sum loads each core's row list for a group of up to plan.final_sum_group row tiles in one
+    DMA ([128, tiles], a row tile per column; the first group is short) and derives the rows both touched (and, with
+    the copy after the barrier, the rows only core 1 touched and the rows neither touched) in a few [128, tiles]
+    instructions per group: 1, or 5 (min; c1 - 1 - c0; iota; c0 + c1; r - 2 - that). Before, every row tile loaded its lists and ran its own chain
+    (up to 8 int32 GpSimd instructions per tile). No dma_copy indexes both its source and its destination (the dma_copy
+    page's gather and scatter index one side; before, the copy of core 1's rows indexed both); outputs match."""
+    from moegen import sim
+
+    text = cte_spec(f"kernel k : cte {{ {options} }}")
+    tokens = sum(CROSS_COUNTS) // 2
+    with sim.recording():
+        plan, inputs, got, want = run(text, "k", tokens, expert_index=tail_routing(CROSS_COUNTS))
+        trace = sim.last_run().trace
+    assert_matches(plan, got, want)
+    assert plan.final_sum_touched and plan.copy_after_barrier == ("tail=absorb" in options)
+    copies = [rec for rec in trace if rec["opcode"] == "dma_copy"]
+    assert not [rec["line"] for rec in copies if _hbm_indirect(rec["reads"]) and _hbm_indirect(rec["writes"])]
+    per_group = 5 if plan.copy_after_barrier else 1
+    for core in (0, 1):
+        records = [rec for rec in trace if rec["core"] == core]
+        barrier = max(i for i, rec in enumerate(records) if rec["opcode"] == "core_barrier")
+        after = records[barrier + 1 :]
+        tiles = len(range(core * 128, tokens, 256))
+        first = plan.final_sum_first_group  # a short first group, then groups of plan.final_sum_group
+        groups = 1 + -(-max(0, tiles - first) // plan.final_sum_group)
+        assert tiles > 1 and groups < tiles
+        compute = [rec for rec in after if rec["engine"] not in ("dma", "sync")]
+        assert len(compute) == per_group * groups, [rec["opcode"] for rec in compute]
+        list_loads = [  # the only int32 shared-HBM reads after the barrier: the row lists
+            rec
+            for rec in after
+            if rec["opcode"] == "dma_copy"
+            and (rec["operands"]["src"]["buffer"], rec["operands"]["src"]["dtype"]) == ("shared_hbm", "int32")
+        ]
+        assert len(list_loads) == 2 * groups
+        sizes = [min(first, tiles)] + [
+            min(plan.final_sum_group, tiles - g0) for g0 in range(first, tiles, plan.final_sum_group)
+        ]
+        assert [rec["operands"]["dst"]["shape"][1] for rec in list_loads] == [n for n in sizes for _ in (0, 1)]
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
