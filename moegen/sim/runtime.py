@@ -66,9 +66,8 @@ def resolve_barrier_scope() -> str:
     """What a core_barrier orders in the LNC=2 race check, from MOEGEN_SIM_BARRIER_SCOPE: 'data' = only accesses
     to the barrier's `data` tensor (the faithful reading, docs/sim_audit.md #23: nki.isa.core_barrier, "The data
     parameter represents the shared data that all cores need to synchronize on"); 'all' = every shared-HBM tensor.
-    The default stays 'all' until templates/cte.py.j2's touched-row final sum puts a barrier on `out` (#23; the
-    strict xfail in tests/families/test_cte_barrier_scope.py turns into a failure then: make 'data' the default)."""
-    value = os.environ.get("MOEGEN_SIM_BARRIER_SCOPE", "").strip().lower() or "all"
+    'data' is the default (every template names each tensor it exchanges; tests/families/test_cte_barrier_scope.py)."""
+    value = os.environ.get("MOEGEN_SIM_BARRIER_SCOPE", "").strip().lower() or "data"
     if value not in BARRIER_SCOPES:
         raise NkiSimError(f"MOEGEN_SIM_BARRIER_SCOPE: {value!r} (limit: one of {', '.join(BARRIER_SCOPES)})")
     return value
@@ -100,7 +99,7 @@ class Run:
     shared_allocs: list = field(default_factory=list)  # k-th shared_hbm allocation, same for all cores
     pipes: dict = field(default_factory=dict)  # (src_rank, dst_rank, pipe_id) -> queue
     access_log: list = field(default_factory=list)  # LNC=2 shared-HBM accesses (for race detection)
-    barrier_scope: str = "all"  # see resolve_barrier_scope
+    barrier_scope: str = "data"  # see resolve_barrier_scope
     barrier_data: dict = field(default_factory=dict)  # program id -> allocation of its pending core_barrier
     arg_allocs: list = field(default_factory=list)  # Allocation of each kernel array argument
     failed: bool = False

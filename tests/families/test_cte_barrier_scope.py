@@ -3,16 +3,13 @@ barrier orders only its `data` tensor; nki.isa.core_barrier: "The data parameter
 cores need to synchronize on") the shard=block LNC 2 touched-row final sum of templates/cte.py.j2 races on `out`:
 core 0's accumulator rows (cleared and added into during its blocks) and core 1's pre-barrier copy of its rows are
 read after barriers on `partials` and `touched` only, by core 1's final-sum dma_compute and by the fused shared
-experts' row tiles. A `core_barrier(data=out)` beside those two removes every race the LNC 2 tests found (checked on
-a throwaway template copy). These strict xfails turn into failures when cte.py.j2 gains it: then drop the markers
-and make 'data' the default in moegen/sim/runtime.py (resolve_barrier_scope)."""
+experts' row tiles. The template now also has `core_barrier(data=out)` beside those two, and 'data' is the
+simulator's default; these tests set it explicitly, and failed (NkiSimError, a race on out) before that barrier."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from moegen.sim import NkiSimError
 from moegen.verify import cte as cte_harness
 from tests.families.support import build, module_builds
 from tests.families.test_cte import assert_matches, cte_spec, run
@@ -20,14 +17,7 @@ from tests.families.test_shared_fused import cte_spec as shared_cte_spec
 
 builds = module_builds("cte_barrier_scope_builds")
 
-RACE = pytest.mark.xfail(
-    strict=True,
-    raises=NkiSimError,
-    reason="SIM_AUDIT #23: cte.py.j2 final sum reads out across core_barriers on partials/touched only",
-)
 
-
-@RACE
 def test_touched_row_final_sum_orders_out_across_the_cores(monkeypatch):
     """shard=block LNC 2, touched-row final sum: out is read by the other core only across a barrier on out."""
     monkeypatch.setenv("MOEGEN_SIM_BARRIER_SCOPE", "data")
@@ -36,7 +26,6 @@ def test_touched_row_final_sum_orders_out_across_the_cores(monkeypatch):
     assert_matches(plan, got, want)
 
 
-@RACE
 def test_fused_shared_experts_read_out_after_a_barrier_on_it(monkeypatch):
     """shard=block LNC 2 with fused shared experts: the shared pass reads rows of out core 1 copied in."""
     monkeypatch.setenv("MOEGEN_SIM_BARRIER_SCOPE", "data")

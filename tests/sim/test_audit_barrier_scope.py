@@ -6,7 +6,7 @@ represents the shared data that all cores need to synchronize on"; the use case 
 portions of "a shared HBM tensor (data)" with nisa.dma_copy and then signalling "when the write operation is
 complete"; "The barrier will block execution on this engine, other engines will not be blocked". So a barrier
 orders the two cores' accesses to `data`, not to other shared-HBM tensors (docs/sim_audit.md #23). The rule is
-MOEGEN_SIM_BARRIER_SCOPE=data (default 'all' until templates/cte.py.j2 is fixed, #23); these tests set it.
+MOEGEN_SIM_BARRIER_SCOPE=data (the default since templates/cte.py.j2 names `out` too, #23); these tests set it.
 """
 
 from __future__ import annotations
