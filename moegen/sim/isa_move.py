@@ -150,6 +150,13 @@ def dma_copy(
     _elements_match(instr, dst, src)
     _check_priority(instr, priority, dge)
     indirect = src._vec is not None or dst._vec is not None
+    if src._vec is not None and dst._vec is not None:
+        # dma_copy page, "Indirect addressing (gather/scatter)": a vector_offset on src gathers, one on dst scatters;
+        # no page shows both on one copy (docs/sim_audit.md, below #23)
+        raise NkiSimError(
+            f"{instr}: vector_offset on both src '{src.name}' and dst '{dst.name}' (limit: a gather indexes src, a "
+            "scatter indexes dst; stage the rows through SBUF or index one side)"
+        )
     if dge is _DGE.hwdge:
         if indirect:
             raise NkiSimError(

@@ -957,3 +957,24 @@ def test_vector_offset_index_is_an_sbuf_tensor():
         got = nl.ndarray((2, 4), nl.float32)
         nisa.dma_copy(got, data.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0))
         np.testing.assert_array_equal(got.read(), np.arange(32, dtype=np.float32).reshape(8, 4)[[5, 2]])
+
+
+def test_dma_copy_indexes_one_side_only():
+    """nki.isa.dma_copy, 'Indirect addressing (gather/scatter)': a vector_offset on src gathers rows into dst, one on
+    dst scatters src's rows; no page shows both on one copy (docs/sim_audit.md, below #23), so an HBM -> HBM copy
+    indexed on both sides is refused; each documented form still runs."""
+    with context(target="trn2"):
+        data = nl.ndarray((8, 4), nl.float32, buffer=nl.hbm)
+        data.write(np.arange(32, dtype=np.float32).reshape(8, 4))
+        out = nl.ndarray((8, 4), nl.float32, buffer=nl.hbm)
+        out.write(np.zeros((8, 4), np.float32))
+        idx = nl.ndarray((2, 1), nl.int32)
+        idx.write(np.array([[5], [2]], np.int32))
+        src_rows = data.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0)
+        dst_rows = out.ap([[4, 2], [1, 4]], offset=0, vector_offset=idx, indirect_dim=0)
+        with pytest.raises(NkiSimError, match="vector_offset on both src"):
+            nisa.dma_copy(dst_rows, src_rows)
+        nisa.dma_copy(dst_rows, data[0:2, 0:4])  # scatter: index on dst only
+        got = np.zeros((8, 4), np.float32)
+        got[[5, 2]] = np.arange(8, dtype=np.float32).reshape(2, 4)
+        np.testing.assert_array_equal(out.read(), got)
