@@ -104,6 +104,7 @@ class RouterPlan(KernelPlan):
     x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
+    x_load_tiles: int  # layout ht: full token tiles per x DMA (runs of x_load_tiles * 128 tokens per row of x)
     interleave_matmuls: bool  # layout th: the previous tile's matmuls follow each transposed H-tile group
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
     route_split: int  # every step but the last selects the previous group's experts after this many of its tiles
@@ -139,6 +140,15 @@ X_BUF_GROUPS = 2
 # a routing group's x rows arrive in DMAs of this many partitions: shorter transfers spread over more of the
 # 16 DMA queues, so one transfer's fixed latency overlaps the others' data movement
 X_LOAD_ROWS = 32
+# Layout ht: full token tiles loaded by one x DMA. A row of x ([H, T]) is contiguous in tokens, so a DMA of one
+# 128-token tile moves 256-byte runs (bf16), which cost twice their bytes (each run costs as much as 256 B more);
+# X_HT_RUN_BYTES runs are within ~12% of the DMA peak. The x buffers take at most X_HT_LOAD_BUDGET bytes per
+# partition (of 224 KiB); the next load is issued when the previous one's first tile is multiplied, before that
+# tile's output DMAs take the queues. Llama-4-Scout T = 4096 (modeled): 243.1 -> 147.7 us (docs/faster_router.md)
+X_HT_RUN_BYTES = 2048
+# ... only with at least this many H tiles: with fewer, x is a small part of the DMA traffic (the outputs dominate)
+X_HT_LOAD_MIN_H_TILES = 16
+X_HT_LOAD_BUDGET = 160 * 1024
 # PSUM banks of x.T: a group's transposes wait for the copy out of its bank X_PSUM_BUFS groups earlier, so
 # the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2). The groups
 # rotate through the banks across token tiles: with 2 groups per tile (H = 2048) a per-tile rotation used
@@ -373,6 +383,12 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if variant.options["layout"] == "ht":
         route_group = 1  # x.T rows hold consecutive tokens: a group's interleaved tokens would be 2-byte runs
     x_tile_bufs = X_BUF_GROUPS * route_group
+    x_load_tiles = 1
+    if variant.options["layout"] == "ht" and h_tiles >= X_HT_LOAD_MIN_H_TILES:
+        tile_bytes = h_tiles * TOKEN_TILE * in_bytes  # per partition
+        x_load_tiles = max(
+            1, min(ceil_div(X_HT_RUN_BYTES, TOKEN_TILE * in_bytes), X_HT_LOAD_BUDGET // (x_tile_bufs * tile_bytes))
+        )
     # bytes per partition of one token tile's outputs (the dense ones: logits, index, affinities, eager)
     out_tile_bytes = (
         experts * out_bytes * store_logits
@@ -381,8 +397,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         + top_k * out_bytes * eager
     )
     out_run_tiles = route_group
-    if variant.options["layout"] == "th" and scatter == "onehot":  # layout ht: a tile holds 128 consecutive tokens
+    if variant.options["layout"] == "th" and scatter == "onehot":
         out_run_tiles = route_group * max(1, min(OUT_RUN_TILES_MAX, OUT_RUN_BYTES // out_tile_bytes) // route_group)
+    elif scatter == "onehot":  # layout ht: an output run is one x load (its tiles take every x_load_tiles-th token)
+        out_run_tiles = x_load_tiles
     buffers = [
         Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
@@ -402,7 +420,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if h_tiles:
         buffers += [
             Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, x_tile_bufs),
+            Buffer("x tile", "sbuf", PARTITIONS, x_load_tiles * h_tiles * TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
     if h_rest:
         buffers += [
@@ -657,6 +675,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         x_row_bufs=X_BUF_GROUPS,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
+        x_load_tiles=x_load_tiles,
         interleave_matmuls=variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,

@@ -481,3 +481,42 @@ def test_group_max_scores_take_one_reduction():
     assert all(r["operands"]["src"]["shape"][-1] != plan.group_size for r in trace if r["opcode"] == "max8")
     group_max = [r for r in trace if r["opcode"] == "tensor_reduce" and len(r["operands"]["data"]["shape"]) == 4]
     assert len(group_max) == 1 and group_max[0]["operands"]["data"]["shape"][2:] == (8, 12)
+
+
+def test_layout_ht_wide_hidden_loads_x_in_long_runs_one_load_ahead():
+    """Layout ht with 16+ H tiles (Llama-4-Scout: 40): full token tiles load X_LOAD_TILES (8) at a time, so a row of
+    x moves in runs of 8 x 128 tokens (2 KiB), not one 256-byte run per tile, which costs twice its bytes (the DMA
+    bandwidth guide: each descriptor costs as much as 256 B). The next load is issued before the current load's first
+    matmul, so it does not queue behind that tile's output DMAs; with the one-hot scatter the router_logits of a load
+    leave in runs of 7 tiles x E (tile u takes every 8th token)."""
+    text = router_spec(
+        hidden=2048,
+        experts=16,
+        top_k=1,
+        router="linear -> topk -> sigmoid",
+        kernels="kernel route : router { layout=ht }",
+    )
+    tokens = 11 * 128 + 5  # a load of 8 tiles, one of 3, the partial tile
+    assert_matches(text, tokens=tokens)
+    plan, trace = traced(text, tokens)
+    assert plan.x_load_tiles == 8 and plan.out_run_tiles == 8
+    tile_bytes = plan.h_tiles * 128 * 128 * 2
+    x_loads = [
+        i
+        for i, r in enumerate(trace)
+        if r["opcode"] == "dma_copy" and r["bytes"] >= tile_bytes and r["bytes"] % tile_bytes == 0
+    ]
+    assert [trace[i]["bytes"] // tile_bytes for i in x_loads] == [8, 3]
+    for i, tiles in zip(x_loads, (8, 3)):
+        runs = [region["contig"] for region in trace[i]["reads"] + trace[i]["writes"]]
+        assert min(runs) == tiles * 128 * 2, runs
+    first_matmul = next(i for i, r in enumerate(trace) if r["opcode"] == "nc_matmul")
+    assert x_loads[1] < first_matmul
+    logits_runs = [
+        r["writes"][0]["contig"]
+        for r in trace
+        if r["opcode"] == "dma_copy"
+        and r["bytes"] == 128 * 7 * plan.experts * 2
+        and r["writes"][0]["mem"].startswith("hbm")
+    ]
+    assert logits_runs and min(logits_runs) == 7 * plan.experts * 2, logits_runs
