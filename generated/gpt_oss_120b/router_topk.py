@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/gpt_oss_120b.moe
 # spec-sha256: f87cedffc430b764de30fbd38366afe6b6684cfd79d6ca2abcda2d7a05795c46
 # templates-sha256: abc296afd7c5c82274984e556eeff4fd4e1282a39e323dec7fcddceaee4e2fa4
-# content-sha256: 209f891209913edf92a266108143f0169fc5a5b49ad4c69278e46a17159fd339
+# content-sha256: a2bcfe5c00663840f8639a872ef7f6d5f1e9e5ddda810777b8ce2920a33b5794
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -17,11 +17,11 @@ TOKEN_TILE = 128
 TILE_BUFS = 2  # PSUM buffers of the logits (per routing group) and of x.T
 X_LOAD_ROWS = 32  # partitions per x load DMA
 X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group ahead
-X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
-ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
+X_TILE_BUFS = 2  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
+ROUTE_GROUP = 1  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
 LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
-OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
+OUT_RUN_TILES = 1  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through
 X_GROUP = 8  # H tiles transposed into one PSUM tile (one 2 KiB bank of 128-token columns)
@@ -218,8 +218,8 @@ def router_topk(x, w, w_bias):
     logits_pipe = (nl.ndarray((TOKEN_TILE, ROUTE_GROUP, EXPERTS), dtype=nl.float32, buffer=nl.psum), nl.ndarray((TOKEN_TILE, ROUTE_GROUP, EXPERTS), dtype=nl.float32, buffer=nl.psum), )
     x_rows_pipe = (nl.ndarray((TOKEN_TILE, ROUTE_GROUP, HIDDEN), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((TOKEN_TILE, ROUTE_GROUP, HIDDEN), dtype=x.dtype, buffer=nl.sbuf), )
     x_psum_pipe = (nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), )
-    x_tiles_pipe = (nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), )
-    x_rest_pipe = (nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), )
+    x_tiles_pipe = (nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), )
+    x_rest_pipe = (nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((H_REST, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), )
 
     # Software pipelined: step s computes the logits of routing group s, then routes group s - 1, so each
     # in-order engine queue sees the next group's loads, transposes and copies before this group's routing

@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/router_seed_matrix.moe
 # spec-sha256: b3664902be418d2990d9049b5d3f94a31ebe57d0db5a58449a85e7ae04764fe9
 # templates-sha256: abc296afd7c5c82274984e556eeff4fd4e1282a39e323dec7fcddceaee4e2fa4
-# content-sha256: adf02b38233b6415fc44e5713591a177f43974e8dbad34ca3cb6e49629257c8c
+# content-sha256: f626643197b1e414001105dc8d3bcb7eadf86e5c4ab7b5d00c93b5ff89d21cdf
 import nki
 import nki.isa as nisa
 import nki.language as nl
@@ -16,11 +16,11 @@ TOKEN_TILE = 128
 TILE_BUFS = 2  # PSUM buffers of the logits (per routing group) and of x.T
 X_LOAD_ROWS = 32  # partitions per x load DMA
 X_ROW_BUFS = 2  # SBUF buffers of a routing group's x rows: loads run one group ahead
-X_TILE_BUFS = 8  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
-ROUTE_GROUP = 4  # full token tiles routed together (their logits share one PSUM bank)
+X_TILE_BUFS = 2  # SBUF buffers of x (per token tile): loads run this many tiles ahead of the transposes
+ROUTE_GROUP = 1  # full token tiles routed together (their logits share one PSUM bank)
 ROUTE_SPLIT = 2  # each step but the last selects the previous group's experts after this many of its tiles
 LAST_ROUTE_SPLIT = 1  # the last step selects the previous group's experts after this many of its tiles
-OUT_RUN_TILES = 4  # full token tiles per output run: partition p of a run holds consecutive tokens
+OUT_RUN_TILES = 1  # full token tiles per output run: partition p of a run holds consecutive tokens
 X_PE_ROWS = 32  # token tiles of at least this many rows build x.T on the PE array
 X_PSUM_BUFS = 4  # PSUM banks the transposed H-tile groups rotate through
 X_GROUP = 4  # H tiles transposed into one PSUM tile (one 2 KiB bank of 128-token columns)
@@ -216,7 +216,7 @@ def th_dma_sigmoid_post(x, w, w_bias):
     logits_pipe = (nl.ndarray((TOKEN_TILE, ROUTE_GROUP, EXPERTS), dtype=nl.float32, buffer=nl.psum), nl.ndarray((TOKEN_TILE, ROUTE_GROUP, EXPERTS), dtype=nl.float32, buffer=nl.psum), )
     x_rows_pipe = (nl.ndarray((TOKEN_TILE, ROUTE_GROUP, HIDDEN), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((TOKEN_TILE, ROUTE_GROUP, HIDDEN), dtype=x.dtype, buffer=nl.sbuf), )
     x_psum_pipe = (nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), nl.ndarray((P, X_GROUP, TOKEN_TILE), dtype=x.dtype, buffer=nl.psum), )
-    x_tiles_pipe = (nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), )
+    x_tiles_pipe = (nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), nl.ndarray((P, H_TILES, TOKEN_TILE), dtype=x.dtype, buffer=nl.sbuf), )
 
     # Software pipelined: step s computes the logits of routing group s, then routes group s - 1, so each
     # in-order engine queue sees the next group's loads, transposes and copies before this group's routing

@@ -520,3 +520,25 @@ def test_layout_ht_wide_hidden_loads_x_in_long_runs_one_load_ahead():
         and r["writes"][0]["mem"].startswith("hbm")
     ]
     assert logits_runs and min(logits_runs) == 7 * plan.experts * 2, logits_runs
+
+
+def test_indirect_scatter_spans_one_tile_of_rows():
+    """scatter=dma routes one token tile per group (partition p holds token t0 + p), so each indirect scatter's
+    offsets span one tile's rows of expert_affinities: the timeline model orders an indirect write after every
+    earlier write its span overlaps, and with a group's tiles interleaved (token t0 + p * tiles + u) every
+    scatter of the group overlapped every other and they ran one after another (gpt-oss-120b, modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=2,
+        router="linear -> topk -> softmax",
+        kernels="kernel route : router { scatter=dma }",
+    )
+    tokens = 4 * 128
+    assert_matches(text, tokens=tokens)
+    plan, trace = traced(text, tokens)
+    assert plan.route_group == 1
+    spans = [w["bytes"] for r in trace for w in r.get("writes", ()) if w.get("indirect")]
+    assert len(spans) == 4 * plan.top_k
+    for b0, b1 in spans:
+        assert b1 - b0 <= 128 * plan.experts * 2, (b0, b1)
