@@ -102,6 +102,7 @@ class RouterPlan(KernelPlan):
     token_tile: int
     tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
     x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
+    x_rows_ahead: int  # layout th: routing groups whose x rows are loaded ahead of the group being transposed
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
     x_load_tiles: int  # layout ht: full token tiles per x DMA (runs of x_load_tiles * 128 tokens per row of x)
@@ -140,6 +141,10 @@ X_BUF_GROUPS = 2
 # a routing group's x rows arrive in DMAs of this many partitions: shorter transfers spread over more of the
 # 16 DMA queues, so one transfer's fixed latency overlaps the others' data movement
 X_LOAD_ROWS = 32
+# Layout th with one-tile routing groups (scatter=dma): x rows load this many groups (tiles) ahead. Their indirect
+# scatters wait for each other and hold DMA queues meanwhile; loads issued one tile ahead found the queues taken and
+# TensorE waited for x (gpt-oss-120b T = 4096, modeled: 1 ahead 143.7 us, 2 124.7, 4 115.9, 6 115.2)
+X_ROWS_AHEAD_ONE_TILE = 4
 # Layout ht: full token tiles loaded by one x DMA. A row of x ([H, T]) is contiguous in tokens, so a DMA of one
 # 128-token tile moves 256-byte runs (bf16), which cost twice their bytes (each run costs as much as 256 B more);
 # X_HT_RUN_BYTES runs are within ~12% of the DMA peak. The x buffers take at most X_HT_LOAD_BUDGET bytes per
@@ -389,6 +394,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         # now only a tile's K do (gpt-oss-120b T = 4096: 156.5 -> 143.7 us modeled)
         route_group = 1
     x_tile_bufs = X_BUF_GROUPS * route_group
+    # one-tile groups (scatter=dma) load x rows X_ROWS_AHEAD_ONE_TILE groups ahead, so the loads keep DMA queues ahead
+    # of the indirect scatters that wait for each other
+    x_rows_ahead = X_ROWS_AHEAD_ONE_TILE if route_group == 1 and variant.options["layout"] == "th" else X_BUF_GROUPS - 1
     x_load_tiles = 1
     if variant.options["layout"] == "ht" and h_tiles >= X_HT_LOAD_MIN_H_TILES:
         tile_bytes = h_tiles * TOKEN_TILE * in_bytes  # per partition
@@ -439,7 +447,9 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         )
     if variant.options["layout"] == "th":
         buffers.append(
-            Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, X_BUF_GROUPS)
+            Buffer(
+                "x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, x_rows_ahead + 1
+            )
         )
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
         if h_tiles:
@@ -678,7 +688,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
-        x_row_bufs=X_BUF_GROUPS,
+        x_row_bufs=x_rows_ahead + 1,
+        x_rows_ahead=x_rows_ahead,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
         x_load_tiles=x_load_tiles,
