@@ -526,12 +526,13 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                 f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
                 f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and copy (an "
                 f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
-                f"the transposes' latency; x rotates through {X_BUF_GROUPS} group buffers (loads run ahead), the logits of "
+                f"the transposes' latency; x rotates through {x_rows_ahead + 1} group buffers (loads run {x_rows_ahead} ahead), the logits of "
                 f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
                 "logits issued before this group's routing"
                 if variant.options["layout"] == "th"
-                else "layout ht: x read in runs of one token tile per partition row; a partial tile lands in a "
-                "dense [128, H tiles, rows] tile, so with T <= 128 each partition's rows of x are one run"
+                else f"layout ht: x read in runs of {x_load_tiles} full token tile(s) per row of x, one load "
+                "ahead; a partial tile lands in a dense [128, H tiles, rows] tile, so with T <= 128 each "
+                "partition's rows of x are one run"
             )
             + (
                 f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
