@@ -103,6 +103,7 @@ class RouterPlan(KernelPlan):
     tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
     x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
     x_rows_ahead: int  # layout th: routing groups whose x rows are loaded ahead of the group being transposed
+    x_dma_every: int  # layout th: every x_dma_every-th full token tile reads x.T by DMA, not PE transposes (0: none)
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
     x_load_tiles: int  # layout ht: full token tiles per x DMA (runs of x_load_tiles * 128 tokens per row of x)
@@ -165,6 +166,13 @@ X_PSUM_BUFS = 4
 # wait only for their chunk. T = 4096 modeled: DeepSeek-V3 (7 groups) 179.59 -> 173.85 us, 170.86 with the w
 # chunks; DeepSeek-V2 (5) 103.96 -> 103.01, 102.64; with 4 groups (Mixtral) the chunks cost 103.38 -> 103.80 us
 INTERLEAVE_ABOVE_GROUPS = X_PSUM_BUFS
+# Layout th with interleaved matmuls and E >= X_DMA_MIN_EXPERTS: every X_DMA_EVERY-th full token tile reads x.T by one
+# DMA (runs of H tiles elements) instead of its transposes, so the DMA queues' slack takes some of TensorE's work
+# (its matmuls of E >= 256 columns keep it the busiest engine). T = 4096 modeled: DeepSeek-V3 (E = 256) 170.9 us ->
+# 166.1 (every 8th), 167.3 (6th), 167.8 (4th), 169.1 (12th), 167.9 (16th); DeepSeek-V2 (E = 160) would lose
+# (100.8 -> 103.1 every 8th)
+X_DMA_EVERY = 8
+X_DMA_MIN_EXPERTS = 256
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
 # The engines of the x.T PSUM -> SBUF copies, cycled over the copies of the token tiles in order (not
@@ -397,6 +405,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     # one-tile groups (scatter=dma) load x rows X_ROWS_AHEAD_ONE_TILE groups ahead, so the loads keep DMA queues ahead
     # of the indirect scatters that wait for each other
     x_rows_ahead = X_ROWS_AHEAD_ONE_TILE if route_group == 1 and variant.options["layout"] == "th" else X_BUF_GROUPS - 1
+    x_dma_every = 0
+    interleave = variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS
+    if interleave and not h_rest and experts >= X_DMA_MIN_EXPERTS:
+        x_dma_every = X_DMA_EVERY
     x_load_tiles = 1
     if variant.options["layout"] == "ht" and h_tiles >= X_HT_LOAD_MIN_H_TILES:
         tile_bytes = h_tiles * TOKEN_TILE * in_bytes  # per partition
@@ -452,6 +464,8 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
             )
         )
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
+        if x_dma_every:
+            buffers.append(Buffer("x.T of a tile read by DMA", "sbuf", PARTITIONS, TOKEN_TILE * h_tiles * in_bytes, 2))
         if h_tiles:
             buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, X_PSUM_BUFS))
         if h_rest:
@@ -691,10 +705,11 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         tile_bufs=TILE_BUFS,
         x_row_bufs=x_rows_ahead + 1,
         x_rows_ahead=x_rows_ahead,
+        x_dma_every=x_dma_every,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
         x_load_tiles=x_load_tiles,
-        interleave_matmuls=variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS,
+        interleave_matmuls=interleave,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
         route_split=route_split(route_group),
