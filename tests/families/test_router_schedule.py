@@ -7,6 +7,7 @@ property of the instructions it issued (DMA run lengths, engine choices, instruc
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from moegen import sim
 from moegen.verify import router as harness
@@ -570,7 +571,8 @@ def test_one_tile_groups_load_x_rows_four_tiles_ahead():
     assert sum(i < first_transpose for i in x_rows_loads) == 4 * 128 // plan.x_load_rows
 
 
-def test_every_eighth_tile_reads_x_transposed_by_dma_with_many_experts():
+@pytest.mark.parametrize("lnc", [1, 2])
+def test_every_eighth_tile_reads_x_transposed_by_dma_with_many_experts(lnc):
     """Layout th, interleaved matmuls (5+ groups of transposed H tiles) and E = 256 (DeepSeek-V3): every 8th full
     token tile reads x.T by one DMA (runs of H tiles elements) instead of its transposes, so TensorE, the busiest
     engine, hands work to the DMA queues' slack (DeepSeek-V3 T = 4096: 170.9 -> 166.1 us, modeled); x is still read
@@ -581,17 +583,18 @@ def test_every_eighth_tile_reads_x_transposed_by_dma_with_many_experts():
         experts=256,
         top_k=8,
         router="linear -> sigmoid -> topk -> renormalize",
-        kernels="kernel route : router { layout=th }",
+        kernels=f"kernel route : router {{ layout=th lnc={lnc} }}",
     )
-    tokens = 9 * 128 + 5  # full tiles 0..8 (tile 7 by DMA) and a 5-token tile (the small-tile DMA)
+    # per core: full tiles 0..8 (tile 7 by DMA) and a 5-token tile (the small-tile DMA)
+    tokens = lnc * (9 * 128 + 5)
     assert_matches(text, tokens=tokens)
     plan, trace = traced(text, tokens)
     assert plan.x_dma_every == 8 and plan.interleave_matmuls
-    assert sum(r["opcode"] == "nc_transpose" for r in trace) == 8 * plan.h_tiles
+    assert sum(r["opcode"] == "nc_transpose" for r in trace) == lnc * 8 * plan.h_tiles
     x_bytes = sum(r["bytes"] for r in trace if r["opcode"] == "dma_copy" and r["reads"][0]["mem"] == trace_x_mem(trace))
     assert x_bytes == tokens * hidden * 2
     x_t = [r for r in trace if r["opcode"] == "dma_copy" and r["bytes"] == 128 * hidden * 2]
-    assert len(x_t) == 1 and min(reg["contig"] for reg in x_t[0]["reads"]) == plan.h_tiles * 2
+    assert len(x_t) == lnc and min(reg["contig"] for reg in x_t[0]["reads"]) == plan.h_tiles * 2
 
 
 def trace_x_mem(trace) -> str:
