@@ -102,8 +102,11 @@ class RouterPlan(KernelPlan):
     token_tile: int
     tile_bufs: int  # routing groups rotate through this many PSUM buffers of logits (and x.T groups of x.T)
     x_row_bufs: int  # layout th: routing groups rotate through this many SBUF buffers of x rows
+    x_rows_ahead: int  # layout th: routing groups whose x rows are loaded ahead of the group being transposed
+    x_dma_every: int  # layout th: every x_dma_every-th full token tile reads x.T by DMA, not PE transposes (0: none)
     x_tile_bufs: int  # token tiles rotate through this many SBUF buffers of x.T
     x_load_rows: int  # layout th: partitions per DMA of a routing group's x rows
+    x_load_tiles: int  # layout ht: full token tiles per x DMA (runs of x_load_tiles * 128 tokens per row of x)
     interleave_matmuls: bool  # layout th: the previous tile's matmuls follow each transposed H-tile group
     x_psum_bufs: int  # layout th: PSUM banks the groups of transposed H tiles rotate through
     route_split: int  # every step but the last selects the previous group's experts after this many of its tiles
@@ -139,6 +142,19 @@ X_BUF_GROUPS = 2
 # a routing group's x rows arrive in DMAs of this many partitions: shorter transfers spread over more of the
 # 16 DMA queues, so one transfer's fixed latency overlaps the others' data movement
 X_LOAD_ROWS = 32
+# Layout th with one-tile routing groups (scatter=dma): x rows load this many groups (tiles) ahead. Their indirect
+# scatters wait for each other and hold DMA queues meanwhile; loads issued one tile ahead found the queues taken and
+# TensorE waited for x (gpt-oss-120b T = 4096, modeled: 1 ahead 143.7 us, 2 124.7, 4 115.9, 6 115.2)
+X_ROWS_AHEAD_ONE_TILE = 4
+# Layout ht: full token tiles loaded by one x DMA. A row of x ([H, T]) is contiguous in tokens, so a DMA of one
+# 128-token tile moves 256-byte runs (bf16), which cost twice their bytes (each run costs as much as 256 B more);
+# X_HT_RUN_BYTES runs are within ~12% of the DMA peak. The x buffers take at most X_HT_LOAD_BUDGET bytes per
+# partition (of 224 KiB); the next load is issued when the previous one's first tile is multiplied, before that
+# tile's output DMAs take the queues. Llama-4-Scout T = 4096 (modeled): 243.1 -> 147.7 us (docs/faster_router.md)
+X_HT_RUN_BYTES = 2048
+# ... only with at least this many H tiles: with fewer, x is a small part of the DMA traffic (the outputs dominate)
+X_HT_LOAD_MIN_H_TILES = 16
+X_HT_LOAD_BUDGET = 160 * 1024
 # PSUM banks of x.T: a group's transposes wait for the copy out of its bank X_PSUM_BUFS groups earlier, so
 # the PE array transposes while ScalarE / VectorE copy (4 of the 8 banks; the logits take 2). The groups
 # rotate through the banks across token tiles: with 2 groups per tile (H = 2048) a per-tile rotation used
@@ -150,6 +166,13 @@ X_PSUM_BUFS = 4
 # wait only for their chunk. T = 4096 modeled: DeepSeek-V3 (7 groups) 179.59 -> 173.85 us, 170.86 with the w
 # chunks; DeepSeek-V2 (5) 103.96 -> 103.01, 102.64; with 4 groups (Mixtral) the chunks cost 103.38 -> 103.80 us
 INTERLEAVE_ABOVE_GROUPS = X_PSUM_BUFS
+# Layout th with interleaved matmuls and E >= X_DMA_MIN_EXPERTS: every X_DMA_EVERY-th full token tile reads x.T by one
+# DMA (runs of H tiles elements) instead of its transposes, so the DMA queues' slack takes some of TensorE's work
+# (its matmuls of E >= 256 columns keep it the busiest engine). T = 4096 modeled: DeepSeek-V3 (E = 256) 170.9 us ->
+# 166.1 (every 8th), 167.3 (6th), 167.8 (4th), 169.1 (12th), 167.9 (16th); DeepSeek-V2 (E = 160) would lose
+# (100.8 -> 103.1 every 8th)
+X_DMA_EVERY = 8
+X_DMA_MIN_EXPERTS = 256
 # below this many tokens a tile reads x.T with one DMA: its short runs cost less than the transposes' latency
 X_PE_ROWS = 32
 # The engines of the x.T PSUM -> SBUF copies, cycled over the copies of the token tiles in order (not
@@ -372,7 +395,26 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     route_group = max(1, min(ROUTE_GROUP_MAX, PSUM_BANK_BYTES // (experts * f32)))
     if variant.options["layout"] == "ht":
         route_group = 1  # x.T rows hold consecutive tokens: a group's interleaved tokens would be 2-byte runs
+    if scatter == "dma":
+        # one tile per group: partition p holds token t0 + p, so a tile's indirect scatters span its own rows only.
+        # The timeline model orders an indirect write after every earlier write its offsets' span overlaps: with
+        # interleaved tiles all K x tiles scatters of a group overlapped and ran one after another (~1.4 us each);
+        # now only a tile's K do (gpt-oss-120b T = 4096: 156.5 -> 143.7 us modeled)
+        route_group = 1
     x_tile_bufs = X_BUF_GROUPS * route_group
+    # one-tile groups (scatter=dma) load x rows X_ROWS_AHEAD_ONE_TILE groups ahead, so the loads keep DMA queues ahead
+    # of the indirect scatters that wait for each other
+    x_rows_ahead = X_ROWS_AHEAD_ONE_TILE if route_group == 1 and variant.options["layout"] == "th" else X_BUF_GROUPS - 1
+    x_dma_every = 0
+    interleave = variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS
+    if interleave and not h_rest and experts >= X_DMA_MIN_EXPERTS:
+        x_dma_every = X_DMA_EVERY
+    x_load_tiles = 1
+    if variant.options["layout"] == "ht" and h_tiles >= X_HT_LOAD_MIN_H_TILES:
+        tile_bytes = h_tiles * TOKEN_TILE * in_bytes  # per partition
+        x_load_tiles = max(
+            1, min(ceil_div(X_HT_RUN_BYTES, TOKEN_TILE * in_bytes), X_HT_LOAD_BUDGET // (x_tile_bufs * tile_bytes))
+        )
     # bytes per partition of one token tile's outputs (the dense ones: logits, index, affinities, eager)
     out_tile_bytes = (
         experts * out_bytes * store_logits
@@ -381,8 +423,10 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         + top_k * out_bytes * eager
     )
     out_run_tiles = route_group
-    if variant.options["layout"] == "th" and scatter == "onehot":  # layout ht: a tile holds 128 consecutive tokens
+    if variant.options["layout"] == "th" and scatter == "onehot":
         out_run_tiles = route_group * max(1, min(OUT_RUN_TILES_MAX, OUT_RUN_BYTES // out_tile_bytes) // route_group)
+    elif scatter == "onehot":  # layout ht: an output run is one x load (its tiles take every x_load_tiles-th token)
+        out_run_tiles = x_load_tiles
     buffers = [
         Buffer("logits", "psum", TOKEN_TILE, route_group * experts * f32, TILE_BUFS),
         Buffer("selection row (work)", "sbuf", TOKEN_TILE, work_width * f32),
@@ -402,7 +446,7 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
     if h_tiles:
         buffers += [
             Buffer("w (resident)", "sbuf", PARTITIONS, h_tiles * experts * in_bytes),
-            Buffer("x tile", "sbuf", PARTITIONS, h_tiles * TOKEN_TILE * in_bytes, x_tile_bufs),
+            Buffer("x tile", "sbuf", PARTITIONS, x_load_tiles * h_tiles * TOKEN_TILE * in_bytes, x_tile_bufs),
         ]
     if h_rest:
         buffers += [
@@ -415,9 +459,13 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         )
     if variant.options["layout"] == "th":
         buffers.append(
-            Buffer("x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, X_BUF_GROUPS)
+            Buffer(
+                "x rows (tokens on partitions)", "sbuf", TOKEN_TILE, route_group * hidden * in_bytes, x_rows_ahead + 1
+            )
         )
         buffers.append(Buffer("x.T of a small tile (DMA)", "sbuf", PARTITIONS, (X_PE_ROWS - 1) * h_tiles * in_bytes))
+        if x_dma_every:
+            buffers.append(Buffer("x.T of a tile read by DMA", "sbuf", PARTITIONS, TOKEN_TILE * h_tiles * in_bytes, 2))
         if h_tiles:
             buffers.append(Buffer("x.T transpose", "psum", PARTITIONS, x_group * TOKEN_TILE * in_bytes, X_PSUM_BUFS))
         if h_rest:
@@ -492,12 +540,13 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
                 f"layout th: a token tile of {X_PE_ROWS}+ tokens reads whole rows of x in one DMA (one run per "
                 f"token) and builds x.T on the PE array, {x_group} H tiles per PSUM transpose and copy (an "
                 f"x.T DMA moves {h_tiles} elements per descriptor); smaller tiles take that DMA, cheaper than "
-                f"the transposes' latency; x rotates through {X_BUF_GROUPS} group buffers (loads run ahead), the logits of "
+                f"the transposes' latency; x rotates through {x_rows_ahead + 1} group buffers (loads run {x_rows_ahead} ahead), the logits of "
                 f"routing groups of up to {route_group} tiles through {TILE_BUFS} PSUM buffers, the next group's "
                 "logits issued before this group's routing"
                 if variant.options["layout"] == "th"
-                else "layout ht: x read in runs of one token tile per partition row; a partial tile lands in a "
-                "dense [128, H tiles, rows] tile, so with T <= 128 each partition's rows of x are one run"
+                else f"layout ht: x read in runs of {x_load_tiles} full token tile(s) per row of x, one load "
+                "ahead; a partial tile lands in a dense [128, H tiles, rows] tile, so with T <= 128 each "
+                "partition's rows of x are one run"
             )
             + (
                 f"; the last {h_rest} rows are one partial matmul on {h_rest} partitions, so H need not be a "
@@ -654,10 +703,13 @@ def plan(layer: Layer, variant: Variant) -> RouterPlan:
         h_rest=h_rest,
         token_tile=TOKEN_TILE,
         tile_bufs=TILE_BUFS,
-        x_row_bufs=X_BUF_GROUPS,
+        x_row_bufs=x_rows_ahead + 1,
+        x_rows_ahead=x_rows_ahead,
+        x_dma_every=x_dma_every,
         x_tile_bufs=x_tile_bufs,
         x_load_rows=X_LOAD_ROWS,
-        interleave_matmuls=variant.options["layout"] == "th" and ceil_div(h_tiles, x_group) > INTERLEAVE_ABOVE_GROUPS,
+        x_load_tiles=x_load_tiles,
+        interleave_matmuls=interleave,
         x_psum_bufs=X_PSUM_BUFS,
         route_group=route_group,
         route_split=route_split(route_group),

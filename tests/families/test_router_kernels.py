@@ -228,6 +228,7 @@ def test_ties_across_two_rounds_of_eight():
     ("experts", "router", "options"),
     [
         (16, "linear -> softmax -> topk -> renormalize", "eager"),
+        (256, "linear -> topk -> softmax", "skip_logits"),
         (256, "linear -> topk -> softmax", "scatter=dma"),
         (64, "linear -> sigmoid -> topk -> renormalize", "eager skip_logits"),
         (64, "linear -> sigmoid -> topk -> renormalize", "layout=ht eager"),
@@ -235,12 +236,12 @@ def test_ties_across_two_rounds_of_eight():
 )
 def test_routing_groups_of_full_tiles_then_the_partial_tile(experts, router, options):
     """T = 5 x 128 + 3: full tiles are routed in groups of up to 4 (2 for E = 256, whose logits fill a
-    PSUM bank in 2 tiles; 1 for layout ht), the last group holds fewer tiles and the partial tile is routed
-    alone; partition p of a group's tile u holds token t0 + p * tiles + u, and every output row lands at
-    its own token."""
+    PSUM bank in 2 tiles; 1 for layout ht and for scatter=dma), the last group holds fewer tiles and the partial
+    tile is routed alone; partition p of a group's tile u holds token t0 + p * tiles + u, and every output row
+    lands at its own token."""
     text = router_spec(experts=experts, top_k=8, router=router, kernels=f"kernel route : router {{ {options} }}")
     plan = next(p for p in build(text)[0].plans if p.kernel_name == "route")
-    assert plan.route_group == (1 if "ht" in options else 2 if experts == 256 else 4)
+    assert plan.route_group == (1 if "ht" in options or "dma" in options else 2 if experts == 256 else 4)
     assert_matches(text, tokens=5 * 128 + 3)
 
 

@@ -7,6 +7,7 @@ property of the instructions it issued (DMA run lengths, engine choices, instruc
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from moegen import sim
 from moegen.verify import router as harness
@@ -481,3 +482,121 @@ def test_group_max_scores_take_one_reduction():
     assert all(r["operands"]["src"]["shape"][-1] != plan.group_size for r in trace if r["opcode"] == "max8")
     group_max = [r for r in trace if r["opcode"] == "tensor_reduce" and len(r["operands"]["data"]["shape"]) == 4]
     assert len(group_max) == 1 and group_max[0]["operands"]["data"]["shape"][2:] == (8, 12)
+
+
+def test_layout_ht_wide_hidden_loads_x_in_long_runs_one_load_ahead():
+    """Layout ht with 16+ H tiles (Llama-4-Scout: 40): full token tiles load X_LOAD_TILES (8) at a time, so a row of
+    x moves in runs of 8 x 128 tokens (2 KiB), not one 256-byte run per tile, which costs twice its bytes (the DMA
+    bandwidth guide: each descriptor costs as much as 256 B). The next load is issued before the current load's first
+    matmul, so it does not queue behind that tile's output DMAs; with the one-hot scatter the router_logits of a load
+    leave in runs of 7 tiles x E (tile u takes every 8th token)."""
+    text = router_spec(
+        hidden=2048,
+        experts=16,
+        top_k=1,
+        router="linear -> topk -> sigmoid",
+        kernels="kernel route : router { layout=ht }",
+    )
+    tokens = 11 * 128 + 5  # a load of 8 tiles, one of 3, the partial tile
+    assert_matches(text, tokens=tokens)
+    plan, trace = traced(text, tokens)
+    assert plan.x_load_tiles == 8 and plan.out_run_tiles == 8
+    tile_bytes = plan.h_tiles * 128 * 128 * 2
+    x_loads = [
+        i
+        for i, r in enumerate(trace)
+        if r["opcode"] == "dma_copy" and r["bytes"] >= tile_bytes and r["bytes"] % tile_bytes == 0
+    ]
+    assert [trace[i]["bytes"] // tile_bytes for i in x_loads] == [8, 3]
+    for i, tiles in zip(x_loads, (8, 3)):
+        runs = [region["contig"] for region in trace[i]["reads"] + trace[i]["writes"]]
+        assert min(runs) == tiles * 128 * 2, runs
+    first_matmul = next(i for i, r in enumerate(trace) if r["opcode"] == "nc_matmul")
+    assert x_loads[1] < first_matmul
+    logits_runs = [
+        r["writes"][0]["contig"]
+        for r in trace
+        if r["opcode"] == "dma_copy"
+        and r["bytes"] == 128 * 7 * plan.experts * 2
+        and r["writes"][0]["mem"].startswith("hbm")
+    ]
+    assert logits_runs and min(logits_runs) == 7 * plan.experts * 2, logits_runs
+
+
+def test_indirect_scatter_spans_one_tile_of_rows():
+    """scatter=dma routes one token tile per group (partition p holds token t0 + p), so each indirect scatter's
+    offsets span one tile's rows of expert_affinities: the timeline model orders an indirect write after every
+    earlier write its span overlaps, and with a group's tiles interleaved (token t0 + p * tiles + u) every
+    scatter of the group overlapped every other and they ran one after another (gpt-oss-120b, modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=2,
+        router="linear -> topk -> softmax",
+        kernels="kernel route : router { scatter=dma }",
+    )
+    tokens = 4 * 128
+    assert_matches(text, tokens=tokens)
+    plan, trace = traced(text, tokens)
+    assert plan.route_group == 1
+    spans = [w["bytes"] for r in trace for w in r.get("writes", ()) if w.get("indirect")]
+    assert len(spans) == 4 * plan.top_k
+    for b0, b1 in spans:
+        assert b1 - b0 <= 128 * plan.experts * 2, (b0, b1)
+
+
+def test_one_tile_groups_load_x_rows_four_tiles_ahead():
+    """Layout th with scatter=dma (one-tile routing groups): x rows load X_ROWS_AHEAD_ONE_TILE (4) tiles ahead of the
+    transposes, so the loads take DMA queues before the indirect scatters that wait for each other hold them
+    (one tile ahead, TensorE waited for x: gpt-oss-120b T = 4096 143.7 us, 4 ahead 115.9 us, modeled)."""
+    text = router_spec(
+        hidden=256,
+        experts=64,
+        top_k=2,
+        router="linear -> topk -> softmax",
+        kernels="kernel route : router { scatter=dma }",
+    )
+    tokens = 6 * 128
+    assert_matches(text, tokens=tokens)
+    plan, trace = traced(text, tokens)
+    assert plan.x_rows_ahead == 4 and plan.x_row_bufs == 5
+    row_bytes = plan.x_load_rows * 256 * 2
+    first_transpose = next(i for i, r in enumerate(trace) if r["opcode"] == "nc_transpose")
+    x_rows_loads = [
+        i
+        for i, r in enumerate(trace)
+        if r["opcode"] == "dma_copy" and r["bytes"] == row_bytes and r["writes"][0]["mem"].startswith("sbuf")
+    ]
+    assert len(x_rows_loads) == 6 * 128 // plan.x_load_rows
+    assert sum(i < first_transpose for i in x_rows_loads) == 4 * 128 // plan.x_load_rows
+
+
+@pytest.mark.parametrize("lnc", [1, 2])
+def test_every_eighth_tile_reads_x_transposed_by_dma_with_many_experts(lnc):
+    """Layout th, interleaved matmuls (5+ groups of transposed H tiles) and E = 256 (DeepSeek-V3): every 8th full
+    token tile reads x.T by one DMA (runs of H tiles elements) instead of its transposes, so TensorE, the busiest
+    engine, hands work to the DMA queues' slack (DeepSeek-V3 T = 4096: 170.9 -> 166.1 us, modeled); x is still read
+    once (the DMA tile's rows are not loaded)."""
+    hidden = 34 * 128
+    text = router_spec(
+        hidden=hidden,
+        experts=256,
+        top_k=8,
+        router="linear -> sigmoid -> topk -> renormalize",
+        kernels=f"kernel route : router {{ layout=th lnc={lnc} }}",
+    )
+    # per core: full tiles 0..8 (tile 7 by DMA) and a 5-token tile (the small-tile DMA)
+    tokens = lnc * (9 * 128 + 5)
+    assert_matches(text, tokens=tokens)
+    plan, trace = traced(text, tokens)
+    assert plan.x_dma_every == 8 and plan.interleave_matmuls
+    assert sum(r["opcode"] == "nc_transpose" for r in trace) == lnc * 8 * plan.h_tiles
+    x_bytes = sum(r["bytes"] for r in trace if r["opcode"] == "dma_copy" and r["reads"][0]["mem"] == trace_x_mem(trace))
+    assert x_bytes == tokens * hidden * 2
+    x_t = [r for r in trace if r["opcode"] == "dma_copy" and r["bytes"] == 128 * hidden * 2]
+    assert len(x_t) == lnc and min(reg["contig"] for reg in x_t[0]["reads"]) == plan.h_tiles * 2
+
+
+def trace_x_mem(trace) -> str:
+    """The HBM tensor of the kernel's first DMA read (x: the first group's first x rows)."""
+    return next(r["reads"][0]["mem"] for r in trace if r["opcode"] == "dma_copy")
