@@ -2,7 +2,7 @@
 # Regenerate with: moegen build specs/nemotron3_nano_30b_a3b.moe
 # spec-sha256: 4272af64f18446770012f5c4129fa480d5d30816ed1f0283a2d4111848d82a5d
 # templates-sha256: ac0b2d1cf77b36d4be0815f6e35a7975c537397966a23fc1a13228522b39895b
-# content-sha256: e2fcb3753dd98a8325781e0d3986f8c4e1da31a7b16890388ee29784f4c87770
+# content-sha256: 5d0e1b82bec49a934cc8a4117c2e3d1b8038d9b66172e84a6f6cae8b55211288
 """prefill: blockwise MoE expert MLP for context encoding (nemotron3_nano_30b_a3b).
 
 MoE CTE shard_on_i_hybrid (LNC=2), bf16 weights, squared_relu, POST_SCALE, top-K accumulate.
@@ -78,7 +78,7 @@ SHARED_INTERMEDIATE = 3712  # I_F: this rank's slice of each shared expert
 SHARED_I_TILES = 29
 SHARED_I_LAST = 128  # rows of the last I_F tile
 SHARED_CORE_I_TILES = ((0, 29), (0, 29))  # per core: (first I_F tile, tiles)
-SHARED_GATE_UP_TILES = 7  # I_F tiles per gate/up weight slab (one DMA)
+SHARED_GATE_UP_TILES = 6  # I_F tiles per gate/up weight slab (one DMA)
 SHARED_GATE_UP_BUFFERS = 2  # slabs, alternating by group
 
 SHARED_ROW_TILES = 2  # 128-row tiles per pass over the shared weights

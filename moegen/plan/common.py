@@ -10,6 +10,9 @@ from moegen.spec.options import OptionSpec
 # Hardware facts (NKI docs, Trainium2/3 architecture guides). Per partition unless stated.
 PARTITIONS = 128
 SBUF_BYTES = {"trn2": 224 * 1024, "trn3": 256 * 1024}
+# SBUF the compiler and runtime keep for themselves (nki-library reserves about 16 KiB per partition): the cte
+# plans budget against SBUF_BYTES - SBUF_RESERVED.
+SBUF_RESERVED = 16 * 1024
 PSUM_BANK_BYTES = 2 * 1024
 PSUM_BANKS = 8
 MATMUL_CONTRACTION_MAX = 128

@@ -34,6 +34,7 @@ from moegen.plan.common import (
     PARTITIONS,
     PSUM_BANK_BYTES,
     SBUF_BYTES,
+    SBUF_RESERVED,
     TP_OPTION,
     Buffer,
     KernelPlan,
@@ -47,8 +48,6 @@ from moegen.plan.shared_fusion import SHARED_OPTION, FusedSharedPlan, fuse_into_
 from moegen.spec.model import Layer, Variant
 from moegen.spec.options import OptionSpec
 
-# SBUF the compiler and runtime keep for themselves (nki-library reserves about 16 KiB per partition).
-SBUF_RESERVED = 16 * 1024
 GATHER_PIECES = 4  # column pieces of an in-block token-row gather (pipelined static loops; 1 KiB+ runs at H 2048)
 TUNE_TOKENS = 4096  # the real-shape prefill T of benchmarks/modeled.py
 # What `auto` means without `tuned` (the rule: the values these options defaulted to before `auto`)

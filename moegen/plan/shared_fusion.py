@@ -18,7 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from moegen.plan.common import DTYPE_BYTES, PARTITIONS, PSUM_BANK_BYTES, PSUM_BANKS, SBUF_BYTES, Buffer, PlanError
+from moegen.plan.common import (
+    DTYPE_BYTES,
+    PARTITIONS,
+    PSUM_BANK_BYTES,
+    PSUM_BANKS,
+    SBUF_BYTES,
+    SBUF_RESERVED,
+    Buffer,
+    PlanError,
+)
 from moegen.plan.expert import ExpertMLPPlan, expert_mlp_plan
 from moegen.spec.model import Layer, Quant
 from moegen.spec.options import OptionSpec
@@ -142,7 +151,7 @@ def plan_fusion(
     sbuf_used: int,
     psum_used: int,
     h_tiles: int,
-    target: str,
+    sbuf_capacity: int,
     extra_blocker: str | None = None,
     extra_tiles: tuple[Buffer, ...] = (),
     routed_slabs: tuple[int, int, int] | None = None,
@@ -150,7 +159,8 @@ def plan_fusion(
     row_tiles: int = 1,
     row_split: bool = False,
 ):
-    """(FusedSharedPlan or None, decision): the `shared` option of a routed kernel resolved.
+    """(FusedSharedPlan or None, decision): the `shared` option of a routed kernel resolved. sbuf_capacity: the
+    SBUF bytes per partition the routed kernel may use (its own budget's limit).
 
     PlanError when shared=fused cannot be honoured or the layer has no shared experts to fuse."""
     choice = options.get("shared", "auto")
@@ -170,13 +180,13 @@ def plan_fusion(
         fused = replace(fused, gate_up_tiles=tiles, gate_up_buffers=count, reuse_routed_slabs=True, cte_rows=cte_rows)
         extra = fused.buffers(token_tile, h_tiles) + extra_tiles
         sbuf = sbuf_used + sum(b.total_per_partition for b in extra if b.memory == "sbuf")
-        if sbuf > SBUF_BYTES[target]:
-            blocker = f"SBUF: {sbuf} bytes per partition with the shared experts' tiles, {SBUF_BYTES[target]} available"
+        if sbuf > sbuf_capacity:
+            blocker = f"SBUF: {sbuf} bytes per partition with the shared experts' tiles, {sbuf_capacity} usable"
     elif fused:
-        fused, sbuf, extra = _slabs(fused, token_tile, h_tiles, extra_tiles, sbuf_used, SBUF_BYTES[target])
+        fused, sbuf, extra = _slabs(fused, token_tile, h_tiles, extra_tiles, sbuf_used, sbuf_capacity)
         psum = psum_used + sum(-(-b.bytes_per_partition // PSUM_BANK_BYTES) for b in extra if b.memory == "psum")
-        if sbuf > SBUF_BYTES[target]:
-            blocker = f"SBUF: {sbuf} bytes per partition with the shared experts' tiles, {SBUF_BYTES[target]} available"
+        if sbuf > sbuf_capacity:
+            blocker = f"SBUF: {sbuf} bytes per partition with the shared experts' tiles, {sbuf_capacity} usable"
         elif psum > PSUM_BANKS:
             blocker = f"PSUM: {psum} banks with the shared experts' up projection, {PSUM_BANKS} available"
     if blocker:
@@ -245,7 +255,7 @@ def fuse_into_tkg(layer: Layer, options, plan):
         sbuf_used=plan.sbuf_bytes(),
         psum_used=plan.psum_banks(),
         h_tiles=plan.h_tiles,
-        target=plan.target,
+        sbuf_capacity=SBUF_BYTES[plan.target],
         extra_blocker="shard=top_k: both cores run every token's rows, so each would add the shared experts"
         if plan.lnc == 2 and plan.shard == "top_k"
         else None,
@@ -303,7 +313,7 @@ def fuse_into_cte(layer: Layer, options, plan):
                 sbuf_used=plan.sbuf_bytes(),
                 psum_used=plan.psum_banks(),
                 h_tiles=len(plan.h_tiles),
-                target="trn2",
+                sbuf_capacity=SBUF_BYTES["trn2"] - SBUF_RESERVED,
                 extra_blocker=blocker,
                 extra_tiles=tiles,
                 routed_slabs=(plan.mlp.projections, plan.gate_up_chunk_cols // PARTITIONS, plan.stream_depth)

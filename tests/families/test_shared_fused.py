@@ -259,3 +259,20 @@ def test_cte_shared_weights_stream_once_per_row_group(tmp_path):
     }
     weights = 2 * 384 * 320 * 2  # S = 2 shared experts of [H 320, I_S 384], bf16, per projection
     assert shared_bytes == {"shared_gate_up_weights": 2 * weights, "shared_down_weights": 2 * weights}
+
+
+def test_cte_fused_shared_tiles_fit_the_usable_sbuf():
+    """Every checked-in cte kernel with fused shared experts keeps its SBUF buffers, the shared stage's included,
+    within the bytes per partition a cte plan may use (SBUF_BYTES - SBUF_RESERVED: the runtime keeps ~16 KiB). The
+    Nemotron 3 prefill's shared gate/up slabs were 7 I tiles, 221496 bytes against 212992 usable (now 6, 210744), before the shared
+    stage budgeted against the same limit as the routed plan."""
+    from moegen.compiler import generate
+    from moegen.plan.common import SBUF_BYTES, SBUF_RESERVED
+
+    fused = []
+    for spec in sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.moe")):
+        for plan in generate(spec).plans:
+            if plan.family == "cte" and getattr(plan, "shared", None) is not None and plan.target == "trn2":
+                fused.append(plan.kernel_name)
+                assert plan.sbuf_bytes() <= SBUF_BYTES["trn2"] - SBUF_RESERVED, (spec.name, plan.kernel_name)
+    assert fused  # the real-model specs fuse their shared experts
