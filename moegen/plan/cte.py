@@ -1063,7 +1063,7 @@ def _routed_plan(layer: Layer, variant: Variant) -> CtePlan:
                 f"a token tile holding tokens in its first {narrow_columns} slots only (an expert's last tile) runs "
                 f"its gate/up matmuls {narrow_columns} columns wide instead of {TOKEN_TILE}: a matmul streams "
                 f"max(64, N) moving columns, so such a tile takes half the gate/up TensorE time (two runtime trip "
-                f"counts per tile, from the min of each half tile's slot ids)",
+                f"counts per tile, from each half tile's slot ids: their min, or max with -1 padding)",
             )
         )
     if absorb:
