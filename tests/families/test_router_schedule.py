@@ -523,18 +523,18 @@ def test_layout_ht_wide_hidden_loads_x_in_long_runs_one_load_ahead():
     assert logits_runs and min(logits_runs) == 7 * plan.experts * 2, logits_runs
 
 
+# Layout th, 64 experts, top-2, the routing weights scattered by indirect DMA (one-tile routing groups).
+SCATTER_DMA_SPEC = router_spec(
+    hidden=256, experts=64, top_k=2, router="linear -> topk -> softmax", kernels="kernel route : router { scatter=dma }"
+)
+
+
 def test_indirect_scatter_spans_one_tile_of_rows():
     """scatter=dma routes one token tile per group (partition p holds token t0 + p), so each indirect scatter's
     offsets span one tile's rows of expert_affinities: the timeline model orders an indirect write after every
     earlier write its span overlaps, and with a group's tiles interleaved (token t0 + p * tiles + u) every
     scatter of the group overlapped every other and they ran one after another (gpt-oss-120b, modeled)."""
-    text = router_spec(
-        hidden=256,
-        experts=64,
-        top_k=2,
-        router="linear -> topk -> softmax",
-        kernels="kernel route : router { scatter=dma }",
-    )
+    text = SCATTER_DMA_SPEC
     tokens = 4 * 128
     assert_matches(text, tokens=tokens)
     plan, trace = traced(text, tokens)
@@ -549,13 +549,7 @@ def test_one_tile_groups_load_x_rows_four_tiles_ahead():
     """Layout th with scatter=dma (one-tile routing groups): x rows load X_ROWS_AHEAD_ONE_TILE (4) tiles ahead of the
     transposes, so the loads take DMA queues before the indirect scatters that wait for each other hold them
     (one tile ahead, TensorE waited for x: gpt-oss-120b T = 4096 143.7 us, 4 ahead 115.9 us, modeled)."""
-    text = router_spec(
-        hidden=256,
-        experts=64,
-        top_k=2,
-        router="linear -> topk -> softmax",
-        kernels="kernel route : router { scatter=dma }",
-    )
+    text = SCATTER_DMA_SPEC
     tokens = 6 * 128
     assert_matches(text, tokens=tokens)
     plan, trace = traced(text, tokens)
